@@ -1,0 +1,415 @@
+//! The executor: a worker pool started before the window opens, which runs one
+//! window of a plan at a time.
+//!
+//! * Ready steps are taken longest-remaining-path first.
+//! * A step starts only when its whole footprint is free; footprints are taken at
+//!   once, under the scheduler lock, so no lane ever waits for a footprint, and two
+//!   conflicting steps never run at the same time.
+//! * Caller-affine steps run only on the thread that called [`Engine::run`] (the
+//!   caller lane), which also takes other steps; workers never run them, so a worker
+//!   never waits for the caller's big lock.
+//! * Split-phase steps return after sending their request; the reply completes them
+//!   from whichever thread receives it, so one lane keeps many round trips in flight.
+//! * Each step runs at most once; a failed step's dependents never start; a step
+//!   that passes its deadline fails with a time-out and its late answer is ignored.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::sync::Arc;
+//! use switchover::exec::{Completion, Engine, Progress, StepActions};
+//! use switchover::recipe::{build, RecipeOptions};
+//! use switchover::sim::Profile;
+//! use switchover::step::{Side, Step, Window};
+//! use switchover::topology::Topology;
+//!
+//! struct Nothing;
+//! impl StepActions for Nothing {
+//!     fn start(&self, _step: &Step, done: Completion) {
+//!         done.complete(Ok(()));
+//!     }
+//! }
+//! let topo = Arc::new(Topology::preset("small").unwrap());
+//! let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &Profile::rfc_original(1.0)).unwrap());
+//! let engine = Engine::new(2);
+//! let mut progress = Progress::new(&plan);
+//! for w in Window::ALL {
+//!     let r = engine.run(&plan, w, Arc::new(Nothing), &mut progress);
+//!     assert!(r.failure.is_none());
+//! }
+//! assert!(progress.all_done());
+//! ```
+
+mod completion;
+mod sched;
+
+use std::sync::Arc as StdArc;
+use std::time::{Duration, Instant};
+
+pub use completion::Completion;
+pub use sched::{Lane, CALLER};
+
+use crate::error::{StepError, StepFailure};
+use crate::plan::Plan;
+use crate::step::{Side, Step, StepId, Window};
+use crate::sync::{Arc, Condvar, Mutex};
+use sched::Sched;
+
+/// What performs steps. `start` must eventually call `done.complete(..)` exactly once
+/// (dropping `done` unanswered fails the step as abandoned). A blocking step completes
+/// before returning; a split-phase step hands `done` to whatever receives the reply.
+pub trait StepActions: Send + Sync + 'static {
+    /// Starts `step`.
+    fn start(&self, step: &Step, done: Completion);
+}
+
+/// What the engine does when a step fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Start nothing new; let running steps finish; end the run (for all-or-nothing
+    /// switchover with rollback).
+    #[default]
+    StopAll,
+    /// Keep running the steps that do not depend on the failed one.
+    ContinueIndependent,
+}
+
+/// How each step of a plan ended, accumulated over the windows run so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutcome {
+    /// Not run (yet, or because a predecessor failed or the run stopped).
+    NotRun,
+    /// Finished successfully.
+    Done,
+    /// Failed.
+    Failed,
+    /// Passed its deadline.
+    TimedOut,
+}
+
+/// Outcomes of a plan's steps across windows. A step already `Done` is never run
+/// again, so re-running a window after a partial failure is idempotent.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    outcome: Vec<StepOutcome>,
+}
+
+impl Progress {
+    /// All steps not run.
+    pub fn new(plan: &Plan) -> Self {
+        Progress { outcome: vec![StepOutcome::NotRun; plan.len()] }
+    }
+    /// A step's outcome.
+    pub fn outcome(&self, id: StepId) -> StepOutcome {
+        self.outcome[id.0 as usize]
+    }
+    fn set(&mut self, id: StepId, o: StepOutcome) {
+        self.outcome[id.0 as usize] = o;
+    }
+    /// Whether every step is done.
+    pub fn all_done(&self) -> bool {
+        self.outcome.iter().all(|o| *o == StepOutcome::Done)
+    }
+    /// Ids of steps with outcome `o`.
+    pub fn with(&self, o: StepOutcome) -> impl Iterator<Item = StepId> + '_ {
+        self.outcome.iter().enumerate().filter(move |(_, x)| **x == o).map(|(i, _)| StepId(i as u32))
+    }
+}
+
+/// One step's record in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StepRecord {
+    /// The step.
+    pub step: StepId,
+    /// How it ended.
+    pub outcome: StepOutcome,
+    /// The lane that started it (0 = caller).
+    pub lane: Lane,
+    /// Start, relative to the run's start.
+    pub start: Duration,
+    /// End (reply received), relative to the run's start.
+    pub end: Duration,
+}
+
+/// What one [`Engine::run`] did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The side of the plan.
+    pub side: Side,
+    /// The window run.
+    pub window: Window,
+    /// When the run started.
+    pub started_at: Instant,
+    /// How long it took.
+    pub wall: Duration,
+    /// Lanes available (workers + caller).
+    pub lanes: usize,
+    /// Records of the steps that were started.
+    pub records: Vec<StepRecord>,
+    /// The first failure, naming device and step.
+    pub failure: Option<StepError>,
+    /// Every failure, in order.
+    pub failures: Vec<StepError>,
+}
+
+impl RunReport {
+    /// Whether every step of the window that could run finished well.
+    pub fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// Makes worker threads; a loom model supplies its own.
+pub trait Spawn {
+    /// Starts `f` on a new thread.
+    fn spawn(&self, name: String, f: Box<dyn FnOnce() + Send + 'static>) -> Box<dyn WorkerHandle>;
+}
+
+/// A started worker that can be joined.
+pub trait WorkerHandle: Send {
+    /// Waits for the worker to end.
+    fn join(self: Box<Self>);
+}
+
+/// The default [`Spawn`]: OS threads (loom threads under `--cfg loom`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Threads;
+
+#[cfg(not(loom))]
+impl WorkerHandle for std::thread::JoinHandle<()> {
+    fn join(self: Box<Self>) {
+        let _ = (*self).join();
+    }
+}
+
+#[cfg(loom)]
+impl WorkerHandle for loom::thread::JoinHandle<()> {
+    fn join(self: Box<Self>) {
+        let _ = (*self).join();
+    }
+}
+
+impl Spawn for Threads {
+    fn spawn(&self, name: String, f: Box<dyn FnOnce() + Send + 'static>) -> Box<dyn WorkerHandle> {
+        Box::new(crate::sync::spawn(name, f))
+    }
+}
+
+struct RunState {
+    epoch: u64,
+    plan: StdArc<Plan>,
+    actions: StdArc<dyn StepActions>,
+    sched: Sched,
+}
+
+struct State {
+    shutdown: bool,
+    epoch: u64,
+    run: Option<RunState>,
+    idle_workers: usize,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    workers_cv: Condvar,
+    caller_cv: Condvar,
+}
+
+impl Shared {
+    /// Delivers a step's answer.
+    pub(crate) fn complete(&self, epoch: u64, id: StepId, r: Result<(), StepFailure>) {
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        let idle = st.idle_workers;
+        let Some(run) = st.run.as_mut() else { return };
+        if run.epoch != epoch {
+            return;
+        }
+        let plan = run.plan.clone();
+        let Some(w) = run.sched.complete(&plan, id, r, now) else { return };
+        let finished = run.sched.finished();
+        drop(st);
+        for _ in 0..w.any.min(idle) {
+            self.workers_cv.notify_one();
+        }
+        if w.caller > 0 || finished || w.any > idle {
+            self.caller_cv.notify_one();
+        }
+    }
+}
+
+/// The worker pool and the entry point a VMM calls from its vm-state-change path.
+pub struct Engine {
+    shared: Arc<Shared>,
+    handles: Vec<Box<dyn WorkerHandle>>,
+    workers: usize,
+    policy: FailurePolicy,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("workers", &self.workers).field("policy", &self.policy).finish()
+    }
+}
+
+impl Engine {
+    /// Starts `workers` worker threads (0 is allowed: the caller lane runs everything).
+    pub fn new(workers: usize) -> Engine {
+        Engine::with_spawner(workers, FailurePolicy::StopAll, &Threads)
+    }
+
+    /// Starts `workers` workers with `spawn` and the given failure policy.
+    pub fn with_spawner(workers: usize, policy: FailurePolicy, spawn: &dyn Spawn) -> Engine {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { shutdown: false, epoch: 0, run: None, idle_workers: 0 }),
+            workers_cv: Condvar::new(),
+            caller_cv: Condvar::new(),
+        });
+        let handles = (0..workers)
+            .map(|i| {
+                let sh = shared.clone();
+                let lane = (i + 1) as Lane;
+                spawn.spawn(format!("switchover-w{lane}"), Box::new(move || worker_loop(&sh, lane)))
+            })
+            .collect();
+        Engine { shared, handles, workers, policy }
+    }
+
+    /// Sets the failure policy for later runs.
+    pub fn set_policy(&mut self, p: FailurePolicy) {
+        self.policy = p;
+    }
+
+    /// Number of workers (the caller lane not counted).
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Runs the steps of `window` of `plan`, on the workers and on the calling
+    /// thread, until every step that can run has ended. Steps already done in
+    /// `progress` are not run again; outcomes are written back into it.
+    pub fn run(&self, plan: &StdArc<Plan>, window: Window, actions: StdArc<dyn StepActions>, progress: &mut Progress) -> RunReport {
+        let span = tracing::info_span!("window", side = plan.side().short(), window = window.name());
+        let _g = span.enter();
+        let t0 = Instant::now();
+        let epoch;
+        {
+            let mut st = self.shared.state.lock();
+            assert!(st.run.is_none(), "Engine::run is not reentrant");
+            st.epoch += 1;
+            epoch = st.epoch;
+            let sched = Sched::new(plan, window, self.policy, progress, t0);
+            st.run = Some(RunState { epoch, plan: plan.clone(), actions: actions.clone(), sched });
+        }
+        self.shared.workers_cv.notify_all();
+        // The caller lane.
+        let mut st = self.shared.state.lock();
+        loop {
+            let now = Instant::now();
+            let run = st.run.as_mut().expect("run present");
+            if run.sched.expire(plan, now) > 0 {
+                continue;
+            }
+            if run.sched.finished() {
+                break;
+            }
+            if let Some(id) = run.sched.next(plan, CALLER, now) {
+                drop(st);
+                start_step(&self.shared, epoch, plan, &*actions, id, CALLER);
+                st = self.shared.state.lock();
+                continue;
+            }
+            match run.sched.next_deadline() {
+                Some(t) => {
+                    self.shared.caller_cv.wait_until(&mut st, t);
+                }
+                None => self.shared.caller_cv.wait(&mut st),
+            }
+        }
+        let run = st.run.take().expect("run present");
+        drop(st);
+        let wall = t0.elapsed();
+        run.sched.settle(plan, progress);
+        let mk_err = |id: StepId, f: &StepFailure| {
+            let s = plan.step(id);
+            StepError { side: plan.side(), device: plan.device_name(id).to_string(), ring: s.ring, step: s.kind.name().to_string(), failure: f.clone() }
+        };
+        let failures: Vec<StepError> = run.sched.failures.iter().map(|(id, f)| mk_err(*id, f)).collect();
+        let records = plan
+            .in_window(window)
+            .filter(|s| run.sched.was_started(s.id))
+            .map(|s| {
+                let t = run.sched.times[s.id.0 as usize];
+                StepRecord {
+                    step: s.id,
+                    outcome: progress.outcome(s.id),
+                    lane: t.lane,
+                    start: Duration::from_nanos(t.start_ns),
+                    end: Duration::from_nanos(t.end_ns.max(t.start_ns)),
+                }
+            })
+            .collect::<Vec<_>>();
+        tracing::info!(steps = records.len(), wall_us = wall.as_micros() as u64, failed = failures.len(), "window done");
+        RunReport {
+            side: plan.side(),
+            window,
+            started_at: t0,
+            wall,
+            lanes: self.workers + 1,
+            records,
+            failure: failures.first().cloned(),
+            failures,
+        }
+    }
+}
+
+fn start_step(shared: &Arc<Shared>, epoch: u64, plan: &Plan, actions: &dyn StepActions, id: StepId, lane: Lane) {
+    let step = plan.step(id);
+    tracing::trace!(step = id.0, kind = step.kind.name(), device = plan.device_name(id), lane, "start");
+    actions.start(step, Completion::engine(shared.clone(), epoch, id));
+}
+
+fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
+    let mut cached: Option<(u64, StdArc<Plan>, StdArc<dyn StepActions>)> = None;
+    let mut st = shared.state.lock();
+    loop {
+        if st.shutdown {
+            return;
+        }
+        let mut job = None;
+        if let Some(run) = st.run.as_mut() {
+            if cached.as_ref().map(|c| c.0) != Some(run.epoch) {
+                cached = Some((run.epoch, run.plan.clone(), run.actions.clone()));
+            }
+            let plan = &cached.as_ref().expect("cached").1;
+            if let Some(id) = run.sched.next(plan, lane, Instant::now()) {
+                job = Some((run.epoch, id));
+            }
+        }
+        match job {
+            Some((epoch, id)) => {
+                drop(st);
+                let (_, plan, actions) = cached.as_ref().expect("cached");
+                start_step(shared, epoch, plan, &**actions, id, lane);
+                st = shared.state.lock();
+            }
+            None => {
+                st.idle_workers += 1;
+                shared.workers_cv.wait(&mut st);
+                st.idle_workers -= 1;
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shared.state.lock().shutdown = true;
+        self.shared.workers_cv.notify_all();
+        for h in self.handles.drain(..) {
+            h.join();
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! `switchover` CLI: runs the three strategies side by side on simulated backends
+//! and prints the RFC-style table (and JSON with `--json`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use switchover::report::{json, table, Comparison};
+use switchover::sim::{Fault, KvmModel};
+use switchover::strategy::{run, SimConfig, Strategy, DEFAULT_SCALE, DEFAULT_WORKERS};
+use switchover::topology::Topology;
+
+/// Stop and start all of a VM's devices concurrently at migration switchover:
+/// compares `serial`, `pool` and `engine` on SIMULATED vhost-user backends.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Built-in topology (rfc-huge, medium, small, single-net, single-blk).
+    #[arg(long, default_value = "rfc-huge", conflicts_with = "topology")]
+    preset: String,
+    /// Topology TOML file.
+    #[arg(long)]
+    topology: Option<PathBuf>,
+    /// Worker threads for `pool` and `engine` (the engine's caller lane is one more).
+    #[arg(long, default_value_t = DEFAULT_WORKERS)]
+    workers: usize,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Scale factor applied to every simulated cost.
+    #[arg(long, default_value_t = DEFAULT_SCALE)]
+    scale: f64,
+    /// KVM model for the main comparison: rfc or per-vm-ioeventfd (the other is run too).
+    #[arg(long, default_value = "rfc")]
+    kvm_model: String,
+    /// Skip the run under the other KVM model.
+    #[arg(long)]
+    no_kvm_comparison: bool,
+    /// Inject a fault: KIND:STEP:DEVICE[:RING], KIND one of error, hang, crash.
+    #[arg(long)]
+    inject: Vec<String>,
+    /// Per-step deadline in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    deadline_ms: u64,
+    /// Strategies to run (comma separated).
+    #[arg(long, default_value = "serial,pool,engine", value_delimiter = ',')]
+    strategies: Vec<String>,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("switchover: {msg}");
+    ExitCode::from(2)
+}
+
+#[cfg(feature = "real")]
+fn real_cmd(args: &[String]) -> ExitCode {
+    switchover::real::cli::main(args)
+}
+
+#[cfg(not(feature = "real"))]
+fn real_cmd(_args: &[String]) -> ExitCode {
+    fail("this build has no real components: build with `--features real`")
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("real") {
+        return real_cmd(&args[2..]);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+            return fail(first);
+        }
+    };
+    let topo = match &cli.topology {
+        Some(p) => Topology::from_toml_file(p),
+        None => Topology::preset(&cli.preset),
+    };
+    let topo = match topo {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    if !(cli.scale > 0.0 && cli.scale <= 100.0) {
+        return fail(format!("--scale {} must be in (0, 100]", cli.scale));
+    }
+    if cli.workers > 1024 {
+        return fail(format!("--workers {} is more than 1024", cli.workers));
+    }
+    let kvm = match cli.kvm_model.as_str() {
+        "rfc" => KvmModel::Rfc,
+        "per-vm-ioeventfd" | "per-vm" => KvmModel::PerVmIoeventfd,
+        other => return fail(format!("unknown --kvm-model '{other}' (rfc, per-vm-ioeventfd)")),
+    };
+    let mut faults = Vec::new();
+    for f in &cli.inject {
+        match f.parse::<Fault>() {
+            Ok(f) if topo.device_by_name(&f.device).is_none() => return fail(format!("--inject {f}: no device named '{}' in {}", f.device, topo.name())),
+            Ok(f) => faults.push(f),
+            Err(e) => return fail(e),
+        }
+    }
+    let mut strategies = Vec::new();
+    for s in &cli.strategies {
+        match Strategy::ALL.iter().find(|x| x.name() == s) {
+            Some(x) => strategies.push(*x),
+            None => return fail(format!("unknown strategy '{s}' (serial, pool, engine)")),
+        }
+    }
+    let cfg = SimConfig::new(topo)
+        .scale(cli.scale)
+        .workers(cli.workers)
+        .kvm(kvm)
+        .faults(faults)
+        .deadline(std::time::Duration::from_millis(cli.deadline_ms.max(1)));
+    let runs = strategies.iter().map(|s| run(&cfg, *s)).collect();
+    let kvm_runs = if cli.no_kvm_comparison || !cfg.faults.is_empty() {
+        vec![]
+    } else {
+        let other = if kvm == KvmModel::Rfc { KvmModel::PerVmIoeventfd } else { KvmModel::Rfc };
+        let c2 = cfg.clone().kvm(other);
+        strategies.iter().map(|s| run(&c2, *s)).collect()
+    };
+    let cmp = Comparison { config: cfg, runs, kvm_runs };
+    print!("{}", table(&cmp));
+    if let Some(p) = &cli.json {
+        let text = serde_json::to_string_pretty(&json(&cmp)).expect("JSON of plain data");
+        if let Err(e) = std::fs::write(p, text) {
+            return fail(format!("cannot write {}: {e}", p.display()));
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,4 @@
+//! Real components (feature `real`): vhost-user frontends and backends over Unix
+//! sockets, qemu-storage-daemon, and KVM ioeventfd/irqfd notifiers.
+
+pub mod cli;

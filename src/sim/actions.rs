@@ -1,0 +1,276 @@
+//! Performs plan steps on SIMULATED backends and a SIMULATED KVM.
+
+use std::sync::Arc;
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::backend::{Req, SimBackend};
+use super::clock::sleep_until;
+use super::fault::{Fault, FaultKind};
+use super::profile::{unit_of, Profile};
+use super::vm::{NotifierOutcome, SimVm};
+use crate::error::StepFailure;
+use crate::exec::{Completion, StepActions};
+use crate::recipe::CostModel;
+use crate::state::DeviceState;
+use crate::step::{Affinity, Side, Step, StepKind};
+use crate::sync::{AtomicBool, AtomicU32, Ordering};
+use crate::topology::{DeviceId, Topology};
+
+/// The base a simulated guest has reached on each ring before switchover: non-zero
+/// and different per ring, so a base that is lost or crossed shows.
+///
+/// ```
+/// use switchover::sim::SimSide;
+/// assert_ne!(SimSide::guest_base(0, 0), 0);
+/// assert_ne!(SimSide::guest_base(0, 0), SimSide::guest_base(0, 1));
+/// ```
+#[allow(clippy::cast_possible_truncation)]
+fn mix(d: u32, r: u32) -> u16 {
+    let mut x = (u64::from(d) << 32 | u64::from(r)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (x % 65_535) as u16 + 1
+}
+
+/// One side's simulated world: a backend per vhost-user device, a VM, the state
+/// that crosses to the destination, and the faults to inject.
+pub struct SimSide {
+    side: Side,
+    topo: Arc<Topology>,
+    profile: Profile,
+    backends: Vec<Option<SimBackend>>,
+    vm: SimVm,
+    state: Arc<DeviceState>,
+    faults: Vec<(Fault, AtomicBool)>,
+}
+
+impl std::fmt::Debug for SimSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimSide").field("side", &self.side).field("topology", &self.topo.name()).finish()
+    }
+}
+
+impl SimSide {
+    /// The simulated guest's progress on ring `ring` of device `device`.
+    pub fn guest_base(device: u32, ring: u32) -> u16 {
+        mix(device, ring)
+    }
+
+    /// Starts the backends of `side`. Source backends run with rings at
+    /// [`SimSide::guest_base`]; destination backends start empty.
+    pub fn new(topo: &Arc<Topology>, side: Side, profile: &Profile, faults: &[Fault], state: Arc<DeviceState>) -> SimSide {
+        let running = side == Side::Source;
+        let backends = topo
+            .devices()
+            .iter()
+            .map(|d| {
+                (d.rings() > 0).then(|| {
+                    let id = d.id.0;
+                    let f = move |r: u32| SimSide::guest_base(id, r);
+                    SimBackend::start(&d.name, d.rings(), if running { Some(&f) } else { None })
+                })
+            })
+            .collect();
+        SimSide {
+            side,
+            topo: topo.clone(),
+            profile: profile.clone(),
+            backends,
+            vm: SimVm::new(topo, running, profile.kvm, profile.scaled_grace()),
+            state,
+            faults: faults.iter().filter(|f| topo.device_by_name(&f.device).is_some()).map(|f| (f.clone(), AtomicBool::new(false))).collect(),
+        }
+    }
+
+    /// The side.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+    /// The VM.
+    pub fn vm(&self) -> &SimVm {
+        &self.vm
+    }
+    /// The captured state.
+    pub fn state(&self) -> &Arc<DeviceState> {
+        &self.state
+    }
+    /// A device's backend.
+    pub fn backend(&self, d: DeviceId) -> Option<&SimBackend> {
+        self.backends.get(d.0 as usize).and_then(Option::as_ref)
+    }
+
+    /// Waits until every backend has served what was queued (fire-and-forget
+    /// messages included); false if one is gone or hung.
+    pub fn sync(&self, timeout: Duration) -> bool {
+        self.backends.iter().flatten().all(|b| b.sync(timeout))
+    }
+
+    /// Checks, on a destination side, that every ring's base is the one the guest
+    /// reached on the source. Returns the rings that differ (`device`, `ring`, `have`, `want`).
+    pub fn base_mismatches(&self) -> Vec<(String, u32, Option<u16>, u16)> {
+        let mut out = Vec::new();
+        for d in self.topo.devices() {
+            let Some(b) = self.backend(d.id) else { continue };
+            for (r, ring) in b.rings().iter().enumerate() {
+                let want = SimSide::guest_base(d.id.0, r as u32);
+                if ring.base != Some(want) || !ring.started || !ring.enabled {
+                    out.push((d.name.clone(), r as u32, ring.base, want));
+                }
+            }
+        }
+        out
+    }
+
+    fn fault_for(&self, step: &Step) -> Option<FaultKind> {
+        let name = &self.topo.device(step.device).name;
+        for (f, fired) in &self.faults {
+            if f.step != step.kind || &f.device != name {
+                continue;
+            }
+            match f.ring {
+                Some(r) if step.ring != Some(r) => continue,
+                Some(_) => return Some(f.kind),
+                None => {
+                    if fired.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        return Some(f.kind);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Performs a plan's steps on a [`SimSide`], counting how often each step starts
+/// and on which thread caller-affine steps run (for the tests).
+pub struct SimActions {
+    side: Arc<SimSide>,
+    starts: Vec<AtomicU32>,
+    caller_threads: Mutex<Vec<(u32, ThreadId)>>,
+}
+
+impl std::fmt::Debug for SimActions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimActions").field("side", &self.side).finish()
+    }
+}
+
+impl SimActions {
+    /// Actions for a plan of `steps` steps on `side`.
+    pub fn new(side: Arc<SimSide>, steps: usize) -> SimActions {
+        SimActions { side, starts: (0..steps).map(|_| AtomicU32::new(0)).collect(), caller_threads: Mutex::new(Vec::new()) }
+    }
+    /// The side.
+    pub fn side(&self) -> &Arc<SimSide> {
+        &self.side
+    }
+    /// How many times each step was started.
+    pub fn starts(&self) -> Vec<u32> {
+        self.starts.iter().map(|a| a.load(Ordering::Acquire)).collect()
+    }
+    /// The threads caller-affine steps ran on.
+    pub fn caller_threads(&self) -> Vec<(u32, ThreadId)> {
+        self.caller_threads.lock().clone()
+    }
+
+    fn blocking(&self, step: &Step, fault: Option<FaultKind>) -> Result<(), StepFailure> {
+        let s = &self.side;
+        let cost = s.profile.cost(s.topo.device(step.device), &step.kind);
+        match fault {
+            Some(FaultKind::Error | FaultKind::Crash) => {
+                return Err(StepFailure::Injected { what: format!("{:?} at {} on {}", fault, step.kind, s.topo.device(step.device).name) })
+            }
+            Some(FaultKind::Hang) => {
+                // A hung ioctl: the lane is stuck past the deadline; the engine
+                // abandons the step and ignores the late answer.
+                sleep_until(Instant::now() + step.deadline.saturating_mul(2).min(Duration::from_secs(30)));
+            }
+            None => {}
+        }
+        match &step.kind {
+            StepKind::HostNotifierOn | StepKind::HostNotifierOff | StepKind::GuestNotifierOn | StepKind::GuestNotifierOff => {
+                let host = matches!(step.kind, StepKind::HostNotifierOn | StepKind::HostNotifierOff);
+                let on = matches!(step.kind, StepKind::HostNotifierOn | StepKind::GuestNotifierOn);
+                let r = step.ring.ok_or_else(|| StepFailure::MissingState { what: "notifier step without a ring".into() })?;
+                match s.vm.change(step.device, r, host, on, cost)? {
+                    NotifierOutcome::Issued | NotifierOutcome::Refused(_) => Ok(()),
+                }
+            }
+            StepKind::MemTxnBegin => {
+                sleep_until(Instant::now() + cost);
+                s.vm.begin()
+            }
+            StepKind::MemTxnCommit => {
+                sleep_until(Instant::now() + cost);
+                s.vm.commit().map(|_| ())
+            }
+            _ => {
+                sleep_until(Instant::now() + cost);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl StepActions for SimActions {
+    fn start(&self, step: &Step, done: Completion) {
+        if let Some(c) = self.starts.get(step.id.0 as usize) {
+            c.fetch_add(1, Ordering::AcqRel);
+        }
+        if step.affinity == Affinity::Caller {
+            self.caller_threads.lock().push((step.id.0, std::thread::current().id()));
+        }
+        let s = &self.side;
+        let fault = s.fault_for(step);
+        if !step.kind.is_message() {
+            done.complete(self.blocking(step, fault));
+            return;
+        }
+        let dev = s.topo.device(step.device);
+        let Some(backend) = s.backend(step.device) else {
+            done.complete(Err(StepFailure::MissingState { what: format!("{} has no backend", dev.name) }));
+            return;
+        };
+        let mut value = 0u16;
+        if step.kind == StepKind::SetVringBase {
+            match step.ring.and_then(|r| s.state.base(step.device, r)) {
+                Some(b) => value = b,
+                None => {
+                    done.complete(Err(StepFailure::MissingState { what: "no vring base was captured for this ring".into() }));
+                    return;
+                }
+            }
+        }
+        let unit = unit_of(dev).expect("messages only for vhost-user devices");
+        let cost = s.profile.cost(dev, &step.kind);
+        let acked = s.profile.acked(unit, &step.kind);
+        let (device, ring, kind) = (step.device, step.ring, step.kind.clone());
+        let state = s.state.clone();
+        let mut pending = Some(done);
+        let reply: Option<super::backend::Reply> = if acked {
+            let done = pending.take().expect("completion");
+            Some(Box::new(move |r: Result<u16, StepFailure>| match r {
+                Ok(v) => {
+                    if kind == StepKind::GetVringBase {
+                        if let Some(ring) = ring {
+                            state.set_base(device, ring, v);
+                        }
+                    }
+                    done.complete(Ok(()));
+                }
+                Err(e) => done.complete(Err(e)),
+            }))
+        } else {
+            None
+        };
+        backend.send(Req { kind: step.kind.clone(), ring: step.ring, value, cost, arrival: Instant::now(), fault, reply });
+        if let Some(done) = pending {
+            // Fire-and-forget: done once sent (as without REPLY_ACK).
+            done.complete(Ok(()));
+        }
+    }
+}

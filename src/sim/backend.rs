@@ -1,0 +1,264 @@
+//! A SIMULATED vhost-user backend: one thread serving its control channel one
+//! message at a time, with service times from the profile, checking message order
+//! the way a strict backend does.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use parking_lot::Mutex;
+
+use super::clock::sleep_until;
+use super::fault::FaultKind;
+use crate::error::StepFailure;
+use crate::step::StepKind;
+
+/// The reply to a request: the value (a vring base for `GET_VRING_BASE`) or a failure.
+pub(crate) type Reply = Box<dyn FnOnce(Result<u16, StepFailure>) + Send + 'static>;
+
+/// One request on the control channel.
+pub(crate) struct Req {
+    pub kind: StepKind,
+    pub ring: Option<u32>,
+    pub value: u16,
+    pub cost: Duration,
+    pub arrival: Instant,
+    pub fault: Option<FaultKind>,
+    /// `None` for fire-and-forget messages (no `REPLY_ACK`).
+    pub reply: Option<Reply>,
+}
+
+/// A simulated ring's state, as the backend sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimRing {
+    /// `SET_VRING_NUM` received.
+    pub num: bool,
+    /// `SET_VRING_ADDR` received.
+    pub addr: bool,
+    /// `SET_VRING_CALL` received.
+    pub call: bool,
+    /// The ring's base (`last_avail_idx`), if set.
+    pub base: Option<u16>,
+    /// Started (kick received, not stopped by `GET_VRING_BASE`).
+    pub started: bool,
+    /// Enabled.
+    pub enabled: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    features: bool,
+    mem: bool,
+    rings: Vec<SimRing>,
+    served: u64,
+}
+
+/// A simulated backend thread and its control channel.
+#[derive(Debug)]
+pub struct SimBackend {
+    name: String,
+    tx: Option<Sender<Req>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl SimBackend {
+    /// Starts a backend for device `name` with `rings` rings. `running` makes it a
+    /// source backend whose rings are started and enabled at the given bases.
+    pub fn start(name: &str, rings: u32, running: Option<&dyn Fn(u32) -> u16>) -> SimBackend {
+        let rings_v = (0..rings)
+            .map(|r| match running {
+                Some(base) => SimRing { num: true, addr: true, call: true, base: Some(base(r)), started: true, enabled: true },
+                None => SimRing::default(),
+            })
+            .collect();
+        let shared = Arc::new(Mutex::new(Shared { features: running.is_some(), mem: running.is_some(), rings: rings_v, served: 0 }));
+        let (tx, rx) = unbounded::<Req>();
+        let sh = shared.clone();
+        let nm = name.to_string();
+        let handle = std::thread::Builder::new()
+            .name(format!("sim-{name}"))
+            .spawn(move || serve(&nm, &rx, &sh))
+            .expect("spawn simulated backend");
+        SimBackend { name: name.into(), tx: Some(tx), handle: Some(handle), shared }
+    }
+
+    /// Queues a request. On a closed channel (crashed backend) the request's reply
+    /// is answered with [`StepFailure::Disconnected`].
+    pub(crate) fn send(&self, req: Req) {
+        let Some(tx) = &self.tx else {
+            if let Some(r) = req.reply {
+                r(Err(StepFailure::Disconnected));
+            }
+            return;
+        };
+        if let Err(e) = tx.send(req) {
+            if let Some(r) = e.0.reply {
+                r(Err(StepFailure::Disconnected));
+            }
+        }
+    }
+
+    /// Waits until every request queued so far has been served; `false` if the
+    /// backend is gone or hung (gives up after `timeout`).
+    pub fn sync(&self, timeout: Duration) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Req {
+            kind: StepKind::Custom(Arc::from("sync")),
+            ring: None,
+            value: 0,
+            cost: Duration::ZERO,
+            arrival: Instant::now(),
+            fault: None,
+            reply: Some(Box::new(move |r| {
+                let _ = tx.send(r.is_ok());
+            })),
+        });
+        rx.recv_timeout(timeout).unwrap_or(false)
+    }
+
+    /// A copy of the rings' state.
+    pub fn rings(&self) -> Vec<SimRing> {
+        self.shared.lock().rings.clone()
+    }
+
+    /// Messages served so far.
+    pub fn served(&self) -> u64 {
+        self.shared.lock().served
+    }
+
+    /// The device name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for SimBackend {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn serve(name: &str, rx: &Receiver<Req>, sh: &Mutex<Shared>) {
+    let mut busy_until: Option<Instant> = None;
+    while let Ok(req) = rx.recv() {
+        // Service starts when the request arrived or when the previous one ended,
+        // whichever is later, on the ideal timeline: a late wake-up of this thread
+        // does not add to the next request's time.
+        let start = match busy_until {
+            Some(t) if t > req.arrival => t,
+            _ => req.arrival,
+        };
+        let end = start + req.cost;
+        sleep_until(end);
+        busy_until = Some(end);
+        match req.fault {
+            Some(FaultKind::Crash) => {
+                // The process dies: this and every queued request go unanswered and
+                // the channel closes.
+                if let Some(r) = req.reply {
+                    r(Err(StepFailure::Disconnected));
+                }
+                while let Ok(q) = rx.try_recv() {
+                    if let Some(r) = q.reply {
+                        r(Err(StepFailure::Disconnected));
+                    }
+                }
+                return;
+            }
+            Some(FaultKind::Hang) => {
+                // Never answers again; requests pile up unanswered until the
+                // frontend closes the channel.
+                let mut held = vec![req];
+                while let Ok(q) = rx.recv() {
+                    held.push(q);
+                }
+                return;
+            }
+            Some(FaultKind::Error) => {
+                if let Some(r) = req.reply {
+                    r(Err(StepFailure::Injected { what: format!("error:{}:{name}", req.kind) }));
+                }
+                continue;
+            }
+            None => {}
+        }
+        let result = apply(&mut sh.lock(), &req);
+        if let Some(r) = req.reply {
+            r(result);
+        }
+    }
+}
+
+fn apply(sh: &mut Shared, req: &Req) -> Result<u16, StepFailure> {
+    sh.served += 1;
+    let bad = |m: String| Err(StepFailure::Backend { message: m });
+    if let StepKind::Custom(n) = &req.kind {
+        if &**n == "sync" {
+            return Ok(0);
+        }
+    }
+    match req.kind {
+        StepKind::SetFeatures => {
+            sh.features = true;
+            return Ok(0);
+        }
+        StepKind::SetMemTable => {
+            if !sh.features {
+                return bad("SET_MEM_TABLE before SET_FEATURES".into());
+            }
+            sh.mem = true;
+            return Ok(0);
+        }
+        _ => {}
+    }
+    let mem = sh.mem;
+    let Some(r) = req.ring else { return bad(format!("{} without a ring", req.kind)) };
+    let nrings = sh.rings.len();
+    let Some(ring) = sh.rings.get_mut(r as usize) else { return bad(format!("ring {r} out of range ({nrings} rings)")) };
+    match req.kind {
+        StepKind::VringDisable => ring.enabled = false,
+        StepKind::GetVringBase => {
+            let Some(b) = ring.base else { return bad("GET_VRING_BASE on a ring that has no base".into()) };
+            ring.started = false;
+            ring.enabled = false;
+            return Ok(b);
+        }
+        StepKind::SetVringNum => {
+            if ring.started {
+                return bad("SET_VRING_NUM on a started ring".into());
+            }
+            ring.num = true;
+        }
+        StepKind::SetVringAddr => {
+            if !mem {
+                return bad("SET_VRING_ADDR before SET_MEM_TABLE".into());
+            }
+            ring.addr = true;
+        }
+        StepKind::SetVringCall => ring.call = true,
+        StepKind::SetVringBase => {
+            if ring.started {
+                return bad("SET_VRING_BASE on a started ring".into());
+            }
+            ring.base = Some(req.value);
+        }
+        StepKind::SetVringKick => {
+            if !(ring.num && ring.addr && ring.base.is_some()) {
+                return bad("SET_VRING_KICK before NUM, ADDR and BASE".into());
+            }
+            ring.started = true;
+        }
+        StepKind::VringEnable => {
+            if !ring.started {
+                return bad("SET_VRING_ENABLE(1) on a ring that was not started".into());
+            }
+            ring.enabled = true;
+        }
+        ref k => return bad(format!("{k} is not a vhost-user message")),
+    }
+    Ok(0)
+}

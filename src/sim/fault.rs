@@ -1,0 +1,90 @@
+//! Faults injected into simulated (and, later, real) components on purpose.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::step::StepKind;
+
+/// What goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// The backend answers the request with an error.
+    Error,
+    /// The backend never answers.
+    Hang,
+    /// The backend process dies: its channel closes, queued requests are lost.
+    Crash,
+}
+
+/// A fault: `KIND:STEP:DEVICE[:RING]`, e.g. `crash:get_vring_base:net3`.
+///
+/// ```
+/// use switchover::sim::{Fault, FaultKind};
+/// let f: Fault = "crash:get_vring_base:net3".parse().unwrap();
+/// assert_eq!(f.kind, FaultKind::Crash);
+/// assert_eq!(f.device, "net3");
+/// assert!("melt:get_vring_base:net3".parse::<Fault>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Fault {
+    /// What goes wrong.
+    pub kind: FaultKind,
+    /// At which step kind.
+    pub step: StepKind,
+    /// On which device (by name).
+    pub device: String,
+    /// On which ring (`None`: the first ring that performs the step).
+    pub ring: Option<u32>,
+}
+
+/// A malformed `--inject` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad fault '{input}': {reason} (expected KIND:STEP:DEVICE[:RING], KIND one of error, hang, crash)")]
+pub struct FaultParseError {
+    /// What was given.
+    pub input: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl FromStr for Fault {
+    type Err = FaultParseError;
+    fn from_str(s: &str) -> Result<Fault, FaultParseError> {
+        let err = |reason: String| FaultParseError { input: s.into(), reason };
+        let parts: Vec<&str> = s.split(':').collect();
+        if !(3..=4).contains(&parts.len()) {
+            return Err(err("wrong number of fields".into()));
+        }
+        let kind = match parts[0] {
+            "error" => FaultKind::Error,
+            "hang" => FaultKind::Hang,
+            "crash" => FaultKind::Crash,
+            k => return Err(err(format!("unknown kind '{k}'"))),
+        };
+        let step = StepKind::parse(parts[1]).ok_or_else(|| err(format!("unknown step '{}'", parts[1])))?;
+        if parts[2].is_empty() {
+            return Err(err("empty device".into()));
+        }
+        let ring = match parts.get(3) {
+            Some(r) => Some(r.parse::<u32>().map_err(|_| err(format!("bad ring '{r}'")))?),
+            None => None,
+        };
+        Ok(Fault { kind, step, device: parts[2].into(), ring })
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let k = match self.kind {
+            FaultKind::Error => "error",
+            FaultKind::Hang => "hang",
+            FaultKind::Crash => "crash",
+        };
+        write!(f, "{k}:{}:{}", self.step, self.device)?;
+        if let Some(r) = self.ring {
+            write!(f, ":{r}")?;
+        }
+        Ok(())
+    }
+}

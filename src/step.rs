@@ -1,0 +1,266 @@
+//! The vocabulary of a plan: sides, windows, affinities, step kinds, steps.
+//!
+//! # Examples
+//!
+//! ```
+//! use switchover::step::{StepKind, Window};
+//! assert_eq!(StepKind::GetVringBase.name(), "get_vring_base");
+//! assert_eq!(StepKind::parse("get_vring_base"), Some(StepKind::GetVringBase));
+//! assert!(Window::Prepare < Window::Blackout);
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::topology::DeviceId;
+
+/// Which end of the migration runs a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// The VM being migrated away from: stops its devices.
+    Source,
+    /// The VM being migrated to: starts its devices.
+    Destination,
+}
+
+impl Side {
+    /// `src` or `dst`.
+    ///
+    /// ```
+    /// assert_eq!(switchover::step::Side::Source.short(), "src");
+    /// ```
+    pub fn short(self) -> &'static str {
+        match self {
+            Side::Source => "src",
+            Side::Destination => "dst",
+        }
+    }
+}
+
+/// When a step may run, relative to the guest being frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Window {
+    /// May run while the guest still runs on the source.
+    Prepare,
+    /// Must run while the guest is frozen: this is the downtime.
+    Blackout,
+    /// May run once the destination runs the guest.
+    Cleanup,
+}
+
+impl Window {
+    /// All windows in time order.
+    pub const ALL: [Window; 3] = [Window::Prepare, Window::Blackout, Window::Cleanup];
+
+    /// Lower-case name.
+    ///
+    /// ```
+    /// assert_eq!(switchover::step::Window::Cleanup.name(), "cleanup");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            Window::Prepare => "prepare",
+            Window::Blackout => "blackout",
+            Window::Cleanup => "cleanup",
+        }
+    }
+}
+
+/// Which lanes may run a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Affinity {
+    /// Any worker of the pool, or the caller lane.
+    Any,
+    /// Only the caller's thread (it holds the caller's big lock); workers never run it.
+    Caller,
+}
+
+/// How a step's action reports completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecMode {
+    /// The action does its work on the lane that starts it and completes before returning.
+    Blocking,
+    /// The action sends a request and returns; the reply completes the step later, from
+    /// any thread, so one lane keeps many round trips in flight.
+    Split,
+}
+
+/// What a step does. The vhost-user kinds follow QEMU's order (hw/virtio/vhost.c).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StepKind {
+    /// `SET_VRING_ENABLE(0)`: the backend stops taking new buffers from the ring.
+    VringDisable,
+    /// Wait until every request the guest submitted on a blk ring is completed (`used == avail`).
+    DrainInflight,
+    /// `GET_VRING_BASE`: stops the ring and returns its `last_avail_idx`, the state that
+    /// must reach the destination.
+    GetVringBase,
+    /// Unregister the ring's irqfd.
+    GuestNotifierOff,
+    /// Unregister the ring's ioeventfd.
+    HostNotifierOff,
+    /// `SET_FEATURES` (with `VHOST_USER_F_PROTOCOL_FEATURES`).
+    SetFeatures,
+    /// `SET_MEM_TABLE` (guest memory regions, fd-backed).
+    SetMemTable,
+    /// `SET_VRING_NUM`.
+    SetVringNum,
+    /// `SET_VRING_ADDR`.
+    SetVringAddr,
+    /// `SET_VRING_CALL` (the irqfd's eventfd).
+    SetVringCall,
+    /// Register the ring's ioeventfd.
+    HostNotifierOn,
+    /// Register the ring's irqfd.
+    GuestNotifierOn,
+    /// `SET_VRING_BASE` with the base captured on the source.
+    SetVringBase,
+    /// `SET_VRING_KICK` (the ioeventfd's eventfd): starts the ring.
+    SetVringKick,
+    /// `SET_VRING_ENABLE(1)`.
+    VringEnable,
+    /// Open the memory-map transaction that batches notifier changes (caller lane).
+    MemTxnBegin,
+    /// Commit the memory-map transaction: one update for all devices (caller lane).
+    MemTxnCommit,
+    /// A step of a VMM-defined device kind.
+    Custom(Arc<str>),
+}
+
+impl StepKind {
+    /// The built-in kinds.
+    pub const BUILTIN: [StepKind; 17] = [
+        StepKind::VringDisable,
+        StepKind::DrainInflight,
+        StepKind::GetVringBase,
+        StepKind::GuestNotifierOff,
+        StepKind::HostNotifierOff,
+        StepKind::SetFeatures,
+        StepKind::SetMemTable,
+        StepKind::SetVringNum,
+        StepKind::SetVringAddr,
+        StepKind::SetVringCall,
+        StepKind::HostNotifierOn,
+        StepKind::GuestNotifierOn,
+        StepKind::SetVringBase,
+        StepKind::SetVringKick,
+        StepKind::VringEnable,
+        StepKind::MemTxnBegin,
+        StepKind::MemTxnCommit,
+    ];
+
+    /// Snake-case name, as used by `--inject KIND:STEP:DEVICE` and reports.
+    pub fn name(&self) -> &str {
+        match self {
+            StepKind::VringDisable => "vring_disable",
+            StepKind::DrainInflight => "drain_inflight",
+            StepKind::GetVringBase => "get_vring_base",
+            StepKind::GuestNotifierOff => "guest_notifier_off",
+            StepKind::HostNotifierOff => "host_notifier_off",
+            StepKind::SetFeatures => "set_features",
+            StepKind::SetMemTable => "set_mem_table",
+            StepKind::SetVringNum => "set_vring_num",
+            StepKind::SetVringAddr => "set_vring_addr",
+            StepKind::SetVringCall => "set_vring_call",
+            StepKind::HostNotifierOn => "host_notifier_on",
+            StepKind::GuestNotifierOn => "guest_notifier_on",
+            StepKind::SetVringBase => "set_vring_base",
+            StepKind::SetVringKick => "set_vring_kick",
+            StepKind::VringEnable => "vring_enable",
+            StepKind::MemTxnBegin => "memtxn_begin",
+            StepKind::MemTxnCommit => "memtxn_commit",
+            StepKind::Custom(n) => n,
+        }
+    }
+
+    /// The built-in kind with this name.
+    pub fn parse(name: &str) -> Option<StepKind> {
+        StepKind::BUILTIN.iter().find(|k| k.name() == name).cloned()
+    }
+
+    /// Whether this kind is a vhost-user message on the backend's control channel.
+    ///
+    /// ```
+    /// use switchover::step::StepKind;
+    /// assert!(StepKind::SetMemTable.is_message());
+    /// assert!(!StepKind::HostNotifierOn.is_message());
+    /// ```
+    pub fn is_message(&self) -> bool {
+        matches!(
+            self,
+            StepKind::VringDisable
+                | StepKind::GetVringBase
+                | StepKind::SetFeatures
+                | StepKind::SetMemTable
+                | StepKind::SetVringNum
+                | StepKind::SetVringAddr
+                | StepKind::SetVringCall
+                | StepKind::SetVringBase
+                | StepKind::SetVringKick
+                | StepKind::VringEnable
+        )
+    }
+
+    /// Whether this kind changes a notifier.
+    pub fn is_notifier(&self) -> bool {
+        matches!(
+            self,
+            StepKind::HostNotifierOff | StepKind::HostNotifierOn | StepKind::GuestNotifierOff | StepKind::GuestNotifierOn
+        )
+    }
+}
+
+impl fmt::Display for StepKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Index of a step in its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[repr(transparent)]
+pub struct StepId(pub u32);
+
+/// A serialised server that performs a step's work one request at a time (a backend's
+/// control channel, a VM's ioeventfd lock). Not a lock the scheduler takes: requests
+/// queue there in order. Used for the lower bound and the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Server {
+    /// The control channel of a device's backend.
+    Channel(DeviceId),
+    /// The ioeventfd list of one side's VM.
+    VmIoeventfd,
+}
+
+/// One node of a plan.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Its id.
+    pub id: StepId,
+    /// The device it belongs to.
+    pub device: DeviceId,
+    /// The ring, for per-ring steps.
+    pub ring: Option<u32>,
+    /// What it does.
+    pub kind: StepKind,
+    /// Which side runs it.
+    pub side: Side,
+    /// Its window.
+    pub window: Window,
+    /// Who may run it.
+    pub affinity: Affinity,
+    /// Blocking or split-phase.
+    pub mode: ExecMode,
+    /// Expected duration of the work itself (service time).
+    pub cost: Duration,
+    /// The serialised server that does the work, if any; `None` means the lane does it.
+    pub server: Option<Server>,
+    /// How long the step may take before it fails with a time-out.
+    pub deadline: Duration,
+}

@@ -1,0 +1,462 @@
+//! The three strategies, side by side on the same SIMULATED backends:
+//!
+//! * `serial` — today's QEMU: one device after another, every step inside the
+//!   window, each request waited for before the next;
+//! * `pool` — the 2021 RFC: one task per device on a thread pool, every step inside
+//!   the window;
+//! * `engine` — this crate: the minimal-window plan on the [`Engine`].
+//!
+//! # Examples
+//!
+//! ```
+//! use switchover::strategy::{run, SimConfig, Strategy};
+//! use switchover::topology::Topology;
+//! let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.05).workers(2);
+//! let serial = run(&cfg, Strategy::Serial);
+//! let engine = run(&cfg, Strategy::Engine);
+//! assert!(serial.vring_bases_preserved && engine.vring_bases_preserved);
+//! ```
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{StepError, StepFailure};
+use crate::exec::{Completion, Engine, Lane, Progress, RunReport, StepActions, StepOutcome};
+use crate::plan::{LowerBound, Plan};
+use crate::recipe::{build, rollback, RecipeOptions};
+use crate::sim::{Fault, KvmModel, Profile, SimActions, SimSide};
+use crate::state::DeviceState;
+use crate::step::{ExecMode, Server, Side, Step, Window};
+use crate::switchover::{run_in_process, Outcome, SideSetup};
+use crate::topology::Topology;
+
+/// Default scale of the simulated profile: a `rfc-huge` run takes a few seconds.
+pub const DEFAULT_SCALE: f64 = 0.5;
+/// Default number of workers (the caller lane is one more).
+pub const DEFAULT_WORKERS: usize = 8;
+
+/// A strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// One device after another, everything in the window.
+    Serial,
+    /// One task per device on a pool, everything in the window.
+    Pool,
+    /// This crate's engine.
+    Engine,
+}
+
+impl Strategy {
+    /// All three, in report order.
+    pub const ALL: [Strategy; 3] = [Strategy::Serial, Strategy::Pool, Strategy::Engine];
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Serial => "serial",
+            Strategy::Pool => "pool",
+            Strategy::Engine => "engine",
+        }
+    }
+}
+
+/// A simulated run's configuration.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The VM.
+    pub topology: Arc<Topology>,
+    /// The cost profile.
+    pub profile: Profile,
+    /// Workers for `pool` and `engine`.
+    pub workers: usize,
+    /// Faults to inject.
+    pub faults: Vec<Fault>,
+    /// Deadline of every step.
+    pub deadline: Duration,
+}
+
+impl SimConfig {
+    /// Defaults: the RFC-derived profile at [`DEFAULT_SCALE`], [`DEFAULT_WORKERS`]
+    /// workers, no faults, 10 s deadlines.
+    pub fn new(topology: Topology) -> SimConfig {
+        SimConfig {
+            topology: Arc::new(topology),
+            profile: Profile::rfc_original(DEFAULT_SCALE),
+            workers: DEFAULT_WORKERS,
+            faults: vec![],
+            deadline: crate::plan::DEFAULT_DEADLINE,
+        }
+    }
+    /// Sets the profile scale.
+    pub fn scale(mut self, s: f64) -> Self {
+        self.profile.scale = s;
+        self
+    }
+    /// Sets the worker count.
+    pub fn workers(mut self, w: usize) -> Self {
+        self.workers = w;
+        self
+    }
+    /// Sets the KVM model.
+    pub fn kvm(mut self, m: KvmModel) -> Self {
+        self.profile.kvm = m;
+        self
+    }
+    /// Sets the faults.
+    pub fn faults(mut self, f: Vec<Fault>) -> Self {
+        self.faults = f;
+        self
+    }
+    /// Sets every step's deadline.
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.deadline = d;
+        self
+    }
+    fn opts(&self, base: RecipeOptions) -> RecipeOptions {
+        RecipeOptions { deadline: self.deadline, ..base }
+    }
+}
+
+/// One step as it ran, with times relative to the window's opening (negative in
+/// prepare).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TimedStep {
+    /// Side.
+    pub side: Side,
+    /// Window it ran in.
+    pub window: Window,
+    /// Device name.
+    pub device: String,
+    /// Device kind (`net`, `blk`, or a generic kind).
+    pub device_kind: String,
+    /// Ring.
+    pub ring: Option<u32>,
+    /// Step kind name.
+    pub step: String,
+    /// Lane (0 = caller).
+    pub lane: Lane,
+    /// Start (ns from window opening).
+    pub start_ns: i64,
+    /// End (ns from window opening).
+    pub end_ns: i64,
+    /// Outcome.
+    pub outcome: StepOutcome,
+    /// The serialised server, if any.
+    pub server: Option<Server>,
+    /// Whether it was split-phase.
+    pub split: bool,
+    /// Expected cost (ns).
+    pub cost_ns: u64,
+    /// Whether this was a rollback step.
+    pub rollback: bool,
+}
+
+/// What one strategy did.
+#[derive(Debug, Clone)]
+pub struct StrategyRun {
+    /// The strategy.
+    pub strategy: Strategy,
+    /// Always true here: these figures come from simulated backends.
+    pub simulated: bool,
+    /// Window opening to the destination running (or the source resumed).
+    pub downtime: Duration,
+    /// Duration of each phase that ran.
+    pub phases: Vec<(Side, Window, Duration)>,
+    /// Every step that ran.
+    pub steps: Vec<TimedStep>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The first failure, if any.
+    pub failure: Option<StepError>,
+    /// Every base read on the source reached the destination (completed), or the
+    /// source runs again with every base it read (rolled back).
+    pub vring_bases_preserved: bool,
+    /// Rings whose final base differs from the guest's (device, ring, have, want).
+    pub base_mismatches: Vec<(String, u32, Option<u16>, u16)>,
+    /// Notifiers whose ioctl was issued more than once in this run.
+    pub double_ioctls: usize,
+    /// Memory transactions committed and notifier changes they carried (both sides).
+    pub transactions: (u64, u64),
+    /// Lanes (workers + caller, or 1 for serial).
+    pub lanes: usize,
+    /// Lower bound on the blackout (src + dst) from the plans run.
+    pub lower_bound: LowerBound2,
+}
+
+/// The lower bound of a strategy's downtime, per side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LowerBound2 {
+    /// Source side.
+    pub src: LowerBound,
+    /// Destination side.
+    pub dst: LowerBound,
+}
+
+impl LowerBound2 {
+    /// Sum of the two sides (they run one after the other).
+    pub fn total(&self) -> Duration {
+        self.src.bound + self.dst.bound
+    }
+}
+
+/// Runs `strategy` once on fresh simulated backends.
+pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
+    let (opts, lanes) = match strategy {
+        Strategy::Serial => (cfg.opts(RecipeOptions::baseline()), 1),
+        Strategy::Pool => (cfg.opts(RecipeOptions::baseline()), cfg.workers.max(1)),
+        Strategy::Engine => (cfg.opts(RecipeOptions::engine()), cfg.workers + 1),
+    };
+    let topo = &cfg.topology;
+    let src_plan = Arc::new(build(topo, Side::Source, &opts, &cfg.profile).expect("validated topology"));
+    let dst_plan = Arc::new(build(topo, Side::Destination, &opts, &cfg.profile).expect("validated topology"));
+    let src_state = Arc::new(DeviceState::new(topo));
+    let dst_state = Arc::new(DeviceState::new(topo));
+    let src_side = Arc::new(SimSide::new(topo, Side::Source, &cfg.profile, &cfg.faults, src_state.clone()));
+    let dst_side = Arc::new(SimSide::new(topo, Side::Destination, &cfg.profile, &cfg.faults, dst_state.clone()));
+    let src_act = Arc::new(SimActions::new(src_side.clone(), src_plan.len()));
+    let dst_act = Arc::new(SimActions::new(dst_side.clone(), dst_plan.len()));
+    let lower_bound = LowerBound2 { src: src_plan.lower_bound(Window::Blackout, lanes), dst: dst_plan.lower_bound(Window::Blackout, lanes) };
+
+    let mut steps = Vec::new();
+    let mut phases = Vec::new();
+    let (outcome, downtime) = match strategy {
+        Strategy::Serial | Strategy::Pool => {
+            let opened = Instant::now();
+            let workers = if strategy == Strategy::Serial { 0 } else { cfg.workers.max(1) };
+            let (src_out, t_src) = run_chains(&src_plan, &*src_act, workers, opened);
+            phases.push((Side::Source, Window::Blackout, t_src));
+            steps.extend(src_out.0);
+            let mut failure = src_out.1;
+            if failure.is_none() {
+                dst_state.import(&src_state.export());
+                let (dst_out, t_dst) = run_chains(&dst_plan, &*dst_act, workers, opened);
+                phases.push((Side::Destination, Window::Blackout, t_dst));
+                steps.extend(dst_out.0);
+                failure = dst_out.1;
+            }
+            let downtime = opened.elapsed();
+            // Today's VMMs have no rollback: a failure leaves the VM stopped.
+            let outcome = match failure {
+                None => Outcome::Completed,
+                Some(cause) => Outcome::Failed {
+                    rollback: StepError { failure: StepFailure::Other { message: "no rollback in this strategy".into() }, ..cause.clone() },
+                    cause,
+                },
+            };
+            (outcome, downtime)
+        }
+        Strategy::Engine => {
+            let src_engine = Engine::new(cfg.workers);
+            let dst_engine = Engine::new(cfg.workers);
+            let src = SideSetup { plan: src_plan.clone(), actions: src_act.clone(), state: src_state.clone() };
+            let dst = SideSetup { plan: dst_plan.clone(), actions: dst_act.clone(), state: dst_state.clone() };
+            let side = src_side.clone();
+            let profile = cfg.profile.clone();
+            let rb_opts = opts.clone();
+            let rb = move |plan: &Plan, p: &Progress| -> Option<(Arc<Plan>, Arc<dyn StepActions>)> {
+                let rp = Arc::new(rollback(plan, p, &rb_opts, &profile).ok()?);
+                let act: Arc<dyn StepActions> = Arc::new(SimActions::new(side.clone(), rp.len()));
+                Some((rp, act))
+            };
+            let rep = run_in_process(&src, &dst, &src_engine, &dst_engine, &rb);
+            for r in &rep.runs {
+                let plan = if r.side == Side::Source { &src_plan } else { &dst_plan };
+                phases.push((r.side, r.window, r.wall));
+                steps.extend(timed(plan, r, rep.window_opened, false));
+            }
+            if let Some((plan, r)) = &rep.rollback {
+                phases.push((Side::Source, Window::Blackout, r.wall));
+                steps.extend(timed(plan, r, rep.window_opened, true));
+            }
+            (rep.outcome, rep.downtime)
+        }
+    };
+    let failure = match &outcome {
+        Outcome::Completed => None,
+        Outcome::Aborted { cause } | Outcome::RolledBack { cause } | Outcome::Failed { cause, .. } | Outcome::CompletedWithCleanupErrors { cause } => {
+            Some(cause.clone())
+        }
+    };
+    // Check what matters: where the guest now runs, every ring has the base the
+    // guest had reached.
+    let sync = Duration::from_secs(5);
+    let (preserved, mismatches) = match &outcome {
+        Outcome::Completed | Outcome::CompletedWithCleanupErrors { .. } => {
+            let ok = dst_side.sync(sync);
+            let m = dst_side.base_mismatches();
+            (ok && m.is_empty(), m)
+        }
+        Outcome::RolledBack { .. } => {
+            let ok = src_side.sync(sync);
+            let m = src_side.base_mismatches();
+            (ok && m.is_empty(), m)
+        }
+        Outcome::Aborted { .. } => (true, vec![]),
+        Outcome::Failed { .. } => (false, vec![]),
+    };
+    let mut double_ioctls = 0;
+    let (mut commits, mut changes) = (0, 0);
+    for side in [&src_side, &dst_side] {
+        for d in topo.devices() {
+            for r in 0..d.rings() {
+                for host in [true, false] {
+                    if side.vm().ioctls(d.id, r, host) > 1 {
+                        double_ioctls += 1;
+                    }
+                }
+            }
+        }
+        let (c, n) = side.vm().transactions();
+        commits += c;
+        changes += n;
+    }
+    steps.sort_by_key(|s| (s.start_ns, s.end_ns));
+    StrategyRun {
+        strategy,
+        simulated: true,
+        downtime,
+        phases,
+        steps,
+        outcome,
+        failure,
+        vring_bases_preserved: preserved,
+        base_mismatches: mismatches,
+        double_ioctls,
+        transactions: (commits, changes),
+        lanes,
+        lower_bound,
+    }
+}
+
+fn timed(plan: &Plan, r: &RunReport, opened: Instant, rollback: bool) -> Vec<TimedStep> {
+    let base = signed_ns(r.started_at, opened);
+    r.records
+        .iter()
+        .map(|rec| {
+            let s = plan.step(rec.step);
+            mk_timed(plan, s, rec.lane, base + rec.start.as_nanos() as i64, base + rec.end.as_nanos() as i64, rec.outcome, rollback)
+        })
+        .collect()
+}
+
+fn mk_timed(plan: &Plan, s: &Step, lane: Lane, start_ns: i64, end_ns: i64, outcome: StepOutcome, rollback: bool) -> TimedStep {
+    let dev = plan.topology().device(s.device);
+    TimedStep {
+        side: plan.side(),
+        window: s.window,
+        device: dev.name.clone(),
+        device_kind: dev.kind.prefix().to_string(),
+        ring: s.ring,
+        step: s.kind.name().to_string(),
+        lane,
+        start_ns,
+        end_ns,
+        outcome,
+        server: s.server,
+        split: s.mode == ExecMode::Split,
+        cost_ns: s.cost.as_nanos() as u64,
+        rollback,
+    }
+}
+
+fn signed_ns(t: Instant, origin: Instant) -> i64 {
+    if t >= origin {
+        (t - origin).as_nanos() as i64
+    } else {
+        -((origin - t).as_nanos() as i64)
+    }
+}
+
+/// Runs one step and waits for its answer (or its deadline).
+///
+/// ```
+/// use switchover::exec::{Completion, StepActions};
+/// use switchover::step::Step;
+/// struct Ok_;
+/// impl StepActions for Ok_ {
+///     fn start(&self, _: &Step, done: Completion) { done.complete(Ok(())) }
+/// }
+/// let t = std::sync::Arc::new(switchover::topology::Topology::preset("single-blk").unwrap());
+/// let plan = switchover::recipe::build(&t, switchover::step::Side::Source,
+///     &switchover::recipe::RecipeOptions::baseline(), &switchover::recipe::NoCosts).unwrap();
+/// assert!(switchover::strategy::run_one(&Ok_, &plan.steps()[0]).is_ok());
+/// ```
+pub fn run_one(actions: &dyn StepActions, step: &Step) -> Result<(), StepFailure> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    actions.start(
+        step,
+        Completion::from_fn(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    match rx.recv_timeout(step.deadline) {
+        Ok(r) => r,
+        Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(StepFailure::Timeout { after: step.deadline }),
+        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(StepFailure::Abandoned),
+    }
+}
+
+type ChainOut = (Vec<TimedStep>, Option<StepError>);
+
+/// Runs each device's steps in plan order, one request at a time: on the calling
+/// thread (`workers == 0`, serial), or one device per task on `workers` threads (pool).
+fn run_chains(plan: &Plan, actions: &dyn StepActions, workers: usize, opened: Instant) -> (ChainOut, Duration) {
+    let t0 = Instant::now();
+    let ndev = plan.topology().devices().len();
+    let mut by_dev: Vec<Vec<&Step>> = vec![Vec::new(); ndev];
+    for s in plan.steps() {
+        by_dev[s.device.0 as usize].push(s);
+    }
+    let next = AtomicUsize::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let lane_work = |lane: Lane| -> ChainOut {
+        let mut out = Vec::new();
+        let mut fail = None;
+        loop {
+            let d = next.fetch_add(1, Ordering::AcqRel);
+            if d >= ndev || stop.load(Ordering::Acquire) {
+                break;
+            }
+            for s in &by_dev[d] {
+                let st = signed_ns(Instant::now(), opened);
+                let r = run_one(actions, s);
+                let en = signed_ns(Instant::now(), opened);
+                let oc = if r.is_ok() { StepOutcome::Done } else { StepOutcome::Failed };
+                out.push(mk_timed(plan, s, lane, st, en, oc, false));
+                if let Err(f) = r {
+                    fail = Some(StepError {
+                        side: plan.side(),
+                        device: plan.device_name(s.id).to_string(),
+                        ring: s.ring,
+                        step: s.kind.name().into(),
+                        failure: f,
+                    });
+                    stop.store(true, Ordering::Release);
+                    break;
+                }
+            }
+            if fail.is_some() {
+                break;
+            }
+        }
+        (out, fail)
+    };
+    let result = if workers == 0 {
+        lane_work(0)
+    } else {
+        let lw = &lane_work;
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..workers).map(|i| sc.spawn(move || lw((i + 1) as Lane))).collect();
+            let mut all = Vec::new();
+            let mut fail = None;
+            for h in hs {
+                let (o, f) = h.join().expect("pool worker panicked");
+                all.extend(o);
+                fail = fail.or(f);
+            }
+            (all, fail)
+        })
+    };
+    (result, t0.elapsed())
+}

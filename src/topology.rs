@@ -1,0 +1,553 @@
+//! What a VM has: its devices, their kinds and queues; presets and TOML files.
+//!
+//! Devices are named by kind and index (`net0`…`net15`, `blk0`…`blk23`); errors and
+//! reports use those names.
+//!
+//! # Examples
+//!
+//! ```
+//! use switchover::topology::Topology;
+//! let t = Topology::preset("rfc-huge").unwrap();
+//! assert_eq!(t.devices().len(), 40);
+//! assert_eq!(t.device_by_name("net15").unwrap().rings(), 64);
+//! assert_eq!(t.total_rings(), 16 * 64 + 24 * 4);
+//! ```
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::step::{Affinity, Side, Window};
+
+/// Index of a device in its [`Topology`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct DeviceId(pub u32);
+
+/// The kind of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// vhost-user net: each queue pair is two rings (rx, tx).
+    Net,
+    /// vhost-user blk: one ring per queue.
+    Blk,
+    /// A device kind a VMM defines, with its own steps; the string is its kind name.
+    Generic(String),
+}
+
+impl DeviceKind {
+    /// The prefix of device names of this kind (`net`, `blk`, or the generic name).
+    ///
+    /// ```
+    /// use switchover::topology::DeviceKind;
+    /// assert_eq!(DeviceKind::Blk.prefix(), "blk");
+    /// ```
+    pub fn prefix(&self) -> &str {
+        match self {
+            DeviceKind::Net => "net",
+            DeviceKind::Blk => "blk",
+            DeviceKind::Generic(k) => k,
+        }
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.prefix())
+    }
+}
+
+/// One step of a generic device kind, as a VMM declares it.
+///
+/// ```
+/// use switchover::step::{Affinity, Side, Window};
+/// use switchover::topology::GenericStep;
+/// let s = GenericStep::new("load_state", Side::Destination, Window::Prepare)
+///     .cost(std::time::Duration::from_millis(40));
+/// assert_eq!(s.affinity, Affinity::Any);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GenericStep {
+    /// Step name, unique within the device kind; reports show it.
+    pub name: String,
+    /// Which side runs it.
+    pub side: Side,
+    /// The window the engine runs it in.
+    pub window: Window,
+    /// Which lane may run it.
+    pub affinity: Affinity,
+    /// Names of steps of the same device (and side) that must finish first.
+    pub after: Vec<String>,
+    /// Expected duration (drives priorities; the simulated backend sleeps this long).
+    pub cost: Duration,
+}
+
+impl GenericStep {
+    /// A step with no predecessors, any-lane affinity and zero cost.
+    pub fn new(name: &str, side: Side, window: Window) -> Self {
+        GenericStep { name: name.into(), side, window, affinity: Affinity::Any, after: vec![], cost: Duration::ZERO }
+    }
+    /// Sets the expected cost.
+    pub fn cost(mut self, cost: Duration) -> Self {
+        self.cost = cost;
+        self
+    }
+    /// Sets the affinity.
+    pub fn affinity(mut self, a: Affinity) -> Self {
+        self.affinity = a;
+        self
+    }
+    /// Adds a predecessor by name.
+    pub fn after(mut self, name: &str) -> Self {
+        self.after.push(name.into());
+        self
+    }
+}
+
+/// One device of a topology.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Device {
+    /// Its id (index in the topology).
+    pub id: DeviceId,
+    /// Its kind.
+    pub kind: DeviceKind,
+    /// Its name, e.g. `net3`.
+    pub name: String,
+    /// Queue pairs (net) or queues (blk); 0 for generic devices.
+    pub queues: u32,
+    /// The steps of a generic device (empty for net and blk).
+    pub steps: Vec<GenericStep>,
+}
+
+impl Device {
+    /// Number of virtqueues (rings): 2 per net queue pair, 1 per blk queue.
+    ///
+    /// ```
+    /// use switchover::topology::Topology;
+    /// let t = Topology::builder().net(1, 4).blk(1, 2).build().unwrap();
+    /// assert_eq!(t.devices()[0].rings(), 8);
+    /// assert_eq!(t.devices()[1].rings(), 2);
+    /// ```
+    pub fn rings(&self) -> u32 {
+        match self.kind {
+            DeviceKind::Net => self.queues * 2,
+            DeviceKind::Blk => self.queues,
+            DeviceKind::Generic(_) => 0,
+        }
+    }
+}
+
+/// A malformed topology: names what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    /// No preset of that name.
+    #[error("unknown preset '{name}' (known: {known})")]
+    UnknownPreset {
+        /// The name asked for.
+        name: String,
+        /// The known names, comma separated.
+        known: String,
+    },
+    /// The file could not be read.
+    #[error("cannot read topology file {path}: {reason}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// The TOML is malformed or has unknown keys.
+    #[error("bad topology file {path}: {reason}")]
+    Parse {
+        /// The path.
+        path: String,
+        /// What the parser said, with line and column.
+        reason: String,
+    },
+    /// A device entry is invalid.
+    #[error("device {device}: {reason}")]
+    Invalid {
+        /// The device (or device group) named.
+        device: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The topology has no devices.
+    #[error("topology has no devices")]
+    Empty,
+}
+
+/// A VM's devices.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Topology {
+    name: String,
+    devices: Vec<Device>,
+}
+
+/// Names of the built-in presets.
+pub const PRESETS: &[&str] = &["rfc-huge", "medium", "small", "single-net", "single-blk"];
+
+impl Topology {
+    /// A builder for a topology in code.
+    ///
+    /// ```
+    /// use switchover::topology::Topology;
+    /// let t = Topology::builder().name("mine").net(2, 1).build().unwrap();
+    /// assert_eq!(t.name(), "mine");
+    /// assert_eq!(t.devices()[1].name, "net1");
+    /// ```
+    pub fn builder() -> TopologyBuilder {
+        TopologyBuilder::default()
+    }
+
+    /// A built-in preset: `rfc-huge` (16 nets × 32 queue pairs, 24 blks × 4 queues,
+    /// the VM of the 2021 RFC), `medium` (4 × 8, 4 × 4), `small` (2 × 2, 2 × 1),
+    /// `single-net` (1 × 1), `single-blk` (1 × 1).
+    ///
+    /// # Errors
+    /// [`TopologyError::UnknownPreset`] for any other name.
+    ///
+    /// ```
+    /// use switchover::topology::Topology;
+    /// assert!(Topology::preset("nope").is_err());
+    /// ```
+    pub fn preset(name: &str) -> Result<Topology, TopologyError> {
+        let b = Topology::builder().name(name);
+        let b = match name {
+            "rfc-huge" => b.net(16, 32).blk(24, 4),
+            "medium" => b.net(4, 8).blk(4, 4),
+            "small" => b.net(2, 2).blk(2, 1),
+            "single-net" => b.net(1, 1),
+            "single-blk" => b.blk(1, 1),
+            _ => {
+                return Err(TopologyError::UnknownPreset { name: name.into(), known: PRESETS.join(", ") });
+            }
+        };
+        b.build()
+    }
+
+    /// Parses a topology from TOML text (see `docs/integrating.md` for the format).
+    ///
+    /// # Errors
+    /// [`TopologyError::Parse`] for malformed TOML or unknown keys,
+    /// [`TopologyError::Invalid`] for zero counts or queues.
+    ///
+    /// ```
+    /// use switchover::topology::Topology;
+    /// let t = Topology::from_toml_str("[[device]]\nkind = \"blk\"\ncount = 2\nqueues = 4\n", "inline").unwrap();
+    /// assert_eq!(t.devices().len(), 2);
+    /// assert!(Topology::from_toml_str("[[device]]\nkind = \"blk\"\nqueues = 0\n", "x").is_err());
+    /// assert!(Topology::from_toml_str("[[device]]\nkind = \"blk\"\nqeues = 1\n", "x").is_err());
+    /// ```
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Topology, TopologyError> {
+        let file: TomlFile =
+            toml::from_str(text).map_err(|e| TopologyError::Parse { path: origin.into(), reason: one_line(&e.to_string()) })?;
+        let mut b = Topology::builder().name(file.name.as_deref().unwrap_or(origin));
+        for (i, d) in file.device.into_iter().enumerate() {
+            let group = format!("#{} in {origin}", i + 1);
+            let count = d.count.unwrap_or(1);
+            match d.kind.as_str() {
+                "net" => {
+                    reject_extra(&group, &d, &["queues", "name", "step"])?;
+                    b = b.net(count, d.queue_pairs.unwrap_or(1));
+                }
+                "blk" => {
+                    reject_extra(&group, &d, &["queue_pairs", "name", "step"])?;
+                    b = b.blk(count, d.queues.unwrap_or(1));
+                }
+                "generic" => {
+                    reject_extra(&group, &d, &["queues", "queue_pairs"])?;
+                    let name = d.name.clone().ok_or_else(|| TopologyError::Invalid {
+                        device: group.clone(),
+                        reason: "a generic device needs `name` (its kind name)".into(),
+                    })?;
+                    let steps = d
+                        .step
+                        .iter()
+                        .map(|s| s.to_step(&group))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    b = b.generic(count, &name, steps);
+                }
+                other => {
+                    return Err(TopologyError::Invalid {
+                        device: group,
+                        reason: format!("unknown kind '{other}' (expected net, blk or generic)"),
+                    })
+                }
+            }
+        }
+        b.build()
+    }
+
+    /// Reads a topology from a TOML file.
+    ///
+    /// # Errors
+    /// [`TopologyError::Read`] if the file cannot be read, else as [`Topology::from_toml_str`].
+    ///
+    /// ```
+    /// use switchover::topology::Topology;
+    /// assert!(Topology::from_toml_file(std::path::Path::new("/nonexistent.toml")).is_err());
+    /// ```
+    pub fn from_toml_file(path: &Path) -> Result<Topology, TopologyError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| TopologyError::Read { path: shown.clone(), reason: e.to_string() })?;
+        Topology::from_toml_str(&text, &shown)
+    }
+
+    /// The topology's name (the preset or file it came from).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// All devices, in id order.
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    /// A device by id.
+    ///
+    /// ```
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let t = Topology::preset("small").unwrap();
+    /// assert_eq!(t.device(DeviceId(2)).name, "blk0");
+    /// ```
+    pub fn device(&self, id: DeviceId) -> &Device {
+        &self.devices[id.0 as usize]
+    }
+
+    /// A device by name.
+    pub fn device_by_name(&self, name: &str) -> Option<&Device> {
+        self.devices.iter().find(|d| d.name == name)
+    }
+
+    /// Rings over all devices.
+    pub fn total_rings(&self) -> u32 {
+        self.devices.iter().map(Device::rings).sum()
+    }
+
+    /// A one-line summary, e.g. `rfc-huge: 16 net × 32 qp, 24 blk × 4 q`.
+    ///
+    /// ```
+    /// use switchover::topology::Topology;
+    /// assert_eq!(Topology::preset("rfc-huge").unwrap().summary(), "rfc-huge: 16 net × 32 qp, 24 blk × 4 q (1120 rings)");
+    /// ```
+    pub fn summary(&self) -> String {
+        let mut groups: Vec<(String, u32, u32)> = Vec::new();
+        for d in &self.devices {
+            let key = d.kind.prefix().to_string();
+            match groups.iter_mut().find(|g| g.0 == key && g.2 == d.queues) {
+                Some(g) => g.1 += 1,
+                None => groups.push((key, 1, d.queues)),
+            }
+        }
+        let parts: Vec<String> = groups
+            .iter()
+            .map(|(k, n, q)| match k.as_str() {
+                "net" => format!("{n} net × {q} qp"),
+                "blk" => format!("{n} blk × {q} q"),
+                _ => format!("{n} {k}"),
+            })
+            .collect();
+        format!("{}: {} ({} rings)", self.name, parts.join(", "), self.total_rings())
+    }
+}
+
+/// Builds a [`Topology`] in code; devices are numbered per kind in the order added.
+#[derive(Debug, Default, Clone)]
+pub struct TopologyBuilder {
+    name: Option<String>,
+    groups: Vec<(DeviceKind, u32, u32, Vec<GenericStep>)>,
+}
+
+impl TopologyBuilder {
+    /// Names the topology.
+    pub fn name(mut self, n: &str) -> Self {
+        self.name = Some(n.into());
+        self
+    }
+    /// Adds `count` vhost-user net devices with `queue_pairs` each.
+    pub fn net(mut self, count: u32, queue_pairs: u32) -> Self {
+        self.groups.push((DeviceKind::Net, count, queue_pairs, vec![]));
+        self
+    }
+    /// Adds `count` vhost-user blk devices with `queues` each.
+    pub fn blk(mut self, count: u32, queues: u32) -> Self {
+        self.groups.push((DeviceKind::Blk, count, queues, vec![]));
+        self
+    }
+    /// Adds `count` devices of a VMM-defined kind `kind` with the given steps.
+    ///
+    /// ```
+    /// use switchover::step::{Side, Window};
+    /// use switchover::topology::{GenericStep, Topology};
+    /// let t = Topology::builder()
+    ///     .generic(1, "vfio", vec![GenericStep::new("stop", Side::Source, Window::Blackout)])
+    ///     .build().unwrap();
+    /// assert_eq!(t.devices()[0].name, "vfio0");
+    /// ```
+    pub fn generic(mut self, count: u32, kind: &str, steps: Vec<GenericStep>) -> Self {
+        self.groups.push((DeviceKind::Generic(kind.into()), count, 0, steps));
+        self
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    /// [`TopologyError::Invalid`] for zero counts, zero queues, bad generic steps;
+    /// [`TopologyError::Empty`] for no devices.
+    pub fn build(self) -> Result<Topology, TopologyError> {
+        let mut devices = Vec::new();
+        let mut next_index: Vec<(String, u32)> = Vec::new();
+        for (kind, count, queues, steps) in self.groups {
+            let prefix = kind.prefix().to_string();
+            let idx = match next_index.iter_mut().find(|(p, _)| *p == prefix) {
+                Some((_, i)) => i,
+                None => {
+                    next_index.push((prefix.clone(), 0));
+                    &mut next_index.last_mut().expect("just pushed").1
+                }
+            };
+            let group = format!("{prefix}{}", *idx);
+            if count == 0 {
+                return Err(TopologyError::Invalid { device: group, reason: "count is 0".into() });
+            }
+            if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_alphabetic() || c == '_' || c == '-') {
+                return Err(TopologyError::Invalid {
+                    device: group,
+                    reason: format!("kind name '{prefix}' must be letters, '-' or '_'"),
+                });
+            }
+            match kind {
+                DeviceKind::Net | DeviceKind::Blk if queues == 0 => {
+                    let what = if kind == DeviceKind::Net { "queue_pairs" } else { "queues" };
+                    return Err(TopologyError::Invalid { device: group, reason: format!("{what} is 0") });
+                }
+                DeviceKind::Net if queues > 256 => {
+                    return Err(TopologyError::Invalid { device: group, reason: format!("queue_pairs {queues} > 256") });
+                }
+                DeviceKind::Blk if queues > 256 => {
+                    return Err(TopologyError::Invalid { device: group, reason: format!("queues {queues} > 256") });
+                }
+                DeviceKind::Generic(_) => validate_generic(&group, &steps)?,
+                _ => {}
+            }
+            for _ in 0..count {
+                let id = DeviceId(devices.len() as u32);
+                devices.push(Device { id, kind: kind.clone(), name: format!("{prefix}{}", *idx), queues, steps: steps.clone() });
+                *idx += 1;
+            }
+        }
+        if devices.is_empty() {
+            return Err(TopologyError::Empty);
+        }
+        Ok(Topology { name: self.name.unwrap_or_else(|| "custom".into()), devices })
+    }
+}
+
+fn validate_generic(group: &str, steps: &[GenericStep]) -> Result<(), TopologyError> {
+    if steps.is_empty() {
+        return Err(TopologyError::Invalid { device: group.into(), reason: "a generic device needs at least one step".into() });
+    }
+    for (i, s) in steps.iter().enumerate() {
+        if steps[..i].iter().any(|o| o.name == s.name && o.side == s.side) {
+            return Err(TopologyError::Invalid { device: group.into(), reason: format!("step '{}' declared twice", s.name) });
+        }
+        for a in &s.after {
+            // Predecessors must be declared earlier on the same side: no cycles possible.
+            if !steps[..i].iter().any(|o| &o.name == a && o.side == s.side) {
+                return Err(TopologyError::Invalid {
+                    device: group.into(),
+                    reason: format!("step '{}' is after '{a}', which is not an earlier step of the same side", s.name),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlFile {
+    name: Option<String>,
+    #[serde(default)]
+    device: Vec<TomlDevice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlDevice {
+    kind: String,
+    count: Option<u32>,
+    queues: Option<u32>,
+    queue_pairs: Option<u32>,
+    name: Option<String>,
+    #[serde(default)]
+    step: Vec<TomlStep>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlStep {
+    name: String,
+    side: String,
+    window: String,
+    #[serde(default)]
+    after: Vec<String>,
+    affinity: Option<String>,
+    cost_ms: Option<f64>,
+}
+
+impl TomlStep {
+    fn to_step(&self, group: &str) -> Result<GenericStep, TopologyError> {
+        let bad = |what: &str, v: &str| TopologyError::Invalid { device: group.into(), reason: format!("step '{}': unknown {what} '{v}'", self.name) };
+        let side = match self.side.as_str() {
+            "source" => Side::Source,
+            "destination" => Side::Destination,
+            v => return Err(bad("side", v)),
+        };
+        let window = match self.window.as_str() {
+            "prepare" => Window::Prepare,
+            "blackout" => Window::Blackout,
+            "cleanup" => Window::Cleanup,
+            v => return Err(bad("window", v)),
+        };
+        let affinity = match self.affinity.as_deref().unwrap_or("any") {
+            "any" => Affinity::Any,
+            "caller" => Affinity::Caller,
+            v => return Err(bad("affinity", v)),
+        };
+        let ms = self.cost_ms.unwrap_or(0.0);
+        if !(0.0..=600_000.0).contains(&ms) {
+            return Err(TopologyError::Invalid { device: group.into(), reason: format!("step '{}': cost_ms {ms} out of range", self.name) });
+        }
+        Ok(GenericStep {
+            name: self.name.clone(),
+            side,
+            window,
+            affinity,
+            after: self.after.clone(),
+            cost: Duration::from_secs_f64(ms / 1000.0),
+        })
+    }
+}
+
+fn reject_extra(group: &str, d: &TomlDevice, not_for_kind: &[&str]) -> Result<(), TopologyError> {
+    let present = [
+        ("queues", d.queues.is_some()),
+        ("queue_pairs", d.queue_pairs.is_some()),
+        ("name", d.name.is_some()),
+        ("step", !d.step.is_empty()),
+    ];
+    for (key, is) in present {
+        if is && not_for_kind.contains(&key) {
+            return Err(TopologyError::Invalid { device: group.into(), reason: format!("key '{key}' does not apply to kind '{}'", d.kind) });
+        }
+    }
+    Ok(())
+}
