@@ -128,7 +128,7 @@ fn main() -> ExitCode {
         let c2 = cfg.clone().kvm(other);
         strategies.iter().map(|s| run(&c2, *s)).collect()
     };
-    let cmp = Comparison { config: cfg, runs, kvm_runs };
+    let cmp = Comparison::simulated(&cfg, runs, kvm_runs);
     print!("{}", table(&cmp));
     if let Some(p) = &cli.json {
         let text = serde_json::to_string_pretty(&json(&cmp)).expect("JSON of plain data");

@@ -14,7 +14,7 @@
 //! use switchover::topology::Topology;
 //! let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.05).workers(2);
 //! let runs = Strategy::ALL.iter().map(|s| run(&cfg, *s)).collect();
-//! let cmp = Comparison { config: cfg, runs, kvm_runs: vec![] };
+//! let cmp = Comparison::simulated(&cfg, runs, vec![]);
 //! let text = table(&cmp);
 //! assert!(text.contains("SIMULATED"));
 //! assert!(text.contains("get_vring_base"));
@@ -33,8 +33,18 @@ use crate::strategy::{SimConfig, Strategy, StrategyRun, TimedStep};
 /// Side-by-side runs of the strategies on one configuration.
 #[derive(Debug, Clone)]
 pub struct Comparison {
-    /// The configuration (its profile's KVM model is the main one).
-    pub config: SimConfig,
+    /// Whether the backends were simulated; every figure is labelled accordingly.
+    pub simulated: bool,
+    /// What ran, e.g. `SIMULATED backends (profile rfc-original scaled ×0.5, KVM model rfc)`.
+    pub label: String,
+    /// The VM.
+    pub topology: std::sync::Arc<crate::topology::Topology>,
+    /// Worker threads of `pool` and `engine`.
+    pub workers: usize,
+    /// The simulated profile, when simulated (its RFC rows and scale label the table).
+    pub profile: Option<crate::sim::Profile>,
+    /// Faults injected.
+    pub faults: Vec<String>,
     /// One run per strategy.
     pub runs: Vec<StrategyRun>,
     /// The same strategies under the other KVM model (may be empty).
@@ -42,6 +52,21 @@ pub struct Comparison {
 }
 
 impl Comparison {
+    /// A comparison of simulated runs made with `cfg`.
+    pub fn simulated(cfg: &SimConfig, runs: Vec<StrategyRun>, kvm_runs: Vec<StrategyRun>) -> Comparison {
+        let p = &cfg.profile;
+        Comparison {
+            simulated: true,
+            label: format!("SIMULATED backends (profile {} scaled ×{}, KVM model {})", p.name, p.scale, p.kvm.name()),
+            topology: cfg.topology.clone(),
+            workers: cfg.workers,
+            profile: Some(p.clone()),
+            faults: cfg.faults.iter().map(ToString::to_string).collect(),
+            runs,
+            kvm_runs,
+        }
+    }
+
     /// The run of a strategy.
     pub fn get(&self, s: Strategy) -> Option<&StrategyRun> {
         self.runs.iter().find(|r| r.strategy == s)
@@ -98,23 +123,16 @@ fn dms(d: Duration) -> f64 {
 
 /// The RFC-style table, then downtimes, speedups and the lower bound.
 pub fn table(cmp: &Comparison) -> String {
-    let cfg = &cmp.config;
-    let p = &cfg.profile;
+    let scale = cmp.profile.as_ref().map(|p| p.scale).unwrap_or(1.0);
+    let rfc = if cmp.profile.is_some() { rfc_rows() } else { vec![] };
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "switchover: SIMULATED backends (profile {} scaled ×{}, KVM model {}), {} workers + caller lane",
-        p.name,
-        p.scale,
-        p.kvm.name(),
-        cfg.workers
-    );
-    let _ = writeln!(out, "topology {}", cfg.topology.summary());
+    let _ = writeln!(out, "switchover: {}, {} workers + caller lane", cmp.label, cmp.workers);
+    let _ = writeln!(out, "topology {}", cmp.topology.summary());
     let _ = writeln!(out);
     let per: Vec<(Strategy, BTreeMap<RowKey, (usize, i64, Window)>)> = cmp.runs.iter().map(|r| (r.strategy, rows_of(r))).collect();
     // Row order: the RFC's rows first (source then destination), then the others.
     let mut keys: Vec<RowKey> = Vec::new();
-    for r in rfc_rows() {
+    for r in &rfc {
         keys.push((r.side, unit_name(r.unit).into(), r.step.name().into()));
     }
     for (_, m) in &per {
@@ -131,7 +149,6 @@ pub fn table(cmp: &Comparison) -> String {
         "side", "dev", "step", "count", "RFC orig", "RFC×scale", "serial", "pool", "engine", "engine window"
     );
     let _ = writeln!(out, "{:<37} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "ms", "ms", "ms", "ms", "ms");
-    let rfc = rfc_rows();
     for k in &keys {
         let rfc_ms = rfc.iter().find(|r| r.side == k.0 && unit_name(r.unit) == k.1 && r.step.name() == k.2).map(|r| r.original_ms);
         let count = per.iter().filter_map(|(_, m)| m.get(k).map(|x| x.0)).max().unwrap_or(0);
@@ -152,7 +169,7 @@ pub fn table(cmp: &Comparison) -> String {
             k.2,
             count,
             rfc_ms.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into()),
-            rfc_ms.map(|v| format!("{:.1}", v * p.scale)).unwrap_or_else(|| "-".into()),
+            rfc_ms.map(|v| format!("{:.1}", v * scale)).unwrap_or_else(|| "-".into()),
             cell(Strategy::Serial),
             cell(Strategy::Pool),
             cell(Strategy::Engine),
@@ -162,18 +179,20 @@ pub fn table(cmp: &Comparison) -> String {
     let _ = writeln!(out, "(own time per step kind; engine rows outside the blackout window are not downtime)");
     let _ = writeln!(out);
     let dt = |s: Strategy| cmp.get(s).map(|r| dms(r.downtime));
-    let _ = writeln!(out, "downtime (window open → destination running), SIMULATED:");
+    let _ = writeln!(out, "downtime (window open → destination running), {}:", if cmp.simulated { "SIMULATED" } else { "REAL" });
     if let Some(v) = dt(Strategy::Serial) {
-        let _ = writeln!(out, "  serial  {v:>9.1} ms   (RFC Original {RFC_ORIGINAL_MS:.0} ms × {} = {:.1} ms)", p.scale, RFC_ORIGINAL_MS * p.scale);
+        let _ = write!(out, "  serial  {v:>9.1} ms");
+        if cmp.profile.is_some() {
+            let _ = write!(out, "   (RFC Original {RFC_ORIGINAL_MS:.0} ms × {scale} = {:.1} ms)", RFC_ORIGINAL_MS * scale);
+        }
+        let _ = writeln!(out);
     }
     if let Some(v) = dt(Strategy::Pool) {
-        let _ = writeln!(
-            out,
-            "  pool    {v:>9.1} ms   ({} workers; the RFC's own pool: {RFC_CONCURRENT_MS:.0} ms × {} = {:.1} ms)",
-            cfg.workers,
-            p.scale,
-            RFC_CONCURRENT_MS * p.scale
-        );
+        let _ = write!(out, "  pool    {v:>9.1} ms   ({} workers", cmp.workers);
+        if cmp.profile.is_some() {
+            let _ = write!(out, "; the RFC's own pool: {RFC_CONCURRENT_MS:.0} ms × {scale} = {:.1} ms", RFC_CONCURRENT_MS * scale);
+        }
+        let _ = writeln!(out, ")");
     }
     if let Some(e) = cmp.get(Strategy::Engine) {
         let lb = e.lower_bound.total();
@@ -215,9 +234,8 @@ pub fn table(cmp: &Comparison) -> String {
         }
     }
     if !cmp.kvm_runs.is_empty() {
-        let model = cmp.kvm_runs[0].strategy;
-        let _ = model;
-        let other = if p.kvm == KvmModel::Rfc { KvmModel::PerVmIoeventfd } else { KvmModel::Rfc };
+        let main_model = cmp.profile.as_ref().map(|p| p.kvm).unwrap_or(KvmModel::Rfc);
+        let other = if main_model == KvmModel::Rfc { KvmModel::PerVmIoeventfd } else { KvmModel::Rfc };
         let _ = writeln!(out);
         let _ = writeln!(out, "under KVM model {} (SIMULATED):", other.name());
         for r in &cmp.kvm_runs {
@@ -296,7 +314,6 @@ fn run_json(r: &StrategyRun, with_steps: bool) -> Value {
 /// The JSON document: `simulated`, `topology`, `lower_bound_ms`,
 /// `strategies.<name>.downtime_ms`, per-step intervals, `vring_bases_preserved`, …
 pub fn json(cmp: &Comparison) -> Value {
-    let cfg = &cmp.config;
     let mut strategies = serde_json::Map::new();
     for r in &cmp.runs {
         strategies.insert(r.strategy.name().into(), run_json(r, true));
@@ -307,19 +324,21 @@ pub fn json(cmp: &Comparison) -> Value {
     }
     let engine = cmp.get(Strategy::Engine);
     let outcome = engine.map(|e| e.outcome.name()).unwrap_or("n/a");
+    let main_model = cmp.profile.as_ref().map(|p| p.kvm).unwrap_or(KvmModel::Rfc);
     json!({
-        "simulated": true,
-        "profile": { "name": cfg.profile.name, "scale": cfg.profile.scale, "kvm_model": cfg.profile.kvm.name(),
-                     "rule": "each RFC Original row divided evenly over its instances in rfc-huge; unlisted messages share the remaining 30 ms; all × scale" },
-        "topology": { "name": cfg.topology.name(), "summary": cfg.topology.summary(), "devices": cfg.topology.devices().len(), "rings": cfg.topology.total_rings() },
-        "workers": cfg.workers,
-        "faults": cfg.faults.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+        "simulated": cmp.simulated,
+        "label": cmp.label,
+        "profile": cmp.profile.as_ref().map(|p| json!({ "name": p.name, "scale": p.scale, "kvm_model": p.kvm.name(),
+            "rule": "each RFC Original row divided evenly over its instances in rfc-huge; unlisted messages share the remaining 30 ms; all × scale" })),
+        "topology": { "name": cmp.topology.name(), "summary": cmp.topology.summary(), "devices": cmp.topology.devices().len(), "rings": cmp.topology.total_rings() },
+        "workers": cmp.workers,
+        "faults": cmp.faults,
         "outcome": outcome,
         "cause": engine.and_then(|e| e.failure.as_ref()).map(|f| json!({"device": f.device, "step": f.step, "ring": f.ring, "side": f.side, "message": f.to_string()})),
         "lower_bound_ms": engine.map(|e| dms(e.lower_bound.total())),
-        "rfc": { "original_ms": RFC_ORIGINAL_MS, "concurrent_ms": RFC_CONCURRENT_MS },
+        "rfc": cmp.profile.as_ref().map(|_| json!({ "original_ms": RFC_ORIGINAL_MS, "concurrent_ms": RFC_CONCURRENT_MS })),
         "vring_bases_preserved": cmp.runs.iter().all(|r| r.vring_bases_preserved),
         "strategies": strategies,
-        "other_kvm_model": { "model": if cfg.profile.kvm == KvmModel::Rfc { "per-vm-ioeventfd" } else { "rfc" }, "strategies": kvm },
+        "other_kvm_model": { "model": if main_model == KvmModel::Rfc { "per-vm-ioeventfd" } else { "rfc" }, "strategies": kvm },
     })
 }

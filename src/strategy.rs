@@ -329,7 +329,8 @@ pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
     }
 }
 
-fn timed(plan: &Plan, r: &RunReport, opened: Instant, rollback: bool) -> Vec<TimedStep> {
+/// The steps of an engine run as [`TimedStep`]s, times relative to `opened`.
+pub fn timed(plan: &Plan, r: &RunReport, opened: Instant, rollback: bool) -> Vec<TimedStep> {
     let base = signed_ns(r.started_at, opened);
     r.records
         .iter()
@@ -397,11 +398,13 @@ pub fn run_one(actions: &dyn StepActions, step: &Step) -> Result<(), StepFailure
     }
 }
 
-type ChainOut = (Vec<TimedStep>, Option<StepError>);
+/// Steps run by [`run_chains`] and the first failure.
+pub type ChainOut = (Vec<TimedStep>, Option<StepError>);
 
 /// Runs each device's steps in plan order, one request at a time: on the calling
-/// thread (`workers == 0`, serial), or one device per task on `workers` threads (pool).
-fn run_chains(plan: &Plan, actions: &dyn StepActions, workers: usize, opened: Instant) -> (ChainOut, Duration) {
+/// thread (`workers == 0`, the `serial` strategy), or one device per task on
+/// `workers` threads (the `pool` strategy). Times are relative to `opened`.
+pub fn run_chains(plan: &Plan, actions: &dyn StepActions, workers: usize, opened: Instant) -> (ChainOut, Duration) {
     let t0 = Instant::now();
     let ndev = plan.topology().devices().len();
     let mut by_dev: Vec<Vec<&Step>> = vec![Vec::new(); ndev];
