@@ -371,10 +371,10 @@ fn generic(c: &mut Ctx<'_>, dev: &Device, side: Side) -> Result<(), PlanError> {
 
 /// The plan that restarts the source's devices after a failed switchover: every
 /// ring that was stopped gets its captured base back and is kicked and enabled
-/// again; a ring that was only disabled is enabled again. All in one window
-/// (blackout: the guest is still frozen), ring by ring in parallel.
-///
-/// `stopped(ring_step)` tells which source steps ran.
+/// again; a ring that was only disabled is enabled again. A device in `lost` (its
+/// backend was reconnected and has no state) gets its whole start sequence, with
+/// the captured (or recovered) bases. All in one window (blackout: the guest is
+/// still frozen), ring by ring in parallel.
 ///
 /// # Errors
 /// [`PlanError`] (never for the built-in kinds).
@@ -388,23 +388,43 @@ fn generic(c: &mut Ctx<'_>, dev: &Device, side: Side) -> Result<(), PlanError> {
 /// let t = Arc::new(Topology::preset("single-blk").unwrap());
 /// let src = build(&t, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
 /// let none_ran = Progress::new(&src);
-/// assert!(rollback(&src, &none_ran, &RecipeOptions::engine(), &NoCosts).unwrap().is_empty());
+/// assert!(rollback(&src, &none_ran, &[], &RecipeOptions::engine(), &NoCosts).unwrap().is_empty());
 /// ```
-pub fn rollback(src: &Plan, progress: &crate::exec::Progress, opts: &RecipeOptions, costs: &dyn CostModel) -> Result<Plan, PlanError> {
+pub fn rollback(
+    src: &Plan,
+    progress: &crate::exec::Progress,
+    lost: &[DeviceId],
+    opts: &RecipeOptions,
+    costs: &dyn CostModel,
+) -> Result<Plan, PlanError> {
     use crate::exec::StepOutcome;
     let topo = src.topology().clone();
     let mut c = Ctx { b: PlanBuilder::new(topo.clone(), Side::Source), costs, opts, topo: topo.clone() };
     for dev in topo.devices().iter().filter(|d| d.rings() > 0) {
+        let d = dev.id;
+        if lost.contains(&d) {
+            let feat = c.msg(d, StepKind::SetFeatures, None, Window::Blackout, &[]);
+            let mt = c.msg(d, StepKind::SetMemTable, None, Window::Blackout, &[feat]);
+            for r in 0..dev.rings() {
+                let num = c.msg(d, StepKind::SetVringNum, Some(r), Window::Blackout, &[mt]);
+                let addr = c.msg(d, StepKind::SetVringAddr, Some(r), Window::Blackout, &[num]);
+                let call = c.msg(d, StepKind::SetVringCall, Some(r), Window::Blackout, &[addr]);
+                let base = c.msg(d, StepKind::SetVringBase, Some(r), Window::Blackout, &[call]);
+                let kick = c.msg(d, StepKind::SetVringKick, Some(r), Window::Blackout, &[base]);
+                c.msg(d, StepKind::VringEnable, Some(r), Window::Blackout, &[kick]);
+            }
+            continue;
+        }
         for r in 0..dev.rings() {
             let ran = |k: StepKind| {
-                src.steps().iter().any(|s| s.device == dev.id && s.ring == Some(r) && s.kind == k && progress.outcome(s.id) != StepOutcome::NotRun)
+                src.steps().iter().any(|s| s.device == d && s.ring == Some(r) && s.kind == k && progress.outcome(s.id) != StepOutcome::NotRun)
             };
             if ran(StepKind::GetVringBase) {
-                let base = c.msg(dev.id, StepKind::SetVringBase, Some(r), Window::Blackout, &[]);
-                let kick = c.msg(dev.id, StepKind::SetVringKick, Some(r), Window::Blackout, &[base]);
-                c.msg(dev.id, StepKind::VringEnable, Some(r), Window::Blackout, &[kick]);
+                let base = c.msg(d, StepKind::SetVringBase, Some(r), Window::Blackout, &[]);
+                let kick = c.msg(d, StepKind::SetVringKick, Some(r), Window::Blackout, &[base]);
+                c.msg(d, StepKind::VringEnable, Some(r), Window::Blackout, &[kick]);
             } else if ran(StepKind::VringDisable) {
-                c.msg(dev.id, StepKind::VringEnable, Some(r), Window::Blackout, &[]);
+                c.msg(d, StepKind::VringEnable, Some(r), Window::Blackout, &[]);
             }
         }
     }

@@ -108,6 +108,13 @@ impl SimConfig {
         self.faults = f;
         self
     }
+    /// Makes every vhost-user message wait for the backend's reply (`REPLY_ACK`), so
+    /// a backend's error on a start message is seen; without it those messages are
+    /// fire-and-forget, as in the RFC-era profile.
+    pub fn reply_ack(mut self, on: bool) -> Self {
+        self.profile.reply_ack = on;
+        self
+    }
     /// Sets every step's deadline.
     pub fn deadline(mut self, d: Duration) -> Self {
         self.deadline = d;
@@ -254,9 +261,9 @@ pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
             let side = src_side.clone();
             let profile = cfg.profile.clone();
             let rb_opts = opts.clone();
-            let rb = move |plan: &Plan, p: &Progress| -> Option<(Arc<Plan>, Arc<dyn StepActions>)> {
-                let rp = Arc::new(rollback(plan, p, &rb_opts, &profile).ok()?);
-                let act: Arc<dyn StepActions> = Arc::new(SimActions::new(side.clone(), rp.len()));
+            let rb = move |plan: &Plan, p: &Progress, lost: &[crate::topology::DeviceId]| -> Option<(Arc<Plan>, Arc<dyn StepActions>)> {
+                let rp = Arc::new(rollback(plan, p, lost, &rb_opts, &profile).ok()?);
+                let act: Arc<dyn StepActions> = Arc::new(SimActions::new(side.clone(), rp.len()).without_faults());
                 Some((rp, act))
             };
             let rep = run_in_process(&src, &dst, &src_engine, &dst_engine, &rb);

@@ -22,7 +22,8 @@ use crate::error::StepError;
 use crate::exec::{Engine, Progress, RunReport, StepActions};
 use crate::plan::Plan;
 use crate::state::DeviceState;
-use crate::step::{Side, Window};
+use crate::step::{Side, StepKind, Window};
+use crate::topology::DeviceId;
 
 /// How a switchover ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -85,8 +86,24 @@ impl std::fmt::Debug for SideSetup {
     }
 }
 
-/// Builds the source's rollback plan and its actions from what the source ran.
-pub type RollbackFn<'a> = dyn Fn(&Plan, &Progress) -> Option<(Arc<Plan>, Arc<dyn StepActions>)> + 'a;
+/// Builds the source's rollback plan and its actions from what the source ran and
+/// the devices whose backends were lost (and have been reconnected).
+pub type RollbackFn<'a> = dyn Fn(&Plan, &Progress, &[DeviceId]) -> Option<(Arc<Plan>, Arc<dyn StepActions>)> + 'a;
+
+/// Devices of the source whose state is unknown after a failure: a step of theirs
+/// failed (error, garbage, time-out, closed channel), so the ring may or may not
+/// have stopped. Rollback reconnects their backends and replays the whole start
+/// sequence with the bases captured (or recovered from guest memory).
+pub fn lost_devices(plan: &Plan, failures: &[StepError]) -> Vec<DeviceId> {
+    let mut v: Vec<DeviceId> = failures
+        .iter()
+        .filter(|f| f.side == plan.side())
+        .filter_map(|f| plan.topology().device_by_name(&f.device).map(|d| d.id))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
 
 /// Everything a switchover did.
 #[derive(Debug)]
@@ -157,8 +174,23 @@ pub fn run_in_process(src: &SideSetup, dst: &SideSetup, src_engine: &Engine, dst
         runs.push(r);
     }
     if let Some(cause) = failure {
-        // All or nothing: restart the source with the state read from it.
-        let rb = rollback(&src.plan, &sp).map(|(plan, actions)| {
+        // All or nothing: restart the source with the state read from it. Source
+        // backends that were lost are reconnected, and the bases their rings never
+        // reported are recovered from guest memory.
+        let src_failures: Vec<StepError> = runs.iter().filter(|r| r.side == Side::Source).flat_map(|r| r.failures.clone()).collect();
+        let lost = lost_devices(&src.plan, &src_failures);
+        for &d in &lost {
+            src.actions.reconnect(d);
+            for s in src.plan.steps().iter().filter(|s| s.device == d && s.kind == StepKind::GetVringBase) {
+                let r = s.ring.expect("per-ring step");
+                if src.state.base(d, r).is_none() {
+                    if let Some(b) = src.actions.recover_base(d, r) {
+                        src.state.set_base(d, r, b);
+                    }
+                }
+            }
+        }
+        let rb = rollback(&src.plan, &sp, &lost).map(|(plan, actions)| {
             let mut p = Progress::new(&plan);
             let r = src_engine.run(&plan, Window::Blackout, actions, &mut p);
             (plan, r)

@@ -61,6 +61,19 @@ use sched::Sched;
 pub trait StepActions: Send + Sync + 'static {
     /// Starts `step`.
     fn start(&self, step: &Step, done: Completion);
+
+    /// Brings back the backend of a device whose control channel was lost (crashed,
+    /// hung, closed): a new backend process or connection, with no ring state. Used by
+    /// rollback before the device's full start sequence. `false` if it cannot.
+    fn reconnect(&self, _device: crate::topology::DeviceId) -> bool {
+        false
+    }
+
+    /// For a ring whose `GET_VRING_BASE` never answered, the base recovered from
+    /// guest memory (the used ring's index, once nothing is in flight), if possible.
+    fn recover_base(&self, _device: crate::topology::DeviceId, _ring: u32) -> Option<u16> {
+        None
+    }
 }
 
 /// What the engine does when a step fails.

@@ -42,7 +42,7 @@ pub struct SimSide {
     side: Side,
     topo: Arc<Topology>,
     profile: Profile,
-    backends: Vec<Option<SimBackend>>,
+    backends: Vec<parking_lot::RwLock<Option<Arc<SimBackend>>>>,
     vm: SimVm,
     state: Arc<DeviceState>,
     faults: Vec<(Fault, AtomicBool)>,
@@ -68,11 +68,11 @@ impl SimSide {
             .devices()
             .iter()
             .map(|d| {
-                (d.rings() > 0).then(|| {
+                parking_lot::RwLock::new((d.rings() > 0).then(|| {
                     let id = d.id.0;
                     let f = move |r: u32| SimSide::guest_base(id, r);
-                    SimBackend::start(&d.name, d.rings(), if running { Some(&f) } else { None })
-                })
+                    Arc::new(SimBackend::start(&d.name, d.rings(), if running { Some(&f) } else { None }))
+                }))
             })
             .collect();
         SimSide {
@@ -99,14 +99,27 @@ impl SimSide {
         &self.state
     }
     /// A device's backend.
-    pub fn backend(&self, d: DeviceId) -> Option<&SimBackend> {
-        self.backends.get(d.0 as usize).and_then(Option::as_ref)
+    pub fn backend(&self, d: DeviceId) -> Option<Arc<SimBackend>> {
+        self.backends.get(d.0 as usize).and_then(|b| b.read().clone())
+    }
+
+    /// Replaces a device's backend with a fresh one (a restarted backend process
+    /// that knows nothing of its rings). The old one is closed.
+    pub fn restart_backend(&self, d: DeviceId) -> bool {
+        let Some(slot) = self.backends.get(d.0 as usize) else { return false };
+        let dev = self.topo.device(d);
+        if dev.rings() == 0 {
+            return false;
+        }
+        let old = slot.write().replace(Arc::new(SimBackend::start(&dev.name, dev.rings(), None)));
+        drop(old);
+        true
     }
 
     /// Waits until every backend has served what was queued (fire-and-forget
     /// messages included); false if one is gone or hung.
     pub fn sync(&self, timeout: Duration) -> bool {
-        self.backends.iter().flatten().all(|b| b.sync(timeout))
+        self.backends.iter().filter_map(|b| b.read().clone()).all(|b| b.sync(timeout))
     }
 
     /// Checks, on a destination side, that every ring's base is the one the guest
@@ -149,6 +162,7 @@ impl SimSide {
 /// and on which thread caller-affine steps run (for the tests).
 pub struct SimActions {
     side: Arc<SimSide>,
+    inject: bool,
     starts: Vec<AtomicU32>,
     caller_threads: Mutex<Vec<(u32, ThreadId)>>,
 }
@@ -162,7 +176,12 @@ impl std::fmt::Debug for SimActions {
 impl SimActions {
     /// Actions for a plan of `steps` steps on `side`.
     pub fn new(side: Arc<SimSide>, steps: usize) -> SimActions {
-        SimActions { side, starts: (0..steps).map(|_| AtomicU32::new(0)).collect(), caller_threads: Mutex::new(Vec::new()) }
+        SimActions { side, inject: true, starts: (0..steps).map(|_| AtomicU32::new(0)).collect(), caller_threads: Mutex::new(Vec::new()) }
+    }
+    /// Actions that inject no faults (for the rollback path).
+    pub fn without_faults(mut self) -> SimActions {
+        self.inject = false;
+        self
     }
     /// The side.
     pub fn side(&self) -> &Arc<SimSide> {
@@ -217,6 +236,16 @@ impl SimActions {
 }
 
 impl StepActions for SimActions {
+    fn reconnect(&self, device: DeviceId) -> bool {
+        self.side.restart_backend(device)
+    }
+
+    fn recover_base(&self, device: DeviceId, ring: u32) -> Option<u16> {
+        // The simulated guest has nothing in flight at the stop: its used index
+        // equals the base the backend had reached.
+        (ring < self.side.topo.device(device).rings()).then(|| SimSide::guest_base(device.0, ring))
+    }
+
     fn start(&self, step: &Step, done: Completion) {
         if let Some(c) = self.starts.get(step.id.0 as usize) {
             c.fetch_add(1, Ordering::AcqRel);
@@ -225,7 +254,7 @@ impl StepActions for SimActions {
             self.caller_threads.lock().push((step.id.0, std::thread::current().id()));
         }
         let s = &self.side;
-        let fault = s.fault_for(step);
+        let fault = if self.inject { s.fault_for(step) } else { None };
         if !step.kind.is_message() {
             done.complete(self.blocking(step, fault));
             return;
