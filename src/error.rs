@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::step::Side;
 
 /// Why one step failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StepFailure {
     /// The backend answered with an error.
@@ -69,7 +69,7 @@ pub enum StepFailure {
 }
 
 /// A failed step: side, device name, ring, step kind, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub struct StepError {
     /// Which side ran it.
     pub side: Side,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::topology::DeviceId;
 
 /// Which end of the migration runs a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Side {
     /// The VM being migrated away from: stops its devices.

@@ -207,6 +207,44 @@ impl LowerBound2 {
     }
 }
 
+/// One side of a simulated switchover, ready for a role: the engine plan, its
+/// actions on fresh simulated backends, the side's state, and (for the source) the
+/// rollback builder.
+pub struct SimRole {
+    /// Plan, actions and state.
+    pub setup: SideSetup,
+    /// The simulated world.
+    pub side: Arc<SimSide>,
+    cfg: SimConfig,
+}
+
+impl std::fmt::Debug for SimRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimRole").field("setup", &self.setup).finish()
+    }
+}
+
+impl SimRole {
+    /// Builds `side` of the engine's plan for `cfg` on fresh simulated backends.
+    pub fn new(cfg: &SimConfig, side: Side) -> SimRole {
+        let opts = cfg.opts(RecipeOptions::engine());
+        let plan = Arc::new(build(&cfg.topology, side, &opts, &cfg.profile).expect("validated topology"));
+        let state = Arc::new(DeviceState::new(&cfg.topology));
+        let sim = Arc::new(SimSide::new(&cfg.topology, side, &cfg.profile, &cfg.faults, state.clone()));
+        let actions = Arc::new(SimActions::new(sim.clone(), plan.len()));
+        SimRole { setup: SideSetup { plan, actions, state }, side: sim, cfg: cfg.clone() }
+    }
+
+    /// The rollback builder for a source role.
+    pub fn rollback(&self) -> impl Fn(&Plan, &Progress, &[crate::topology::DeviceId]) -> Option<(Arc<Plan>, Arc<dyn StepActions>)> + '_ {
+        move |plan: &Plan, p: &Progress, lost: &[crate::topology::DeviceId]| {
+            let rp = Arc::new(rollback(plan, p, lost, &self.cfg.opts(RecipeOptions::engine()), &self.cfg.profile).ok()?);
+            let act: Arc<dyn StepActions> = Arc::new(SimActions::new(self.side.clone(), rp.len()).without_faults());
+            Some((rp, act))
+        }
+    }
+}
+
 /// Runs `strategy` once on fresh simulated backends.
 pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
     let (opts, lanes) = match strategy {
@@ -279,12 +317,7 @@ pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
             (rep.outcome, rep.downtime)
         }
     };
-    let failure = match &outcome {
-        Outcome::Completed => None,
-        Outcome::Aborted { cause } | Outcome::RolledBack { cause } | Outcome::Failed { cause, .. } | Outcome::CompletedWithCleanupErrors { cause } => {
-            Some(cause.clone())
-        }
-    };
+    let failure = outcome.cause().cloned();
     // Check what matters: where the guest now runs, every ring has the base the
     // guest had reached.
     let sync = Duration::from_secs(5);
@@ -300,7 +333,7 @@ pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
             (ok && m.is_empty(), m)
         }
         Outcome::Aborted { .. } => (true, vec![]),
-        Outcome::Failed { .. } => (false, vec![]),
+        Outcome::Failed { .. } | Outcome::InDoubt { .. } => (false, vec![]),
     };
     let mut double_ioctls = 0;
     let (mut commits, mut changes) = (0, 0);

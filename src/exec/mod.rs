@@ -256,7 +256,7 @@ impl Shared {
 /// The worker pool and the entry point a VMM calls from its vm-state-change path.
 pub struct Engine {
     shared: Arc<Shared>,
-    handles: Vec<Box<dyn WorkerHandle>>,
+    handles: std::sync::Mutex<Vec<Box<dyn WorkerHandle>>>,
     workers: usize,
     policy: FailurePolicy,
 }
@@ -287,7 +287,7 @@ impl Engine {
                 spawn.spawn(format!("switchover-w{lane}"), Box::new(move || worker_loop(&sh, lane)))
             })
             .collect();
-        Engine { shared, handles, workers, policy }
+        Engine { shared, handles: std::sync::Mutex::new(handles), workers, policy }
     }
 
     /// Sets the failure policy for later runs.
@@ -421,7 +421,8 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.shared.state.lock().shutdown = true;
         self.shared.workers_cv.notify_all();
-        for h in self.handles.drain(..) {
+        let handles = std::mem::take(&mut *self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for h in handles {
             h.join();
         }
     }

@@ -15,14 +15,19 @@
 //! assert_eq!(r.outcome, switchover::switchover::Outcome::Completed);
 //! ```
 
+pub mod path;
+pub mod roles;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+pub use roles::{Deadlines, Destination, Source};
 
 use crate::error::StepError;
 use crate::exec::{Engine, Progress, RunReport, StepActions};
 use crate::plan::Plan;
 use crate::state::DeviceState;
-use crate::step::{Side, StepKind, Window};
+use crate::step::{Side, Window};
 use crate::topology::DeviceId;
 
 /// How a switchover ended.
@@ -49,6 +54,12 @@ pub enum Outcome {
         /// What failed during rollback.
         rollback: StepError,
     },
+    /// The state left the source but the destination did not confirm: it may be
+    /// running the guest, so the source does not resume it (never both sides).
+    InDoubt {
+        /// What went silent.
+        cause: StepError,
+    },
     /// The destination runs the guest, but its cleanup or the source's failed.
     CompletedWithCleanupErrors {
         /// The first cleanup failure.
@@ -57,13 +68,26 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// `completed`, `aborted`, `rolled_back`, `failed` or `completed_with_cleanup_errors`.
+    /// The first failure, if any.
+    pub fn cause(&self) -> Option<&StepError> {
+        match self {
+            Outcome::Completed => None,
+            Outcome::Aborted { cause }
+            | Outcome::RolledBack { cause }
+            | Outcome::Failed { cause, .. }
+            | Outcome::InDoubt { cause }
+            | Outcome::CompletedWithCleanupErrors { cause } => Some(cause),
+        }
+    }
+
+    /// `completed`, `aborted`, `rolled_back`, `failed`, `in_doubt` or `completed_with_cleanup_errors`.
     pub fn name(&self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
             Outcome::Aborted { .. } => "aborted",
             Outcome::RolledBack { .. } => "rolled_back",
             Outcome::Failed { .. } => "failed",
+            Outcome::InDoubt { .. } => "in_doubt",
             Outcome::CompletedWithCleanupErrors { .. } => "completed_with_cleanup_errors",
         }
     }
@@ -129,90 +153,30 @@ impl SwitchoverReport {
     }
 }
 
-/// Runs a whole switchover with both sides in this process, each on its own engine
-/// (as two VMMs would); the return path is a function call here.
+/// Runs a whole switchover with both roles in this process, each on its own engine
+/// and thread (as two VMMs would), joined by an in-process [`path::ChannelPath`].
+/// The report holds both sides' runs; downtime is the source's measure.
 pub fn run_in_process(src: &SideSetup, dst: &SideSetup, src_engine: &Engine, dst_engine: &Engine, rollback: &RollbackFn<'_>) -> SwitchoverReport {
-    let mut runs = Vec::new();
-    let mut sp = Progress::new(&src.plan);
-    let mut dp = Progress::new(&dst.plan);
-    let report = |outcome, opened, downtime, runs, rollback, carried| SwitchoverReport {
-        outcome,
-        downtime,
-        window_opened: opened,
-        runs,
-        rollback,
-        bases_carried: carried,
-    };
-    // Prepare: the destination connects and sets up everything it can while the
-    // guest still runs; the source pre-warms.
-    let r = dst_engine.run(&dst.plan, Window::Prepare, dst.actions.clone(), &mut dp);
-    let dst_failed = r.failure.clone();
-    runs.push(r);
-    if let Some(cause) = dst_failed {
-        let now = Instant::now();
-        return report(Outcome::Aborted { cause }, now, Duration::ZERO, runs, None, 0);
-    }
-    let r = src_engine.run(&src.plan, Window::Prepare, src.actions.clone(), &mut sp);
-    let src_failed = r.failure.clone();
-    runs.push(r);
-    if let Some(cause) = src_failed {
-        let now = Instant::now();
-        return report(Outcome::Aborted { cause }, now, Duration::ZERO, runs, None, 0);
-    }
-    // The destination is ready (switchover-ack): open the window.
-    let opened = Instant::now();
-    let r = src_engine.run(&src.plan, Window::Blackout, src.actions.clone(), &mut sp);
-    let mut failure = r.failure.clone();
-    runs.push(r);
-    let mut carried = 0;
-    if failure.is_none() {
-        let bases = src.state.export();
-        carried = bases.len();
-        dst.state.import(&bases);
-        let r = dst_engine.run(&dst.plan, Window::Blackout, dst.actions.clone(), &mut dp);
-        failure = r.failure.clone();
-        runs.push(r);
-    }
-    if let Some(cause) = failure {
-        // All or nothing: restart the source with the state read from it. Source
-        // backends that were lost are reconnected, and the bases their rings never
-        // reported are recovered from guest memory.
-        let src_failures: Vec<StepError> = runs.iter().filter(|r| r.side == Side::Source).flat_map(|r| r.failures.clone()).collect();
-        let lost = lost_devices(&src.plan, &src_failures);
-        for &d in &lost {
-            src.actions.reconnect(d);
-            for s in src.plan.steps().iter().filter(|s| s.device == d && s.kind == StepKind::GetVringBase) {
-                let r = s.ring.expect("per-ring step");
-                if src.state.base(d, r).is_none() {
-                    if let Some(b) = src.actions.recover_base(d, r) {
-                        src.state.set_base(d, r, b);
-                    }
-                }
-            }
+    let (mut a, mut b) = path::channel_pair();
+    let deadlines = Deadlines::default();
+    let (mut s, d) = std::thread::scope(|sc| {
+        let h = sc.spawn(move || Destination { setup: dst, engine: dst_engine, deadlines }.run(&mut b));
+        let s = Source { setup: src, engine: src_engine, deadlines, rollback }.run(&mut a);
+        drop(a);
+        (s, h.join().expect("destination role panicked"))
+    });
+    s.runs.extend(d.runs);
+    s.runs.sort_by_key(|r| r.started_at);
+    // Where the destination saw the failure first, its cause is the one to name.
+    if let (Outcome::RolledBack { .. }, Outcome::RolledBack { cause }) = (&s.outcome, &d.outcome) {
+        if cause.side == Side::Destination {
+            s.outcome = Outcome::RolledBack { cause: cause.clone() };
         }
-        let rb = rollback(&src.plan, &sp, &lost).map(|(plan, actions)| {
-            let mut p = Progress::new(&plan);
-            let r = src_engine.run(&plan, Window::Blackout, actions, &mut p);
-            (plan, r)
-        });
-        let downtime = opened.elapsed();
-        let outcome = match rb.as_ref().and_then(|(_, r)| r.failure.clone()) {
-            None => Outcome::RolledBack { cause },
-            Some(rollback) => Outcome::Failed { cause, rollback },
-        };
-        return report(outcome, opened, downtime, runs, rb, carried);
     }
-    let downtime = opened.elapsed();
-    // The destination runs the guest: cleanup, outside the window.
-    let r = src_engine.run(&src.plan, Window::Cleanup, src.actions.clone(), &mut sp);
-    let mut cleanup_err = r.failure.clone();
-    runs.push(r);
-    let r = dst_engine.run(&dst.plan, Window::Cleanup, dst.actions.clone(), &mut dp);
-    cleanup_err = cleanup_err.or(r.failure.clone());
-    runs.push(r);
-    let outcome = match cleanup_err {
-        None => Outcome::Completed,
-        Some(cause) => Outcome::CompletedWithCleanupErrors { cause },
-    };
-    report(outcome, opened, downtime, runs, None, carried)
+    if let Outcome::Aborted { cause } = &d.outcome {
+        if matches!(s.outcome, Outcome::Aborted { .. }) && cause.device != "return-path" {
+            s.outcome = Outcome::Aborted { cause: cause.clone() };
+        }
+    }
+    s
 }

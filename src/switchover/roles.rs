@@ -1,0 +1,231 @@
+//! The two roles, each driving its own engine, joined by a [`ReturnPath`].
+//!
+//! The source stops the guest only after the destination says it is ready
+//! (switchover-ack), resumes it only when the destination says it will not run it
+//! (`start_failed`), and otherwise — once the state has left and the destination
+//! falls silent — reports the outcome as in doubt and resumes nothing, so the guest
+//! never runs on both sides.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::path::{Message, PathError, ReturnPath};
+use super::{lost_devices, Outcome, RollbackFn, SideSetup, SwitchoverReport};
+use crate::error::{StepError, StepFailure};
+use crate::exec::{Engine, Progress, RunReport};
+use crate::step::{Side, StepKind, Window};
+
+/// How long each role waits for the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Source: how long to wait for the destination's ready-ack.
+    pub ready: Duration,
+    /// Destination: how long to wait for the source's state (or abort).
+    pub state: Duration,
+    /// Source: how long to wait for the destination's running (or start-failed).
+    pub running: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines { ready: Duration::from_secs(120), state: Duration::from_secs(120), running: Duration::from_secs(30) }
+    }
+}
+
+fn path_error(side: Side, what: &str, e: &PathError) -> StepError {
+    StepError { side, device: "return-path".into(), ring: None, step: what.into(), failure: StepFailure::Other { message: e.to_string() } }
+}
+
+fn unexpected(side: Side, waiting_for: &str, got: &Message) -> StepError {
+    StepError {
+        side,
+        device: "return-path".into(),
+        ring: None,
+        step: waiting_for.into(),
+        failure: StepFailure::Garbage { what: format!("got '{}' while waiting for {waiting_for}", got.name()) },
+    }
+}
+
+fn report(outcome: Outcome, opened: Instant, downtime: Duration, runs: Vec<RunReport>) -> SwitchoverReport {
+    SwitchoverReport { outcome, downtime, window_opened: opened, runs, rollback: None, bases_carried: 0 }
+}
+
+/// The destination role.
+#[derive(Debug)]
+pub struct Destination<'a> {
+    /// Its plan, actions and state.
+    pub setup: &'a SideSetup,
+    /// Its engine (started before prepare).
+    pub engine: &'a Engine,
+    /// Its deadlines.
+    pub deadlines: Deadlines,
+}
+
+impl Destination<'_> {
+    /// Prepares, acks, waits for the state, starts the devices, confirms, cleans up.
+    pub fn run(&self, path: &mut dyn ReturnPath) -> SwitchoverReport {
+        let (s, e) = (self.setup, self.engine);
+        let side = Side::Destination;
+        let mut p = Progress::new(&s.plan);
+        let mut runs = Vec::new();
+        let r = e.run(&s.plan, Window::Prepare, s.actions.clone(), &mut p);
+        let (failed, wall) = (r.failure.clone(), r.wall);
+        runs.push(r);
+        if let Some(cause) = failed {
+            let _ = path.send(&Message::NotReady { cause: cause.clone() });
+            return report(Outcome::Aborted { cause }, Instant::now(), Duration::ZERO, runs);
+        }
+        if let Err(err) = path.send(&Message::Ready { prepare_ms: wall.as_secs_f64() * 1e3 }) {
+            return report(Outcome::Aborted { cause: path_error(side, "send ready", &err) }, Instant::now(), Duration::ZERO, runs);
+        }
+        let bases = match path.recv(Instant::now() + self.deadlines.state) {
+            Ok(Message::State { bases }) => bases,
+            Ok(Message::Abort { cause }) => return report(Outcome::RolledBack { cause }, Instant::now(), Duration::ZERO, runs),
+            Ok(other) => return report(Outcome::Aborted { cause: unexpected(side, "state", &other) }, Instant::now(), Duration::ZERO, runs),
+            Err(err) => return report(Outcome::Aborted { cause: path_error(side, "wait for state", &err) }, Instant::now(), Duration::ZERO, runs),
+        };
+        let opened = Instant::now();
+        s.state.import(&bases);
+        let r = e.run(&s.plan, Window::Blackout, s.actions.clone(), &mut p);
+        let (failed, wall) = (r.failure.clone(), r.wall);
+        runs.push(r);
+        if let Some(cause) = failed {
+            // This side will not run the guest: say so, so that the source resumes it.
+            let _ = path.send(&Message::StartFailed { cause: cause.clone() });
+            let mut rep = report(Outcome::RolledBack { cause }, opened, opened.elapsed(), runs);
+            rep.bases_carried = bases.len();
+            return rep;
+        }
+        if let Err(err) = path.send(&Message::Running { blackout_ms: wall.as_secs_f64() * 1e3 }) {
+            // The guest runs here regardless; the source, not hearing, stays stopped.
+            tracing::warn!(error = %err, "could not confirm running to the source");
+        }
+        let downtime = opened.elapsed();
+        let r = e.run(&s.plan, Window::Cleanup, s.actions.clone(), &mut p);
+        let cleanup = r.failure.clone();
+        runs.push(r);
+        let outcome = match cleanup {
+            None => Outcome::Completed,
+            Some(cause) => Outcome::CompletedWithCleanupErrors { cause },
+        };
+        let mut rep = report(outcome, opened, downtime, runs);
+        rep.bases_carried = bases.len();
+        rep
+    }
+}
+
+/// The source role.
+pub struct Source<'a> {
+    /// Its plan, actions and state.
+    pub setup: &'a SideSetup,
+    /// Its engine (started before prepare).
+    pub engine: &'a Engine,
+    /// Its deadlines.
+    pub deadlines: Deadlines,
+    /// Builds the rollback plan.
+    pub rollback: &'a RollbackFn<'a>,
+}
+
+impl std::fmt::Debug for Source<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source").field("setup", &self.setup).field("deadlines", &self.deadlines).finish()
+    }
+}
+
+impl Source<'_> {
+    /// Prepares, waits for the ready-ack, stops the devices, sends their state,
+    /// waits for the destination to run, cleans up — or rolls back.
+    pub fn run(&self, path: &mut dyn ReturnPath) -> SwitchoverReport {
+        let (s, e) = (self.setup, self.engine);
+        let side = Side::Source;
+        let mut p = Progress::new(&s.plan);
+        let mut runs = Vec::new();
+        let r = e.run(&s.plan, Window::Prepare, s.actions.clone(), &mut p);
+        let failed = r.failure.clone();
+        runs.push(r);
+        if let Some(cause) = failed {
+            let _ = path.send(&Message::Abort { cause: cause.clone() });
+            return report(Outcome::Aborted { cause }, Instant::now(), Duration::ZERO, runs);
+        }
+        match path.recv(Instant::now() + self.deadlines.ready) {
+            Ok(Message::Ready { .. }) => {}
+            Ok(Message::NotReady { cause }) => return report(Outcome::Aborted { cause }, Instant::now(), Duration::ZERO, runs),
+            Ok(other) => return report(Outcome::Aborted { cause: unexpected(side, "ready", &other) }, Instant::now(), Duration::ZERO, runs),
+            Err(err) => return report(Outcome::Aborted { cause: path_error(side, "wait for ready", &err) }, Instant::now(), Duration::ZERO, runs),
+        }
+        // The destination is ready: open the window.
+        let opened = Instant::now();
+        let r = e.run(&s.plan, Window::Blackout, s.actions.clone(), &mut p);
+        let failed = r.failure.clone();
+        runs.push(r);
+        if let Some(cause) = failed {
+            let _ = path.send(&Message::Abort { cause: cause.clone() });
+            return self.roll_back(cause, &p, opened, runs, 0);
+        }
+        let bases = s.state.export();
+        let carried = bases.len();
+        if let Err(err) = path.send(&Message::State { bases }) {
+            // The state never left: the destination cannot run the guest.
+            return self.roll_back(path_error(side, "send state", &err), &p, opened, runs, 0);
+        }
+        match path.recv(Instant::now() + self.deadlines.running) {
+            Ok(Message::Running { .. }) => {}
+            Ok(Message::StartFailed { cause }) => return self.roll_back(cause, &p, opened, runs, carried),
+            Ok(other) => {
+                let mut rep = report(Outcome::InDoubt { cause: unexpected(side, "running", &other) }, opened, opened.elapsed(), runs);
+                rep.bases_carried = carried;
+                return rep;
+            }
+            Err(err) => {
+                let mut rep = report(Outcome::InDoubt { cause: path_error(side, "wait for running", &err) }, opened, opened.elapsed(), runs);
+                rep.bases_carried = carried;
+                return rep;
+            }
+        }
+        let downtime = opened.elapsed();
+        let r = e.run(&s.plan, Window::Cleanup, s.actions.clone(), &mut p);
+        let cleanup = r.failure.clone();
+        runs.push(r);
+        let outcome = match cleanup {
+            None => Outcome::Completed,
+            Some(cause) => Outcome::CompletedWithCleanupErrors { cause },
+        };
+        let mut rep = report(outcome, opened, downtime, runs);
+        rep.bases_carried = carried;
+        rep
+    }
+
+    /// All or nothing: restart the source with the state read from it. Backends of
+    /// devices whose steps failed are reconnected, and the bases their rings never
+    /// reported are recovered from guest memory.
+    fn roll_back(&self, cause: StepError, p: &Progress, opened: Instant, runs: Vec<RunReport>, carried: usize) -> SwitchoverReport {
+        let s = self.setup;
+        let failures: Vec<StepError> = runs.iter().flat_map(|r| r.failures.clone()).collect();
+        let lost = lost_devices(&s.plan, &failures);
+        for &d in &lost {
+            s.actions.reconnect(d);
+            for st in s.plan.steps().iter().filter(|x| x.device == d && x.kind == StepKind::GetVringBase) {
+                let r = st.ring.expect("per-ring step");
+                if s.state.base(d, r).is_none() {
+                    if let Some(b) = s.actions.recover_base(d, r) {
+                        s.state.set_base(d, r, b);
+                    }
+                }
+            }
+        }
+        let rb = (self.rollback)(&s.plan, p, &lost).map(|(plan, actions)| {
+            let mut rp = Progress::new(&plan);
+            let r = self.engine.run(&plan, Window::Blackout, actions, &mut rp);
+            (plan, r)
+        });
+        let outcome = match rb.as_ref().and_then(|(_, r)| r.failure.clone()) {
+            None => Outcome::RolledBack { cause },
+            Some(rollback) => Outcome::Failed { cause, rollback },
+        };
+        SwitchoverReport { outcome, downtime: opened.elapsed(), window_opened: opened, runs, rollback: rb, bases_carried: carried }
+    }
+}
+
+/// Keeps `Arc` in scope for doc links.
+#[allow(dead_code)]
+type _Plan = Arc<crate::plan::Plan>;
