@@ -49,4 +49,6 @@ pub mod step;
 pub mod strategy;
 pub mod switchover;
 pub mod sync;
+pub mod timeline;
 pub mod topology;
+pub mod trace;

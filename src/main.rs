@@ -8,7 +8,7 @@ use clap::Parser;
 
 use switchover::report::{json, table, Comparison};
 use switchover::sim::{Fault, KvmModel};
-use switchover::strategy::{run, SimConfig, Strategy, DEFAULT_SCALE, DEFAULT_WORKERS};
+use switchover::strategy::{run, BlkPolicy, SimConfig, Strategy, DEFAULT_SCALE, DEFAULT_WORKERS};
 use switchover::topology::Topology;
 
 /// Stop and start all of a VM's devices concurrently at migration switchover:
@@ -43,9 +43,24 @@ struct Cli {
     /// Per-step deadline in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     deadline_ms: u64,
+    /// Block requests in flight per blk ring when the guest stops (simulated guest).
+    #[arg(long, default_value_t = 0)]
+    blk_inflight: u32,
+    /// Duration of one simulated block request, in µs (unscaled).
+    #[arg(long, default_value_t = 1000)]
+    blk_io_us: u64,
+    /// What happens to block requests in flight: drain or hand-over.
+    #[arg(long, default_value = "drain")]
+    blk_policy: String,
     /// Strategies to run (comma separated).
     #[arg(long, default_value = "serial,pool,engine", value_delimiter = ',')]
     strategies: Vec<String>,
+    /// Write the engine run's timeline picture (SVG) here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Write the engine run's Chrome trace-event JSON (opens in Perfetto) here.
+    #[arg(long)]
+    trace: Option<PathBuf>,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -114,7 +129,14 @@ fn main() -> ExitCode {
             None => return fail(format!("unknown strategy '{s}' (serial, pool, engine)")),
         }
     }
+    let blk_policy = match cli.blk_policy.as_str() {
+        "drain" => BlkPolicy::Drain,
+        "hand-over" | "handover" => BlkPolicy::HandOver,
+        other => return fail(format!("unknown --blk-policy '{other}' (drain, hand-over)")),
+    };
     let cfg = SimConfig::new(topo)
+        .blk_policy(blk_policy)
+        .blk_inflight(cli.blk_inflight, std::time::Duration::from_micros(cli.blk_io_us))
         .scale(cli.scale)
         .workers(cli.workers)
         .kvm(kvm)
@@ -134,6 +156,20 @@ fn main() -> ExitCode {
         let text = serde_json::to_string_pretty(&json(&cmp)).expect("JSON of plain data");
         if let Err(e) = std::fs::write(p, text) {
             return fail(format!("cannot write {}: {e}", p.display()));
+        }
+    }
+    // The timeline and trace show the engine run (the first run if it did not run).
+    if let Some(r) = cmp.get(Strategy::Engine).or(cmp.runs.first()) {
+        if let Some(p) = &cli.svg {
+            let caption = format!("{} · {}", cmp.topology.summary(), cmp.label);
+            if let Err(e) = std::fs::write(p, switchover::timeline::svg(r, &caption)) {
+                return fail(format!("cannot write {}: {e}", p.display()));
+            }
+        }
+        if let Some(p) = &cli.trace {
+            if let Err(e) = std::fs::write(p, switchover::trace::to_string(r)) {
+                return fail(format!("cannot write {}: {e}", p.display()));
+            }
         }
     }
     ExitCode::SUCCESS

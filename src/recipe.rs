@@ -32,8 +32,9 @@
 //! use switchover::topology::Topology;
 //! let t = Arc::new(Topology::preset("rfc-huge").unwrap());
 //! let p = build(&t, Side::Source, &RecipeOptions::engine(), &Profile::rfc_original(1.0)).unwrap();
-//! // Only the per-ring stop messages stay in the blackout window.
-//! assert_eq!(p.in_window(Window::Blackout).count(), 2 * 1120);
+//! // Only the per-ring stop messages (and the blk drains) stay in the blackout window.
+//! assert_eq!(p.in_window(Window::Blackout).filter(|s| s.kind.is_message()).count(), 2 * 1120);
+//! assert!(p.in_window(Window::Blackout).all(|s| s.kind.is_message() || s.kind.name() == "drain_inflight"));
 //! ```
 
 use std::collections::HashMap;
@@ -66,16 +67,24 @@ pub struct RecipeOptions {
     pub drain_blk: bool,
     /// Deadline of every step.
     pub deadline: Duration,
+    /// Deadline of each blk ring's drain (how long to wait for requests in flight).
+    pub drain_deadline: Duration,
 }
 
 impl RecipeOptions {
     /// The engine's recipe: minimal blackout, batched notifiers, blk drain.
     pub fn engine() -> Self {
-        RecipeOptions { policy: WindowPolicy::Minimal, batch_notifiers: true, drain_blk: true, deadline: DEFAULT_DEADLINE }
+        RecipeOptions { policy: WindowPolicy::Minimal, batch_notifiers: true, drain_blk: true, deadline: DEFAULT_DEADLINE, drain_deadline: DEFAULT_DEADLINE }
     }
     /// Today's VMMs: everything in the window, no cross-device batching.
     pub fn baseline() -> Self {
-        RecipeOptions { policy: WindowPolicy::AllInBlackout, batch_notifiers: false, drain_blk: true, deadline: DEFAULT_DEADLINE }
+        RecipeOptions {
+            policy: WindowPolicy::AllInBlackout,
+            batch_notifiers: false,
+            drain_blk: true,
+            deadline: DEFAULT_DEADLINE,
+            drain_deadline: DEFAULT_DEADLINE,
+        }
     }
 }
 
@@ -253,7 +262,7 @@ fn source_vhost(c: &mut Ctx<'_>, dev: &Device, begin: Option<StepId>, host_offs:
                     StepSpec::new(d, StepKind::DrainInflight, Window::Blackout)
                         .ring(r)
                         .cost(c.costs.cost(&dev_c, &StepKind::DrainInflight))
-                        .deadline(c.opts.deadline)
+                        .deadline(c.opts.drain_deadline)
                         .footprint(&[Resource::vring(d, r)])
                         .after(&pred),
                 );

@@ -1,4 +1,6 @@
-//! Reports built after the window closes: the RFC-style table, the JSON document.
+//! Reports built after the window closes: the RFC-style table, the default run's
+//! [`breakdown`] with its [`critical_path`], the JSON document. The timeline picture
+//! and the trace are in [`crate::timeline`] and [`crate::trace`].
 //!
 //! Each step's *own time* is the time attributable to it alone: for a request on a
 //! backend's control channel, from when the channel could start serving it (its
@@ -53,11 +55,20 @@ pub struct Comparison {
 
 impl Comparison {
     /// A comparison of simulated runs made with `cfg`.
-    pub fn simulated(cfg: &SimConfig, runs: Vec<StrategyRun>, kvm_runs: Vec<StrategyRun>) -> Comparison {
+    pub fn simulated(
+        cfg: &SimConfig,
+        runs: Vec<StrategyRun>,
+        kvm_runs: Vec<StrategyRun>,
+    ) -> Comparison {
         let p = &cfg.profile;
         Comparison {
             simulated: true,
-            label: format!("SIMULATED backends (profile {} scaled ×{}, KVM model {})", p.name, p.scale, p.kvm.name()),
+            label: format!(
+                "SIMULATED backends (profile {} scaled ×{}, KVM model {})",
+                p.name,
+                p.scale,
+                p.kvm.name()
+            ),
             topology: cfg.topology.clone(),
             workers: cfg.workers,
             profile: Some(p.clone()),
@@ -75,12 +86,18 @@ impl Comparison {
 
 /// Own time of each step (see the module docs), in the order of `steps`.
 pub fn own_times(steps: &[TimedStep]) -> Vec<i64> {
-    let mut own: Vec<i64> = steps.iter().map(|s| (s.end_ns - s.start_ns).max(0)).collect();
+    let mut own: Vec<i64> = steps
+        .iter()
+        .map(|s| (s.end_ns - s.start_ns).max(0))
+        .collect();
     let mut by_server: BTreeMap<(u8, String), Vec<usize>> = BTreeMap::new();
     for (i, s) in steps.iter().enumerate() {
         if s.split {
             if let Some(crate::step::Server::Channel(_)) = s.server {
-                by_server.entry((s.side as u8, s.device.clone())).or_default().push(i);
+                by_server
+                    .entry((s.side as u8, s.device.clone()))
+                    .or_default()
+                    .push(i);
             }
         }
     }
@@ -98,15 +115,19 @@ pub fn own_times(steps: &[TimedStep]) -> Vec<i64> {
 }
 
 type RowKey = (Side, String, String);
+/// Per row: count, total own time (ns), the engine's window.
+type Rows = BTreeMap<RowKey, (usize, i64, Window)>;
 
-fn rows_of(run: &StrategyRun) -> BTreeMap<RowKey, (usize, i64, Window)> {
+fn rows_of(run: &StrategyRun) -> Rows {
     let own = own_times(&run.steps);
     let mut m: BTreeMap<RowKey, (usize, i64, Window)> = BTreeMap::new();
     for (s, o) in run.steps.iter().zip(own) {
         if s.rollback {
             continue;
         }
-        let e = m.entry((s.side, s.device_kind.clone(), s.step.clone())).or_insert((0, 0, s.window));
+        let e = m
+            .entry((s.side, s.device_kind.clone(), s.step.clone()))
+            .or_insert((0, 0, s.window));
         e.0 += 1;
         e.1 += o;
     }
@@ -121,15 +142,24 @@ fn dms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The RFC-style table, then downtimes, speedups and the lower bound.
+/// The RFC-style table, then downtimes, speedups and the lower bound, then the
+/// [`breakdown_table`] of the engine run (or of the first run if the engine did not run).
 pub fn table(cmp: &Comparison) -> String {
     let scale = cmp.profile.as_ref().map(|p| p.scale).unwrap_or(1.0);
-    let rfc = if cmp.profile.is_some() { rfc_rows() } else { vec![] };
+    let rfc = if cmp.profile.is_some() {
+        rfc_rows()
+    } else {
+        vec![]
+    };
     let mut out = String::new();
-    let _ = writeln!(out, "switchover: {}, {} workers + caller lane", cmp.label, cmp.workers);
+    let _ = writeln!(
+        out,
+        "switchover: {}, {} workers + caller lane",
+        cmp.label, cmp.workers
+    );
     let _ = writeln!(out, "topology {}", cmp.topology.summary());
     let _ = writeln!(out);
-    let per: Vec<(Strategy, BTreeMap<RowKey, (usize, i64, Window)>)> = cmp.runs.iter().map(|r| (r.strategy, rows_of(r))).collect();
+    let per: Vec<(Strategy, Rows)> = cmp.runs.iter().map(|r| (r.strategy, rows_of(r))).collect();
     // Row order: the RFC's rows first (source then destination), then the others.
     let mut keys: Vec<RowKey> = Vec::new();
     for r in &rfc {
@@ -145,15 +175,30 @@ pub fn table(cmp: &Comparison) -> String {
     keys.sort_by_key(|k| (k.0, keys_rank(k)));
     let _ = writeln!(
         out,
-        "{:<4} {:<5} {:<20} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
-        "side", "dev", "step", "count", "RFC orig", "RFC×scale", "serial", "pool", "engine", "engine window"
+        "{:<4} {:<5} {:<20} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}  engine window",
+        "side", "dev", "step", "count", "RFC orig", "RFC×scale", "serial", "pool", "engine"
     );
-    let _ = writeln!(out, "{:<37} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "ms", "ms", "ms", "ms", "ms");
+    let _ = writeln!(
+        out,
+        "{:<37} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "", "ms", "ms", "ms", "ms", "ms"
+    );
     for k in &keys {
-        let rfc_ms = rfc.iter().find(|r| r.side == k.0 && unit_name(r.unit) == k.1 && r.step.name() == k.2).map(|r| r.original_ms);
-        let count = per.iter().filter_map(|(_, m)| m.get(k).map(|x| x.0)).max().unwrap_or(0);
+        let rfc_ms = rfc
+            .iter()
+            .find(|r| r.side == k.0 && unit_name(r.unit) == k.1 && r.step.name() == k.2)
+            .map(|r| r.original_ms);
+        let count = per
+            .iter()
+            .filter_map(|(_, m)| m.get(k).map(|x| x.0))
+            .max()
+            .unwrap_or(0);
         let cell = |s: Strategy| -> String {
-            per.iter().find(|(x, _)| *x == s).and_then(|(_, m)| m.get(k)).map(|x| format!("{:>9.1}", ms(x.1))).unwrap_or_else(|| format!("{:>9}", "-"))
+            per.iter()
+                .find(|(x, _)| *x == s)
+                .and_then(|(_, m)| m.get(k))
+                .map(|x| format!("{:>9.1}", ms(x.1)))
+                .unwrap_or_else(|| format!("{:>9}", "-"))
         };
         let win = per
             .iter()
@@ -168,35 +213,60 @@ pub fn table(cmp: &Comparison) -> String {
             k.1,
             k.2,
             count,
-            rfc_ms.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into()),
-            rfc_ms.map(|v| format!("{:.1}", v * scale)).unwrap_or_else(|| "-".into()),
+            rfc_ms
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "-".into()),
+            rfc_ms
+                .map(|v| format!("{:.1}", v * scale))
+                .unwrap_or_else(|| "-".into()),
             cell(Strategy::Serial),
             cell(Strategy::Pool),
             cell(Strategy::Engine),
             win
         );
     }
-    let _ = writeln!(out, "(own time per step kind; engine rows outside the blackout window are not downtime)");
+    let _ = writeln!(
+        out,
+        "(own time per step kind; engine rows outside the blackout window are not downtime)"
+    );
     let _ = writeln!(out);
     let dt = |s: Strategy| cmp.get(s).map(|r| dms(r.downtime));
-    let _ = writeln!(out, "downtime (window open → destination running), {}:", if cmp.simulated { "SIMULATED" } else { "REAL" });
+    let _ = writeln!(
+        out,
+        "downtime (window open → destination running), {}:",
+        if cmp.simulated { "SIMULATED" } else { "REAL" }
+    );
     if let Some(v) = dt(Strategy::Serial) {
         let _ = write!(out, "  serial  {v:>9.1} ms");
         if cmp.profile.is_some() {
-            let _ = write!(out, "   (RFC Original {RFC_ORIGINAL_MS:.0} ms × {scale} = {:.1} ms)", RFC_ORIGINAL_MS * scale);
+            let _ = write!(
+                out,
+                "   (RFC Original {RFC_ORIGINAL_MS:.0} ms × {scale} = {:.1} ms)",
+                RFC_ORIGINAL_MS * scale
+            );
         }
         let _ = writeln!(out);
     }
     if let Some(v) = dt(Strategy::Pool) {
         let _ = write!(out, "  pool    {v:>9.1} ms   ({} workers", cmp.workers);
         if cmp.profile.is_some() {
-            let _ = write!(out, "; the RFC's own pool: {RFC_CONCURRENT_MS:.0} ms × {scale} = {:.1} ms", RFC_CONCURRENT_MS * scale);
+            let _ = write!(
+                out,
+                "; the RFC's own pool: {RFC_CONCURRENT_MS:.0} ms × {scale} = {:.1} ms",
+                RFC_CONCURRENT_MS * scale
+            );
         }
         let _ = writeln!(out, ")");
     }
     if let Some(e) = cmp.get(Strategy::Engine) {
         let lb = e.lower_bound.total();
-        let _ = writeln!(out, "  engine  {:>9.1} ms   (lower bound {:.1} ms; engine / bound = {:.2})", dms(e.downtime), dms(lb), ratio(e.downtime, lb));
+        let _ = writeln!(
+            out,
+            "  engine  {:>9.1} ms   (lower bound {:.1} ms; engine / bound = {:.2})",
+            dms(e.downtime),
+            dms(lb),
+            ratio(e.downtime, lb)
+        );
         let _ = writeln!(
             out,
             "          lower bound: src {:.1} ms limited by {}, dst {:.1} ms limited by {}",
@@ -205,7 +275,11 @@ pub fn table(cmp: &Comparison) -> String {
             dms(e.lower_bound.dst.bound),
             limiter(&e.lower_bound.dst)
         );
-        let ph: Vec<String> = e.phases.iter().map(|(s, w, d)| format!("{} {} {:.1} ms", s.short(), w.name(), dms(*d))).collect();
+        let ph: Vec<String> = e
+            .phases
+            .iter()
+            .map(|(s, w, d)| format!("{} {} {:.1} ms", s.short(), w.name(), dms(*d)))
+            .collect();
         let _ = writeln!(out, "          phases: {}", ph.join(", "));
         if let (Some(s), Some(po)) = (cmp.get(Strategy::Serial), cmp.get(Strategy::Pool)) {
             let _ = writeln!(
@@ -232,20 +306,53 @@ pub fn table(cmp: &Comparison) -> String {
         if let Some(f) = &r.failure {
             let _ = writeln!(out, "          failure: {f}");
         }
+        if r.io.submitted > 0 {
+            let _ = writeln!(
+                out,
+                "          block requests in flight at the stop: {}; completed once {} ({} handed over), twice {}, lost {}, never {}",
+                r.io.submitted, r.io.completed_once, r.io.handed_over, r.io.completed_twice, r.io.lost, r.io.never
+            );
+        }
     }
     if !cmp.kvm_runs.is_empty() {
         let main_model = cmp.profile.as_ref().map(|p| p.kvm).unwrap_or(KvmModel::Rfc);
-        let other = if main_model == KvmModel::Rfc { KvmModel::PerVmIoeventfd } else { KvmModel::Rfc };
+        let other = if main_model == KvmModel::Rfc {
+            KvmModel::PerVmIoeventfd
+        } else {
+            KvmModel::Rfc
+        };
         let _ = writeln!(out);
         let _ = writeln!(out, "under KVM model {} (SIMULATED):", other.name());
         for r in &cmp.kvm_runs {
             let main = cmp.get(r.strategy).map(|m| dms(m.downtime)).unwrap_or(0.0);
-            let _ = writeln!(out, "  {:<7} {:>9.1} ms   (was {:.1} ms)", r.strategy.name(), dms(r.downtime), main);
+            let _ = writeln!(
+                out,
+                "  {:<7} {:>9.1} ms   (was {:.1} ms)",
+                r.strategy.name(),
+                dms(r.downtime),
+                main
+            );
         }
-        let k = |s: Strategy| cmp.kvm_runs.iter().find(|r| r.strategy == s).map(|r| r.downtime);
-        if let (Some(s), Some(po), Some(e)) = (k(Strategy::Serial), k(Strategy::Pool), k(Strategy::Engine)) {
-            let _ = writeln!(out, "  speedup: engine vs serial {:.1}×, engine vs pool {:.1}×", ratio(s, e), ratio(po, e));
+        let k = |s: Strategy| {
+            cmp.kvm_runs
+                .iter()
+                .find(|r| r.strategy == s)
+                .map(|r| r.downtime)
+        };
+        if let (Some(s), Some(po), Some(e)) =
+            (k(Strategy::Serial), k(Strategy::Pool), k(Strategy::Engine))
+        {
+            let _ = writeln!(
+                out,
+                "  speedup: engine vs serial {:.1}×, engine vs pool {:.1}×",
+                ratio(s, e),
+                ratio(po, e)
+            );
         }
+    }
+    if let Some(d) = cmp.get(Strategy::Engine).or(cmp.runs.first()) {
+        let _ = writeln!(out);
+        out.push_str(&breakdown_table(d));
     }
     out
 }
@@ -270,8 +377,12 @@ fn limiter(lb: &crate::plan::LowerBound) -> String {
         crate::plan::Limiter::Nothing => "nothing".into(),
         crate::plan::Limiter::Chain => "the longest dependency chain".into(),
         crate::plan::Limiter::Lanes => "blocking work over lanes".into(),
-        crate::plan::Limiter::Server(crate::step::Server::VmIoeventfd) => "the VM's ioeventfd lock".into(),
-        crate::plan::Limiter::Server(crate::step::Server::Channel(d)) => format!("the control channel of device {}", d.0),
+        crate::plan::Limiter::Server(crate::step::Server::VmIoeventfd) => {
+            "the VM's ioeventfd lock".into()
+        }
+        crate::plan::Limiter::Server(crate::step::Server::Channel(d)) => {
+            format!("the control channel of device {}", d.0)
+        }
     }
 }
 
@@ -291,6 +402,7 @@ fn run_json(r: &StrategyRun, with_steps: bool) -> Value {
         "outcome": r.outcome,
         "failure": r.failure.as_ref().map(|f| f.to_string()),
         "vring_bases_preserved": r.vring_bases_preserved,
+        "block_io": r.io,
         "double_notifier_ioctls": r.double_ioctls,
         "memory_transactions": { "commits": r.transactions.0, "notifier_changes": r.transactions.1 },
         "lanes": r.lanes,
@@ -312,7 +424,8 @@ fn run_json(r: &StrategyRun, with_steps: bool) -> Value {
 }
 
 /// The JSON document: `simulated`, `topology`, `lower_bound_ms`,
-/// `strategies.<name>.downtime_ms`, per-step intervals, `vring_bases_preserved`, …
+/// `strategies.<name>.downtime_ms`, per-step intervals, `vring_bases_preserved`,
+/// the engine run's [`breakdown`] rows (`breakdown.rows`), …
 pub fn json(cmp: &Comparison) -> Value {
     let mut strategies = serde_json::Map::new();
     for r in &cmp.runs {
@@ -336,9 +449,314 @@ pub fn json(cmp: &Comparison) -> Value {
         "outcome": outcome,
         "cause": engine.and_then(|e| e.failure.as_ref()).map(|f| json!({"device": f.device, "step": f.step, "ring": f.ring, "side": f.side, "message": f.to_string()})),
         "lower_bound_ms": engine.map(|e| dms(e.lower_bound.total())),
+        "breakdown": engine.or(cmp.runs.first()).map(|r| json!({ "strategy": r.strategy.name(), "rows": breakdown(r) })),
         "rfc": cmp.profile.as_ref().map(|_| json!({ "original_ms": RFC_ORIGINAL_MS, "concurrent_ms": RFC_CONCURRENT_MS })),
         "vring_bases_preserved": cmp.runs.iter().all(|r| r.vring_bases_preserved),
         "strategies": strategies,
         "other_kvm_model": { "model": if main_model == KvmModel::Rfc { "per-vm-ioeventfd" } else { "rfc" }, "strategies": kvm },
     })
+}
+
+/// Indices (into `steps`) of the blackout window's critical path, from the window's
+/// opening to the step that closed it.
+///
+/// The rule, applied to the recorded intervals only (no plan needed, so it works for
+/// every strategy and for real backends):
+///
+/// 1. start at the blackout step (window [`Window::Blackout`], rollback included)
+///    that finished last: its end is the window's end;
+/// 2. if the current step is a request on a backend's control channel that waited
+///    in the channel's queue (its service began after it was sent, see
+///    [`own_times`]), the step that delayed it is the request the channel answered
+///    just before: continue from that one;
+/// 3. otherwise, the step that delayed it is the blackout step (either side) that
+///    finished last at or before it started, preferring one of the same device on a
+///    tie: a predecessor whose completion released it, the lane it waited for, or
+///    the source's last stop before the destination's starts;
+/// 4. stop when no blackout step finished before the current one started (it was
+///    ready when the window opened).
+///
+/// The result is in time order. Shortening any step on it moves the window's end;
+/// shortening a step off it does not (as far as the recorded run shows). Each
+/// step's share of the window is given by [`critical_shares`].
+///
+/// ```
+/// use switchover::report::critical_path;
+/// use switchover::step::Window;
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// let r = run(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.05), Strategy::Engine);
+/// let path = critical_path(&r.steps);
+/// assert!(!path.is_empty());
+/// assert!(path.iter().all(|&i| r.steps[i].window == Window::Blackout));
+/// // The last step of the path is the one that ended the window.
+/// let last = r.steps.iter().filter(|s| s.window == Window::Blackout).map(|s| s.end_ns).max();
+/// assert_eq!(Some(r.steps[*path.last().unwrap()].end_ns), last);
+/// ```
+pub fn critical_path(steps: &[TimedStep]) -> Vec<usize> {
+    let own = own_times(steps);
+    let mut blackout: Vec<usize> = (0..steps.len())
+        .filter(|&i| steps[i].window == Window::Blackout)
+        .collect();
+    blackout.sort_by_key(|&i| (steps[i].end_ns, steps[i].start_ns));
+    let Some(&last) = blackout.last() else {
+        return vec![];
+    };
+    let mut channels: BTreeMap<(Side, &str), Vec<usize>> = BTreeMap::new();
+    for &i in &blackout {
+        if is_channel(&steps[i]) {
+            channels
+                .entry((steps[i].side, steps[i].device.as_str()))
+                .or_default()
+                .push(i);
+        }
+    }
+    let mut visited = vec![false; steps.len()];
+    let mut path = Vec::new();
+    let mut cur = last;
+    loop {
+        visited[cur] = true;
+        path.push(cur);
+        let s = &steps[cur];
+        let service_start = s.end_ns - own[cur];
+        let next = if is_channel(s) && service_start > s.start_ns {
+            let list = &channels[&(s.side, s.device.as_str())];
+            let upto = list.partition_point(|&j| steps[j].end_ns <= service_start);
+            list[..upto].iter().rev().copied().find(|&j| !visited[j])
+        } else {
+            let upto = blackout.partition_point(|&j| steps[j].end_ns <= s.start_ns);
+            let mut best: Option<usize> = None;
+            for &j in blackout[..upto].iter().rev() {
+                if visited[j] {
+                    continue;
+                }
+                match best {
+                    None => best = Some(j),
+                    Some(b) if steps[j].end_ns < steps[b].end_ns => break,
+                    Some(_) if steps[j].device == s.device && steps[j].side == s.side => {
+                        best = Some(j);
+                        break;
+                    }
+                    Some(_) => {}
+                }
+            }
+            best
+        };
+        match next {
+            Some(n) => cur = n,
+            None => break,
+        }
+    }
+    path.reverse();
+    path
+}
+
+/// How much of the blackout window each step of `path` (from [`critical_path`])
+/// accounts for: the time from the previous path step's end (the window's opening
+/// for the first) to its own end. The shares add up to the end of the last path
+/// step, so they say where the downtime went; a share includes any wait for a lane
+/// or a dispatch just before the step.
+///
+/// ```
+/// use switchover::report::{critical_path, critical_shares};
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// let r = run(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.05), Strategy::Engine);
+/// let path = critical_path(&r.steps);
+/// let shares = critical_shares(&r.steps, &path);
+/// let end = r.steps[*path.last().unwrap()].end_ns;
+/// assert_eq!(shares.iter().sum::<i64>(), end.max(0));
+/// ```
+pub fn critical_shares(steps: &[TimedStep], path: &[usize]) -> Vec<i64> {
+    let mut prev = 0i64;
+    path.iter()
+        .map(|&i| {
+            let e = steps[i].end_ns.max(prev);
+            let share = e - prev;
+            prev = e;
+            share
+        })
+        .collect()
+}
+
+fn is_channel(s: &TimedStep) -> bool {
+    s.split && matches!(s.server, Some(crate::step::Server::Channel(_)))
+}
+
+/// One row of [`breakdown`]: the steps of one window, side, device kind and step kind.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BreakdownRow {
+    /// The window.
+    pub window: Window,
+    /// The side.
+    pub side: Side,
+    /// Device kind (`net`, `blk` or a generic kind).
+    pub device_kind: String,
+    /// Step kind, with ` (rollback)` appended for rollback steps.
+    pub step: String,
+    /// Number of steps.
+    pub count: usize,
+    /// Sum of own times (ns).
+    pub total_ns: i64,
+    /// Median own time (ns, nearest rank).
+    pub p50_ns: i64,
+    /// Largest own time (ns).
+    pub max_ns: i64,
+    /// How many of these steps lie on the [`critical_path`].
+    pub critical: usize,
+    /// Their share of the blackout window ([`critical_shares`], ns).
+    pub critical_ns: i64,
+}
+
+/// The steps of one run grouped by window, side, device kind and step kind, with the
+/// count, total, median and largest own time (see [`own_times`]) of each group and
+/// how many of its steps are on the [`critical_path`]. Rows are in time order of
+/// windows, then in the order the kinds first started.
+///
+/// ```
+/// use switchover::report::breakdown;
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// let r = run(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.05), Strategy::Engine);
+/// let rows = breakdown(&r);
+/// assert_eq!(rows.iter().map(|x| x.count).sum::<usize>(), r.steps.len());
+/// assert!(rows.iter().any(|x| x.critical > 0 && x.step == "get_vring_base"));
+/// ```
+pub fn breakdown(run: &StrategyRun) -> Vec<BreakdownRow> {
+    let own = own_times(&run.steps);
+    let mut on_path: Vec<Option<i64>> = vec![None; run.steps.len()];
+    let path = critical_path(&run.steps);
+    for (&i, share) in path.iter().zip(critical_shares(&run.steps, &path)) {
+        on_path[i] = Some(share);
+    }
+    type Key = (Window, Side, String, String);
+    /// Key, first start, own times, (steps on the path, their shares).
+    type Group = (Key, i64, Vec<i64>, (usize, i64));
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: std::collections::HashMap<Key, usize> = std::collections::HashMap::new();
+    for (i, s) in run.steps.iter().enumerate() {
+        let step = if s.rollback {
+            format!("{} (rollback)", s.step)
+        } else {
+            s.step.clone()
+        };
+        let key = (s.window, s.side, s.device_kind.clone(), step);
+        let g = *index.entry(key.clone()).or_insert_with(|| {
+            groups.push((key, s.start_ns, Vec::new(), (0, 0)));
+            groups.len() - 1
+        });
+        groups[g].2.push(own[i]);
+        if let Some(share) = on_path[i] {
+            groups[g].3 .0 += 1;
+            groups[g].3 .1 += share;
+        }
+    }
+    groups.sort_by_key(|g| (g.0 .0, g.1));
+    groups
+        .into_iter()
+        .map(
+            |((window, side, device_kind, step), _, mut v, (critical, critical_ns))| {
+                v.sort_unstable();
+                BreakdownRow {
+                    window,
+                    side,
+                    device_kind,
+                    step,
+                    count: v.len(),
+                    total_ns: v.iter().sum(),
+                    p50_ns: v[(v.len() - 1) / 2],
+                    max_ns: *v.last().unwrap_or(&0),
+                    critical,
+                    critical_ns,
+                }
+            },
+        )
+        .collect()
+}
+
+/// The [`breakdown`] of one run as text, with the critical path's rows marked `◀`
+/// and a one-line summary of the path.
+///
+/// ```
+/// use switchover::report::breakdown_table;
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// let r = run(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.05), Strategy::Engine);
+/// let text = breakdown_table(&r);
+/// assert!(text.contains("critical path"));
+/// assert!(text.contains("SIMULATED"));
+/// ```
+pub fn breakdown_table(run: &StrategyRun) -> String {
+    let mut out = String::new();
+    let label = if run.simulated { "SIMULATED" } else { "REAL" };
+    let _ = writeln!(
+        out,
+        "{} run by window, device kind and step kind ({label}; own time per step, ms):",
+        run.strategy.name()
+    );
+    let _ = writeln!(
+        out,
+        "{:<8} {:<4} {:<6} {:<24} {:>6} {:>9} {:>8} {:>8} {:>12}",
+        "window", "side", "dev", "step", "count", "total", "p50", "max", "critical path"
+    );
+    let rows = breakdown(run);
+    for r in &rows {
+        let crit = if r.critical > 0 {
+            format!("{:>5} {:>6.1}  ◀", r.critical, ms(r.critical_ns))
+        } else {
+            format!("{:>5}", "-")
+        };
+        let _ = writeln!(
+            out,
+            "{:<8} {:<4} {:<6} {:<24} {:>6} {:>9.1} {:>8.3} {:>8.3} {crit}",
+            r.window.name(),
+            r.side.short(),
+            r.device_kind,
+            r.step,
+            r.count,
+            ms(r.total_ns),
+            ms(r.p50_ns),
+            ms(r.max_ns),
+        );
+    }
+    let path = critical_path(&run.steps);
+    if let (Some(&a), Some(&b)) = (path.first(), path.last()) {
+        let mut top: Vec<&BreakdownRow> = rows.iter().filter(|r| r.critical > 0).collect();
+        top.sort_by_key(|r| std::cmp::Reverse(r.critical_ns));
+        let parts: Vec<String> = top
+            .iter()
+            .take(4)
+            .map(|r| {
+                format!(
+                    "{} {} {} {:.1} ms",
+                    r.side.short(),
+                    r.device_kind,
+                    r.step,
+                    ms(r.critical_ns)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "critical path ({label}): {} steps, from {} to {} at {:.1} ms; most of it: {}",
+            path.len(),
+            step_label(&run.steps[a]),
+            step_label(&run.steps[b]),
+            ms(run.steps[b].end_ns),
+            parts.join(", "),
+        );
+        let _ = writeln!(
+            out,
+            "  (the chain that ends the window: from its last step, back through the request its channel answered just before, or the step that finished just before it started; ms = the window time each row accounts for)"
+        );
+    }
+    out
+}
+
+/// `src net3 ring 5 get_vring_base`.
+fn step_label(s: &TimedStep) -> String {
+    match s.ring {
+        Some(r) => format!("{} {} ring {r} {}", s.side.short(), s.device, s.step),
+        None => format!("{} {} {}", s.side.short(), s.device, s.step),
+    }
 }

@@ -21,11 +21,25 @@ use crate::topology::{DeviceId, Topology};
 
 const NONE: u32 = u32::MAX;
 
-/// Captured vring bases of every ring of a topology, writable from any thread.
+/// Captured vring bases of every ring of a topology, writable from any thread,
+/// and the block requests handed over instead of drained.
 #[derive(Debug)]
 pub struct DeviceState {
     offsets: Vec<u32>,
     bases: Vec<AtomicU32>,
+    inflight: std::sync::Mutex<Vec<InflightReq>>,
+}
+
+/// A block request still in flight when its ring stopped, handed over to the
+/// destination to be resubmitted there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InflightReq {
+    /// Device index.
+    pub device: u32,
+    /// Ring index.
+    pub ring: u32,
+    /// The request (its descriptor head, or a simulated id).
+    pub id: u64,
 }
 
 /// One captured base, as carried to the destination.
@@ -49,7 +63,7 @@ impl DeviceState {
             n += d.rings();
         }
         offsets.push(n);
-        DeviceState { offsets, bases: (0..n).map(|_| AtomicU32::new(NONE)).collect() }
+        DeviceState { offsets, bases: (0..n).map(|_| AtomicU32::new(NONE)).collect(), inflight: std::sync::Mutex::new(Vec::new()) }
     }
 
     fn slot(&self, d: DeviceId, ring: u32) -> Option<&AtomicU32> {
@@ -91,6 +105,24 @@ impl DeviceState {
             }
         }
         v
+    }
+
+    /// Records requests handed over.
+    pub fn hand_over(&self, reqs: &[InflightReq]) {
+        self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(reqs);
+    }
+
+    /// Requests handed over (all rings).
+    pub fn inflight(&self) -> Vec<InflightReq> {
+        self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Takes the requests handed over for one ring (to resubmit them).
+    pub fn take_inflight(&self, d: DeviceId, ring: u32) -> Vec<InflightReq> {
+        let mut v = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mine, rest): (Vec<InflightReq>, Vec<InflightReq>) = v.drain(..).partition(|r| r.device == d.0 && r.ring == ring);
+        *v = rest;
+        mine
     }
 
     /// Loads bases carried from the source.

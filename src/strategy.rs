@@ -25,7 +25,7 @@ use crate::error::{StepError, StepFailure};
 use crate::exec::{Completion, Engine, Lane, Progress, RunReport, StepActions, StepOutcome};
 use crate::plan::{LowerBound, Plan};
 use crate::recipe::{build, rollback, RecipeOptions};
-use crate::sim::{Fault, KvmModel, Profile, SimActions, SimSide};
+use crate::sim::{Fault, IoLedger, IoSummary, KvmModel, Profile, SimActions, SimSide};
 use crate::state::DeviceState;
 use crate::step::{ExecMode, Server, Side, Step, Window};
 use crate::switchover::{run_in_process, Outcome, SideSetup};
@@ -74,6 +74,21 @@ pub struct SimConfig {
     pub faults: Vec<Fault>,
     /// Deadline of every step.
     pub deadline: Duration,
+    /// What happens to block requests in flight when the guest stops.
+    pub blk_policy: BlkPolicy,
+    /// How long a drain may wait for a ring's requests in flight.
+    pub drain_deadline: Duration,
+}
+
+/// What happens to block requests in flight when the guest stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlkPolicy {
+    /// Wait for them (with the step's deadline) before reading the ring's base.
+    Drain,
+    /// Read the base at once and carry them to the destination, which resubmits them
+    /// (vhost-user's inflight-fd mechanism).
+    HandOver,
 }
 
 impl SimConfig {
@@ -86,7 +101,26 @@ impl SimConfig {
             workers: DEFAULT_WORKERS,
             faults: vec![],
             deadline: crate::plan::DEFAULT_DEADLINE,
+            blk_policy: BlkPolicy::Drain,
+            drain_deadline: crate::plan::DEFAULT_DEADLINE,
         }
+    }
+    /// Sets the drain deadline.
+    pub fn drain_deadline(mut self, d: Duration) -> Self {
+        self.drain_deadline = d;
+        self
+    }
+    /// Sets the block policy.
+    pub fn blk_policy(mut self, p: BlkPolicy) -> Self {
+        self.blk_policy = p;
+        self
+    }
+    /// Sets the block requests in flight per blk ring at the stop, and their duration
+    /// (unscaled).
+    pub fn blk_inflight(mut self, per_ring: u32, io: Duration) -> Self {
+        self.profile.blk_inflight = per_ring;
+        self.profile.blk_io = io;
+        self
     }
     /// Sets the profile scale.
     pub fn scale(mut self, s: f64) -> Self {
@@ -121,7 +155,15 @@ impl SimConfig {
         self
     }
     fn opts(&self, base: RecipeOptions) -> RecipeOptions {
-        RecipeOptions { deadline: self.deadline, ..base }
+        RecipeOptions { deadline: self.deadline, drain_deadline: self.drain_deadline, drain_blk: self.blk_policy == BlkPolicy::Drain, ..base }
+    }
+    fn sides(&self) -> (Arc<SimSide>, Arc<SimSide>, Arc<IoLedger>) {
+        let ledger = Arc::new(IoLedger::default());
+        let ho = self.blk_policy == BlkPolicy::HandOver;
+        let topo = &self.topology;
+        let src = SimSide::with_io(topo, Side::Source, &self.profile, &self.faults, Arc::new(DeviceState::new(topo)), ledger.clone(), ho);
+        let dst = SimSide::with_io(topo, Side::Destination, &self.profile, &self.faults, Arc::new(DeviceState::new(topo)), ledger.clone(), ho);
+        (Arc::new(src), Arc::new(dst), ledger)
     }
 }
 
@@ -189,6 +231,8 @@ pub struct StrategyRun {
     pub lanes: usize,
     /// Lower bound on the blackout (src + dst) from the plans run.
     pub lower_bound: LowerBound2,
+    /// What became of the guest's block requests in flight at the stop.
+    pub io: IoSummary,
 }
 
 /// The lower bound of a strategy's downtime, per side.
@@ -229,8 +273,9 @@ impl SimRole {
     pub fn new(cfg: &SimConfig, side: Side) -> SimRole {
         let opts = cfg.opts(RecipeOptions::engine());
         let plan = Arc::new(build(&cfg.topology, side, &opts, &cfg.profile).expect("validated topology"));
-        let state = Arc::new(DeviceState::new(&cfg.topology));
-        let sim = Arc::new(SimSide::new(&cfg.topology, side, &cfg.profile, &cfg.faults, state.clone()));
+        let (src, dst, _) = cfg.sides();
+        let sim = if side == Side::Source { src } else { dst };
+        let state = sim.state().clone();
         let actions = Arc::new(SimActions::new(sim.clone(), plan.len()));
         SimRole { setup: SideSetup { plan, actions, state }, side: sim, cfg: cfg.clone() }
     }
@@ -255,10 +300,8 @@ pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
     let topo = &cfg.topology;
     let src_plan = Arc::new(build(topo, Side::Source, &opts, &cfg.profile).expect("validated topology"));
     let dst_plan = Arc::new(build(topo, Side::Destination, &opts, &cfg.profile).expect("validated topology"));
-    let src_state = Arc::new(DeviceState::new(topo));
-    let dst_state = Arc::new(DeviceState::new(topo));
-    let src_side = Arc::new(SimSide::new(topo, Side::Source, &cfg.profile, &cfg.faults, src_state.clone()));
-    let dst_side = Arc::new(SimSide::new(topo, Side::Destination, &cfg.profile, &cfg.faults, dst_state.clone()));
+    let (src_side, dst_side, ledger) = cfg.sides();
+    let (src_state, dst_state) = (src_side.state().clone(), dst_side.state().clone());
     let src_act = Arc::new(SimActions::new(src_side.clone(), src_plan.len()));
     let dst_act = Arc::new(SimActions::new(dst_side.clone(), dst_plan.len()));
     let lower_bound = LowerBound2 { src: src_plan.lower_bound(Window::Blackout, lanes), dst: dst_plan.lower_bound(Window::Blackout, lanes) };
@@ -275,6 +318,7 @@ pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
             let mut failure = src_out.1;
             if failure.is_none() {
                 dst_state.import(&src_state.export());
+                dst_state.hand_over(&src_state.inflight());
                 let (dst_out, t_dst) = run_chains(&dst_plan, &*dst_act, workers, opened);
                 phases.push((Side::Destination, Window::Blackout, t_dst));
                 steps.extend(dst_out.0);
@@ -352,6 +396,8 @@ pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
         changes += n;
     }
     steps.sort_by_key(|s| (s.start_ns, s.end_ns));
+    let on_dst = matches!(outcome, Outcome::Completed | Outcome::CompletedWithCleanupErrors { .. });
+    let io = ledger.summary(on_dst);
     StrategyRun {
         strategy,
         simulated: true,
@@ -366,6 +412,7 @@ pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
         transactions: (commits, changes),
         lanes,
         lower_bound,
+        io,
     }
 }
 

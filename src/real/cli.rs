@@ -1,9 +1,216 @@
-//! `switchover real`: the comparison on real components.
+//! `switchover real`: the serial / pool / engine comparison on real components,
+//! printed with the simulation's table and JSON (`"simulated": false`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::json;
+
+use super::frontend::BackendKind;
+use super::run::{run_strategy, BlkBackend, RealConfig, RealRun};
+use crate::report::{json as report_json, table, Comparison};
+use crate::strategy::Strategy;
+
+/// Compares `serial`, `pool` and `engine` on REAL vhost-user backends (own net and
+/// blk backends in child processes, qemu-storage-daemon) and real KVM notifiers.
+#[derive(Debug, Parser)]
+#[command(name = "switchover real")]
+struct Args {
+    /// Net devices.
+    #[arg(long, default_value_t = 8)]
+    nets: u32,
+    /// Queue pairs per net device.
+    #[arg(long, default_value_t = 8)]
+    queue_pairs: u32,
+    /// Blk devices.
+    #[arg(long, default_value_t = 8)]
+    blks: u32,
+    /// Queues per blk device.
+    #[arg(long, default_value_t = 4)]
+    queues: u32,
+    /// Backend of the blk devices: own, qsd (qemu-storage-daemon) or mixed (half each).
+    #[arg(long, default_value = "mixed")]
+    blk_backend: String,
+    /// Worker threads for `pool` and `engine` (the engine's caller lane is one more).
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Per-step deadline in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    deadline_ms: u64,
+    /// Strategies to run (comma separated).
+    #[arg(long, default_value = "serial,pool,engine", value_delimiter = ',')]
+    strategies: Vec<String>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("switchover real: {msg}");
+    ExitCode::from(2)
+}
+
+/// Whether /dev/kvm can be opened; the reason if not.
+pub fn kvm_available() -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(|_| ())
+        .map_err(|e| format!("/dev/kvm is not usable ({e}); real components need KVM"))
+}
+
+/// One line per strategy with what was checked on the real components.
+pub fn checks_text(runs: &[RealRun]) -> String {
+    let mut out = String::new();
+    for r in runs {
+        let rings = r.bases.len();
+        let nonzero = r.bases.iter().filter(|b| b.read.unwrap_or(0) != 0).count();
+        out.push_str(&format!(
+            "  {:<7} REAL checks: bases read {}/{} (non-zero {}), set = read on {} rings; after switchover {}; blk read-back verified on {} rings; second disables refused {} with {} ioctls; leftover processes {}, socket dir {}\n",
+            r.run.strategy.name(),
+            r.bases.iter().filter(|b| b.read.is_some()).count(),
+            rings,
+            nonzero,
+            r.bases.iter().filter(|b| b.set.is_some() && b.set == b.read).count(),
+            match &r.post_switchover {
+                Ok(n) => format!("{n} requests completed"),
+                Err(e) => format!("FAILED: {e}"),
+            },
+            r.blk_rings_verified,
+            r.second_disables_refused,
+            r.second_disable_ioctls,
+            r.leftover_processes.len(),
+            if r.leftover_dir { "LEFT" } else { "removed" },
+        ));
+    }
+    out
+}
 
 /// Entry point of `switchover real ARGS`.
-pub fn main(_args: &[String]) -> ExitCode {
-    eprintln!("switchover: real components are not implemented yet");
-    ExitCode::from(2)
+pub fn main(args: &[String]) -> ExitCode {
+    if args.first().map(String::as_str) == Some("__backend") {
+        let (Some(kind), Some(sock), Some(q)) = (args.get(1), args.get(2), args.get(3)) else {
+            return fail("usage: switchover real __backend net|blk SOCK QUEUES [FILE]");
+        };
+        let Ok(q) = q.parse::<usize>() else {
+            return fail(format!("bad queue count '{q}'"));
+        };
+        return match super::backend::serve(kind, sock, q, args.get(4).map(std::path::Path::new)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format!("backend: {e}")),
+        };
+    }
+    let a = match Args::try_parse_from(
+        std::iter::once("switchover real".to_string()).chain(args.iter().cloned()),
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            return fail(
+                text.lines()
+                    .next()
+                    .unwrap_or("bad arguments")
+                    .trim_start_matches("error: "),
+            );
+        }
+    };
+    if let Err(e) = kvm_available() {
+        return fail(e);
+    }
+    let Some(blk_backend) = BlkBackend::parse(&a.blk_backend) else {
+        return fail(format!(
+            "unknown --blk-backend '{}' (own, qsd, mixed)",
+            a.blk_backend
+        ));
+    };
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot find my own binary: {e}")),
+    };
+    let mut cfg = RealConfig::new(exe);
+    cfg.nets = a.nets;
+    cfg.queue_pairs = a.queue_pairs;
+    cfg.blks = a.blks;
+    cfg.queues = a.queues;
+    cfg.blk_backend = blk_backend;
+    cfg.workers = a.workers;
+    cfg.deadline = Duration::from_millis(a.deadline_ms.max(1));
+    if cfg.qsd.is_none() && cfg.blks > 0 && blk_backend != BlkBackend::Own {
+        eprintln!("switchover real: qemu-storage-daemon is not installed; all blk devices use the project's own blk backend");
+    }
+    let mut strategies = Vec::new();
+    for s in &a.strategies {
+        match Strategy::ALL.iter().find(|x| x.name() == s) {
+            Some(x) => strategies.push(*x),
+            None => return fail(format!("unknown strategy '{s}' (serial, pool, engine)")),
+        }
+    }
+    let topo = match cfg.topology() {
+        Ok(t) => std::sync::Arc::new(t),
+        Err(e) => return fail(e),
+    };
+    let kinds = cfg.backends(&topo);
+    let count = |k: BackendKind| kinds.iter().filter(|x| **x == k).count();
+    let label = format!(
+        "REAL components on this host: {} own vhost-user net, {} own vhost-user blk, {} qemu-storage-daemon blk backends (child processes, per side), KVM ioeventfds/irqfds (one VM per side)",
+        count(BackendKind::OwnNet),
+        count(BackendKind::OwnBlk),
+        count(BackendKind::Qsd)
+    );
+    let mut reals = Vec::new();
+    for s in &strategies {
+        match run_strategy(&cfg, *s) {
+            Ok(r) => reals.push(r),
+            Err(e) => return fail(format!("{}: {e}", s.name())),
+        }
+    }
+    let cmp = Comparison {
+        simulated: false,
+        label,
+        topology: topo,
+        workers: cfg.workers,
+        profile: None,
+        faults: vec![],
+        runs: reals.iter().map(|r| r.run.clone()).collect(),
+        kvm_runs: vec![],
+    };
+    print!("{}", table(&cmp));
+    print!("{}", checks_text(&reals));
+    let ok = reals.iter().all(RealRun::checks_ok);
+    if let Some(p) = &a.json {
+        let mut v = report_json(&cmp);
+        v["real"] = json!({
+            "backends": kinds,
+            "checks": reals.iter().map(|r| (r.run.strategy.name().to_string(), json!({
+                "ok": r.checks_ok(),
+                "bases": r.bases,
+                "post_switchover": match &r.post_switchover { Ok(n) => json!({"completed": n}), Err(e) => json!({"error": e}) },
+                "blk_rings_verified": r.blk_rings_verified,
+                "second_disable_ioctls": r.second_disable_ioctls,
+                "second_disables_refused": r.second_disables_refused,
+                "leftover_processes": r.leftover_processes,
+                "leftover_dir": r.leftover_dir,
+            }))).collect::<serde_json::Map<_, _>>(),
+        });
+        let text = serde_json::to_string_pretty(&v).expect("JSON of plain data");
+        if let Err(e) = std::fs::write(p, text) {
+            return fail(format!("cannot write {}: {e}", p.display()));
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("switchover real: some checks failed (see above)");
+        ExitCode::from(1)
+    }
 }

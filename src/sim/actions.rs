@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::backend::{Req, SimBackend};
+use super::backend::{BlkIo, Req, SimBackend};
+use super::io::{IoEnd, IoLedger};
 use super::clock::sleep_until;
 use super::fault::{Fault, FaultKind};
 use super::profile::{unit_of, Profile};
@@ -14,7 +15,7 @@ use super::vm::{NotifierOutcome, SimVm};
 use crate::error::StepFailure;
 use crate::exec::{Completion, StepActions};
 use crate::recipe::CostModel;
-use crate::state::DeviceState;
+use crate::state::{DeviceState, InflightReq};
 use crate::step::{Affinity, Side, Step, StepKind};
 use crate::sync::{AtomicBool, AtomicU32, Ordering};
 use crate::topology::{DeviceId, Topology};
@@ -46,6 +47,8 @@ pub struct SimSide {
     vm: SimVm,
     state: Arc<DeviceState>,
     faults: Vec<(Fault, AtomicBool)>,
+    ledger: Arc<IoLedger>,
+    hand_over: bool,
 }
 
 impl std::fmt::Debug for SimSide {
@@ -63,6 +66,21 @@ impl SimSide {
     /// Starts the backends of `side`. Source backends run with rings at
     /// [`SimSide::guest_base`]; destination backends start empty.
     pub fn new(topo: &Arc<Topology>, side: Side, profile: &Profile, faults: &[Fault], state: Arc<DeviceState>) -> SimSide {
+        SimSide::with_io(topo, side, profile, faults, state, Arc::new(IoLedger::default()), false)
+    }
+
+    /// As [`SimSide::new`], with the guest's block requests recorded in `ledger`
+    /// (shared by both sides) and in-flight requests handed over instead of
+    /// drained when `hand_over` is set.
+    pub fn with_io(
+        topo: &Arc<Topology>,
+        side: Side,
+        profile: &Profile,
+        faults: &[Fault],
+        state: Arc<DeviceState>,
+        ledger: Arc<IoLedger>,
+        hand_over: bool,
+    ) -> SimSide {
         let running = side == Side::Source;
         let backends = topo
             .devices()
@@ -71,7 +89,8 @@ impl SimSide {
                 parking_lot::RwLock::new((d.rings() > 0).then(|| {
                     let id = d.id.0;
                     let f = move |r: u32| SimSide::guest_base(id, r);
-                    Arc::new(SimBackend::start(&d.name, d.rings(), if running { Some(&f) } else { None }))
+                    let io = blk_io(d, profile, &ledger);
+                    Arc::new(SimBackend::start(&d.name, d.rings(), if running { Some(&f) } else { None }, io))
                 }))
             })
             .collect();
@@ -83,7 +102,14 @@ impl SimSide {
             vm: SimVm::new(topo, running, profile.kvm, profile.scaled_grace()),
             state,
             faults: faults.iter().filter(|f| topo.device_by_name(&f.device).is_some()).map(|f| (f.clone(), AtomicBool::new(false))).collect(),
+            ledger,
+            hand_over,
         }
+    }
+
+    /// The block-request ledger.
+    pub fn ledger(&self) -> &Arc<IoLedger> {
+        &self.ledger
     }
 
     /// The side.
@@ -111,7 +137,8 @@ impl SimSide {
         if dev.rings() == 0 {
             return false;
         }
-        let old = slot.write().replace(Arc::new(SimBackend::start(&dev.name, dev.rings(), None)));
+        let io = blk_io(dev, &self.profile, &self.ledger);
+        let old = slot.write().replace(Arc::new(SimBackend::start(&dev.name, dev.rings(), None, io)));
         drop(old);
         true
     }
@@ -156,6 +183,15 @@ impl SimSide {
         }
         None
     }
+}
+
+fn blk_io(d: &crate::topology::Device, profile: &Profile, ledger: &Arc<IoLedger>) -> Option<BlkIo> {
+    (d.kind == crate::topology::DeviceKind::Blk && profile.blk_inflight > 0).then(|| BlkIo {
+        per_ring: profile.blk_inflight,
+        io: profile.blk_io.mul_f64(profile.scale),
+        ledger: ledger.clone(),
+        device: d.id.0,
+    })
 }
 
 /// Performs a plan's steps on a [`SimSide`], counting how often each step starts
@@ -219,6 +255,19 @@ impl SimActions {
                     NotifierOutcome::Issued | NotifierOutcome::Refused(_) => Ok(()),
                 }
             }
+            StepKind::DrainInflight => {
+                // Wait until the ring's requests in flight have completed
+                // (used == avail), within the step's deadline.
+                let r = step.ring.unwrap_or(0);
+                let Some(at) = s.backend(step.device).and_then(|b| b.drained_at(r)) else { return Ok(()) };
+                let limit = Instant::now() + step.deadline;
+                if at > limit {
+                    sleep_until(limit);
+                    return Err(StepFailure::Timeout { after: step.deadline });
+                }
+                sleep_until(at);
+                Ok(())
+            }
             StepKind::MemTxnBegin => {
                 sleep_until(Instant::now() + cost);
                 s.vm.begin()
@@ -265,6 +314,14 @@ impl StepActions for SimActions {
             return;
         };
         let mut value = 0u16;
+        let mut resubmit = Vec::new();
+        if step.kind == StepKind::GetVringBase && s.hand_over {
+            value = 1;
+        }
+        if step.kind == StepKind::SetVringKick {
+            let end = if s.side == Side::Destination { IoEnd::Destination } else { IoEnd::Source };
+            resubmit = step.ring.map(|r| s.state.take_inflight(step.device, r)).unwrap_or_default().into_iter().map(|q| (q.id, end)).collect();
+        }
         if step.kind == StepKind::SetVringBase {
             match step.ring.and_then(|r| s.state.base(step.device, r)) {
                 Some(b) => value = b,
@@ -282,11 +339,13 @@ impl StepActions for SimActions {
         let mut pending = Some(done);
         let reply: Option<super::backend::Reply> = if acked {
             let done = pending.take().expect("completion");
-            Some(Box::new(move |r: Result<u16, StepFailure>| match r {
-                Ok(v) => {
+            Some(Box::new(move |r: Result<(u16, Vec<u64>), StepFailure>| match r {
+                Ok((v, handed)) => {
                     if kind == StepKind::GetVringBase {
                         if let Some(ring) = ring {
                             state.set_base(device, ring, v);
+                            let reqs: Vec<InflightReq> = handed.into_iter().map(|id| InflightReq { device: device.0, ring, id }).collect();
+                            state.hand_over(&reqs);
                         }
                     }
                     done.complete(Ok(()));
@@ -296,7 +355,7 @@ impl StepActions for SimActions {
         } else {
             None
         };
-        backend.send(Req { kind: step.kind.clone(), ring: step.ring, value, cost, arrival: Instant::now(), fault, reply });
+        backend.send(Req { kind: step.kind.clone(), ring: step.ring, value, cost, arrival: Instant::now(), fault, resubmit, reply });
         if let Some(done) = pending {
             // Fire-and-forget: done once sent (as without REPLY_ACK).
             done.complete(Ok(()));

@@ -10,11 +10,27 @@ use parking_lot::Mutex;
 
 use super::clock::sleep_until;
 use super::fault::FaultKind;
+use super::io::{IoEnd, IoLedger};
 use crate::error::StepFailure;
 use crate::step::StepKind;
 
-/// The reply to a request: the value (a vring base for `GET_VRING_BASE`) or a failure.
-pub(crate) type Reply = Box<dyn FnOnce(Result<u16, StepFailure>) + Send + 'static>;
+/// The reply to a request: the value (a vring base for `GET_VRING_BASE`) and the
+/// block requests handed over (hand-over policy), or a failure.
+pub(crate) type Reply = Box<dyn FnOnce(Result<(u16, Vec<u64>), StepFailure>) + Send + 'static>;
+
+/// A blk backend's simulated data plane: requests in flight per ring when the
+/// guest stops, how long each takes, and the ledger they report to.
+#[derive(Debug, Clone)]
+pub struct BlkIo {
+    /// Requests in flight per ring at the stop.
+    pub per_ring: u32,
+    /// Time a request takes (scaled).
+    pub io: Duration,
+    /// Where completions are recorded.
+    pub ledger: Arc<IoLedger>,
+    /// The device's index (request ids are unique per topology).
+    pub device: u32,
+}
 
 /// One request on the control channel.
 pub(crate) struct Req {
@@ -24,6 +40,9 @@ pub(crate) struct Req {
     pub cost: Duration,
     pub arrival: Instant,
     pub fault: Option<FaultKind>,
+    /// Requests to resubmit when the ring starts (handed over), and where they
+    /// then complete.
+    pub resubmit: Vec<(u64, IoEnd)>,
     /// `None` for fire-and-forget messages (no `REPLY_ACK`).
     pub reply: Option<Reply>,
 }
@@ -51,6 +70,9 @@ struct Shared {
     mem: bool,
     rings: Vec<SimRing>,
     served: u64,
+    /// Per ring: requests in flight and when each completes (set at the stop).
+    inflight: Vec<Vec<(u64, Option<Instant>)>>,
+    io: Option<BlkIo>,
 }
 
 /// A simulated backend thread and its control channel.
@@ -65,14 +87,31 @@ pub struct SimBackend {
 impl SimBackend {
     /// Starts a backend for device `name` with `rings` rings. `running` makes it a
     /// source backend whose rings are started and enabled at the given bases.
-    pub fn start(name: &str, rings: u32, running: Option<&dyn Fn(u32) -> u16>) -> SimBackend {
+    pub fn start(name: &str, rings: u32, running: Option<&dyn Fn(u32) -> u16>, io: Option<BlkIo>) -> SimBackend {
         let rings_v = (0..rings)
             .map(|r| match running {
                 Some(base) => SimRing { num: true, addr: true, call: true, base: Some(base(r)), started: true, enabled: true },
                 None => SimRing::default(),
             })
             .collect();
-        let shared = Arc::new(Mutex::new(Shared { features: running.is_some(), mem: running.is_some(), rings: rings_v, served: 0 }));
+        let mut inflight = vec![Vec::new(); rings as usize];
+        if let (Some(_), Some(io)) = (running, &io) {
+            for (r, v) in inflight.iter_mut().enumerate() {
+                for i in 0..io.per_ring {
+                    let id = (u64::from(io.device) << 40) | ((r as u64) << 20) | u64::from(i);
+                    io.ledger.submit(id);
+                    v.push((id, None));
+                }
+            }
+        }
+        let shared = Arc::new(Mutex::new(Shared {
+            features: running.is_some(),
+            mem: running.is_some(),
+            rings: rings_v,
+            served: 0,
+            inflight,
+            io,
+        }));
         let (tx, rx) = unbounded::<Req>();
         let sh = shared.clone();
         let nm = name.to_string();
@@ -110,6 +149,7 @@ impl SimBackend {
             cost: Duration::ZERO,
             arrival: Instant::now(),
             fault: None,
+            resubmit: vec![],
             reply: Some(Box::new(move |r| {
                 let _ = tx.send(r.is_ok());
             })),
@@ -120,6 +160,18 @@ impl SimBackend {
     /// A copy of the rings' state.
     pub fn rings(&self) -> Vec<SimRing> {
         self.shared.lock().rings.clone()
+    }
+
+    /// When the last request in flight on `ring` completes. The guest has stopped
+    /// when this is asked, so requests not yet scheduled start completing now (the
+    /// stop message may still be queued, as it is fire-and-forget). `None` if
+    /// nothing is in flight.
+    pub fn drained_at(&self, ring: u32) -> Option<Instant> {
+        let mut sh = self.shared.lock();
+        let io = sh.io.as_ref()?.io;
+        let reqs = sh.inflight.get_mut(ring as usize)?;
+        schedule(reqs, io, Instant::now());
+        reqs.iter().filter_map(|(_, t)| *t).max()
     }
 
     /// Messages served so far.
@@ -193,7 +245,23 @@ fn serve(name: &str, rx: &Receiver<Req>, sh: &Mutex<Shared>) {
     }
 }
 
-fn apply(sh: &mut Shared, req: &Req) -> Result<u16, StepFailure> {
+/// The guest stopped at `now`: requests in flight not yet scheduled complete
+/// evenly over the next `io`.
+fn schedule(reqs: &mut [(u64, Option<Instant>)], io: Duration, now: Instant) {
+    let n = reqs.len() as u32;
+    for (i, (_, t)) in reqs.iter_mut().enumerate() {
+        if t.is_none() {
+            *t = Some(now + io.mul_f64(f64::from(i as u32 + 1) / f64::from(n.max(1))));
+        }
+    }
+}
+
+fn apply(sh: &mut Shared, req: &Req) -> Result<(u16, Vec<u64>), StepFailure> {
+    let mut handed = Vec::new();
+    apply_inner(sh, req, &mut handed).map(|v| (v, handed))
+}
+
+fn apply_inner(sh: &mut Shared, req: &Req, handed: &mut Vec<u64>) -> Result<u16, StepFailure> {
     sh.served += 1;
     let bad = |m: String| Err(StepFailure::Backend { message: m });
     if let StepKind::Custom(n) = &req.kind {
@@ -217,6 +285,26 @@ fn apply(sh: &mut Shared, req: &Req) -> Result<u16, StepFailure> {
     }
     let mem = sh.mem;
     let Some(r) = req.ring else { return bad(format!("{} without a ring", req.kind)) };
+    let now = Instant::now();
+    if let (Some(io), Some(reqs)) = (&sh.io, sh.inflight.get_mut(r as usize)) {
+        match req.kind {
+            StepKind::VringDisable => schedule(reqs, io.io, now),
+            StepKind::GetVringBase => {
+                // Completed requests end on the source. With hand-over (value 1) the
+                // rest are abandoned here, to be resubmitted on the destination;
+                // without it they complete after the base was read: lost to the guest.
+                for (id, t) in reqs.drain(..) {
+                    match t {
+                        Some(t) if t <= now => io.ledger.end(id, IoEnd::Source),
+                        _ if req.value == 1 => handed.push(id),
+                        _ => io.ledger.end(id, IoEnd::Lost),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let io = sh.io.clone();
     let nrings = sh.rings.len();
     let Some(ring) = sh.rings.get_mut(r as usize) else { return bad(format!("ring {r} out of range ({nrings} rings)")) };
     match req.kind {
@@ -251,6 +339,12 @@ fn apply(sh: &mut Shared, req: &Req) -> Result<u16, StepFailure> {
                 return bad("SET_VRING_KICK before NUM, ADDR and BASE".into());
             }
             ring.started = true;
+            // The started ring resubmits the requests handed over to it.
+            if let Some(io) = &io {
+                for (id, end) in &req.resubmit {
+                    io.ledger.end(*id, *end);
+                }
+            }
         }
         StepKind::VringEnable => {
             if !ring.started {

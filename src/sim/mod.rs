@@ -23,11 +23,13 @@ mod actions;
 mod backend;
 mod clock;
 mod fault;
+mod io;
 mod profile;
 mod vm;
 
 pub use actions::{SimActions, SimSide};
-pub use backend::{SimBackend, SimRing};
+pub use backend::{BlkIo, SimBackend, SimRing};
+pub use io::{IoEnd, IoLedger, IoSummary};
 pub use clock::sleep_until;
 pub use fault::{Fault, FaultKind, FaultParseError};
 pub use profile::{rfc_rows, KvmModel, Profile, RfcRow, Unit, RFC_CONCURRENT_MS, RFC_ORIGINAL_MS};

@@ -100,6 +100,11 @@ pub struct Profile {
     pub reply_ack: bool,
     /// The probed ioeventfd grace period (unscaled).
     pub grace: Duration,
+    /// Block requests each blk ring has in flight when the guest stops (the RFC
+    /// gives none: its `GET_VRING_BASE` row includes the drain).
+    pub blk_inflight: u32,
+    /// How long a block request takes in the backend (unscaled).
+    pub blk_io: Duration,
     costs: HashMap<(Unit, StepKind), Duration>,
     /// The share of the 30 ms of unlisted steps charged to each unlisted message.
     pub unlisted_each: Duration,
@@ -157,6 +162,8 @@ impl Profile {
             kvm: KvmModel::Rfc,
             reply_ack: false,
             grace: Duration::from_millis(8),
+            blk_inflight: 0,
+            blk_io: Duration::from_millis(1),
             costs,
             unlisted_each,
             rows,
@@ -171,6 +178,10 @@ impl Profile {
 
     /// Unscaled cost of `kind` on a device of kind `unit`.
     pub fn unit_cost(&self, unit: Unit, kind: &StepKind) -> Duration {
+        if *kind == StepKind::DrainInflight {
+            // Draining waits for the last request in flight.
+            return if unit == Unit::Blk && self.blk_inflight > 0 { self.blk_io } else { Duration::ZERO };
+        }
         if let Some(c) = self.costs.get(&(unit, kind.clone())) {
             return *c;
         }

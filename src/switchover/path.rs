@@ -23,7 +23,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::StepError;
-use crate::state::VringBase;
+use crate::state::{InflightReq, VringBase};
 
 /// What crosses between the roles.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -43,6 +43,9 @@ pub enum Message {
     State {
         /// Every ring's captured base.
         bases: Vec<VringBase>,
+        /// Block requests handed over instead of drained, to resubmit.
+        #[serde(default)]
+        inflight: Vec<InflightReq>,
     },
     /// Source → destination: the source could not stop; the destination must not start.
     Abort {

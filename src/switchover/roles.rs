@@ -79,7 +79,10 @@ impl Destination<'_> {
             return report(Outcome::Aborted { cause: path_error(side, "send ready", &err) }, Instant::now(), Duration::ZERO, runs);
         }
         let bases = match path.recv(Instant::now() + self.deadlines.state) {
-            Ok(Message::State { bases }) => bases,
+            Ok(Message::State { bases, inflight }) => {
+                s.state.hand_over(&inflight);
+                bases
+            }
             Ok(Message::Abort { cause }) => return report(Outcome::RolledBack { cause }, Instant::now(), Duration::ZERO, runs),
             Ok(other) => return report(Outcome::Aborted { cause: unexpected(side, "state", &other) }, Instant::now(), Duration::ZERO, runs),
             Err(err) => return report(Outcome::Aborted { cause: path_error(side, "wait for state", &err) }, Instant::now(), Duration::ZERO, runs),
@@ -164,7 +167,7 @@ impl Source<'_> {
         }
         let bases = s.state.export();
         let carried = bases.len();
-        if let Err(err) = path.send(&Message::State { bases }) {
+        if let Err(err) = path.send(&Message::State { bases, inflight: s.state.inflight() }) {
             // The state never left: the destination cannot run the guest.
             return self.roll_back(path_error(side, "send state", &err), &p, opened, runs, 0);
         }

@@ -1,0 +1,401 @@
+//! The project's own vhost-user backends (vhost-user-backend crate), run as child
+//! processes (`switchover real __backend net|blk SOCK QUEUES [FILE]`), that really
+//! process descriptors:
+//!
+//! * net: a tx ring's buffers are consumed and completed; an rx ring's buffers are
+//!   filled with a packet (virtio-net header + 60 bytes) and completed;
+//! * blk: virtio-blk requests (IN, OUT, FLUSH, GET_ID) read and write a file.
+//!
+//! The frontend listens and the backend connects (no start-up race). The backend
+//! completes every buffer it takes under the vring lock, so `GET_VRING_BASE` never
+//! sees a request in flight.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use super::mem::QSIZE;
+
+/// virtio-blk request types.
+const VIRTIO_BLK_T_IN: u32 = 0;
+const VIRTIO_BLK_T_OUT: u32 = 1;
+const VIRTIO_BLK_T_FLUSH: u32 = 4;
+const VIRTIO_BLK_T_GET_ID: u32 = 8;
+
+#[derive(Clone)]
+struct OwnBackend {
+    blk: bool,
+    queues: usize,
+    file: Option<Arc<File>>,
+    mem: GuestMemoryAtomic<GuestMemoryMmap<()>>,
+}
+
+impl OwnBackend {
+    fn process(&self, vring: &VringRwLock, q: usize) -> io::Result<()> {
+        let mem = self.mem.memory();
+        let mut st = vring.get_mut();
+        // vhost-user-backend's SET_VRING_BASE sets next_avail only: resynchronise
+        // next_used with the used ring (this backend never holds buffers).
+        if let Ok(u) = st
+            .get_queue()
+            .used_idx(&*mem, std::sync::atomic::Ordering::Acquire)
+        {
+            st.get_queue_mut().set_next_used(u.0);
+        }
+        let mut any = false;
+        while let Some(chain) = st.get_queue_mut().pop_descriptor_chain(mem.clone()) {
+            let head = chain.head_index();
+            let descs: Vec<_> = chain.collect();
+            let len = if self.blk {
+                self.blk_request(&mem, &descs)
+            } else {
+                net_buffer(&mem, &descs, q)
+            };
+            st.get_queue_mut()
+                .add_used(&*mem, head, len)
+                .map_err(|e| io::Error::other(format!("add_used: {e}")))?;
+            any = true;
+        }
+        drop(st);
+        if any {
+            let _ = vring.signal_used_queue();
+        }
+        Ok(())
+    }
+
+    fn blk_request(
+        &self,
+        mem: &GuestMemoryMmap<()>,
+        d: &[virtio_queue::desc::split::Descriptor],
+    ) -> u32 {
+        let (Some(first), Some(last)) = (d.first(), d.last()) else {
+            return 0;
+        };
+        if d.len() < 2 || first.len() < 16 {
+            return 0;
+        }
+        let mut hdr = [0u8; 16];
+        if mem.read_slice(&mut hdr, first.addr()).is_err() {
+            return 0;
+        }
+        let ty = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+        let sector = u64::from_le_bytes([
+            hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
+        ]);
+        let data = &d[1..d.len() - 1];
+        let mut off = sector * 512;
+        let mut written = 0u32;
+        let mut status = 0u8;
+        let file = self.file.as_deref();
+        for desc in data {
+            let mut buf = vec![0u8; desc.len() as usize];
+            let ok = match (ty, file) {
+                (VIRTIO_BLK_T_IN, Some(f)) => {
+                    let r = f.read_at(&mut buf, off).is_ok()
+                        && mem.write_slice(&buf, desc.addr()).is_ok();
+                    written += desc.len();
+                    r
+                }
+                (VIRTIO_BLK_T_OUT, Some(f)) => {
+                    mem.read_slice(&mut buf, desc.addr()).is_ok() && f.write_at(&buf, off).is_ok()
+                }
+                (VIRTIO_BLK_T_GET_ID, _) => {
+                    let id = b"switchover-own-blk";
+                    let n = id.len().min(buf.len());
+                    buf[..n].copy_from_slice(&id[..n]);
+                    written += desc.len();
+                    mem.write_slice(&buf, desc.addr()).is_ok()
+                }
+                (VIRTIO_BLK_T_FLUSH, Some(f)) => f.sync_data().is_ok(),
+                _ => {
+                    status = 2;
+                    true
+                }
+            };
+            if !ok && status == 0 {
+                status = 1;
+            }
+            off += u64::from(desc.len());
+        }
+        if ty == VIRTIO_BLK_T_FLUSH && data.is_empty() {
+            if let Some(f) = file {
+                if f.sync_data().is_err() {
+                    status = 1;
+                }
+            }
+        }
+        let _ = mem.write_slice(&[status], last.addr());
+        written + 1
+    }
+}
+
+fn net_buffer(
+    mem: &GuestMemoryMmap<()>,
+    d: &[virtio_queue::desc::split::Descriptor],
+    q: usize,
+) -> u32 {
+    if q % 2 == 1 {
+        // tx: consume the packet.
+        return 0;
+    }
+    // rx: one packet, header (12 bytes, num_buffers = 1) then 60 bytes of payload.
+    let Some(desc) = d.iter().find(|x| x.is_write_only()) else {
+        return 0;
+    };
+    let mut pkt = [0u8; 72];
+    pkt[10] = 1;
+    for (i, b) in pkt[12..].iter_mut().enumerate() {
+        *b = (i as u8) ^ (q as u8);
+    }
+    let n = pkt.len().min(desc.len() as usize);
+    if mem.write_slice(&pkt[..n], desc.addr()).is_err() {
+        return 0;
+    }
+    n as u32
+}
+
+impl VhostUserBackend for OwnBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        self.queues
+    }
+    fn max_queue_size(&self) -> usize {
+        usize::from(QSIZE)
+    }
+    fn features(&self) -> u64 {
+        (1u64 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // REPLY_ACK is added by the vhost crate's request handler.
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+    }
+    fn set_event_idx(&self, _enabled: bool) {}
+    fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMemoryMmap<()>>) -> io::Result<()> {
+        Ok(())
+    }
+    fn queues_per_thread(&self) -> Vec<u64> {
+        vec![if self.queues >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.queues) - 1
+        }]
+    }
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // Without an exit event the worker never ends and dropping the daemon hangs.
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Ok(());
+        }
+        let q = usize::from(device_event);
+        match vrings.get(q) {
+            Some(v) => self.process(v, q),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The child-process entry: serve one frontend connection on `sock`, then exit.
+///
+/// # Errors
+/// Start-up failures (the socket, the file, the daemon).
+pub fn serve(kind: &str, sock: &str, queues: usize, file: Option<&Path>) -> Result<(), String> {
+    // Die with the parent, whatever happens to it.
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    let blk = match kind {
+        "net" => false,
+        "blk" => true,
+        other => return Err(format!("unknown backend kind '{other}' (net, blk)")),
+    };
+    let file = match file {
+        Some(p) => Some(Arc::new(
+            File::options()
+                .read(true)
+                .write(true)
+                .open(p)
+                .map_err(|e| format!("{}: {e}", p.display()))?,
+        )),
+        None if blk => return Err("a blk backend needs a file".into()),
+        None => None,
+    };
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+    let be = OwnBackend {
+        blk,
+        queues,
+        file,
+        mem: mem.clone(),
+    };
+    let mut daemon = VhostUserDaemon::new(format!("switchover-{kind}"), be, mem)
+        .map_err(|e| format!("daemon: {e}"))?;
+    daemon
+        .start_client(sock)
+        .map_err(|e| format!("connect {sock}: {e}"))?;
+    match daemon.wait() {
+        Ok(()) => Ok(()),
+        Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => {
+            Ok(())
+        }
+        Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::PartialMessage)) => {
+            Ok(())
+        }
+        Err(e) => Err(format!("serving {sock}: {e}")),
+    }
+}
+
+/// A child process killed and waited for on drop.
+#[derive(Debug)]
+pub struct ChildProc {
+    /// What it is (for messages).
+    pub what: String,
+    child: Option<Child>,
+}
+
+impl ChildProc {
+    /// Wraps a started child.
+    pub fn new(what: String, child: Child) -> ChildProc {
+        ChildProc {
+            what,
+            child: Some(child),
+        }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether it has exited (reaps it if so).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Asks it to end (SIGTERM, and SIGCONT in case it is stopped) without waiting.
+    pub fn term(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: signalling our own, not yet reaped, child by pid.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+                libc::kill(c.id() as i32, libc::SIGCONT);
+            }
+        }
+    }
+
+    /// Asks it to end (SIGTERM), waits up to `grace`, then kills it; always reaps it.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+            libc::kill(c.id() as i32, libc::SIGCONT);
+        }
+        let t = Instant::now();
+        while t.elapsed() < grace {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_millis(500));
+    }
+}
+
+/// Starts an own backend as a child of `exe` and accepts its connection on a
+/// socket in `dir` (removed once connected).
+///
+/// # Errors
+/// A message naming the device.
+pub fn spawn_own(
+    exe: &Path,
+    dir: &Path,
+    name: &str,
+    blk: bool,
+    queues: u32,
+    file: Option<&Path>,
+) -> Result<(UnixStream, ChildProc), String> {
+    let sock: PathBuf = dir.join(format!("{name}-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let listener =
+        UnixListener::bind(&sock).map_err(|e| format!("{name}: bind {}: {e}", sock.display()))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("{name}: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["real", "__backend", if blk { "blk" } else { "net" }])
+        .arg(&sock)
+        .arg(queues.to_string());
+    if let Some(f) = file {
+        cmd.arg(f);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null());
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("{name}: starting backend {}: {e}", exe.display()))?;
+    let mut proc_ = ChildProc::new(format!("{name} backend"), child);
+    let t = Instant::now();
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Some(st) = proc_.exited() {
+                    let _ = std::fs::remove_file(&sock);
+                    return Err(format!("{name}: backend exited before connecting ({st})"));
+                }
+                if t.elapsed() > Duration::from_secs(10) {
+                    let _ = std::fs::remove_file(&sock);
+                    return Err(format!("{name}: backend did not connect within 10 s"));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&sock);
+                return Err(format!("{name}: accept: {e}"));
+            }
+        }
+    };
+    let _ = std::fs::remove_file(&sock);
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| format!("{name}: {e}"))?;
+    Ok((stream, proc_))
+}

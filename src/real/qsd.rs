@@ -1,0 +1,94 @@
+//! qemu-storage-daemon as a third-party vhost-user-blk backend, started and stopped
+//! by this crate. It listens; the frontend connects. Source and destination run
+//! their own daemon on the same image file with `locking=off` (both exist during
+//! prepare; only one of them processes requests at a time).
+//!
+//! It does not wait for requests in flight in `GET_VRING_BASE`: the frontend drains
+//! the ring first (the `drain_inflight` step).
+
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::backend::ChildProc;
+
+/// Where qemu-storage-daemon is, if it is installed.
+pub fn find() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("QEMU_STORAGE_DAEMON") {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join("qemu-storage-daemon"))
+        .find(|p| p.is_file())
+}
+
+/// Starts a daemon exporting `image` as vhost-user-blk with `queues` queues on a
+/// socket in `dir`, and connects to it.
+///
+/// # Errors
+/// A message naming the device, with the daemon's own last words.
+pub fn spawn(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    image: &Path,
+    queues: u32,
+) -> Result<(UnixStream, ChildProc), String> {
+    let sock = dir.join(format!("{name}-qsd.sock"));
+    let log = dir.join(format!("{name}-qsd.log"));
+    let _ = std::fs::remove_file(&sock);
+    let logf =
+        std::fs::File::create(&log).map_err(|e| format!("{name}: {}: {e}", log.display()))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--blockdev")
+        .arg(format!("driver=file,node-name=f0,filename={},locking=off,cache.direct=off", image.display()))
+        .arg("--export")
+        .arg(format!("type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path={},writable=on,num-queues={queues}", sock.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logf);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("{name}: starting {}: {e}", bin.display()))?;
+    let mut p = ChildProc::new(format!("{name} qemu-storage-daemon"), child);
+    let t = Instant::now();
+    let last_words = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string()
+    };
+    loop {
+        if sock.exists() {
+            if let Ok(s) = UnixStream::connect(&sock) {
+                return Ok((s, p));
+            }
+        }
+        if let Some(st) = p.exited() {
+            return Err(format!(
+                "{name}: qemu-storage-daemon exited ({st}): {}",
+                last_words(&log)
+            ));
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            return Err(format!(
+                "{name}: qemu-storage-daemon did not listen within 10 s: {}",
+                last_words(&log)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

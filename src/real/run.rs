@@ -1,0 +1,625 @@
+//! The serial / pool / engine comparison on REAL components: for each strategy a
+//! fresh pair of sides (backend processes, VMs, connections) on fresh guest memory,
+//! the same topology, the same guest traffic, then the same checks.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::actions::RealActions;
+use super::dir::PrivateDir;
+use super::driver::{self, BlkOp, DriverRing, RingKind};
+use super::frontend::BackendKind;
+use super::kvm::Change;
+use super::mem::GuestMem;
+use super::qsd;
+use super::side::{RealSide, SideConfig};
+use crate::error::{StepError, StepFailure};
+use crate::exec::{Engine, Progress, StepActions};
+use crate::plan::Plan;
+use crate::recipe::{build, rollback, CostModel, RecipeOptions};
+use crate::sim::IoSummary;
+use crate::state::DeviceState;
+use crate::step::{Server, Side, StepKind, Window};
+use crate::strategy::{run_chains, timed, LowerBound2, Strategy, StrategyRun};
+use crate::switchover::{run_in_process, Outcome, SideSetup};
+use crate::topology::{Device, DeviceId, DeviceKind, Topology};
+
+/// Which backend serves the blk devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlkBackend {
+    /// The project's own blk backend.
+    Own,
+    /// qemu-storage-daemon.
+    Qsd,
+    /// Every other blk device on qemu-storage-daemon (blk0, blk2, …), the rest own.
+    Mixed,
+}
+
+impl BlkBackend {
+    /// Parses `own`, `qsd` or `mixed`.
+    pub fn parse(s: &str) -> Option<BlkBackend> {
+        match s {
+            "own" => Some(BlkBackend::Own),
+            "qsd" => Some(BlkBackend::Qsd),
+            "mixed" => Some(BlkBackend::Mixed),
+            _ => None,
+        }
+    }
+}
+
+/// A real run's configuration.
+#[derive(Debug, Clone)]
+pub struct RealConfig {
+    /// Net devices.
+    pub nets: u32,
+    /// Queue pairs per net device.
+    pub queue_pairs: u32,
+    /// Blk devices.
+    pub blks: u32,
+    /// Queues per blk device.
+    pub queues: u32,
+    /// Backend of the blk devices.
+    pub blk_backend: BlkBackend,
+    /// Workers of `pool` and `engine`.
+    pub workers: usize,
+    /// Deadline of every step.
+    pub deadline: Duration,
+    /// The binary that runs own backends (`EXE real __backend …`).
+    pub exe: PathBuf,
+    /// qemu-storage-daemon, if installed.
+    pub qsd: Option<PathBuf>,
+    /// A real fault to cause on the source just before the window opens.
+    pub fault: Option<RealFault>,
+}
+
+/// A fault caused on a real source backend just before the window opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RealFault {
+    /// Kill the named device's backend process (its socket closes).
+    Kill(String),
+    /// Stop (SIGSTOP) the named device's backend process (it hangs).
+    Hang(String),
+}
+
+impl RealConfig {
+    /// The default real topology for a 2-core host: 8 nets × 8 queue pairs, 8 blks ×
+    /// 4 queues, half of the blks on qemu-storage-daemon; 4 workers; 5 s deadlines.
+    pub fn new(exe: PathBuf) -> RealConfig {
+        RealConfig {
+            nets: 8,
+            queue_pairs: 8,
+            blks: 8,
+            queues: 4,
+            blk_backend: BlkBackend::Mixed,
+            workers: 4,
+            deadline: Duration::from_secs(5),
+            exe,
+            qsd: qsd::find(),
+            fault: None,
+        }
+    }
+
+    /// The topology.
+    ///
+    /// # Errors
+    /// Sizes the topology rejects.
+    pub fn topology(&self) -> Result<Topology, String> {
+        Topology::builder()
+            .name("real")
+            .net(self.nets, self.queue_pairs)
+            .blk(self.blks, self.queues)
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    /// The backend of each device of `t`.
+    pub fn backends(&self, t: &Topology) -> Vec<BackendKind> {
+        let mut blk_i = 0;
+        t.devices()
+            .iter()
+            .map(|d| match d.kind {
+                DeviceKind::Blk => {
+                    let q = match self.blk_backend {
+                        BlkBackend::Own => false,
+                        BlkBackend::Qsd => true,
+                        BlkBackend::Mixed => blk_i % 2 == 0,
+                    };
+                    blk_i += 1;
+                    if q && self.qsd.is_some() {
+                        BackendKind::Qsd
+                    } else {
+                        BackendKind::OwnBlk
+                    }
+                }
+                _ => BackendKind::OwnNet,
+            })
+            .collect()
+    }
+}
+
+/// Expected costs of real steps (medians probed on this machine kind); they only
+/// order the engine's ready steps and give the lower-bound estimate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealCosts;
+
+impl CostModel for RealCosts {
+    fn cost(&self, _d: &Device, kind: &StepKind) -> Duration {
+        let us = match kind {
+            StepKind::SetMemTable => 150,
+            StepKind::GetVringBase => 50,
+            k if k.is_message() => 40,
+            StepKind::DrainInflight => 5,
+            StepKind::HostNotifierOn => 2,
+            StepKind::HostNotifierOff => 10,
+            StepKind::GuestNotifierOn => 1,
+            StepKind::GuestNotifierOff => 50,
+            _ => 1,
+        };
+        Duration::from_micros(us)
+    }
+    fn host_notifier_server(&self) -> Option<Server> {
+        Some(Server::VmIoeventfd)
+    }
+}
+
+/// One ring's vring base across the switchover.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RingBase {
+    /// Device name.
+    pub device: String,
+    /// Ring.
+    pub ring: u32,
+    /// Requests the guest had published when the window opened.
+    pub expected: u16,
+    /// Base read with `GET_VRING_BASE` on the source.
+    pub read: Option<u16>,
+    /// Base set with `SET_VRING_BASE` (acked) on the destination (or on the source
+    /// in a rollback).
+    pub set: Option<u16>,
+}
+
+/// What one real strategy run did and what was checked.
+#[derive(Debug, Clone)]
+pub struct RealRun {
+    /// The run, in the simulation's format (`simulated: false`).
+    pub run: StrategyRun,
+    /// Every ring's base.
+    pub bases: Vec<RingBase>,
+    /// Requests submitted after the switchover completed where the guest runs.
+    pub post_switchover: Result<usize, String>,
+    /// Blk rings whose data written before the switchover read back identical
+    /// through the destination's backend.
+    pub blk_rings_verified: usize,
+    /// Ioctls issued by a second disable of every source notifier (must be 0).
+    pub second_disable_ioctls: u32,
+    /// Second disables that were refused by the state machine.
+    pub second_disables_refused: usize,
+    /// Backend processes still alive after teardown.
+    pub leftover_processes: Vec<u32>,
+    /// Whether the private socket directory still exists after teardown.
+    pub leftover_dir: bool,
+    /// The backend of each device.
+    pub backends: Vec<BackendKind>,
+}
+
+impl RealRun {
+    /// Whether every check passed.
+    pub fn checks_ok(&self) -> bool {
+        self.run.vring_bases_preserved
+            && self.post_switchover.is_ok()
+            && self.second_disable_ioctls == 0
+            && self.run.double_ioctls == 0
+            && self.leftover_processes.is_empty()
+            && !self.leftover_dir
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks existence.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+fn ring_kinds(topo: &Topology) -> Vec<DriverRing> {
+    let mut v = Vec::new();
+    let mut g = 0;
+    for d in topo.devices() {
+        for r in 0..d.rings() {
+            let kind = match d.kind {
+                DeviceKind::Blk => RingKind::Blk,
+                _ if r % 2 == 0 => RingKind::NetRx,
+                _ => RingKind::NetTx,
+            };
+            v.push(DriverRing {
+                g,
+                ring: r,
+                kind,
+                avail: 0,
+            });
+            g += 1;
+        }
+    }
+    v
+}
+
+/// Requests the guest submits on global ring `g` before the switchover (1..=23,
+/// different on neighbouring rings).
+pub fn pre_requests(g: u32) -> u16 {
+    1 + ((g * 7 + 3) % 23) as u16
+}
+
+/// Runs `strategy` once on fresh real components and checks the result.
+///
+/// # Errors
+/// Set-up failures (a backend that does not start, /dev/kvm missing, …), naming
+/// the device; failures during the switchover are reported in the run instead.
+pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, String> {
+    let topo = Arc::new(cfg.topology()?);
+    let dir = PrivateDir::new().map_err(|e| format!("private directory: {e}"))?;
+    let dir_path = dir.path().to_path_buf();
+    let backends = cfg.backends(&topo);
+    let mut images = Vec::new();
+    for d in topo.devices() {
+        if d.kind == DeviceKind::Blk {
+            let p = dir.join(&format!("{}.img", d.name));
+            let f = std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            f.set_len(1 << 20)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            images.push(Some(p));
+        } else {
+            images.push(None);
+        }
+    }
+    let side_cfg = SideConfig {
+        exe: cfg.exe.clone(),
+        dir: dir_path.clone(),
+        qsd: cfg.qsd.clone(),
+        backends: backends.clone(),
+        images,
+        deadline: cfg.deadline,
+    };
+    let mem = Arc::new(
+        GuestMem::new(topo.total_rings() as usize).map_err(|e| format!("guest memory: {e}"))?,
+    );
+    let src_state = Arc::new(DeviceState::new(&topo));
+    let dst_state = Arc::new(DeviceState::new(&topo));
+    let src = Arc::new(RealSide::connect(
+        &side_cfg,
+        Side::Source,
+        &topo,
+        mem.clone(),
+        src_state.clone(),
+    )?);
+    src.start_watchdog();
+    src.bring_up(cfg.deadline)?;
+
+    // The guest runs on the source: requests on every ring.
+    let mut rings = ring_kinds(&topo);
+    let names: Vec<String> = topo
+        .devices()
+        .iter()
+        .flat_map(|d| (0..d.rings()).map(move |r| format!("{} ring {r}", d.name)))
+        .collect();
+    let name_of = |r: &DriverRing| names[r.g as usize].clone();
+    for r in &mut rings {
+        for _ in 0..pre_requests(r.g) {
+            driver::submit(&mem, r, BlkOp::Write)?;
+        }
+        driver::kick(src.vm(), r.g)?;
+    }
+    driver::wait_all(&mem, &rings, &name_of, Duration::from_secs(10))
+        .map_err(|e| format!("src: {e}"))?;
+    for r in rings.iter().filter(|r| r.kind == RingKind::Blk) {
+        for k in 0..r.avail {
+            let (st, _) = driver::blk_result(&mem, r.g, k);
+            if st != 0 {
+                return Err(format!(
+                    "src {}: write request {k} ended with status {st}",
+                    name_of(r)
+                ));
+            }
+        }
+    }
+    // One more write per blk ring, still in flight when the window opens: the
+    // drain step must wait for it.
+    for r in rings.iter_mut().filter(|r| r.kind == RingKind::Blk) {
+        driver::submit(&mem, r, BlkOp::Write)?;
+        driver::kick(src.vm(), r.g)?;
+    }
+    let expected: Vec<u16> = rings.iter().map(|r| r.avail).collect();
+
+    // The destination's backends and connections exist before the switchover.
+    let dst = Arc::new(RealSide::connect(
+        &side_cfg,
+        Side::Destination,
+        &topo,
+        mem.clone(),
+        dst_state.clone(),
+    )?);
+    dst.start_watchdog();
+
+    let ioctls_before = |s: &RealSide| -> Vec<(u32, u32)> {
+        (0..s.vm().rings() as u32)
+            .map(|g| (s.vm().ioctls(g, true), s.vm().ioctls(g, false)))
+            .collect()
+    };
+    let src_before = ioctls_before(&src);
+    let dst_before = ioctls_before(&dst);
+
+    let (opts, lanes) = match strategy {
+        Strategy::Serial => (
+            RecipeOptions {
+                deadline: cfg.deadline,
+                ..RecipeOptions::baseline()
+            },
+            1,
+        ),
+        Strategy::Pool => (
+            RecipeOptions {
+                deadline: cfg.deadline,
+                ..RecipeOptions::baseline()
+            },
+            cfg.workers.max(1),
+        ),
+        Strategy::Engine => (
+            RecipeOptions {
+                deadline: cfg.deadline,
+                ..RecipeOptions::engine()
+            },
+            cfg.workers + 1,
+        ),
+    };
+    if let Some(f) = &cfg.fault {
+        let (name, sig) = match f {
+            RealFault::Kill(n) => (n, libc::SIGKILL),
+            RealFault::Hang(n) => (n, libc::SIGSTOP),
+        };
+        let d = topo
+            .device_by_name(name)
+            .ok_or_else(|| format!("fault: no device named '{name}'"))?;
+        src.signal_backend(d.id, sig)?;
+    }
+    let src_plan =
+        Arc::new(build(&topo, Side::Source, &opts, &RealCosts).map_err(|e| e.to_string())?);
+    let dst_plan =
+        Arc::new(build(&topo, Side::Destination, &opts, &RealCosts).map_err(|e| e.to_string())?);
+    let lower_bound = LowerBound2 {
+        src: src_plan.lower_bound(Window::Blackout, lanes),
+        dst: dst_plan.lower_bound(Window::Blackout, lanes),
+    };
+    let src_act = Arc::new(RealActions::new(src.clone()));
+    let dst_act = Arc::new(RealActions::new(dst.clone()));
+    let mut steps = Vec::new();
+    let mut phases = Vec::new();
+    let (outcome, downtime, rolled_back) = match strategy {
+        Strategy::Serial | Strategy::Pool => {
+            let workers = if strategy == Strategy::Serial {
+                0
+            } else {
+                cfg.workers.max(1)
+            };
+            let opened = Instant::now();
+            let (src_out, t_src) = run_chains(&src_plan, &*src_act, workers, opened);
+            phases.push((Side::Source, Window::Blackout, t_src));
+            steps.extend(src_out.0);
+            let mut failure = src_out.1;
+            if failure.is_none() {
+                dst_state.import(&src_state.export());
+                let (dst_out, t_dst) = run_chains(&dst_plan, &*dst_act, workers, opened);
+                phases.push((Side::Destination, Window::Blackout, t_dst));
+                steps.extend(dst_out.0);
+                failure = dst_out.1;
+            }
+            let downtime = opened.elapsed();
+            let outcome = match failure {
+                None => Outcome::Completed,
+                Some(cause) => Outcome::Failed {
+                    rollback: StepError {
+                        failure: StepFailure::Other {
+                            message: "no rollback in this strategy".into(),
+                        },
+                        ..cause.clone()
+                    },
+                    cause,
+                },
+            };
+            (outcome, downtime, false)
+        }
+        Strategy::Engine => {
+            let src_engine = Engine::new(cfg.workers);
+            let dst_engine = Engine::new(cfg.workers);
+            let s = SideSetup {
+                plan: src_plan.clone(),
+                actions: src_act.clone(),
+                state: src_state.clone(),
+            };
+            let d = SideSetup {
+                plan: dst_plan.clone(),
+                actions: dst_act.clone(),
+                state: dst_state.clone(),
+            };
+            let rb_side = src.clone();
+            let rb_opts = opts.clone();
+            let rb = move |plan: &Plan,
+                           p: &Progress,
+                           lost: &[DeviceId]|
+                  -> Option<(Arc<Plan>, Arc<dyn StepActions>)> {
+                let rp = Arc::new(rollback(plan, p, lost, &rb_opts, &RealCosts).ok()?);
+                let act: Arc<dyn StepActions> = Arc::new(RealActions::new(rb_side.clone()));
+                Some((rp, act))
+            };
+            let rep = run_in_process(&s, &d, &src_engine, &dst_engine, &rb);
+            for r in &rep.runs {
+                let plan = if r.side == Side::Source {
+                    &src_plan
+                } else {
+                    &dst_plan
+                };
+                phases.push((r.side, r.window, r.wall));
+                steps.extend(timed(plan, r, rep.window_opened, false));
+            }
+            let rolled = rep.rollback.is_some();
+            if let Some((plan, r)) = &rep.rollback {
+                phases.push((Side::Source, Window::Blackout, r.wall));
+                steps.extend(timed(plan, r, rep.window_opened, true));
+            }
+            (rep.outcome, rep.downtime, rolled)
+        }
+    };
+    let failure = outcome.cause().cloned();
+    let completed = matches!(
+        outcome,
+        Outcome::Completed | Outcome::CompletedWithCleanupErrors { .. }
+    );
+
+    // Bases: read on the source, set where the guest now runs.
+    let running = if completed {
+        Some(&dst)
+    } else if rolled_back {
+        Some(&src)
+    } else {
+        None
+    };
+    let mut bases = Vec::new();
+    let mut mismatches = Vec::new();
+    for d in topo.devices() {
+        for r in 0..d.rings() {
+            let g = src.global(d.id, r);
+            let rb = RingBase {
+                device: d.name.clone(),
+                ring: r,
+                expected: expected[g as usize],
+                read: src_state.base(d.id, r),
+                set: running.and_then(|s| s.sent_base(g)),
+            };
+            if running.is_some() && !(rb.read == Some(rb.expected) && rb.set == rb.read) {
+                mismatches.push((d.name.clone(), r, rb.set, rb.expected));
+            }
+            bases.push(rb);
+        }
+    }
+    let preserved = match &outcome {
+        Outcome::Aborted { .. } => true,
+        Outcome::Failed { .. } | Outcome::InDoubt { .. } => false,
+        _ => mismatches.is_empty(),
+    };
+
+    // The guest continues where it runs: one request per ring, completed there.
+    let mut blk_rings_verified = 0;
+    let post_switchover = match running {
+        None => Err("the guest runs nowhere (switchover failed without rollback)".to_string()),
+        Some(side) => (|| {
+            let mut reads = Vec::new();
+            for r in &mut rings {
+                let k = r.avail;
+                driver::submit(&mem, r, BlkOp::Read(0))?;
+                driver::kick(side.vm(), r.g)?;
+                if r.kind == RingKind::Blk {
+                    reads.push((r.g, k));
+                }
+            }
+            driver::wait_all(&mem, &rings, &name_of, Duration::from_secs(10))
+                .map_err(|e| format!("{}: {e}", side.side().short()))?;
+            for (g, k) in reads {
+                let (st, data) = driver::blk_result(&mem, g, k);
+                if st != 0 || data != driver::pattern(g, 0) {
+                    return Err(format!(
+                        "{}: read-back after switchover differs (status {st})",
+                        names[g as usize]
+                    ));
+                }
+                blk_rings_verified += 1;
+            }
+            Ok(rings.len())
+        })(),
+    };
+
+    // The blk write left in flight on every blk ring when the window opened: it
+    // must have completed on the source before its ring's base was read.
+    let mut io = IoSummary::default();
+    for (r, b) in rings
+        .iter()
+        .zip(&bases)
+        .filter(|(r, _)| r.kind == RingKind::Blk)
+    {
+        io.submitted += 1;
+        let (st, _) = driver::blk_result(&mem, r.g, b.expected.wrapping_sub(1));
+        if st != 0 {
+            io.never += 1;
+        } else if b.read == Some(b.expected) {
+            io.completed_once += 1;
+        } else {
+            io.lost += 1;
+        }
+    }
+
+    // Exactly-once: a second disable of every source notifier issues nothing.
+    let mut second_disable_ioctls = 0;
+    let mut second_disables_refused = 0;
+    if completed {
+        for g in 0..src.vm().rings() as u32 {
+            for host in [true, false] {
+                let before = src.vm().ioctls(g, host);
+                if let Ok(Change::Refused(_)) = src.vm().change(g, host, false) {
+                    second_disables_refused += 1;
+                }
+                second_disable_ioctls += src.vm().ioctls(g, host) - before;
+            }
+        }
+    }
+    let mut double_ioctls = 0;
+    for (s, before) in [(&src, &src_before), (&dst, &dst_before)] {
+        for (g, (h, gu)) in before.iter().enumerate() {
+            if s.vm().ioctls(g as u32, true) - h > 1 {
+                double_ioctls += 1;
+            }
+            if s.vm().ioctls(g as u32, false) - gu > 1 {
+                double_ioctls += 1;
+            }
+        }
+    }
+    let (c1, n1) = src.vm().transactions();
+    let (c2, n2) = dst.vm().transactions();
+
+    // Teardown: channels closed, every backend process stopped and reaped, the
+    // private directory (sockets, images) removed.
+    let pids: Vec<u32> = src.pids().into_iter().chain(dst.pids()).collect();
+    drop(src_act);
+    drop(dst_act);
+    src.shutdown();
+    dst.shutdown();
+    drop(src);
+    drop(dst);
+    drop(dir);
+    let leftover_processes: Vec<u32> = pids.into_iter().filter(|p| pid_alive(*p)).collect();
+    let leftover_dir = dir_path.exists();
+
+    steps.sort_by_key(|s| (s.start_ns, s.end_ns));
+    let run = StrategyRun {
+        io,
+        strategy,
+        simulated: false,
+        downtime,
+        phases,
+        steps,
+        outcome,
+        failure,
+        vring_bases_preserved: preserved,
+        base_mismatches: mismatches,
+        double_ioctls,
+        transactions: (c1 + c2, n1 + n2),
+        lanes,
+        lower_bound,
+    };
+    Ok(RealRun {
+        run,
+        bases,
+        post_switchover,
+        blk_rings_verified,
+        second_disable_ioctls,
+        second_disables_refused,
+        leftover_processes,
+        leftover_dir,
+        backends,
+    })
+}

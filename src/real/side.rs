@@ -1,0 +1,337 @@
+//! One side's real world: a KVM VM, a vhost-user connection and backend process per
+//! device, the shared guest memory, and the state captured or applied.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::backend::{spawn_own, ChildProc};
+use super::frontend::{BackendKind, DeviceConn};
+use super::kvm::RealVm;
+use super::mem::GuestMem;
+use super::qsd;
+use crate::state::DeviceState;
+use crate::step::{Side, StepKind};
+use crate::topology::{DeviceId, DeviceKind, Topology};
+
+const NONE: u32 = u32::MAX;
+
+/// How to start one side's backends.
+#[derive(Debug, Clone)]
+pub struct SideConfig {
+    /// The binary to run own backends with (`EXE real __backend ...`).
+    pub exe: PathBuf,
+    /// Private directory for sockets.
+    pub dir: PathBuf,
+    /// qemu-storage-daemon, when some devices use it.
+    pub qsd: Option<PathBuf>,
+    /// Backend of each device.
+    pub backends: Vec<BackendKind>,
+    /// Image file of each blk device.
+    pub images: Vec<Option<PathBuf>>,
+    /// Deadline of set-up messages.
+    pub deadline: Duration,
+}
+
+/// One side.
+pub struct RealSide {
+    side: Side,
+    topo: Arc<Topology>,
+    mem: Arc<GuestMem>,
+    vm: RealVm,
+    devices: Vec<DeviceConn>,
+    first_ring: Vec<u32>,
+    state: Arc<DeviceState>,
+    sent_bases: Vec<AtomicU32>,
+    procs: Mutex<Vec<ChildProc>>,
+    stop: Arc<AtomicBool>,
+    watchdog: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RealSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RealSide")
+            .field("side", &self.side)
+            .field("devices", &self.devices.len())
+            .finish()
+    }
+}
+
+impl RealSide {
+    /// Creates the VM, starts a backend per device and connects to it (handshake
+    /// done, nothing else sent).
+    ///
+    /// # Errors
+    /// A message naming the device that failed.
+    pub fn connect(
+        cfg: &SideConfig,
+        side: Side,
+        topo: &Arc<Topology>,
+        mem: Arc<GuestMem>,
+        state: Arc<DeviceState>,
+    ) -> Result<RealSide, String> {
+        let vm = RealVm::new(topo.total_rings() as usize)?;
+        let mut first_ring = Vec::new();
+        let mut n = 0;
+        for d in topo.devices() {
+            first_ring.push(n);
+            n += d.rings();
+        }
+        let mut procs = Vec::new();
+        let mut devices = Vec::new();
+        let tag = side.short();
+        for d in topo.devices() {
+            let kind = cfg
+                .backends
+                .get(d.id.0 as usize)
+                .copied()
+                .ok_or_else(|| format!("{}: no backend chosen", d.name))?;
+            let image = cfg.images.get(d.id.0 as usize).cloned().flatten();
+            let label = format!("{tag}-{}", d.name);
+            let (stream, p) = match (kind, &d.kind) {
+                (BackendKind::OwnNet, DeviceKind::Net) => {
+                    spawn_own(&cfg.exe, &cfg.dir, &label, false, d.rings(), None)?
+                }
+                (BackendKind::OwnBlk, DeviceKind::Blk) => spawn_own(
+                    &cfg.exe,
+                    &cfg.dir,
+                    &label,
+                    true,
+                    d.rings(),
+                    image.as_deref(),
+                )?,
+                (BackendKind::Qsd, DeviceKind::Blk) => {
+                    let bin = cfg.qsd.as_ref().ok_or_else(|| {
+                        format!("{}: qemu-storage-daemon is not installed", d.name)
+                    })?;
+                    let img = image
+                        .as_ref()
+                        .ok_or_else(|| format!("{}: no image", d.name))?;
+                    qsd::spawn(bin, &cfg.dir, &label, img, d.rings())?
+                }
+                (k, dk) => {
+                    return Err(format!(
+                        "{}: a {} backend cannot serve a {dk} device",
+                        d.name,
+                        k.name()
+                    ))
+                }
+            };
+            procs.push(p);
+            // On error, `procs` is dropped: every backend started so far is stopped.
+            devices.push(DeviceConn::connect(
+                &format!("{tag} {}", d.name),
+                stream,
+                d.rings(),
+                kind,
+            )?);
+        }
+        let sent_bases = (0..n).map(|_| AtomicU32::new(NONE)).collect();
+        let s = RealSide {
+            side,
+            topo: topo.clone(),
+            mem,
+            vm,
+            devices,
+            first_ring,
+            state,
+            sent_bases,
+            procs: Mutex::new(procs),
+            stop: Arc::new(AtomicBool::new(false)),
+            watchdog: Mutex::new(None),
+        };
+        Ok(s)
+    }
+
+    /// Starts the watchdog that turns a hung backend into an error (shuts the socket
+    /// down once its oldest request is past its deadline).
+    pub fn start_watchdog(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("vu-watchdog-{}", self.side.short()))
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let Some(s) = me.upgrade() else { return };
+                    let now = Instant::now();
+                    for d in &s.devices {
+                        d.channel().check_deadline(now);
+                    }
+                }
+            })
+            .ok();
+        *self.watchdog.lock() = h;
+    }
+
+    /// Brings every device up as a running source (features, memory table, each
+    /// ring started at base 0 with its notifiers registered) — set-up before the
+    /// migration, not timed.
+    ///
+    /// # Errors
+    /// A message naming the device, ring and request.
+    pub fn bring_up(&self, deadline: Duration) -> Result<(), String> {
+        for d in self.topo.devices() {
+            let c = &self.devices[d.id.0 as usize];
+            c.call_step(
+                &StepKind::SetFeatures,
+                None,
+                0,
+                0,
+                None,
+                &self.mem,
+                deadline,
+            )?;
+            c.call_step(
+                &StepKind::SetMemTable,
+                None,
+                0,
+                0,
+                None,
+                &self.mem,
+                deadline,
+            )?;
+            for r in 0..d.rings() {
+                let g = self.global(d.id, r);
+                let n = self.vm.ring(g).ok_or("ring out of range")?;
+                self.vm
+                    .change(g, true, true)
+                    .map_err(|e| format!("{} ring {r} host_notifier_on: {e}", c.name))?;
+                self.vm
+                    .change(g, false, true)
+                    .map_err(|e| format!("{} ring {r} guest_notifier_on: {e}", c.name))?;
+                for k in [
+                    StepKind::SetVringNum,
+                    StepKind::SetVringAddr,
+                    StepKind::SetVringBase,
+                ] {
+                    c.call_step(&k, Some(r), g, 0, None, &self.mem, deadline)?;
+                }
+                c.call_step(
+                    &StepKind::SetVringKick,
+                    Some(r),
+                    g,
+                    0,
+                    Some(&n.kick),
+                    &self.mem,
+                    deadline,
+                )?;
+                c.call_step(
+                    &StepKind::SetVringCall,
+                    Some(r),
+                    g,
+                    0,
+                    Some(&n.call),
+                    &self.mem,
+                    deadline,
+                )?;
+                c.call_step(
+                    &StepKind::VringEnable,
+                    Some(r),
+                    g,
+                    0,
+                    None,
+                    &self.mem,
+                    deadline,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The side.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+    /// The topology.
+    pub fn topology(&self) -> &Arc<Topology> {
+        &self.topo
+    }
+    /// The guest memory.
+    pub fn mem(&self) -> &Arc<GuestMem> {
+        &self.mem
+    }
+    /// The VM.
+    pub fn vm(&self) -> &RealVm {
+        &self.vm
+    }
+    /// A device's connection.
+    pub fn device(&self, d: DeviceId) -> Option<&DeviceConn> {
+        self.devices.get(d.0 as usize)
+    }
+    /// The side's state.
+    pub fn state(&self) -> &Arc<DeviceState> {
+        &self.state
+    }
+    /// Global index of ring `r` of device `d`.
+    pub fn global(&self, d: DeviceId, r: u32) -> u32 {
+        self.first_ring.get(d.0 as usize).copied().unwrap_or(0) + r
+    }
+    /// Records the base a `SET_VRING_BASE` carried to the backend (acked).
+    pub fn record_sent_base(&self, g: u32, base: u16) {
+        if let Some(s) = self.sent_bases.get(g as usize) {
+            s.store(u32::from(base), Ordering::Release);
+        }
+    }
+    /// The base set on ring `g`, if any.
+    pub fn sent_base(&self, g: u32) -> Option<u16> {
+        let v = self.sent_bases.get(g as usize)?.load(Ordering::Acquire);
+        (v != NONE).then_some(v as u16)
+    }
+
+    /// Sends `sig` to device `d`'s backend process (fault injection in tests).
+    ///
+    /// # Errors
+    /// No such device or process.
+    pub fn signal_backend(&self, d: DeviceId, sig: i32) -> Result<(), String> {
+        let pid = self
+            .procs
+            .lock()
+            .get(d.0 as usize)
+            .and_then(ChildProc::pid)
+            .ok_or_else(|| format!("device {} has no backend process", d.0))?;
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc::kill(pid as i32, sig);
+        }
+        Ok(())
+    }
+
+    /// Pids of the backend processes still owned.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs
+            .lock()
+            .iter()
+            .filter_map(ChildProc::pid)
+            .collect()
+    }
+
+    /// Closes every control channel and stops every backend process (waited for).
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.watchdog.lock().take() {
+            let _ = h.join();
+        }
+        for d in &self.devices {
+            d.close();
+        }
+        let mut procs = std::mem::take(&mut *self.procs.lock());
+        // Own backends end when their frontend goes; qemu-storage-daemon needs SIGTERM.
+        for p in &procs {
+            p.term();
+        }
+        for p in &mut procs {
+            p.stop(Duration::from_secs(2));
+        }
+    }
+}
+
+impl Drop for RealSide {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
