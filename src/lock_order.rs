@@ -147,15 +147,8 @@ pub struct LockOrderError {
     pub held_index: u32,
 }
 
-#[cfg(not(loom))]
 crate::sync::thread_local! {
     static HELD: RefCell<Vec<(ResourceKind, u32)>> = const { RefCell::new(Vec::new()) };
-}
-
-// loom's `thread_local!` does not accept a `const { .. }` initialiser.
-#[cfg(loom)]
-crate::sync::thread_local! {
-    static HELD: RefCell<Vec<(ResourceKind, u32)>> = RefCell::new(Vec::new());
 }
 
 /// A mutex with a place in the lock order; acquiring it out of order is refused

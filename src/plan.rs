@@ -272,7 +272,15 @@ impl PlanBuilder {
             let tail = succs.get(i).iter().map(|&s| priority[s as usize]).max().unwrap_or(0);
             priority[i] = steps[i].cost.as_nanos() as u64 + tail;
         }
-        Ok(Plan { topology: topo, side: self.side, steps, preds, succs, footprint, resources, priority })
+        // Dense ranks: higher priority first, then lower id; the executor's ready set
+        // is a bitset over ranks, so taking the most urgent step is a bit scan.
+        let mut by_rank: Vec<u32> = (0..n as u32).collect();
+        by_rank.sort_by(|&a, &b| priority[b as usize].cmp(&priority[a as usize]).then(a.cmp(&b)));
+        let mut rank = vec![0u32; n];
+        for (r, &id) in by_rank.iter().enumerate() {
+            rank[id as usize] = r as u32;
+        }
+        Ok(Plan { topology: topo, side: self.side, steps, preds, succs, footprint, resources, priority, rank, by_rank })
     }
 }
 
@@ -307,6 +315,8 @@ pub struct Plan {
     footprint: Csr,
     resources: Vec<Resource>,
     priority: Vec<u64>,
+    rank: Vec<u32>,
+    by_rank: Vec<u32>,
 }
 
 fn ids(l: &[u32]) -> &[StepId] {
@@ -367,6 +377,14 @@ impl Plan {
     /// Longest remaining path from this step, in nanoseconds of expected cost.
     pub fn priority(&self, id: StepId) -> u64 {
         self.priority[id.0 as usize]
+    }
+    /// A step's rank: 0 is the most urgent (longest remaining path, then lowest id).
+    pub fn rank(&self, id: StepId) -> u32 {
+        self.rank[id.0 as usize]
+    }
+    /// The step of a rank.
+    pub fn at_rank(&self, rank: u32) -> StepId {
+        StepId(self.by_rank[rank as usize])
     }
     /// Whether two steps may not run at the same time (footprints intersect).
     pub fn conflicts(&self, a: StepId, b: StepId) -> bool {

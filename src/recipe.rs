@@ -425,14 +425,17 @@ pub fn rollback(
             continue;
         }
         for r in 0..dev.rings() {
-            let ran = |k: StepKind| {
-                src.steps().iter().any(|s| s.device == d && s.ring == Some(r) && s.kind == k && progress.outcome(s.id) != StepOutcome::NotRun)
+            let outcome = |k: StepKind| {
+                src.steps().iter().find(|s| s.device == d && s.ring == Some(r) && s.kind == k).map(|s| progress.outcome(s.id)).unwrap_or(StepOutcome::NotRun)
             };
-            if ran(StepKind::GetVringBase) {
+            // A base counts as read only if GET_VRING_BASE finished; a ring whose
+            // read failed is only re-enabled (the roles treat its device as lost and
+            // replay it whole instead).
+            if outcome(StepKind::GetVringBase) == StepOutcome::Done {
                 let base = c.msg(d, StepKind::SetVringBase, Some(r), Window::Blackout, &[]);
                 let kick = c.msg(d, StepKind::SetVringKick, Some(r), Window::Blackout, &[base]);
                 c.msg(d, StepKind::VringEnable, Some(r), Window::Blackout, &[kick]);
-            } else if ran(StepKind::VringDisable) {
+            } else if outcome(StepKind::VringDisable) != StepOutcome::NotRun {
                 c.msg(d, StepKind::VringEnable, Some(r), Window::Blackout, &[]);
             }
         }

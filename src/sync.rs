@@ -89,7 +89,27 @@ mod imp {
 mod imp {
     pub use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
     pub use loom::sync::Arc;
-    pub use loom::thread_local;
+
+    /// loom's `thread_local!`, also accepting std's `const { .. }` initialiser
+    /// (loom's own macro does not), so callers write one declaration for both builds.
+    macro_rules! loom_thread_local {
+        () => {};
+        ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = const { $init:expr }; $($rest:tt)*) => {
+            loom::thread_local!($(#[$attr])* $vis static $name: $t = $init;);
+            $crate::sync::thread_local!($($rest)*);
+        };
+        ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = const { $init:expr }) => {
+            loom::thread_local!($(#[$attr])* $vis static $name: $t = $init;);
+        };
+        ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = $init:expr; $($rest:tt)*) => {
+            loom::thread_local!($(#[$attr])* $vis static $name: $t = $init;);
+            $crate::sync::thread_local!($($rest)*);
+        };
+        ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = $init:expr) => {
+            loom::thread_local!($(#[$attr])* $vis static $name: $t = $init;);
+        };
+    }
+    pub(crate) use loom_thread_local as thread_local;
 
     /// A mutex (loom's, under `--cfg loom`).
     #[derive(Debug, Default)]

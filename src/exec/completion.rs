@@ -1,10 +1,42 @@
 //! The answer to a started step, delivered exactly once from any thread.
 
+use std::cell::{Cell, RefCell};
+
 use crate::error::StepFailure;
 use crate::step::StepId;
 use crate::sync::Arc;
 
 use super::Shared;
+
+crate::sync::thread_local! {
+    /// The step this lane is starting right now (shared state address, epoch, step).
+    static STARTING: Cell<Option<(usize, u64, u32)>> = const { Cell::new(None) };
+    /// Its answer, if it answered before `start` returned.
+    static ANSWER: RefCell<Option<Result<(), StepFailure>>> = const { RefCell::new(None) };
+}
+
+/// Marks that this lane is starting `step`: an answer given on this thread before
+/// `start` returns is kept for the lane (see [`end_inline`]) instead of taking the
+/// scheduler lock a second time.
+pub(super) fn begin_inline(shared: &Arc<Shared>, epoch: u64, step: StepId) {
+    STARTING.with(|s| s.set(Some((Arc::as_ptr(shared) as usize, epoch, step.0))));
+}
+
+/// Ends the start of a step; returns its answer if it came inline.
+pub(super) fn end_inline() -> Option<Result<(), StepFailure>> {
+    STARTING.with(|s| s.set(None));
+    ANSWER.with(|a| a.borrow_mut().take())
+}
+
+fn take_inline(shared: &Arc<Shared>, epoch: u64, step: StepId, r: Result<(), StepFailure>) -> Option<Result<(), StepFailure>> {
+    let mine = STARTING.with(|s| s.get()) == Some((Arc::as_ptr(shared) as usize, epoch, step.0));
+    if !mine {
+        return Some(r);
+    }
+    ANSWER.with(|a| *a.borrow_mut() = Some(r));
+    STARTING.with(|s| s.set(None));
+    None
+}
 
 type Callback = Box<dyn FnOnce(Result<(), StepFailure>) + Send + 'static>;
 
@@ -64,7 +96,11 @@ impl Completion {
 
 fn deliver(t: Target, r: Result<(), StepFailure>) {
     match t {
-        Target::Engine { shared, epoch, step } => shared.complete(epoch, step, r),
+        Target::Engine { shared, epoch, step } => {
+            if let Some(r) = take_inline(&shared, epoch, step, r) {
+                shared.complete(epoch, step, r);
+            }
+        }
         Target::Callback(f) => f(r),
     }
 }

@@ -40,7 +40,9 @@
 //! assert!(progress.all_done());
 //! ```
 
+mod clock;
 mod completion;
+mod ready;
 mod sched;
 
 use std::sync::Arc as StdArc;
@@ -53,7 +55,7 @@ use crate::error::{StepError, StepFailure};
 use crate::plan::Plan;
 use crate::step::{Side, Step, StepId, Window};
 use crate::sync::{Arc, Condvar, Mutex};
-use sched::Sched;
+use sched::{Sched, Woken};
 
 /// What performs steps. `start` must eventually call `done.complete(..)` exactly once
 /// (dropping `done` unanswered fails the step as abandoned). A blocking step completes
@@ -215,6 +217,7 @@ struct RunState {
     plan: StdArc<Plan>,
     actions: StdArc<dyn StepActions>,
     sched: Sched,
+    clock: clock::Clock,
 }
 
 struct State {
@@ -230,24 +233,70 @@ pub(crate) struct Shared {
     caller_cv: Condvar,
 }
 
+/// Steps a lane takes per lock acquisition when they are brief.
+const BATCH: usize = 16;
+
+/// A step a lane started: when, and its answer (with its time) if it came inline.
+type Started = (StepId, clock::Stamp, Option<(Result<(), StepFailure>, clock::Stamp)>);
+
+/// Starts each step of a batch on this lane, stamping its real start (and inline end).
+fn run_batch(shared: &Arc<Shared>, epoch: u64, plan: &Plan, actions: &dyn StepActions, lane: Lane, clock: &clock::Clock, batch: &mut Vec<StepId>, done: &mut Vec<Started>) {
+    for id in batch.drain(..) {
+        let t0 = clock.now();
+        let inline = start_step(shared, epoch, plan, actions, id, lane).map(|r| (r, clock.now()));
+        done.push((id, t0, inline));
+    }
+}
+
 impl Shared {
-    /// Delivers a step's answer.
+    /// Delivers a step's answer from any thread.
     pub(crate) fn complete(&self, epoch: u64, id: StepId, r: Result<(), StepFailure>) {
-        let now = Instant::now();
         let mut st = self.state.lock();
-        let idle = st.idle_workers;
-        let Some(run) = st.run.as_mut() else { return };
-        if run.epoch != epoch {
-            return;
+        let w = Self::record(&mut st, epoch, id, r);
+        self.wake(&st, w, 0);
+    }
+
+    /// Records a lane's batch: when each step really started and, for those that
+    /// answered before `start` returned, their answer and its time. The lane goes
+    /// on to take more steps itself.
+    fn record_batch(&self, st: &mut State, epoch: u64, done: &mut Vec<Started>) {
+        let mut total = Woken::default();
+        for (id, started, inline) in done.drain(..) {
+            let Some(run) = st.run.as_mut() else { continue };
+            if run.epoch != epoch {
+                continue;
+            }
+            let RunState { plan, sched, .. } = run;
+            sched.restamp(id, started);
+            if let Some((r, at)) = inline {
+                let w = sched.complete(plan, id, r, at).unwrap_or_default();
+                total.any += w.any;
+                total.caller += w.caller;
+            }
         }
-        let plan = run.plan.clone();
-        let Some(w) = run.sched.complete(&plan, id, r, now) else { return };
-        let finished = run.sched.finished();
-        drop(st);
-        for _ in 0..w.any.min(idle) {
+        self.wake(st, total, 1);
+    }
+
+    fn record(st: &mut State, epoch: u64, id: StepId, r: Result<(), StepFailure>) -> Woken {
+        let Some(run) = st.run.as_mut() else { return Woken::default() };
+        if run.epoch != epoch {
+            return Woken::default();
+        }
+        let now = run.clock.now();
+        let RunState { plan, sched, .. } = run;
+        sched.complete(plan, id, r, now).unwrap_or_default()
+    }
+
+    /// Wakes whoever can now make progress; `lane_continues` of the newly ready
+    /// any-lane steps are left to the lane that made them ready.
+    fn wake(&self, st: &State, w: Woken, lane_continues: usize) {
+        let idle = st.idle_workers;
+        let finished = st.run.as_ref().is_some_and(|r| r.sched.finished());
+        let any = w.any.saturating_sub(lane_continues);
+        for _ in 0..any.min(idle) {
             self.workers_cv.notify_one();
         }
-        if w.caller > 0 || finished || w.any > idle {
+        if w.caller > 0 || finished || any > idle {
             self.caller_cv.notify_one();
         }
     }
@@ -306,37 +355,44 @@ impl Engine {
     pub fn run(&self, plan: &StdArc<Plan>, window: Window, actions: StdArc<dyn StepActions>, progress: &mut Progress) -> RunReport {
         let span = tracing::info_span!("window", side = plan.side().short(), window = window.name());
         let _g = span.enter();
-        let t0 = Instant::now();
+        let clock = clock::Clock::start();
+        let t0 = clock.origin();
         let epoch;
         {
             let mut st = self.shared.state.lock();
             assert!(st.run.is_none(), "Engine::run is not reentrant");
             st.epoch += 1;
             epoch = st.epoch;
-            let sched = Sched::new(plan, window, self.policy, progress, t0);
-            st.run = Some(RunState { epoch, plan: plan.clone(), actions: actions.clone(), sched });
+            let sched = Sched::new(plan, window, self.policy, progress);
+            st.run = Some(RunState { epoch, plan: plan.clone(), actions: actions.clone(), sched, clock });
         }
         self.shared.workers_cv.notify_all();
         // The caller lane.
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut answers = Vec::with_capacity(BATCH);
         let mut st = self.shared.state.lock();
         loop {
-            let now = Instant::now();
             let run = st.run.as_mut().expect("run present");
+            let now = run.clock.now();
             if run.sched.expire(plan, now) > 0 {
                 continue;
             }
             if run.sched.finished() {
                 break;
             }
-            if let Some(id) = run.sched.next(plan, CALLER, now) {
+            run.sched.next_batch(plan, CALLER, now, BATCH, &mut batch);
+            if !batch.is_empty() {
+                let clock = run.clock;
                 drop(st);
-                start_step(&self.shared, epoch, plan, &*actions, id, CALLER);
+                run_batch(&self.shared, epoch, plan, &*actions, CALLER, &clock, &mut batch, &mut answers);
                 st = self.shared.state.lock();
+                self.shared.record_batch(&mut st, epoch, &mut answers);
                 continue;
             }
             match run.sched.next_deadline() {
                 Some(t) => {
-                    self.shared.caller_cv.wait_until(&mut st, t);
+                    let at = run.clock.instant(t);
+                    self.shared.caller_cv.wait_until(&mut st, at);
                 }
                 None => self.shared.caller_cv.wait(&mut st),
             }
@@ -378,42 +434,48 @@ impl Engine {
     }
 }
 
-fn start_step(shared: &Arc<Shared>, epoch: u64, plan: &Plan, actions: &dyn StepActions, id: StepId, lane: Lane) {
+/// Starts a step on this lane; returns its answer if it answered before `start`
+/// returned (the lane then records it and takes its next step under one lock).
+fn start_step(shared: &Arc<Shared>, epoch: u64, plan: &Plan, actions: &dyn StepActions, id: StepId, lane: Lane) -> Option<Result<(), StepFailure>> {
     let step = plan.step(id);
     tracing::trace!(step = id.0, kind = step.kind.name(), device = plan.device_name(id), lane, "start");
+    completion::begin_inline(shared, epoch, id);
     actions.start(step, Completion::engine(shared.clone(), epoch, id));
+    completion::end_inline()
 }
 
 fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
     let mut cached: Option<(u64, StdArc<Plan>, StdArc<dyn StepActions>)> = None;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut answers = Vec::with_capacity(BATCH);
     let mut st = shared.state.lock();
     loop {
         if st.shutdown {
             return;
         }
-        let mut job = None;
+        let mut epoch = 0;
+        let mut clock = None;
         if let Some(run) = st.run.as_mut() {
             if cached.as_ref().map(|c| c.0) != Some(run.epoch) {
                 cached = Some((run.epoch, run.plan.clone(), run.actions.clone()));
             }
             let plan = &cached.as_ref().expect("cached").1;
-            if let Some(id) = run.sched.next(plan, lane, Instant::now()) {
-                job = Some((run.epoch, id));
-            }
+            let now = run.clock.now();
+            run.sched.next_batch(plan, lane, now, BATCH, &mut batch);
+            epoch = run.epoch;
+            clock = Some(run.clock);
         }
-        match job {
-            Some((epoch, id)) => {
-                drop(st);
-                let (_, plan, actions) = cached.as_ref().expect("cached");
-                start_step(shared, epoch, plan, &**actions, id, lane);
-                st = shared.state.lock();
-            }
-            None => {
-                st.idle_workers += 1;
-                shared.workers_cv.wait(&mut st);
-                st.idle_workers -= 1;
-            }
-        }
+        let (false, Some(clock)) = (batch.is_empty(), clock) else {
+            st.idle_workers += 1;
+            shared.workers_cv.wait(&mut st);
+            st.idle_workers -= 1;
+            continue;
+        };
+        drop(st);
+        let (_, plan, actions) = cached.as_ref().expect("cached");
+        run_batch(shared, epoch, plan, &**actions, lane, &clock, &mut batch, &mut answers);
+        st = shared.state.lock();
+        shared.record_batch(&mut st, epoch, &mut answers);
     }
 }
 

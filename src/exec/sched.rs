@@ -2,10 +2,11 @@
 //! deadlines. Pure data with no threads or locks of its own; the engine keeps it
 //! under its one mutex. Small enough to model-check (loom-tests/).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::time::Duration;
 
+use super::clock::Stamp;
+use super::ready::ReadySet;
 use super::{FailurePolicy, Progress, StepOutcome};
 use crate::error::StepFailure;
 use crate::plan::Plan;
@@ -28,7 +29,7 @@ enum St {
     TimedOut,
 }
 
-/// Per-step timing, relative to the run's start.
+/// Per-step timing, in nanoseconds since the run's start.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Times {
     pub lane: Lane,
@@ -49,40 +50,38 @@ pub(crate) struct Sched {
     policy: FailurePolicy,
     state: Vec<St>,
     remaining: Vec<u32>,
-    ready_any: BinaryHeap<(u64, Reverse<u32>)>,
-    ready_caller: BinaryHeap<(u64, Reverse<u32>)>,
+    ready_any: ReadySet,
+    ready_caller: ReadySet,
     busy: Vec<bool>,
     parked: Vec<Vec<u32>>,
     in_flight: usize,
     stopping: bool,
-    deadlines: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// Running steps' deadlines, one FIFO per distinct deadline length: steps start
+    /// in time order, so each FIFO is sorted.
+    deadlines: Vec<(Duration, VecDeque<(Stamp, u32)>)>,
     pub(crate) times: Vec<Times>,
     pub(crate) failures: Vec<(StepId, StepFailure)>,
-    pub(crate) t0: Instant,
-    started: usize,
 }
 
 impl Sched {
     /// Sets up the window's steps; steps whose earlier-window predecessors did not
     /// finish stay out of the run (they end as not run).
-    pub(crate) fn new(plan: &Plan, window: Window, policy: FailurePolicy, progress: &Progress, t0: Instant) -> Sched {
+    pub(crate) fn new(plan: &Plan, window: Window, policy: FailurePolicy, progress: &Progress) -> Sched {
         let n = plan.len();
         let mut s = Sched {
             window,
             policy,
             state: vec![St::Outside; n],
             remaining: vec![0; n],
-            ready_any: BinaryHeap::new(),
-            ready_caller: BinaryHeap::new(),
+            ready_any: ReadySet::new(n),
+            ready_caller: ReadySet::new(n),
             busy: vec![false; plan.resource_count()],
             parked: vec![Vec::new(); plan.resource_count()],
             in_flight: 0,
             stopping: false,
-            deadlines: BinaryHeap::new(),
+            deadlines: Vec::new(),
             times: vec![Times::default(); n],
             failures: Vec::new(),
-            t0,
-            started: 0,
         };
         for step in plan.in_window(window) {
             let i = step.id.0 as usize;
@@ -93,10 +92,12 @@ impl Sched {
             let mut rem = 0;
             for p in plan.preds(step.id) {
                 let ps = plan.step(*p);
-                if ps.window == window {
-                    rem += 1;
+                if ps.window != window {
+                    blocked |= progress.outcome(*p) != StepOutcome::Done;
                 } else if progress.outcome(*p) != StepOutcome::Done {
-                    blocked = true;
+                    // Predecessors in this window that already ran (an earlier
+                    // attempt) count as done.
+                    rem += 1;
                 }
             }
             if blocked {
@@ -104,41 +105,58 @@ impl Sched {
             }
             s.state[i] = St::Pending;
             s.remaining[i] = rem;
-        }
-        // Predecessors in this window that already ran (an earlier attempt) count as done.
-        for step in plan.in_window(window) {
-            let i = step.id.0 as usize;
-            if s.state[i] != St::Pending {
-                continue;
-            }
-            let done_before =
-                plan.preds(step.id).iter().filter(|p| plan.step(**p).window == window && progress.outcome(**p) == StepOutcome::Done).count() as u32;
-            s.remaining[i] -= done_before;
-            if s.remaining[i] == 0 {
+            if rem == 0 {
                 s.push_ready(plan, i as u32);
             }
         }
         s
     }
 
+    #[inline]
     fn push_ready(&mut self, plan: &Plan, id: u32) {
         self.state[id as usize] = St::Ready;
         let step = &plan.steps()[id as usize];
-        let key = (plan.priority(step.id), Reverse(id));
+        let r = plan.rank(step.id);
         match step.affinity {
-            Affinity::Any => self.ready_any.push(key),
-            Affinity::Caller => self.ready_caller.push(key),
+            Affinity::Any => self.ready_any.insert(r),
+            Affinity::Caller => self.ready_caller.insert(r),
+        }
+    }
+
+    /// Fills `out` with steps for `lane` to start, each with its whole footprint
+    /// acquired: the most urgent ready step, then — if it is *brief* (expected to
+    /// hold a lane for under a microsecond: a split-phase send, a trivial step) —
+    /// more brief steps, up to `max`, so one lock acquisition serves many of them.
+    /// A step that would hold a lane longer is taken alone.
+    pub(crate) fn next_batch(&mut self, plan: &Plan, lane: Lane, now: Stamp, max: usize, out: &mut Vec<StepId>) {
+        let Some(first) = self.next(plan, lane, now) else { return };
+        out.push(first);
+        if !brief(plan, first) {
+            return;
+        }
+        while out.len() < max {
+            // Look before taking: a step that is not brief stays for a lane of its own.
+            let peek = if lane == CALLER && !self.ready_caller.is_empty() { self.ready_caller.peek() } else { self.ready_any.peek() };
+            match peek {
+                Some(r) if brief(plan, plan.at_rank(r)) => {}
+                _ => return,
+            }
+            let Some(id) = self.next(plan, lane, now) else { return };
+            out.push(id);
+            if !brief(plan, id) {
+                return;
+            }
         }
     }
 
     /// Next step for `lane`, with its whole footprint acquired; `None` if nothing
     /// can start now.
-    pub(crate) fn next(&mut self, plan: &Plan, lane: Lane, now: Instant) -> Option<StepId> {
+    pub(crate) fn next(&mut self, plan: &Plan, lane: Lane, now: Stamp) -> Option<StepId> {
         if self.stopping {
             return None;
         }
         loop {
-            let (_, Reverse(id)) = if lane == CALLER {
+            let rank = if lane == CALLER {
                 match self.ready_caller.pop() {
                     Some(x) => x,
                     None => self.ready_any.pop()?,
@@ -146,43 +164,59 @@ impl Sched {
             } else {
                 self.ready_any.pop()?
             };
-            let fp = plan.footprint_ids(StepId(id));
+            let id = plan.at_rank(rank);
+            let fp = plan.footprint_ids(id);
             if let Some(&r) = fp.iter().find(|&&r| self.busy[r as usize]) {
-                // Park on the first busy resource; it returns to the ready queue when
+                // Park on the first busy resource; it returns to the ready set when
                 // that resource is released.
-                self.parked[r as usize].push(id);
+                self.parked[r as usize].push(id.0);
                 continue;
             }
             for &r in fp {
                 self.busy[r as usize] = true;
             }
-            let i = id as usize;
+            let i = id.0 as usize;
             self.state[i] = St::Running;
             self.in_flight += 1;
-            self.started += 1;
-            self.times[i] = Times { lane, start_ns: ns(now, self.t0), end_ns: 0 };
+            self.times[i] = Times { lane, start_ns: now, end_ns: 0 };
             let dl = plan.steps()[i].deadline;
             if dl < Duration::MAX / 2 {
-                self.deadlines.push(Reverse((now + dl, id)));
+                let at = now.saturating_add(dl.as_nanos() as u64);
+                match self.deadlines.iter_mut().find(|(d, _)| *d == dl) {
+                    Some((_, q)) => q.push_back((at, id.0)),
+                    None => self.deadlines.push((dl, VecDeque::from([(at, id.0)]))),
+                }
             }
-            return Some(StepId(id));
+            return Some(id);
+        }
+    }
+
+    /// Sets a started step's start to when its lane really started it.
+    pub(crate) fn restamp(&mut self, id: StepId, start: Stamp) {
+        let t = &mut self.times[id.0 as usize];
+        t.start_ns = start;
+        if t.end_ns != 0 && t.end_ns < start {
+            t.end_ns = start;
         }
     }
 
     /// Records a step's end. Late answers (after a time-out) are ignored and
     /// return `None`.
-    pub(crate) fn complete(&mut self, plan: &Plan, id: StepId, result: Result<(), StepFailure>, now: Instant) -> Option<Woken> {
+    pub(crate) fn complete(&mut self, plan: &Plan, id: StepId, result: Result<(), StepFailure>, now: Stamp) -> Option<Woken> {
         let i = id.0 as usize;
         if self.state[i] != St::Running {
             return None;
         }
         self.in_flight -= 1;
-        self.times[i].end_ns = ns(now, self.t0);
+        self.times[i].end_ns = now;
         let mut woken = Woken::default();
         for &r in plan.footprint_ids(id) {
             self.busy[r as usize] = false;
-            for p in std::mem::take(&mut self.parked[r as usize]) {
-                self.requeue(plan, p, &mut woken);
+            if !self.parked[r as usize].is_empty() {
+                for p in std::mem::take(&mut self.parked[r as usize]) {
+                    self.push_ready(plan, p);
+                    count(plan, p, &mut woken);
+                }
             }
         }
         match result {
@@ -208,16 +242,6 @@ impl Sched {
         Some(woken)
     }
 
-    fn requeue(&mut self, plan: &Plan, id: u32, woken: &mut Woken) {
-        let step = &plan.steps()[id as usize];
-        let key = (plan.priority(step.id), Reverse(id));
-        match step.affinity {
-            Affinity::Any => self.ready_any.push(key),
-            Affinity::Caller => self.ready_caller.push(key),
-        }
-        count(plan, id, woken);
-    }
-
     fn fail(&mut self, id: StepId, f: StepFailure) {
         self.failures.push((id, f));
         if self.policy == FailurePolicy::StopAll {
@@ -226,37 +250,46 @@ impl Sched {
     }
 
     /// Fails every running step whose deadline has passed; returns how many.
-    pub(crate) fn expire(&mut self, plan: &Plan, now: Instant) -> usize {
-        let mut n = 0;
-        while let Some(&Reverse((t, id))) = self.deadlines.peek() {
-            if t > now {
-                break;
+    pub(crate) fn expire(&mut self, plan: &Plan, now: Stamp) -> usize {
+        let mut expired = Vec::new();
+        for (_, q) in &mut self.deadlines {
+            while let Some(&(t, id)) = q.front() {
+                if self.state[id as usize] != St::Running {
+                    q.pop_front();
+                    continue;
+                }
+                if t > now {
+                    break;
+                }
+                q.pop_front();
+                expired.push(id);
             }
-            self.deadlines.pop();
-            let i = id as usize;
-            if self.state[i] != St::Running {
-                continue;
-            }
+        }
+        for &id in &expired {
             // Abandon it: the lane or backend may still be busy with it, so its
             // resources stay held for the rest of this run; a late answer is ignored.
+            let i = id as usize;
             self.state[i] = St::TimedOut;
             self.in_flight -= 1;
-            self.times[i].end_ns = ns(now, self.t0);
+            self.times[i].end_ns = now;
             self.fail(StepId(id), StepFailure::Timeout { after: plan.steps()[i].deadline });
-            n += 1;
         }
-        n
+        expired.len()
     }
 
     /// The earliest deadline of a running step.
-    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((t, id))) = self.deadlines.peek() {
-            if self.state[id as usize] == St::Running {
-                return Some(t);
+    pub(crate) fn next_deadline(&mut self) -> Option<Stamp> {
+        let mut best: Option<Stamp> = None;
+        for (_, q) in &mut self.deadlines {
+            while let Some(&(t, id)) = q.front() {
+                if self.state[id as usize] == St::Running {
+                    best = Some(best.map_or(t, |b| b.min(t)));
+                    break;
+                }
+                q.pop_front();
             }
-            self.deadlines.pop();
         }
-        None
+        best
     }
 
     /// Whether the run is over: nothing running, and nothing that can start.
@@ -285,13 +318,15 @@ impl Sched {
     }
 }
 
+/// Whether a step is expected to hold its lane for under a microsecond.
+fn brief(plan: &Plan, id: StepId) -> bool {
+    let s = plan.step(id);
+    s.mode == crate::step::ExecMode::Split || s.cost < Duration::from_micros(1)
+}
+
 fn count(plan: &Plan, id: u32, woken: &mut Woken) {
     match plan.steps()[id as usize].affinity {
         Affinity::Any => woken.any += 1,
         Affinity::Caller => woken.caller += 1,
     }
-}
-
-fn ns(now: Instant, t0: Instant) -> u64 {
-    now.saturating_duration_since(t0).as_nanos() as u64
 }
