@@ -44,13 +44,9 @@ fn ms(v: u64) -> Duration {
 fn vfio_steps() -> Vec<GenericStep> {
     vec![
         GenericStep::new("stop_copy", Side::Source, Window::Blackout).cost(ms(3)),
-        GenericStep::new("release", Side::Source, Window::Cleanup)
-            .cost(ms(5))
-            .after("stop_copy"),
+        GenericStep::new("release", Side::Source, Window::Cleanup).cost(ms(5)).after("stop_copy"),
         GenericStep::new("load_precopy", Side::Destination, Window::Prepare).cost(ms(60)),
-        GenericStep::new("resume", Side::Destination, Window::Blackout)
-            .cost(ms(2))
-            .after("load_precopy"),
+        GenericStep::new("resume", Side::Destination, Window::Blackout).cost(ms(2)).after("load_precopy"),
     ]
 }
 
@@ -59,19 +55,14 @@ fn vfio_steps() -> Vec<GenericStep> {
 /// big lock.
 fn vbd_steps() -> Vec<GenericStep> {
     vec![
-        GenericStep::new("deactivate", Side::Source, Window::Blackout)
-            .cost(Duration::from_micros(500)),
+        GenericStep::new("deactivate", Side::Source, Window::Blackout).cost(Duration::from_micros(500)),
         GenericStep::new("unpublish", Side::Source, Window::Blackout)
             .cost(Duration::from_micros(100))
             .affinity(Affinity::Caller)
             .after("deactivate"),
-        GenericStep::new("detach", Side::Source, Window::Cleanup)
-            .cost(ms(40))
-            .after("deactivate"),
+        GenericStep::new("detach", Side::Source, Window::Cleanup).cost(ms(40)).after("deactivate"),
         GenericStep::new("attach", Side::Destination, Window::Prepare).cost(ms(40)),
-        GenericStep::new("activate", Side::Destination, Window::Blackout)
-            .cost(Duration::from_micros(500))
-            .after("attach"),
+        GenericStep::new("activate", Side::Destination, Window::Blackout).cost(Duration::from_micros(500)).after("attach"),
         GenericStep::new("publish", Side::Destination, Window::Blackout)
             .cost(Duration::from_micros(100))
             .affinity(Affinity::Caller)
@@ -106,12 +97,7 @@ impl StepActions for VmmActions {
             return self.vhost.start(step, done);
         };
         let dev = self.topo.device(step.device);
-        let cost = dev
-            .steps
-            .iter()
-            .find(|s| s.name == **name && s.side == step.side)
-            .map(|s| s.cost)
-            .unwrap_or_default();
+        let cost = dev.steps.iter().find(|s| s.name == **name && s.side == step.side).map(|s| s.cost).unwrap_or_default();
         if step.affinity == Affinity::Caller {
             // Runs on the thread that called the engine. If that thread holds the
             // big lock, taking it again does not block; a worker would block here
@@ -119,10 +105,7 @@ impl StepActions for VmmActions {
             self.caller_threads.lock().push(std::thread::current().id());
             let held = self.big_lock.is_owned_by_current_thread();
             let table = self.big_lock.lock();
-            table
-                .borrow_mut()
-                .changes
-                .push((dev.name.clone(), name.to_string(), held));
+            table.borrow_mut().changes.push((dev.name.clone(), name.to_string(), held));
         }
         // The device work itself (a VFIO state ioctl, a xenstore handshake…).
         std::thread::sleep(cost);
@@ -130,12 +113,7 @@ impl StepActions for VmmActions {
     }
 }
 
-fn side(
-    topo: &Arc<Topology>,
-    s: Side,
-    profile: &Profile,
-    big_lock: &BigLock,
-) -> (SideSetup, Arc<SimSide>, Arc<VmmActions>) {
+fn side(topo: &Arc<Topology>, s: Side, profile: &Profile, big_lock: &BigLock) -> (SideSetup, Arc<SimSide>, Arc<VmmActions>) {
     let plan = Arc::new(build(topo, s, &RecipeOptions::engine(), profile).expect("valid plan"));
     let state = Arc::new(DeviceState::new(topo));
     let sim = Arc::new(SimSide::new(topo, s, profile, &[], state.clone()));
@@ -146,48 +124,24 @@ fn side(
         caller_threads: Default::default(),
     };
     let actions = Arc::new(actions);
-    (
-        SideSetup {
-            plan,
-            actions: actions.clone(),
-            state,
-        },
-        sim,
-        actions,
-    )
+    (SideSetup { plan, actions: actions.clone(), state }, sim, actions)
 }
 
 fn print_report(topo: &Topology, src: &SideSetup, dst: &SideSetup, rep: &SwitchoverReport) {
     println!("outcome: {}", rep.outcome.name());
     println!("per phase (SIMULATED vhost-user backends; sleeps for the VMM's own steps):");
     for r in &rep.runs {
-        println!(
-            "  {} {:<8} {:>7.1} ms  ({} steps)",
-            r.side.short(),
-            r.window.name(),
-            r.wall.as_secs_f64() * 1e3,
-            r.records.len()
-        );
+        println!("  {} {:<8} {:>7.1} ms  ({} steps)", r.side.short(), r.window.name(), r.wall.as_secs_f64() * 1e3, r.records.len());
     }
-    println!(
-        "  downtime (window open → destination running): {:.1} ms",
-        rep.downtime.as_secs_f64() * 1e3
-    );
+    println!("  downtime (window open → destination running): {:.1} ms", rep.downtime.as_secs_f64() * 1e3);
     // The ready-ack: every destination prepare step ended before the window opened.
-    for r in rep
-        .runs
-        .iter()
-        .filter(|r| r.side == Side::Destination && r.window == Window::Prepare)
-    {
+    for r in rep.runs.iter().filter(|r| r.side == Side::Destination && r.window == Window::Prepare) {
         for rec in &r.records {
             let s = dst.plan.step(rec.step);
             if s.kind.name() == "load_precopy" {
                 let end = r.started_at + rec.end;
                 let before = rep.window_opened.saturating_duration_since(end);
-                assert!(
-                    end <= rep.window_opened,
-                    "the window opened before the device was ready"
-                );
+                assert!(end <= rep.window_opened, "the window opened before the device was ready");
                 println!(
                     "  {} load_precopy ({:.1} ms) was done {:.1} ms before the window opened (ready-ack)",
                     topo.device(s.device).name,
@@ -199,32 +153,16 @@ fn print_report(topo: &Topology, src: &SideSetup, dst: &SideSetup, rep: &Switcho
     }
     // Where each vbd step ran.
     let mut per_window = std::collections::BTreeMap::new();
-    for (plan, r) in rep.runs.iter().map(|r| {
-        (
-            if r.side == Side::Source {
-                &src.plan
-            } else {
-                &dst.plan
-            },
-            r,
-        )
-    }) {
+    for (plan, r) in rep.runs.iter().map(|r| (if r.side == Side::Source { &src.plan } else { &dst.plan }, r)) {
         for rec in &r.records {
             let s = plan.step(rec.step);
             if topo.device(s.device).kind.prefix() == "vbd" {
-                *per_window
-                    .entry((r.window, s.kind.name().to_string()))
-                    .or_insert(Duration::ZERO) += rec.end - rec.start;
+                *per_window.entry((r.window, s.kind.name().to_string())).or_insert(Duration::ZERO) += rec.end - rec.start;
             }
         }
     }
     for ((w, name), d) in per_window {
-        println!(
-            "  vbd {:<10} in {:<8} {:>6.1} ms over both vbds",
-            name,
-            w.name(),
-            d.as_secs_f64() * 1e3
-        );
+        println!("  vbd {:<10} in {:<8} {:>6.1} ms over both vbds", name, w.name(), d.as_secs_f64() * 1e3);
     }
 }
 
@@ -256,10 +194,7 @@ fn main() {
     let rb_profile = profile.clone();
     let rb_topo = topo.clone();
     let rb_lock = big_lock.clone();
-    let rb = move |plan: &Plan,
-                   p: &Progress,
-                   lost: &[DeviceId]|
-          -> Option<(Arc<Plan>, Arc<dyn StepActions>)> {
+    let rb = move |plan: &Plan, p: &Progress, lost: &[DeviceId]| -> Option<(Arc<Plan>, Arc<dyn StepActions>)> {
         let rp = Arc::new(rollback(plan, p, lost, &RecipeOptions::engine(), &rb_profile).ok()?);
         let actions = VmmActions {
             topo: rb_topo.clone(),
@@ -282,22 +217,12 @@ fn main() {
     for (who, lock) in [("source", &big_lock), ("destination", &dst_big_lock)] {
         let table = lock.lock();
         for (dev, step, held) in &table.borrow().changes {
-            println!(
-                "  {who} {dev} {step}: caller lane, big lock already held by the caller: {held}"
-            );
+            println!("  {who} {dev} {step}: caller lane, big lock already held by the caller: {held}");
         }
     }
     // Caller-affine steps ran only on the thread that called the engine.
     let src_threads = src_actions.caller_threads.lock().clone();
-    assert!(
-        !src_threads.is_empty()
-            && src_threads
-                .iter()
-                .all(|t| *t == std::thread::current().id())
-    );
-    println!(
-        "whole switchover {:.1} ms",
-        t0.elapsed().as_secs_f64() * 1e3
-    );
+    assert!(!src_threads.is_empty() && src_threads.iter().all(|t| *t == std::thread::current().id()));
+    println!("whole switchover {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
     assert_eq!(rep.outcome.name(), "completed");
 }

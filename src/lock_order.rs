@@ -208,12 +208,9 @@ impl<T> RankedMutex<T> {
         HELD.with(|h| {
             let h = h.borrow();
             match h.last() {
-                Some(&(k, i)) if (k, i) >= key => Err(LockOrderError {
-                    wanted: self.kind,
-                    wanted_index: self.index,
-                    held: k,
-                    held_index: i,
-                }),
+                Some(&(k, i)) if (k, i) >= key => {
+                    Err(LockOrderError { wanted: self.kind, wanted_index: self.index, held: k, held_index: i })
+                }
                 _ => Ok(()),
             }
         })?;

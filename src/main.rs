@@ -117,7 +117,9 @@ fn main() -> ExitCode {
     let mut faults = Vec::new();
     for f in &cli.inject {
         match f.parse::<Fault>() {
-            Ok(f) if topo.device_by_name(&f.device).is_none() => return fail(format!("--inject {f}: no device named '{}' in {}", f.device, topo.name())),
+            Ok(f) if topo.device_by_name(&f.device).is_none() => {
+                return fail(format!("--inject {f}: no device named '{}' in {}", f.device, topo.name()))
+            }
             Ok(f) => faults.push(f),
             Err(e) => return fail(e),
         }

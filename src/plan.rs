@@ -440,18 +440,17 @@ impl Plan {
             let start = self.preds(s.id).iter().map(|p| finish[p.0 as usize]).max().unwrap_or(0);
             finish[s.id.0 as usize] = start + c;
             chain = chain.max(start + c);
-            match s.server {
-                Some(sv) => match servers.iter_mut().find(|(x, _)| *x == sv) {
+            if let Some(sv) = s.server {
+                match servers.iter_mut().find(|(x, _)| *x == sv) {
                     Some(e) => e.1 += c,
                     None => servers.push((sv, c)),
-                },
-                None => {}
+                }
             }
             if s.mode == ExecMode::Blocking {
                 blocking += c;
             }
         }
-        servers.sort_by(|a, b| b.1.cmp(&a.1));
+        servers.sort_by_key(|x| std::cmp::Reverse(x.1));
         let lanes = lanes.max(1) as u64;
         let per_lane = blocking / lanes;
         let busiest = servers.first().map(|x| x.1).unwrap_or(0);

@@ -74,7 +74,13 @@ pub struct RecipeOptions {
 impl RecipeOptions {
     /// The engine's recipe: minimal blackout, batched notifiers, blk drain.
     pub fn engine() -> Self {
-        RecipeOptions { policy: WindowPolicy::Minimal, batch_notifiers: true, drain_blk: true, deadline: DEFAULT_DEADLINE, drain_deadline: DEFAULT_DEADLINE }
+        RecipeOptions {
+            policy: WindowPolicy::Minimal,
+            batch_notifiers: true,
+            drain_blk: true,
+            deadline: DEFAULT_DEADLINE,
+            drain_deadline: DEFAULT_DEADLINE,
+        }
     }
     /// Today's VMMs: everything in the window, no cross-device batching.
     pub fn baseline() -> Self {
@@ -426,7 +432,11 @@ pub fn rollback(
         }
         for r in 0..dev.rings() {
             let outcome = |k: StepKind| {
-                src.steps().iter().find(|s| s.device == d && s.ring == Some(r) && s.kind == k).map(|s| progress.outcome(s.id)).unwrap_or(StepOutcome::NotRun)
+                src.steps()
+                    .iter()
+                    .find(|s| s.device == d && s.ring == Some(r) && s.kind == k)
+                    .map(|s| progress.outcome(s.id))
+                    .unwrap_or(StepOutcome::NotRun)
             };
             // A base counts as read only if GET_VRING_BASE finished; a ring whose
             // read failed is only re-enabled (the roles treat its device as lost and

@@ -55,20 +55,11 @@ pub struct Comparison {
 
 impl Comparison {
     /// A comparison of simulated runs made with `cfg`.
-    pub fn simulated(
-        cfg: &SimConfig,
-        runs: Vec<StrategyRun>,
-        kvm_runs: Vec<StrategyRun>,
-    ) -> Comparison {
+    pub fn simulated(cfg: &SimConfig, runs: Vec<StrategyRun>, kvm_runs: Vec<StrategyRun>) -> Comparison {
         let p = &cfg.profile;
         Comparison {
             simulated: true,
-            label: format!(
-                "SIMULATED backends (profile {} scaled ×{}, KVM model {})",
-                p.name,
-                p.scale,
-                p.kvm.name()
-            ),
+            label: format!("SIMULATED backends (profile {} scaled ×{}, KVM model {})", p.name, p.scale, p.kvm.name()),
             topology: cfg.topology.clone(),
             workers: cfg.workers,
             profile: Some(p.clone()),
@@ -86,18 +77,12 @@ impl Comparison {
 
 /// Own time of each step (see the module docs), in the order of `steps`.
 pub fn own_times(steps: &[TimedStep]) -> Vec<i64> {
-    let mut own: Vec<i64> = steps
-        .iter()
-        .map(|s| (s.end_ns - s.start_ns).max(0))
-        .collect();
+    let mut own: Vec<i64> = steps.iter().map(|s| (s.end_ns - s.start_ns).max(0)).collect();
     let mut by_server: BTreeMap<(u8, String), Vec<usize>> = BTreeMap::new();
     for (i, s) in steps.iter().enumerate() {
         if s.split {
             if let Some(crate::step::Server::Channel(_)) = s.server {
-                by_server
-                    .entry((s.side as u8, s.device.clone()))
-                    .or_default()
-                    .push(i);
+                by_server.entry((s.side as u8, s.device.clone())).or_default().push(i);
             }
         }
     }
@@ -125,9 +110,7 @@ fn rows_of(run: &StrategyRun) -> Rows {
         if s.rollback {
             continue;
         }
-        let e = m
-            .entry((s.side, s.device_kind.clone(), s.step.clone()))
-            .or_insert((0, 0, s.window));
+        let e = m.entry((s.side, s.device_kind.clone(), s.step.clone())).or_insert((0, 0, s.window));
         e.0 += 1;
         e.1 += o;
     }
@@ -146,17 +129,9 @@ fn dms(d: Duration) -> f64 {
 /// [`breakdown_table`] of the engine run (or of the first run if the engine did not run).
 pub fn table(cmp: &Comparison) -> String {
     let scale = cmp.profile.as_ref().map(|p| p.scale).unwrap_or(1.0);
-    let rfc = if cmp.profile.is_some() {
-        rfc_rows()
-    } else {
-        vec![]
-    };
+    let rfc = if cmp.profile.is_some() { rfc_rows() } else { vec![] };
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "switchover: {}, {} workers + caller lane",
-        cmp.label, cmp.workers
-    );
+    let _ = writeln!(out, "switchover: {}, {} workers + caller lane", cmp.label, cmp.workers);
     let _ = writeln!(out, "topology {}", cmp.topology.summary());
     let _ = writeln!(out);
     let per: Vec<(Strategy, Rows)> = cmp.runs.iter().map(|r| (r.strategy, rows_of(r))).collect();
@@ -178,21 +153,10 @@ pub fn table(cmp: &Comparison) -> String {
         "{:<4} {:<5} {:<20} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}  engine window",
         "side", "dev", "step", "count", "RFC orig", "RFC×scale", "serial", "pool", "engine"
     );
-    let _ = writeln!(
-        out,
-        "{:<37} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "", "ms", "ms", "ms", "ms", "ms"
-    );
+    let _ = writeln!(out, "{:<37} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "ms", "ms", "ms", "ms", "ms");
     for k in &keys {
-        let rfc_ms = rfc
-            .iter()
-            .find(|r| r.side == k.0 && unit_name(r.unit) == k.1 && r.step.name() == k.2)
-            .map(|r| r.original_ms);
-        let count = per
-            .iter()
-            .filter_map(|(_, m)| m.get(k).map(|x| x.0))
-            .max()
-            .unwrap_or(0);
+        let rfc_ms = rfc.iter().find(|r| r.side == k.0 && unit_name(r.unit) == k.1 && r.step.name() == k.2).map(|r| r.original_ms);
+        let count = per.iter().filter_map(|(_, m)| m.get(k).map(|x| x.0)).max().unwrap_or(0);
         let cell = |s: Strategy| -> String {
             per.iter()
                 .find(|(x, _)| *x == s)
@@ -200,12 +164,7 @@ pub fn table(cmp: &Comparison) -> String {
                 .map(|x| format!("{:>9.1}", ms(x.1)))
                 .unwrap_or_else(|| format!("{:>9}", "-"))
         };
-        let win = per
-            .iter()
-            .find(|(x, _)| *x == Strategy::Engine)
-            .and_then(|(_, m)| m.get(k))
-            .map(|x| x.2.name())
-            .unwrap_or("-");
+        let win = per.iter().find(|(x, _)| *x == Strategy::Engine).and_then(|(_, m)| m.get(k)).map(|x| x.2.name()).unwrap_or("-");
         let _ = writeln!(
             out,
             "{:<4} {:<5} {:<20} {:>6} {:>9} {:>9} {} {} {}  {}",
@@ -213,48 +172,29 @@ pub fn table(cmp: &Comparison) -> String {
             k.1,
             k.2,
             count,
-            rfc_ms
-                .map(|v| format!("{v:.0}"))
-                .unwrap_or_else(|| "-".into()),
-            rfc_ms
-                .map(|v| format!("{:.1}", v * scale))
-                .unwrap_or_else(|| "-".into()),
+            rfc_ms.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into()),
+            rfc_ms.map(|v| format!("{:.1}", v * scale)).unwrap_or_else(|| "-".into()),
             cell(Strategy::Serial),
             cell(Strategy::Pool),
             cell(Strategy::Engine),
             win
         );
     }
-    let _ = writeln!(
-        out,
-        "(own time per step kind; engine rows outside the blackout window are not downtime)"
-    );
+    let _ = writeln!(out, "(own time per step kind; engine rows outside the blackout window are not downtime)");
     let _ = writeln!(out);
     let dt = |s: Strategy| cmp.get(s).map(|r| dms(r.downtime));
-    let _ = writeln!(
-        out,
-        "downtime (window open → destination running), {}:",
-        if cmp.simulated { "SIMULATED" } else { "REAL" }
-    );
+    let _ = writeln!(out, "downtime (window open → destination running), {}:", if cmp.simulated { "SIMULATED" } else { "REAL" });
     if let Some(v) = dt(Strategy::Serial) {
         let _ = write!(out, "  serial  {v:>9.1} ms");
         if cmp.profile.is_some() {
-            let _ = write!(
-                out,
-                "   (RFC Original {RFC_ORIGINAL_MS:.0} ms × {scale} = {:.1} ms)",
-                RFC_ORIGINAL_MS * scale
-            );
+            let _ = write!(out, "   (RFC Original {RFC_ORIGINAL_MS:.0} ms × {scale} = {:.1} ms)", RFC_ORIGINAL_MS * scale);
         }
         let _ = writeln!(out);
     }
     if let Some(v) = dt(Strategy::Pool) {
         let _ = write!(out, "  pool    {v:>9.1} ms   ({} workers", cmp.workers);
         if cmp.profile.is_some() {
-            let _ = write!(
-                out,
-                "; the RFC's own pool: {RFC_CONCURRENT_MS:.0} ms × {scale} = {:.1} ms",
-                RFC_CONCURRENT_MS * scale
-            );
+            let _ = write!(out, "; the RFC's own pool: {RFC_CONCURRENT_MS:.0} ms × {scale} = {:.1} ms", RFC_CONCURRENT_MS * scale);
         }
         let _ = writeln!(out, ")");
     }
@@ -275,11 +215,7 @@ pub fn table(cmp: &Comparison) -> String {
             dms(e.lower_bound.dst.bound),
             limiter(&e.lower_bound.dst)
         );
-        let ph: Vec<String> = e
-            .phases
-            .iter()
-            .map(|(s, w, d)| format!("{} {} {:.1} ms", s.short(), w.name(), dms(*d)))
-            .collect();
+        let ph: Vec<String> = e.phases.iter().map(|(s, w, d)| format!("{} {} {:.1} ms", s.short(), w.name(), dms(*d))).collect();
         let _ = writeln!(out, "          phases: {}", ph.join(", "));
         if let (Some(s), Some(po)) = (cmp.get(Strategy::Serial), cmp.get(Strategy::Pool)) {
             let _ = writeln!(
@@ -316,38 +252,16 @@ pub fn table(cmp: &Comparison) -> String {
     }
     if !cmp.kvm_runs.is_empty() {
         let main_model = cmp.profile.as_ref().map(|p| p.kvm).unwrap_or(KvmModel::Rfc);
-        let other = if main_model == KvmModel::Rfc {
-            KvmModel::PerVmIoeventfd
-        } else {
-            KvmModel::Rfc
-        };
+        let other = if main_model == KvmModel::Rfc { KvmModel::PerVmIoeventfd } else { KvmModel::Rfc };
         let _ = writeln!(out);
         let _ = writeln!(out, "under KVM model {} (SIMULATED):", other.name());
         for r in &cmp.kvm_runs {
             let main = cmp.get(r.strategy).map(|m| dms(m.downtime)).unwrap_or(0.0);
-            let _ = writeln!(
-                out,
-                "  {:<7} {:>9.1} ms   (was {:.1} ms)",
-                r.strategy.name(),
-                dms(r.downtime),
-                main
-            );
+            let _ = writeln!(out, "  {:<7} {:>9.1} ms   (was {:.1} ms)", r.strategy.name(), dms(r.downtime), main);
         }
-        let k = |s: Strategy| {
-            cmp.kvm_runs
-                .iter()
-                .find(|r| r.strategy == s)
-                .map(|r| r.downtime)
-        };
-        if let (Some(s), Some(po), Some(e)) =
-            (k(Strategy::Serial), k(Strategy::Pool), k(Strategy::Engine))
-        {
-            let _ = writeln!(
-                out,
-                "  speedup: engine vs serial {:.1}×, engine vs pool {:.1}×",
-                ratio(s, e),
-                ratio(po, e)
-            );
+        let k = |s: Strategy| cmp.kvm_runs.iter().find(|r| r.strategy == s).map(|r| r.downtime);
+        if let (Some(s), Some(po), Some(e)) = (k(Strategy::Serial), k(Strategy::Pool), k(Strategy::Engine)) {
+            let _ = writeln!(out, "  speedup: engine vs serial {:.1}×, engine vs pool {:.1}×", ratio(s, e), ratio(po, e));
         }
     }
     if let Some(d) = cmp.get(Strategy::Engine).or(cmp.runs.first()) {
@@ -358,10 +272,7 @@ pub fn table(cmp: &Comparison) -> String {
 }
 
 fn keys_rank(k: &RowKey) -> usize {
-    crate::step::StepKind::parse(&k.2)
-        .and_then(|sk| crate::step::StepKind::BUILTIN.iter().position(|b| *b == sk))
-        .unwrap_or(usize::MAX)
-        * 4
+    crate::step::StepKind::parse(&k.2).and_then(|sk| crate::step::StepKind::BUILTIN.iter().position(|b| *b == sk)).unwrap_or(usize::MAX) * 4
         + usize::from(k.1 != "net")
 }
 
@@ -377,9 +288,7 @@ fn limiter(lb: &crate::plan::LowerBound) -> String {
         crate::plan::Limiter::Nothing => "nothing".into(),
         crate::plan::Limiter::Chain => "the longest dependency chain".into(),
         crate::plan::Limiter::Lanes => "blocking work over lanes".into(),
-        crate::plan::Limiter::Server(crate::step::Server::VmIoeventfd) => {
-            "the VM's ioeventfd lock".into()
-        }
+        crate::plan::Limiter::Server(crate::step::Server::VmIoeventfd) => "the VM's ioeventfd lock".into(),
         crate::plan::Limiter::Server(crate::step::Server::Channel(d)) => {
             format!("the control channel of device {}", d.0)
         }
@@ -495,9 +404,7 @@ pub fn json(cmp: &Comparison) -> Value {
 /// ```
 pub fn critical_path(steps: &[TimedStep]) -> Vec<usize> {
     let own = own_times(steps);
-    let mut blackout: Vec<usize> = (0..steps.len())
-        .filter(|&i| steps[i].window == Window::Blackout)
-        .collect();
+    let mut blackout: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].window == Window::Blackout).collect();
     blackout.sort_by_key(|&i| (steps[i].end_ns, steps[i].start_ns));
     let Some(&last) = blackout.last() else {
         return vec![];
@@ -505,10 +412,7 @@ pub fn critical_path(steps: &[TimedStep]) -> Vec<usize> {
     let mut channels: BTreeMap<(Side, &str), Vec<usize>> = BTreeMap::new();
     for &i in &blackout {
         if is_channel(&steps[i]) {
-            channels
-                .entry((steps[i].side, steps[i].device.as_str()))
-                .or_default()
-                .push(i);
+            channels.entry((steps[i].side, steps[i].device.as_str())).or_default().push(i);
         }
     }
     let mut visited = vec![false; steps.len()];
@@ -635,11 +539,7 @@ pub fn breakdown(run: &StrategyRun) -> Vec<BreakdownRow> {
     let mut groups: Vec<Group> = Vec::new();
     let mut index: std::collections::HashMap<Key, usize> = std::collections::HashMap::new();
     for (i, s) in run.steps.iter().enumerate() {
-        let step = if s.rollback {
-            format!("{} (rollback)", s.step)
-        } else {
-            s.step.clone()
-        };
+        let step = if s.rollback { format!("{} (rollback)", s.step) } else { s.step.clone() };
         let key = (s.window, s.side, s.device_kind.clone(), step);
         let g = *index.entry(key.clone()).or_insert_with(|| {
             groups.push((key, s.start_ns, Vec::new(), (0, 0)));
@@ -654,23 +554,21 @@ pub fn breakdown(run: &StrategyRun) -> Vec<BreakdownRow> {
     groups.sort_by_key(|g| (g.0 .0, g.1));
     groups
         .into_iter()
-        .map(
-            |((window, side, device_kind, step), _, mut v, (critical, critical_ns))| {
-                v.sort_unstable();
-                BreakdownRow {
-                    window,
-                    side,
-                    device_kind,
-                    step,
-                    count: v.len(),
-                    total_ns: v.iter().sum(),
-                    p50_ns: v[(v.len() - 1) / 2],
-                    max_ns: *v.last().unwrap_or(&0),
-                    critical,
-                    critical_ns,
-                }
-            },
-        )
+        .map(|((window, side, device_kind, step), _, mut v, (critical, critical_ns))| {
+            v.sort_unstable();
+            BreakdownRow {
+                window,
+                side,
+                device_kind,
+                step,
+                count: v.len(),
+                total_ns: v.iter().sum(),
+                p50_ns: v[(v.len() - 1) / 2],
+                max_ns: *v.last().unwrap_or(&0),
+                critical,
+                critical_ns,
+            }
+        })
         .collect()
 }
 
@@ -689,11 +587,7 @@ pub fn breakdown(run: &StrategyRun) -> Vec<BreakdownRow> {
 pub fn breakdown_table(run: &StrategyRun) -> String {
     let mut out = String::new();
     let label = if run.simulated { "SIMULATED" } else { "REAL" };
-    let _ = writeln!(
-        out,
-        "{} run by window, device kind and step kind ({label}; own time per step, ms):",
-        run.strategy.name()
-    );
+    let _ = writeln!(out, "{} run by window, device kind and step kind ({label}; own time per step, ms):", run.strategy.name());
     let _ = writeln!(
         out,
         "{:<8} {:<4} {:<6} {:<24} {:>6} {:>9} {:>8} {:>8} {:>12}",
@@ -701,11 +595,7 @@ pub fn breakdown_table(run: &StrategyRun) -> String {
     );
     let rows = breakdown(run);
     for r in &rows {
-        let crit = if r.critical > 0 {
-            format!("{:>5} {:>6.1}  ◀", r.critical, ms(r.critical_ns))
-        } else {
-            format!("{:>5}", "-")
-        };
+        let crit = if r.critical > 0 { format!("{:>5} {:>6.1}  ◀", r.critical, ms(r.critical_ns)) } else { format!("{:>5}", "-") };
         let _ = writeln!(
             out,
             "{:<8} {:<4} {:<6} {:<24} {:>6} {:>9.1} {:>8.3} {:>8.3} {crit}",
@@ -723,19 +613,8 @@ pub fn breakdown_table(run: &StrategyRun) -> String {
     if let (Some(&a), Some(&b)) = (path.first(), path.last()) {
         let mut top: Vec<&BreakdownRow> = rows.iter().filter(|r| r.critical > 0).collect();
         top.sort_by_key(|r| std::cmp::Reverse(r.critical_ns));
-        let parts: Vec<String> = top
-            .iter()
-            .take(4)
-            .map(|r| {
-                format!(
-                    "{} {} {} {:.1} ms",
-                    r.side.short(),
-                    r.device_kind,
-                    r.step,
-                    ms(r.critical_ns)
-                )
-            })
-            .collect();
+        let parts: Vec<String> =
+            top.iter().take(4).map(|r| format!("{} {} {} {:.1} ms", r.side.short(), r.device_kind, r.step, ms(r.critical_ns))).collect();
         let _ = writeln!(
             out,
             "critical path ({label}): {} steps, from {} to {} at {:.1} ms; most of it: {}",

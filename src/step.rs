@@ -208,10 +208,7 @@ impl StepKind {
 
     /// Whether this kind changes a notifier.
     pub fn is_notifier(&self) -> bool {
-        matches!(
-            self,
-            StepKind::HostNotifierOff | StepKind::HostNotifierOn | StepKind::GuestNotifierOff | StepKind::GuestNotifierOn
-        )
+        matches!(self, StepKind::HostNotifierOff | StepKind::HostNotifierOn | StepKind::GuestNotifierOff | StepKind::GuestNotifierOn)
     }
 }
 

@@ -155,14 +155,20 @@ impl SimConfig {
         self
     }
     fn opts(&self, base: RecipeOptions) -> RecipeOptions {
-        RecipeOptions { deadline: self.deadline, drain_deadline: self.drain_deadline, drain_blk: self.blk_policy == BlkPolicy::Drain, ..base }
+        RecipeOptions {
+            deadline: self.deadline,
+            drain_deadline: self.drain_deadline,
+            drain_blk: self.blk_policy == BlkPolicy::Drain,
+            ..base
+        }
     }
     fn sides(&self) -> (Arc<SimSide>, Arc<SimSide>, Arc<IoLedger>) {
         let ledger = Arc::new(IoLedger::default());
         let ho = self.blk_policy == BlkPolicy::HandOver;
         let topo = &self.topology;
         let src = SimSide::with_io(topo, Side::Source, &self.profile, &self.faults, Arc::new(DeviceState::new(topo)), ledger.clone(), ho);
-        let dst = SimSide::with_io(topo, Side::Destination, &self.profile, &self.faults, Arc::new(DeviceState::new(topo)), ledger.clone(), ho);
+        let dst =
+            SimSide::with_io(topo, Side::Destination, &self.profile, &self.faults, Arc::new(DeviceState::new(topo)), ledger.clone(), ho);
         (Arc::new(src), Arc::new(dst), ledger)
     }
 }
@@ -281,7 +287,7 @@ impl SimRole {
     }
 
     /// The rollback builder for a source role.
-    pub fn rollback(&self) -> impl Fn(&Plan, &Progress, &[crate::topology::DeviceId]) -> Option<(Arc<Plan>, Arc<dyn StepActions>)> + '_ {
+    pub fn rollback(&self) -> impl Fn(&Plan, &Progress, &[crate::topology::DeviceId]) -> crate::switchover::RollbackPlan + '_ {
         move |plan: &Plan, p: &Progress, lost: &[crate::topology::DeviceId]| {
             let rp = Arc::new(rollback(plan, p, lost, &self.cfg.opts(RecipeOptions::engine()), &self.cfg.profile).ok()?);
             let act: Arc<dyn StepActions> = Arc::new(SimActions::new(self.side.clone(), rp.len()).without_faults());
@@ -304,7 +310,8 @@ pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
     let (src_state, dst_state) = (src_side.state().clone(), dst_side.state().clone());
     let src_act = Arc::new(SimActions::new(src_side.clone(), src_plan.len()));
     let dst_act = Arc::new(SimActions::new(dst_side.clone(), dst_plan.len()));
-    let lower_bound = LowerBound2 { src: src_plan.lower_bound(Window::Blackout, lanes), dst: dst_plan.lower_bound(Window::Blackout, lanes) };
+    let lower_bound =
+        LowerBound2 { src: src_plan.lower_bound(Window::Blackout, lanes), dst: dst_plan.lower_bound(Window::Blackout, lanes) };
 
     let mut steps = Vec::new();
     let mut phases = Vec::new();
@@ -343,7 +350,7 @@ pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
             let side = src_side.clone();
             let profile = cfg.profile.clone();
             let rb_opts = opts.clone();
-            let rb = move |plan: &Plan, p: &Progress, lost: &[crate::topology::DeviceId]| -> Option<(Arc<Plan>, Arc<dyn StepActions>)> {
+            let rb = move |plan: &Plan, p: &Progress, lost: &[crate::topology::DeviceId]| -> crate::switchover::RollbackPlan {
                 let rp = Arc::new(rollback(plan, p, lost, &rb_opts, &profile).ok()?);
                 let act: Arc<dyn StepActions> = Arc::new(SimActions::new(side.clone(), rp.len()).without_faults());
                 Some((rp, act))

@@ -78,10 +78,7 @@ mod imp {
 
     /// Spawns a named OS thread.
     pub fn spawn<F: FnOnce() + Send + 'static>(name: String, f: F) -> std::thread::JoinHandle<()> {
-        std::thread::Builder::new()
-            .name(name)
-            .spawn(f)
-            .expect("the OS refused to start a thread")
+        std::thread::Builder::new().name(name).spawn(f).expect("the OS refused to start a thread")
     }
 }
 

@@ -166,12 +166,7 @@ impl Axis {
     }
 
     fn x(&self, t: i64) -> f64 {
-        let seg = self
-            .segs
-            .iter()
-            .find(|s| t <= s.1)
-            .or(self.segs.last())
-            .expect("at least the blackout segment");
+        let seg = self.segs.iter().find(|s| t <= s.1).or(self.segs.last()).expect("at least the blackout segment");
         let (t0, t1, x0, x1, _) = *seg;
         let f = (t - t0) as f64 / (t1 - t0).max(1) as f64;
         x0 + f.clamp(0.0, 1.0) * (x1 - x0)
@@ -228,39 +223,21 @@ struct Row {
 
 impl Row {
     fn new(label: String, group: usize, height: f64, thin: bool) -> Row {
-        Row {
-            label,
-            group,
-            thin,
-            height,
-            y: 0.0,
-            bars: vec![],
-            sends: vec![],
-            queued: vec![],
-            critical: vec![],
-        }
+        Row { label, group, thin, height, y: 0.0, bars: vec![], sends: vec![], queued: vec![], critical: vec![] }
     }
 }
 
 /// Sort key for device names: kind prefix, then the numeric suffix.
 fn name_key(name: &str) -> (String, u64) {
-    let split = name
-        .find(|c: char| c.is_ascii_digit())
-        .unwrap_or(name.len());
-    (
-        name[..split].to_string(),
-        name[split..].parse().unwrap_or(0),
-    )
+    let split = name.find(|c: char| c.is_ascii_digit()).unwrap_or(name.len());
+    (name[..split].to_string(), name[split..].parse().unwrap_or(0))
 }
 
 fn kind_class(kind: &str, generic: &[String]) -> String {
     match kind {
         "net" => "n".into(),
         "blk" => "b".into(),
-        k => format!(
-            "g{}",
-            generic.iter().position(|g| g == k).unwrap_or(0) % GENERIC_COLOURS.len()
-        ),
+        k => format!("g{}", generic.iter().position(|g| g == k).unwrap_or(0) % GENERIC_COLOURS.len()),
     }
 }
 
@@ -277,18 +254,10 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
     let own = own_times(steps);
     let close = run.downtime.as_nanos() as i64;
     let t_min = steps.iter().map(|s| s.start_ns).min().unwrap_or(0).min(0);
-    let t_max = steps
-        .iter()
-        .map(|s| s.end_ns)
-        .max()
-        .unwrap_or(close)
-        .max(close);
+    let t_max = steps.iter().map(|s| s.end_ns).max().unwrap_or(close).max(close);
     let axis = Axis::new(t_min, close, t_max);
-    let mut generic: Vec<String> = steps
-        .iter()
-        .filter(|s| s.device_kind != "net" && s.device_kind != "blk")
-        .map(|s| s.device_kind.clone())
-        .collect();
+    let mut generic: Vec<String> =
+        steps.iter().filter(|s| s.device_kind != "net" && s.device_kind != "blk").map(|s| s.device_kind.clone()).collect();
     generic.sort();
     generic.dedup();
 
@@ -319,11 +288,8 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
             lane_row.insert((side, l), rows.len());
             rows.push(Row::new(label, 0, LANE_H, false));
         }
-        let mut chans: Vec<(String, String)> = mine
-            .iter()
-            .filter(|s| on_channel(s))
-            .map(|s| (s.device_kind.clone(), s.device.clone()))
-            .collect();
+        let mut chans: Vec<(String, String)> =
+            mine.iter().filter(|s| on_channel(s)).map(|s| (s.device_kind.clone(), s.device.clone())).collect();
         chans.sort_by_key(|(k, d)| (k != "net", k != "blk", k.clone(), name_key(d)));
         chans.dedup();
         let thin = chans.len() > GROUP_CHANNELS_ABOVE;
@@ -342,12 +308,7 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
                 let (a, b) = (&rows[g0].label, &rows[rows.len() - 1].label);
                 let a = a.trim_end_matches(" channel");
                 let b = b.trim_end_matches(" channel");
-                group_labels.push((
-                    g0,
-                    rows.len(),
-                    format!("{kind} control channels"),
-                    format!("×{n}, {a} (top) … {b}"),
-                ));
+                group_labels.push((g0, rows.len(), format!("{kind} control channels"), format!("×{n}, {a} (top) … {b}")));
             }
         }
         side_rows.push((side, first, rows.len()));
@@ -401,20 +362,14 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
             let r = lane_row[&(s.side, s.lane)];
             rows[r].bars.push(i);
             if on_path[i] {
-                rows[r]
-                    .critical
-                    .push((axis.x(s.start_ns), axis.x(s.end_ns)));
+                rows[r].critical.push((axis.x(s.start_ns), axis.x(s.end_ns)));
             }
         }
     }
 
     let mut o = String::with_capacity(steps.len() * 160 + 16_384);
     let label = if run.simulated { "SIMULATED" } else { "REAL" };
-    let title = format!(
-        "{label} switchover timeline: {} run, downtime {:.1} ms ({label})",
-        run.strategy.name(),
-        close as f64 / 1e6
-    );
+    let title = format!("{label} switchover timeline: {} run, downtime {:.1} ms ({label})", run.strategy.name(), close as f64 / 1e6);
     let _ = write!(
         o,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="Helvetica,Arial,sans-serif" font-size="11">"#,
@@ -428,11 +383,7 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
         GENERIC_COLOURS.iter().enumerate().map(|(i, c)| format!(".g{i}{{fill:{c}}}")).collect::<String>()
     );
     let _ = write!(o, r##"<rect width="100%" height="100%" fill="#fff"/>"##);
-    let _ = write!(
-        o,
-        r#"<text x="12" y="22" font-size="16" font-weight="bold">{}</text>"#,
-        esc(&title)
-    );
+    let _ = write!(o, r#"<text x="12" y="22" font-size="16" font-weight="bold">{}</text>"#, esc(&title));
     let sub = format!(
         "{} · {} lanes per side · outcome {} · {} steps · each window drawn to its own time scale",
         caption,
@@ -440,11 +391,7 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
         run.outcome.name(),
         steps.len()
     );
-    let _ = write!(
-        o,
-        r##"<text x="12" y="40" fill="#333">{}</text>"##,
-        esc(&sub)
-    );
+    let _ = write!(o, r##"<text x="12" y="40" fill="#333">{}</text>"##, esc(&sub));
 
     // Legend.
     let mut lx = 12.0;
@@ -482,29 +429,13 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
                 let _ = write!(o, r#"<path class="s" d="M{} {}v10"/>"#, px(lx + 6.0), ly);
             }
             "f" => {
-                let _ = write!(
-                    o,
-                    r##"<rect x="{}" y="{}" width="14" height="10" fill="#eee" class="f"/>"##,
-                    px(lx),
-                    ly
-                );
+                let _ = write!(o, r##"<rect x="{}" y="{}" width="14" height="10" fill="#eee" class="f"/>"##, px(lx), ly);
             }
             _ => {
-                let _ = write!(
-                    o,
-                    r#"<path class="{class}" d="M{} {}h14"/>"#,
-                    px(lx),
-                    ly + 5.0
-                );
+                let _ = write!(o, r#"<path class="{class}" d="M{} {}h14"/>"#, px(lx), ly + 5.0);
             }
         }
-        let _ = write!(
-            o,
-            r#"<text x="{}" y="{}">{}</text>"#,
-            px(lx + 18.0),
-            ly + 9.0,
-            text
-        );
+        let _ = write!(o, r#"<text x="{}" y="{}">{}</text>"#, px(lx + 18.0), ly + 9.0, text);
         lx += 26.0 + 5.6 * text.len() as f64;
     }
     if steps.iter().any(|s| s.rollback) {
@@ -521,11 +452,7 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
     // Window bands, marks, and the axis.
     let axis_y = top - 8.0;
     for &(t0, t1, x0, x1, name) in &axis.segs {
-        let fill = if name == "blackout" {
-            "#fde8e8"
-        } else {
-            "#f3f3f3"
-        };
+        let fill = if name == "blackout" { "#fde8e8" } else { "#f3f3f3" };
         let _ = write!(
             o,
             r#"<rect x="{}" y="{}" width="{}" height="{}" fill="{fill}"/>"#,
@@ -571,15 +498,9 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
             let _ = write!(o, r#"<path class="k" d="{d}"/>"#);
         }
     }
-    for (t, text, anchor, dx) in [
-        (0, "window opens: 0".to_string(), "end", -3.0),
-        (
-            close,
-            format!("window closes: {}", tick_label(close)),
-            "start",
-            3.0,
-        ),
-    ] {
+    for (t, text, anchor, dx) in
+        [(0, "window opens: 0".to_string(), "end", -3.0), (close, format!("window closes: {}", tick_label(close)), "start", 3.0)]
+    {
         let x = axis.x(t);
         let _ = write!(
             o,
@@ -591,18 +512,11 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
             ty = px(plot_bottom + 24.0),
         );
     }
-    let _ = write!(
-        o,
-        r#"<text x="12" y="{}" class="t">ms from the window's opening</text>"#,
-        px(plot_bottom + 12.0)
-    );
+    let _ = write!(o, r#"<text x="12" y="{}" class="t">ms from the window's opening</text>"#, px(plot_bottom + 12.0));
     // Where the source's stop ends and the destination's start begins: the vring
     // bases cross here.
-    let handover = steps
-        .iter()
-        .filter(|s| s.side == Side::Destination && s.window == crate::step::Window::Blackout)
-        .map(|s| s.start_ns)
-        .min();
+    let handover =
+        steps.iter().filter(|s| s.side == Side::Destination && s.window == crate::step::Window::Blackout).map(|s| s.start_ns).min();
     if let Some(t) = handover.filter(|&t| t > 0 && t < close) {
         let x = axis.x(t);
         let _ = write!(
@@ -623,11 +537,7 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
             Side::Source => "SOURCE (stops its devices)",
             Side::Destination => "DESTINATION (starts its devices)",
         };
-        let _ = write!(
-            o,
-            r#"<text x="12" y="{}" font-weight="bold">{name}</text>"#,
-            px(rows[*first].y - 5.0)
-        );
+        let _ = write!(o, r#"<text x="12" y="{}" font-weight="bold">{name}</text>"#, px(rows[*first].y - 5.0));
     }
     for (a, b, line1, line2) in &group_labels {
         let (y0, y1) = (rows[*a].y, rows[*b - 1].y + rows[*b - 1].height);
@@ -667,11 +577,7 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
         }
         for &i in &row.bars {
             let s = &steps[i];
-            let (a, b) = if on_channel(s) {
-                (s.end_ns - own[i], s.end_ns)
-            } else {
-                (s.start_ns, s.end_ns)
-            };
+            let (a, b) = if on_channel(s) { (s.end_ns - own[i], s.end_ns) } else { (s.start_ns, s.end_ns) };
             let (xa, xb) = (axis.x(a), axis.x(b));
             let mut class = kind_class(&s.device_kind, &generic);
             if !matches!(s.outcome, crate::exec::StepOutcome::Done) {
@@ -682,12 +588,7 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
             }
             let ring = s.ring.map(|r| format!(" ring {r}")).unwrap_or_default();
             let when = if on_channel(s) {
-                format!(
-                    "sent {}, served {} → {} ms",
-                    ms3(s.start_ns),
-                    ms3(a),
-                    ms3(b)
-                )
+                format!("sent {}, served {} → {} ms", ms3(s.start_ns), ms3(a), ms3(b))
             } else {
                 format!("{} → {} ms", ms3(a), ms3(b))
             };
@@ -702,11 +603,7 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
                 esc(&s.device),
                 esc(&s.step),
                 s.lane,
-                if matches!(s.outcome, crate::exec::StepOutcome::Done) {
-                    String::new()
-                } else {
-                    format!(" · {:?}", s.outcome)
-                }
+                if matches!(s.outcome, crate::exec::StepOutcome::Done) { String::new() } else { format!(" · {:?}", s.outcome) }
             );
         }
         if !row.sends.is_empty() {

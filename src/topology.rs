@@ -263,11 +263,7 @@ impl Topology {
                         device: group.clone(),
                         reason: "a generic device needs `name` (its kind name)".into(),
                     })?;
-                    let steps = d
-                        .step
-                        .iter()
-                        .map(|s| s.to_step(&group))
-                        .collect::<Result<Vec<_>, _>>()?;
+                    let steps = d.step.iter().map(|s| s.to_step(&group)).collect::<Result<Vec<_>, _>>()?;
                     b = b.generic(count, &name, steps);
                 }
                 other => {
@@ -414,10 +410,7 @@ impl TopologyBuilder {
                 return Err(TopologyError::Invalid { device: group, reason: "count is 0".into() });
             }
             if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_alphabetic() || c == '_' || c == '-') {
-                return Err(TopologyError::Invalid {
-                    device: group,
-                    reason: format!("kind name '{prefix}' must be letters, '-' or '_'"),
-                });
+                return Err(TopologyError::Invalid { device: group, reason: format!("kind name '{prefix}' must be letters, '-' or '_'") });
             }
             match kind {
                 DeviceKind::Net | DeviceKind::Blk if queues == 0 => {
@@ -505,7 +498,10 @@ struct TomlStep {
 
 impl TomlStep {
     fn to_step(&self, group: &str) -> Result<GenericStep, TopologyError> {
-        let bad = |what: &str, v: &str| TopologyError::Invalid { device: group.into(), reason: format!("step '{}': unknown {what} '{v}'", self.name) };
+        let bad = |what: &str, v: &str| TopologyError::Invalid {
+            device: group.into(),
+            reason: format!("step '{}': unknown {what} '{v}'", self.name),
+        };
         let side = match self.side.as_str() {
             "source" => Side::Source,
             "destination" => Side::Destination,
@@ -524,7 +520,10 @@ impl TomlStep {
         };
         let ms = self.cost_ms.unwrap_or(0.0);
         if !(0.0..=600_000.0).contains(&ms) {
-            return Err(TopologyError::Invalid { device: group.into(), reason: format!("step '{}': cost_ms {ms} out of range", self.name) });
+            return Err(TopologyError::Invalid {
+                device: group.into(),
+                reason: format!("step '{}': cost_ms {ms} out of range", self.name),
+            });
         }
         Ok(GenericStep {
             name: self.name.clone(),
@@ -546,7 +545,10 @@ fn reject_extra(group: &str, d: &TomlDevice, not_for_kind: &[&str]) -> Result<()
     ];
     for (key, is) in present {
         if is && not_for_kind.contains(&key) {
-            return Err(TopologyError::Invalid { device: group.into(), reason: format!("key '{key}' does not apply to kind '{}'", d.kind) });
+            return Err(TopologyError::Invalid {
+                device: group.into(),
+                reason: format!("key '{key}' does not apply to kind '{}'", d.kind),
+            });
         }
     }
     Ok(())

@@ -68,13 +68,8 @@ fn us(ns: i64) -> f64 {
 }
 
 fn name_key(name: &str) -> (String, u64) {
-    let split = name
-        .find(|c: char| c.is_ascii_digit())
-        .unwrap_or(name.len());
-    (
-        name[..split].to_string(),
-        name[split..].parse().unwrap_or(0),
-    )
+    let split = name.find(|c: char| c.is_ascii_digit()).unwrap_or(name.len());
+    (name[..split].to_string(), name[split..].parse().unwrap_or(0))
 }
 
 /// The Chrome trace-event document of `run` (see the module docs).
@@ -94,10 +89,7 @@ pub fn chrome_trace(run: &StrategyRun) -> Value {
     let mut channels: BTreeMap<Side, Vec<(String, u64, String)>> = BTreeMap::new();
     for s in steps.iter().filter(|s| on_channel(s)) {
         let (k, n) = name_key(&s.device);
-        channels
-            .entry(s.side)
-            .or_default()
-            .push((k, n, s.device.clone()));
+        channels.entry(s.side).or_default().push((k, n, s.device.clone()));
     }
     let mut chan_tid: BTreeMap<(Side, String), u32> = BTreeMap::new();
     for (side, list) in channels.iter_mut() {
@@ -116,16 +108,10 @@ pub fn chrome_trace(run: &StrategyRun) -> Value {
             Side::Source => "source",
             Side::Destination => "destination",
         };
-        events.push(
-            json!({"ph": "M", "name": "process_name", "pid": p, "tid": 0,
-            "args": {"name": format!("{pname} ({label} {} run)", run.strategy.name())}}),
-        );
+        events.push(json!({"ph": "M", "name": "process_name", "pid": p, "tid": 0,
+            "args": {"name": format!("{pname} ({label} {} run)", run.strategy.name())}}));
         events.push(json!({"ph": "M", "name": "process_sort_index", "pid": p, "tid": 0, "args": {"sort_index": p}}));
-        let mut lanes: Vec<u16> = steps
-            .iter()
-            .filter(|s| s.side == side)
-            .map(|s| s.lane)
-            .collect();
+        let mut lanes: Vec<u16> = steps.iter().filter(|s| s.side == side).map(|s| s.lane).collect();
         if run.strategy == Strategy::Engine {
             lanes.extend(0..run.lanes as u16);
         }
@@ -133,11 +119,7 @@ pub fn chrome_trace(run: &StrategyRun) -> Value {
         lanes.dedup();
         for l in lanes {
             let tid = u32::from(l) + 1;
-            let name = if l == 0 {
-                "caller lane".to_string()
-            } else {
-                format!("worker {l}")
-            };
+            let name = if l == 0 { "caller lane".to_string() } else { format!("worker {l}") };
             events.push(json!({"ph": "M", "name": "thread_name", "pid": p, "tid": tid, "args": {"name": name}}));
             events.push(json!({"ph": "M", "name": "thread_sort_index", "pid": p, "tid": tid, "args": {"sort_index": tid}}));
         }
@@ -145,18 +127,16 @@ pub fn chrome_trace(run: &StrategyRun) -> Value {
             if *s != side {
                 continue;
             }
-            events.push(json!({"ph": "M", "name": "thread_name", "pid": p, "tid": tid, "args": {"name": format!("{dev} control channel")}}));
+            events
+                .push(json!({"ph": "M", "name": "thread_name", "pid": p, "tid": tid, "args": {"name": format!("{dev} control channel")}}));
             events.push(json!({"ph": "M", "name": "thread_sort_index", "pid": p, "tid": tid, "args": {"sort_index": tid}}));
         }
     }
 
     // One complete event per step.
     for (i, s) in steps.iter().enumerate() {
-        let (start, tid) = if on_channel(s) {
-            (s.end_ns - own[i], chan_tid[&(s.side, s.device.clone())])
-        } else {
-            (s.start_ns, u32::from(s.lane) + 1)
-        };
+        let (start, tid) =
+            if on_channel(s) { (s.end_ns - own[i], chan_tid[&(s.side, s.device.clone())]) } else { (s.start_ns, u32::from(s.lane) + 1) };
         events.push(json!({
             "ph": "X",
             "name": s.step,
@@ -181,13 +161,8 @@ pub fn chrome_trace(run: &StrategyRun) -> Value {
     }
 
     // The window's opening and closing.
-    for (t, name) in [
-        (0, "window opens (source stops)"),
-        (close, "window closes (destination runs)"),
-    ] {
-        events.push(
-            json!({"ph": "i", "s": "g", "name": name, "pid": 1, "tid": 1, "ts": us(t - origin)}),
-        );
+    for (t, name) in [(0, "window opens (source stops)"), (close, "window closes (destination runs)")] {
+        events.push(json!({"ph": "i", "s": "g", "name": name, "pid": 1, "tid": 1, "ts": us(t - origin)}));
     }
 
     json!({

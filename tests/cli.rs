@@ -26,7 +26,10 @@ fn malformed_input_is_one_line_and_exit_2() {
     bad(&["--preset", "nope"], "unknown preset 'nope'");
     bad(&["--topology", &write("bad.toml", "[[device]\nkind=")], "bad topology file");
     bad(&["--topology", &write("zero.toml", "[[device]]\nkind = \"blk\"\nqueues = 0\n")], "queues is 0");
-    bad(&["--topology", &write("unknown.toml", "[[device]]\nkind = \"net\"\nqueue_pairs = 2\ncolour = \"red\"\n")], "unknown field `colour`");
+    bad(
+        &["--topology", &write("unknown.toml", "[[device]]\nkind = \"net\"\nqueue_pairs = 2\ncolour = \"red\"\n")],
+        "unknown field `colour`",
+    );
     bad(&["--topology", &write("kind.toml", "[[device]]\nkind = \"gpu\"\n")], "unknown kind 'gpu'");
     bad(&["--topology", "/nonexistent/x.toml"], "cannot read topology file");
     bad(&["--inject", "melt:get_vring_base:net0"], "unknown kind 'melt'");

@@ -82,7 +82,8 @@ fn engine_plan_keeps_only_stop_and_start_messages_in_the_window() {
 fn failing_step_is_named_and_its_dependents_never_start() {
     let topo = Arc::new(Topology::preset("small").unwrap());
     let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &Profile::rfc_original(1.0)).unwrap());
-    let victim = plan.steps().iter().find(|s| s.kind == StepKind::GetVringBase && plan.device_name(s.id) == "net1" && s.ring == Some(2)).unwrap().id;
+    let victim =
+        plan.steps().iter().find(|s| s.kind == StepKind::GetVringBase && plan.device_name(s.id) == "net1" && s.ring == Some(2)).unwrap().id;
     for policy in [FailurePolicy::StopAll, FailurePolicy::ContinueIndependent] {
         let rec = Recorder::new(plan.len(), HashSet::from([victim.0]), Duration::from_micros(50));
         let engine = Engine::with_spawner(2, policy, &Threads);

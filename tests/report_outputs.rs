@@ -20,10 +20,7 @@ fn tmp_dir(tag: &str) -> PathBuf {
 }
 
 fn engine_run(preset: &str, faults: Vec<Fault>) -> (SimConfig, StrategyRun) {
-    let cfg = SimConfig::new(Topology::preset(preset).unwrap())
-        .scale(0.05)
-        .workers(3)
-        .faults(faults);
+    let cfg = SimConfig::new(Topology::preset(preset).unwrap()).scale(0.05).workers(3).faults(faults);
     let r = run(&cfg, Strategy::Engine);
     (cfg, r)
 }
@@ -33,25 +30,16 @@ fn svg_step_ids(text: &str) -> Vec<String> {
     let doc = roxmltree::Document::parse(text).expect("the SVG is well-formed XML");
     let root = doc.root_element();
     assert_eq!(root.tag_name().name(), "svg");
-    assert_eq!(
-        root.tag_name().namespace(),
-        Some("http://www.w3.org/2000/svg")
-    );
+    assert_eq!(root.tag_name().namespace(), Some("http://www.w3.org/2000/svg"));
     let width: f64 = root.attribute("width").unwrap().parse().unwrap();
     let mut ids = Vec::new();
     for n in doc.descendants().filter(|n| n.has_attribute("data-step")) {
         assert_eq!(n.tag_name().name(), "rect");
-        let title = n
-            .children()
-            .find(|c| c.tag_name().name() == "title")
-            .expect("every step has a <title>");
+        let title = n.children().find(|c| c.tag_name().name() == "title").expect("every step has a <title>");
         assert!(!title.text().unwrap_or("").is_empty());
         let x: f64 = n.attribute("x").unwrap().parse().unwrap();
         let w: f64 = n.attribute("width").unwrap().parse().unwrap();
-        assert!(
-            x >= 0.0 && w > 0.0 && x + w <= width + 1.0,
-            "bar inside the picture: x={x} w={w}"
-        );
+        assert!(x >= 0.0 && w > 0.0 && x + w <= width + 1.0, "bar inside the picture: x={x} w={w}");
         ids.push(n.attribute("data-step").unwrap().to_string());
     }
     ids
@@ -93,20 +81,12 @@ fn svg_has_every_plan_step_exactly_once() {
     std::fs::write(&path, switchover::timeline::svg(&r, "small")).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     let ids = once_each(&svg_step_ids(&text));
-    assert_eq!(
-        ids,
-        plan_ids(&cfg),
-        "the SVG shows exactly the plan's steps"
-    );
+    assert_eq!(ids, plan_ids(&cfg), "the SVG shows exactly the plan's steps");
     let run_ids: BTreeSet<String> = r.steps.iter().map(step_id).collect();
     assert_eq!(ids, run_ids);
     // Simulated runs say so in the title.
     let doc = roxmltree::Document::parse(&text).unwrap();
-    let title = doc
-        .root_element()
-        .children()
-        .find(|c| c.tag_name().name() == "title")
-        .unwrap();
+    let title = doc.root_element().children().find(|c| c.tag_name().name() == "title").unwrap();
     assert!(title.text().unwrap().contains("SIMULATED"));
     std::fs::remove_dir_all(dir).ok();
 }
@@ -142,27 +122,17 @@ fn trace_has_one_span_per_step_matching_the_recorded_times() {
 
     // Named processes and threads.
     let mut named: BTreeSet<(u64, u64)> = BTreeSet::new();
-    for e in events
-        .iter()
-        .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
-    {
+    for e in events.iter().filter(|e| e["ph"] == "M" && e["name"] == "thread_name") {
         assert!(!e["args"]["name"].as_str().unwrap().is_empty());
         named.insert((e["pid"].as_u64().unwrap(), e["tid"].as_u64().unwrap()));
     }
-    let procs: Vec<&str> = events
-        .iter()
-        .filter(|e| e["ph"] == "M" && e["name"] == "process_name")
-        .map(|e| e["args"]["name"].as_str().unwrap())
-        .collect();
+    let procs: Vec<&str> =
+        events.iter().filter(|e| e["ph"] == "M" && e["name"] == "process_name").map(|e| e["args"]["name"].as_str().unwrap()).collect();
     assert_eq!(procs.len(), 2);
     assert!(procs.iter().all(|p| p.contains("SIMULATED")));
 
     // Window marks.
-    let instants: Vec<f64> = events
-        .iter()
-        .filter(|e| e["ph"] == "i")
-        .map(|e| e["ts"].as_f64().unwrap())
-        .collect();
+    let instants: Vec<f64> = events.iter().filter(|e| e["ph"] == "i").map(|e| e["ts"].as_f64().unwrap()).collect();
     assert_eq!(instants.len(), 2);
     assert!((instants[0] - opened).abs() < 1e-6 && (instants[1] - closed).abs() < 1e-6);
 
@@ -176,16 +146,11 @@ fn trace_has_one_span_per_step_matching_the_recorded_times() {
     let close = 1e-3 + 1e-9; // µs: ns precision, rounding of f64
     for e in spans {
         let id = e["args"]["step"].as_str().unwrap().to_string();
-        let s = by_id
-            .get(&id)
-            .unwrap_or_else(|| panic!("span {id} is not a step of the run"));
+        let s = by_id.get(&id).unwrap_or_else(|| panic!("span {id} is not a step of the run"));
         assert!(seen.insert(id.clone()), "two spans for {id}");
         assert_eq!(e["name"], Value::String(s.step.clone()));
         assert_eq!(e["cat"], Value::String(s.device_kind.clone()));
-        assert_eq!(
-            e["pid"].as_u64().unwrap(),
-            if s.side == Side::Source { 1 } else { 2 }
-        );
+        assert_eq!(e["pid"].as_u64().unwrap(), if s.side == Side::Source { 1 } else { 2 });
         assert_eq!(e["args"]["window"], Value::String(s.window.name().into()));
         assert_eq!(e["args"]["device"], Value::String(s.device.clone()));
         assert_eq!(e["args"]["ring"].as_u64(), s.ring.map(u64::from));
@@ -197,15 +162,9 @@ fn trace_has_one_span_per_step_matching_the_recorded_times() {
         assert!((e["args"]["end_us"].as_f64().unwrap() - end_us).abs() < close);
         // The span ends at the step's end; it starts at its start (lane work) or
         // when its channel began serving it (a request), never before its send.
-        assert!(
-            (ts + dur - opened - end_us).abs() < 2.0 * close,
-            "{id}: span end"
-        );
+        assert!((ts + dur - opened - end_us).abs() < 2.0 * close, "{id}: span end");
         if is_channel(s) {
-            assert!(
-                ts - opened >= start_us - close,
-                "{id}: served before it was sent"
-            );
+            assert!(ts - opened >= start_us - close, "{id}: served before it was sent");
         } else {
             assert!((ts - opened - start_us).abs() < close, "{id}: span start");
             assert_eq!(e["tid"].as_u64().unwrap(), u64::from(s.lane) + 1);
@@ -218,10 +177,7 @@ fn trace_has_one_span_per_step_matching_the_recorded_times() {
     for (key, mut v) in per_thread {
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         for w in v.windows(2) {
-            assert!(
-                w[1].0 >= w[0].1 - close,
-                "overlapping slices on {key:?}: {w:?}"
-            );
+            assert!(w[1].0 >= w[0].1 - close, "overlapping slices on {key:?}: {w:?}");
         }
     }
 }
@@ -231,19 +187,10 @@ fn critical_path_ends_the_window_and_breakdown_marks_it() {
     let (_, r) = engine_run("medium", vec![]);
     let path = critical_path(&r.steps);
     assert!(!path.is_empty());
-    let last_end = r
-        .steps
-        .iter()
-        .filter(|s| s.window == Window::Blackout)
-        .map(|s| s.end_ns)
-        .max()
-        .unwrap();
+    let last_end = r.steps.iter().filter(|s| s.window == Window::Blackout).map(|s| s.end_ns).max().unwrap();
     assert_eq!(r.steps[*path.last().unwrap()].end_ns, last_end);
     for w in path.windows(2) {
-        assert!(
-            r.steps[w[0]].end_ns <= r.steps[w[1]].end_ns,
-            "path in time order"
-        );
+        assert!(r.steps[w[0]].end_ns <= r.steps[w[1]].end_ns, "path in time order");
     }
     let shares = critical_shares(&r.steps, &path);
     assert_eq!(shares.iter().sum::<i64>(), last_end);
@@ -251,10 +198,7 @@ fn critical_path_ends_the_window_and_breakdown_marks_it() {
     assert_eq!(rows.iter().map(|x| x.count).sum::<usize>(), r.steps.len());
     assert_eq!(rows.iter().map(|x| x.critical).sum::<usize>(), path.len());
     let own = own_times(&r.steps);
-    assert_eq!(
-        rows.iter().map(|x| x.total_ns).sum::<i64>(),
-        own.iter().sum::<i64>()
-    );
+    assert_eq!(rows.iter().map(|x| x.total_ns).sum::<i64>(), own.iter().sum::<i64>());
     for x in &rows {
         assert!(x.p50_ns <= x.max_ns && x.max_ns <= x.total_ns);
         if x.critical > 0 {
@@ -271,36 +215,20 @@ fn cli_writes_svg_and_trace() {
     let dir = tmp_dir("cli");
     let (svg, trace) = (dir.join("t.svg"), dir.join("t.json"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchover"))
-        .args([
-            "--preset",
-            "small",
-            "--scale",
-            "0.05",
-            "--no-kvm-comparison",
-            "--svg",
-        ])
+        .args(["--preset", "small", "--scale", "0.05", "--no-kvm-comparison", "--svg"])
         .arg(&svg)
         .arg("--trace")
         .arg(&trace)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("critical path"));
     let ids = once_each(&svg_step_ids(&std::fs::read_to_string(&svg).unwrap()));
     let cfg = SimConfig::new(Topology::preset("small").unwrap());
     assert_eq!(ids, plan_ids(&cfg));
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
-    let spans = doc["traceEvents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["ph"] == "X")
-        .count();
+    let spans = doc["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").count();
     assert_eq!(spans, ids.len());
     std::fs::remove_dir_all(dir).ok();
 }

@@ -202,7 +202,8 @@ fn handed_over_block_requests_complete_once_on_the_destination() {
 #[test]
 fn a_drain_past_its_deadline_rolls_back_without_losing_a_request() {
     // Requests take 40 ms (scaled: 0.8 ms); the drain's deadline is 0.5 ms.
-    let c = cfg("medium").blk_inflight(4, Duration::from_millis(40)).blk_policy(BlkPolicy::Drain).drain_deadline(Duration::from_micros(500));
+    let c =
+        cfg("medium").blk_inflight(4, Duration::from_millis(40)).blk_policy(BlkPolicy::Drain).drain_deadline(Duration::from_micros(500));
     let r = run(&c, Strategy::Engine);
     let Outcome::RolledBack { cause } = &r.outcome else { panic!("{:?}", r.outcome) };
     assert_eq!(cause.step, "drain_inflight");

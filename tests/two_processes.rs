@@ -8,7 +8,8 @@ fn role(args: &[&str]) -> std::process::Child {
 
 fn json_of(out: &std::process::Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or_else(|e| panic!("{e}: {text} / {}", String::from_utf8_lossy(&out.stderr)))
+    serde_json::from_str(text.lines().last().unwrap_or("{}"))
+        .unwrap_or_else(|e| panic!("{e}: {text} / {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 fn pair(extra_src: &[&str], extra_dst: &[&str]) -> (serde_json::Value, serde_json::Value) {

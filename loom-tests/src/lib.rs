@@ -42,10 +42,7 @@ where
         f();
     });
     let n = count.load(StdOrdering::Relaxed);
-    println!(
-        "{name}: {n} executions, preemption bound {preemption_bound}, {:.2?}",
-        t0.elapsed()
-    );
+    println!("{name}: {n} executions, preemption bound {preemption_bound}, {:.2?}", t0.elapsed());
     n
 }
 
@@ -141,30 +138,15 @@ pub struct Recorder {
 
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recorder")
-            .field("answer", &self.answer)
-            .finish()
+        f.debug_struct("Recorder").field("answer", &self.answer).finish()
     }
 }
 
 impl Recorder {
     /// Every step answers `Inline` unless listed in `threaded`.
     pub fn new(plan: &Arc<Plan>, threaded: &[usize]) -> Recorder {
-        let answer = (0..plan.len())
-            .map(|i| {
-                if threaded.contains(&i) {
-                    Answer::Thread
-                } else {
-                    Answer::Inline
-                }
-            })
-            .collect();
-        Recorder {
-            plan: plan.clone(),
-            rec: Arc::new(Record::new(plan.len(), plan.resource_count())),
-            answer,
-            fail: None,
-        }
+        let answer = (0..plan.len()).map(|i| if threaded.contains(&i) { Answer::Thread } else { Answer::Inline }).collect();
+        Recorder { plan: plan.clone(), rec: Arc::new(Record::new(plan.len(), plan.resource_count())), answer, fail: None }
     }
 
     /// Step `i` answers with `f` instead of success.
@@ -180,23 +162,12 @@ impl StepActions for Recorder {
         let prev = self.rec.starts[i].fetch_add(1, Ordering::Relaxed);
         assert_eq!(prev, 0, "step {i} started twice");
         for p in preds(&self.plan, step.id) {
-            assert!(
-                self.rec.done[p].load(Ordering::Relaxed),
-                "step {i} started before its predecessor {p} completed"
-            );
+            assert!(self.rec.done[p].load(Ordering::Relaxed), "step {i} started before its predecessor {p} completed");
         }
-        let fp: Vec<usize> = self
-            .plan
-            .footprint_ids(step.id)
-            .iter()
-            .map(|&r| r as usize)
-            .collect();
+        let fp: Vec<usize> = self.plan.footprint_ids(step.id).iter().map(|&r| r as usize).collect();
         for &r in &fp {
             let n = self.rec.inside[r].fetch_add(1, Ordering::Relaxed);
-            assert_eq!(
-                n, 0,
-                "step {i} entered resource {r} while another step holds it"
-            );
+            assert_eq!(n, 0, "step {i} entered resource {r} while another step holds it");
         }
         let result = match &self.fail {
             Some((f, e)) if *f == i => Err(e.clone()),
@@ -236,33 +207,18 @@ pub fn caller_affine(s: StepSpec) -> StepSpec {
 pub fn expect_loom_deadlock(child: &str) -> String {
     let exe = std::env::current_exe().expect("test binary path");
     let out = std::process::Command::new(exe)
-        .args([
-            "--ignored",
-            "--exact",
-            child,
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
+        .args(["--ignored", "--exact", child, "--nocapture", "--test-threads", "1"])
         .env("RUST_BACKTRACE", "0")
         .output()
         .expect("run the child test");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        !out.status.success(),
-        "{child}: expected loom to report a deadlock, but the model passed\n{stdout}"
-    );
-    assert!(
-        stdout.contains("running 1 test"),
-        "{child}: the child did not run exactly one test\n{stdout}"
-    );
+    assert!(!out.status.success(), "{child}: expected loom to report a deadlock, but the model passed\n{stdout}");
+    assert!(stdout.contains("running 1 test"), "{child}: the child did not run exactly one test\n{stdout}");
     let line = stderr
         .lines()
         .find(|l| l.starts_with("deadlock; threads = "))
-        .unwrap_or_else(|| {
-            panic!("{child}: failed, but not with loom's deadlock report:\n{stderr}")
-        })
+        .unwrap_or_else(|| panic!("{child}: failed, but not with loom's deadlock report:\n{stderr}"))
         .to_string();
     println!("{child}: loom reported `{line}`");
     line

@@ -36,17 +36,8 @@ fn attempt(n: &Notifier, dir: Dir, ioctls: &AtomicUsize) -> Result<(), Refused> 
     Ok(())
 }
 
-fn check_outcome(
-    dir: Dir,
-    a: Result<(), Refused>,
-    b: Result<(), Refused>,
-    n: &Notifier,
-    ioctls: usize,
-) {
-    assert_eq!(
-        ioctls, 1,
-        "{dir:?}: {ioctls} ioctls issued for one notifier"
-    );
+fn check_outcome(dir: Dir, a: Result<(), Refused>, b: Result<(), Refused>, n: &Notifier, ioctls: usize) {
+    assert_eq!(ioctls, 1, "{dir:?}: {ioctls} ioctls issued for one notifier");
     let (already, target) = match dir {
         Dir::Disable => (Refused::AlreadyDisabled, NotifierState::Disabled),
         Dir::Enable => (Refused::AlreadyEnabled, NotifierState::Enabled),
@@ -55,10 +46,7 @@ fn check_outcome(
         (Ok(()), Err(e)) | (Err(e), Ok(())) => e,
         other => panic!("{dir:?}: exactly one thread must win, got {other:?}"),
     };
-    assert!(
-        loser == already || loser == Refused::InTransition,
-        "{dir:?}: loser told {loser:?}"
-    );
+    assert!(loser == already || loser == Refused::InTransition, "{dir:?}: loser told {loser:?}");
     assert_eq!(n.state(), target);
 }
 
@@ -73,12 +61,7 @@ fn race(dir: Dir) {
     let host_ioctls = Arc::new(AtomicUsize::new(0));
     let guest_ioctls = Arc::new(AtomicUsize::new(0));
     let t = {
-        let (host, guest, hi, gi) = (
-            host.clone(),
-            guest.clone(),
-            host_ioctls.clone(),
-            guest_ioctls.clone(),
-        );
+        let (host, guest, hi, gi) = (host.clone(), guest.clone(), host_ioctls.clone(), guest_ioctls.clone());
         thread::spawn(move || {
             let h = attempt(&host, dir, &hi);
             let g = attempt(&guest, dir, &gi);
@@ -94,9 +77,7 @@ fn race(dir: Dir) {
 
 #[test]
 fn racing_disables_issue_one_ioctl() {
-    check("m1 racing disables (host + guest)", 3, || {
-        race(Dir::Disable)
-    });
+    check("m1 racing disables (host + guest)", 3, || race(Dir::Disable));
 }
 
 #[test]
@@ -117,11 +98,7 @@ fn aborted_disable_restores_state() {
             let (n, in_ioctl, ioctls) = (n.clone(), in_ioctl.clone(), ioctls.clone());
             thread::spawn(move || match n.begin_disable() {
                 Ok(tr) => {
-                    assert_eq!(
-                        in_ioctl.fetch_add(1, Ordering::Relaxed),
-                        0,
-                        "two ioctls at once"
-                    );
+                    assert_eq!(in_ioctl.fetch_add(1, Ordering::Relaxed), 0, "two ioctls at once");
                     ioctls.fetch_add(1, Ordering::Relaxed);
                     in_ioctl.fetch_sub(1, Ordering::Relaxed);
                     tr.abort(); // the ioctl failed
@@ -129,32 +106,21 @@ fn aborted_disable_restores_state() {
                 }
                 Err(e) => {
                     // Either the main thread is mid-transition, or it already committed.
-                    assert!(
-                        matches!(e, Refused::InTransition | Refused::AlreadyDisabled),
-                        "told {e:?}"
-                    );
+                    assert!(matches!(e, Refused::InTransition | Refused::AlreadyDisabled), "told {e:?}");
                     false
                 }
             })
         };
         let mine = match n.begin_disable() {
             Ok(tr) => {
-                assert_eq!(
-                    in_ioctl.fetch_add(1, Ordering::Relaxed),
-                    0,
-                    "two ioctls at once"
-                );
+                assert_eq!(in_ioctl.fetch_add(1, Ordering::Relaxed), 0, "two ioctls at once");
                 ioctls.fetch_add(1, Ordering::Relaxed);
                 in_ioctl.fetch_sub(1, Ordering::Relaxed);
                 tr.commit();
                 true
             }
             Err(e) => {
-                assert_eq!(
-                    e,
-                    Refused::InTransition,
-                    "the other thread only ever aborts"
-                );
+                assert_eq!(e, Refused::InTransition, "the other thread only ever aborts");
                 false
             }
         };
@@ -165,11 +131,7 @@ fn aborted_disable_restores_state() {
         if mine {
             assert_eq!(n.state(), NotifierState::Disabled);
         } else {
-            assert_eq!(
-                n.state(),
-                NotifierState::Enabled,
-                "an aborted transition must restore the old state"
-            );
+            assert_eq!(n.state(), NotifierState::Enabled, "an aborted transition must restore the old state");
             assert_eq!(issued, 1);
         }
     });

@@ -45,21 +45,12 @@ fn run_all(plan: &StdArc<Plan>, workers: usize, threaded: &[usize]) {
 /// a → {b, c} → d
 fn diamond() -> StdArc<Plan> {
     let a = StepId(0);
-    plan(vec![
-        spec("a", 0),
-        spec("b", 1).after(&[a]),
-        spec("c", 2).after(&[a]),
-        spec("d", 3).after(&[StepId(1), StepId(2)]),
-    ])
+    plan(vec![spec("a", 0), spec("b", 1).after(&[a]), spec("c", 2).after(&[a]), spec("d", 3).after(&[StepId(1), StepId(2)])])
 }
 
 /// a → b → c
 fn chain() -> StdArc<Plan> {
-    plan(vec![
-        spec("a", 0),
-        spec("b", 1).after(&[StepId(0)]),
-        spec("c", 2).after(&[StepId(1)]),
-    ])
+    plan(vec![spec("a", 0), spec("b", 1).after(&[StepId(0)]), spec("c", 2).after(&[StepId(1)])])
 }
 
 /// a → {b, c, d} → e
@@ -76,60 +67,46 @@ fn fan() -> StdArc<Plan> {
 
 #[test]
 fn diamond_two_workers_inline() {
-    check("m2 diamond, 2 workers + caller, inline", 3, || {
-        run_all(&diamond(), 2, &[])
-    });
+    check("m2 diamond, 2 workers + caller, inline", 3, || run_all(&diamond(), 2, &[]));
 }
 
 /// The same diamond with brief steps (expected cost under 1 µs), which a lane
 /// takes several at a time under one lock acquisition and answers inline.
 #[test]
 fn diamond_two_workers_brief_batched() {
-    check(
-        "m2 diamond of brief steps, 2 workers + caller, inline",
-        3,
-        || {
-            let zero = std::time::Duration::ZERO;
-            let a = StepId(0);
-            let p = plan(vec![
-                spec("a", 0).cost(zero),
-                spec("b", 1).cost(zero).after(&[a]),
-                spec("c", 2).cost(zero).after(&[a]),
-                spec("d", 3).cost(zero).after(&[StepId(1), StepId(2)]),
-            ]);
-            run_all(&p, 2, &[])
-        },
-    );
+    check("m2 diamond of brief steps, 2 workers + caller, inline", 3, || {
+        let zero = std::time::Duration::ZERO;
+        let a = StepId(0);
+        let p = plan(vec![
+            spec("a", 0).cost(zero),
+            spec("b", 1).cost(zero).after(&[a]),
+            spec("c", 2).cost(zero).after(&[a]),
+            spec("d", 3).cost(zero).after(&[StepId(1), StepId(2)]),
+        ]);
+        run_all(&p, 2, &[])
+    });
 }
 
 #[test]
 fn diamond_one_worker_split_phase() {
     // b and c complete from their own threads: 1 worker + caller + 2 repliers.
-    check("m2 diamond, 1 worker + caller, b,c split", 3, || {
-        run_all(&diamond(), 1, &[1, 2])
-    });
+    check("m2 diamond, 1 worker + caller, b,c split", 3, || run_all(&diamond(), 1, &[1, 2]));
 }
 
 #[test]
 fn chain_two_workers_split_phase() {
-    check("m2 chain, 2 workers + caller, b split", 3, || {
-        run_all(&chain(), 2, &[1])
-    });
+    check("m2 chain, 2 workers + caller, b split", 3, || run_all(&chain(), 2, &[1]));
 }
 
 #[test]
 fn chain_caller_lane_only() {
     // Zero workers: the caller lane runs everything, split answers included.
-    check("m2 chain, caller only, a,c split", 3, || {
-        run_all(&chain(), 0, &[0, 2])
-    });
+    check("m2 chain, caller only, a,c split", 3, || run_all(&chain(), 0, &[0, 2]));
 }
 
 #[test]
 fn fan_out_fan_in_one_worker() {
-    check("m2 fan-out/fan-in, 1 worker + caller, c split", 3, || {
-        run_all(&fan(), 1, &[2])
-    });
+    check("m2 fan-out/fan-in, 1 worker + caller, c split", 3, || run_all(&fan(), 1, &[2]));
 }
 
 /// One engine, two windows: the second run (new epoch) reuses the workers, and a
@@ -151,10 +128,7 @@ fn two_windows_reuse_the_pool() {
         let dyn_actions: StdArc<dyn StepActions> = actions;
         let r1 = engine.run(&p, Prepare, dyn_actions.clone(), &mut progress);
         assert!(r1.ok());
-        assert_eq!(
-            (rec.starts(0), rec.starts(1), rec.starts(2), rec.starts(3)),
-            (1, 1, 0, 0)
-        );
+        assert_eq!((rec.starts(0), rec.starts(1), rec.starts(2), rec.starts(3)), (1, 1, 0, 0));
         let r2 = engine.run(&p, Blackout, dyn_actions, &mut progress);
         assert!(r2.ok());
         assert!(progress.all_done());

@@ -36,16 +36,8 @@ fn r(i: u32) -> Resource {
 #[test]
 fn overlapping_footprints_never_overlap_in_time() {
     check("m3 overlapping footprints, 2 workers + caller", 3, || {
-        let p = plan(vec![
-            spec("a", 0).footprint(&[r(0)]),
-            spec("b", 1).footprint(&[r(0), r(1)]),
-            spec("c", 2).footprint(&[r(1)]),
-        ]);
-        assert!(
-            p.conflicts(StepId(0), StepId(1))
-                && p.conflicts(StepId(1), StepId(2))
-                && !p.conflicts(StepId(0), StepId(2))
-        );
+        let p = plan(vec![spec("a", 0).footprint(&[r(0)]), spec("b", 1).footprint(&[r(0), r(1)]), spec("c", 2).footprint(&[r(1)])]);
+        assert!(p.conflicts(StepId(0), StepId(1)) && p.conflicts(StepId(1), StepId(2)) && !p.conflicts(StepId(0), StepId(2)));
         let engine = Engine::new(2);
         let actions = StdArc::new(Recorder::new(&p, &[]));
         let rec = actions.rec.clone();
@@ -62,23 +54,16 @@ fn overlapping_footprints_never_overlap_in_time() {
 /// until the replier thread delivers the answer, not until `start` returns.
 #[test]
 fn split_phase_step_holds_its_footprint_until_answered() {
-    check(
-        "m3 split-phase step holds footprint, 1 worker + caller",
-        3,
-        || {
-            let p = plan(vec![
-                spec("a", 0).footprint(&[r(0)]),
-                spec("b", 1).footprint(&[r(0)]),
-            ]);
-            let engine = Engine::new(1);
-            let actions = StdArc::new(Recorder::new(&p, &[0, 1]));
-            let rec = actions.rec.clone();
-            let mut progress = Progress::new(&p);
-            let r = engine.run(&p, Window::Blackout, actions, &mut progress);
-            assert!(r.ok() && progress.all_done());
-            assert_eq!((rec.starts(0), rec.starts(1)), (1, 1));
-        },
-    );
+    check("m3 split-phase step holds footprint, 1 worker + caller", 3, || {
+        let p = plan(vec![spec("a", 0).footprint(&[r(0)]), spec("b", 1).footprint(&[r(0)])]);
+        let engine = Engine::new(1);
+        let actions = StdArc::new(Recorder::new(&p, &[0, 1]));
+        let rec = actions.rec.clone();
+        let mut progress = Progress::new(&p);
+        let r = engine.run(&p, Window::Blackout, actions, &mut progress);
+        assert!(r.ok() && progress.all_done());
+        assert_eq!((rec.starts(0), rec.starts(1)), (1, 1));
+    });
 }
 
 /// Locks shared by step code: a device-rank lock and a vring-rank lock.
@@ -95,14 +80,8 @@ impl StepActions for Ranked {
         if self.reverse == Some(step.id.0) {
             let ring = self.ring.lock().expect("nothing held");
             // Out of order: refused at once, whatever the other thread holds.
-            let e = self
-                .dev
-                .lock()
-                .expect_err("device after vring must be refused");
-            assert_eq!(
-                (e.wanted, e.held),
-                (ResourceKind::Device, ResourceKind::Vring)
-            );
+            let e = self.dev.lock().expect_err("device after vring must be refused");
+            assert_eq!((e.wanted, e.held), (ResourceKind::Device, ResourceKind::Vring));
             self.refused.fetch_add(1, Ordering::Relaxed);
             drop(ring);
         }
@@ -130,26 +109,17 @@ fn ranked_model(reverse: Option<u32>) {
     assert!(r.ok() && progress.all_done());
     assert_eq!(*actions.dev.lock().unwrap(), 2);
     assert_eq!(*actions.ring.lock().unwrap(), 2);
-    assert_eq!(
-        actions.refused.load(Ordering::Relaxed),
-        usize::from(reverse.is_some())
-    );
+    assert_eq!(actions.refused.load(Ordering::Relaxed), usize::from(reverse.is_some()));
 }
 
 #[test]
 fn ranked_locks_in_order_never_deadlock() {
-    check("m3 ranked locks in rank order, 2 workers", 3, || {
-        ranked_model(None)
-    });
+    check("m3 ranked locks in rank order, 2 workers", 3, || ranked_model(None));
 }
 
 #[test]
 fn ranked_lock_out_of_order_is_refused_not_deadlocked() {
-    check(
-        "m3 ranked locks, one step tries reverse order, 2 workers",
-        3,
-        || ranked_model(Some(1)),
-    );
+    check("m3 ranked locks, one step tries reverse order, 2 workers", 3, || ranked_model(Some(1)));
 }
 
 /// Two steps take two plain mutexes in opposite orders.
@@ -186,10 +156,7 @@ fn child_unranked_opposite_order() {
     check("m3 control: plain mutexes in opposite orders", 3, || {
         let p = plan(vec![spec("x", 0), spec("y", 1)]);
         let engine = Engine::new(2);
-        let actions = StdArc::new(Unranked {
-            a: Mutex::new(0),
-            b: Mutex::new(0),
-        });
+        let actions = StdArc::new(Unranked { a: Mutex::new(0), b: Mutex::new(0) });
         let mut progress = Progress::new(&p);
         let _ = engine.run(&p, Window::Blackout, actions, &mut progress);
     });

@@ -38,9 +38,7 @@ use switchover::topology::DeviceId;
 use switchover_loom_tests::{check, expect_loom_deadlock, plan, topology, Recorder};
 
 fn step(kind: StepKind, fp: &[Resource]) -> StepSpec {
-    StepSpec::new(DeviceId(0), kind, Window::Blackout)
-        .footprint(fp)
-        .deadline(std::time::Duration::MAX)
+    StepSpec::new(DeviceId(0), kind, Window::Blackout).footprint(fp).deadline(std::time::Duration::MAX)
 }
 
 fn txn(kind: StepKind) -> StepSpec {
@@ -57,15 +55,8 @@ struct BigLockActions {
 impl StepActions for BigLockActions {
     fn start(&self, step: &Step, done: Completion) {
         if step.affinity == Affinity::Caller {
-            assert_eq!(
-                loom::thread::current().id(),
-                self.caller,
-                "a caller-affine step ran on a worker"
-            );
-            assert!(
-                self.big.try_lock().is_none(),
-                "the caller lane must be holding the big lock"
-            );
+            assert_eq!(loom::thread::current().id(), self.caller, "a caller-affine step ran on a worker");
+            assert!(self.big.try_lock().is_none(), "the caller lane must be holding the big lock");
             self.on_caller.fetch_add(1, Ordering::Relaxed);
         }
         self.inner.start(step, done);
@@ -78,18 +69,8 @@ fn caller_lane_runs_big_lock_steps_while_holding_it() {
         let begin = StepId(0);
         let p = plan(vec![
             txn(StepKind::MemTxnBegin),
-            step(
-                StepKind::HostNotifierOff,
-                &[Resource::host_notifier(DeviceId(0), 0)],
-            )
-            .ring(0)
-            .after(&[begin]),
-            step(
-                StepKind::HostNotifierOff,
-                &[Resource::host_notifier(DeviceId(0), 1)],
-            )
-            .ring(1)
-            .after(&[begin]),
+            step(StepKind::HostNotifierOff, &[Resource::host_notifier(DeviceId(0), 0)]).ring(0).after(&[begin]),
+            step(StepKind::HostNotifierOff, &[Resource::host_notifier(DeviceId(0), 1)]).ring(1).after(&[begin]),
             txn(StepKind::MemTxnCommit).after(&[StepId(1), StepId(2)]),
             step(StepKind::VringDisable, &[Resource::vring(DeviceId(0), 0)]).ring(0),
         ]);
@@ -135,12 +116,7 @@ fn naive_pool() {
         done_cv: Condvar,
     }
     let big = Arc::new(Mutex::new(0u32));
-    let pool = Arc::new(Pool {
-        jobs: Mutex::new(VecDeque::new()),
-        jobs_cv: Condvar::new(),
-        done: Mutex::new(0),
-        done_cv: Condvar::new(),
-    });
+    let pool = Arc::new(Pool { jobs: Mutex::new(VecDeque::new()), jobs_cv: Condvar::new(), done: Mutex::new(0), done_cv: Condvar::new() });
     let worker = {
         let (big, pool) = (big.clone(), pool.clone());
         loom::thread::spawn(move || {
@@ -208,10 +184,7 @@ fn engine_with_undeclared_big_lock_step_deadlocks() {
 #[ignore = "must deadlock; run by engine_with_undeclared_big_lock_step_deadlocks"]
 fn child_engine_undeclared_big_lock() {
     check("m4 engine, big-lock step left Affinity::Any", 2, || {
-        let p = plan(vec![step(
-            StepKind::MemTxnBegin,
-            &[Resource::MEMORY_TRANSACTION],
-        )]);
+        let p = plan(vec![step(StepKind::MemTxnBegin, &[Resource::MEMORY_TRANSACTION])]);
         let engine = Engine::new(1);
         let actions = StdArc::new(LocksBigLock { big: Mutex::new(0) });
         let mut progress = Progress::new(&p);

@@ -22,9 +22,7 @@ use std::time::Duration;
 
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use switchover::error::StepFailure;
-use switchover::exec::{
-    Completion, Engine, FailurePolicy, Progress, StepActions, StepOutcome, Threads,
-};
+use switchover::exec::{Completion, Engine, FailurePolicy, Progress, StepActions, StepOutcome, Threads};
 use switchover::plan::{Plan, StepSpec};
 use switchover::recipe::{build, rollback, NoCosts, RecipeOptions};
 use switchover::resource::Resource;
@@ -34,10 +32,7 @@ use switchover::topology::{DeviceId, Topology};
 use switchover_loom_tests::{check, plan, Recorder};
 
 fn msg(kind: StepKind, ring: u32, fp: Resource) -> StepSpec {
-    StepSpec::new(DeviceId(0), kind, Window::Blackout)
-        .ring(ring)
-        .footprint(&[fp])
-        .deadline(Duration::MAX)
+    StepSpec::new(DeviceId(0), kind, Window::Blackout).ring(ring).footprint(&[fp]).deadline(Duration::MAX)
 }
 
 fn failure_model(policy: FailurePolicy) {
@@ -47,17 +42,10 @@ fn failure_model(policy: FailurePolicy) {
         msg(StepKind::GetVringBase, 0, Resource::vring(d, 0)).after(&[StepId(0)]),
         msg(StepKind::VringDisable, 1, Resource::vring(d, 1)),
         msg(StepKind::GetVringBase, 1, Resource::vring(d, 1)).after(&[StepId(2)]),
-        msg(
-            StepKind::GuestNotifierOff,
-            1,
-            Resource::guest_notifier(d, 1),
-        )
-        .after(&[StepId(3)]),
+        msg(StepKind::GuestNotifierOff, 1, Resource::guest_notifier(d, 1)).after(&[StepId(3)]),
     ]);
     let engine = Engine::with_spawner(1, policy, &Threads);
-    let fail = StepFailure::Backend {
-        message: "EIO".into(),
-    };
+    let fail = StepFailure::Backend { message: "EIO".into() };
     let actions = StdArc::new(Recorder::new(&p, &[1, 3]).failing(3, fail.clone()));
     let rec = actions.rec.clone();
     let mut progress = Progress::new(&p);
@@ -68,52 +56,32 @@ fn failure_model(policy: FailurePolicy) {
     assert_eq!(progress.outcome(StepId(3)), StepOutcome::Failed);
     assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
     let f = r.failure.as_ref().expect("failure reported");
-    assert_eq!(
-        (f.device.as_str(), f.ring, f.step.as_str(), &f.failure),
-        ("net0", Some(1), "get_vring_base", &fail)
-    );
+    assert_eq!((f.device.as_str(), f.ring, f.step.as_str(), &f.failure), ("net0", Some(1), "get_vring_base", &fail));
     let started: usize = (0..p.len()).map(|i| rec.starts(i)).sum();
-    assert_eq!(
-        r.records.len(),
-        started,
-        "report and recorder disagree on what started"
-    );
+    assert_eq!(r.records.len(), started, "report and recorder disagree on what started");
     for i in 0..p.len() {
         let o = progress.outcome(StepId(i as u32));
         match rec.starts(i) {
             0 => assert_eq!(o, StepOutcome::NotRun),
-            1 => assert!(
-                matches!(o, StepOutcome::Done | StepOutcome::Failed),
-                "step {i} started but ended {o:?}"
-            ),
+            1 => assert!(matches!(o, StepOutcome::Done | StepOutcome::Failed), "step {i} started but ended {o:?}"),
             n => panic!("step {i} started {n} times"),
         }
     }
     if policy == FailurePolicy::ContinueIndependent {
         for i in 0..3 {
-            assert_eq!(
-                progress.outcome(StepId(i)),
-                StepOutcome::Done,
-                "independent step {i}"
-            );
+            assert_eq!(progress.outcome(StepId(i)), StepOutcome::Done, "independent step {i}");
         }
     }
 }
 
 #[test]
 fn failure_continue_independent() {
-    check(
-        "m5 failure, ContinueIndependent, 1 worker + caller",
-        3,
-        || failure_model(FailurePolicy::ContinueIndependent),
-    );
+    check("m5 failure, ContinueIndependent, 1 worker + caller", 3, || failure_model(FailurePolicy::ContinueIndependent));
 }
 
 #[test]
 fn failure_stop_all() {
-    check("m5 failure, StopAll, 1 worker + caller", 3, || {
-        failure_model(FailurePolicy::StopAll)
-    });
+    check("m5 failure, StopAll, 1 worker + caller", 3, || failure_model(FailurePolicy::StopAll));
 }
 
 /// A vhost-user backend reduced to what rollback touches: per ring, whether it is
@@ -129,11 +97,7 @@ struct Backend {
 }
 
 impl Backend {
-    fn new(
-        topo: &Topology,
-        fail: Option<(StepKind, u32)>,
-        threaded: Option<(StepKind, u32)>,
-    ) -> Backend {
+    fn new(topo: &Topology, fail: Option<(StepKind, u32)>, threaded: Option<(StepKind, u32)>) -> Backend {
         let n = 2;
         Backend {
             state: StdArc::new(DeviceState::new(topo)),
@@ -149,47 +113,34 @@ impl Backend {
     fn perform(&self, kind: &StepKind, r: u32) -> Result<(), StepFailure> {
         let i = r as usize;
         if self.fail.as_ref() == Some(&(kind.clone(), r)) {
-            return Err(StepFailure::Backend {
-                message: "EIO".into(),
-            });
+            return Err(StepFailure::Backend { message: "EIO".into() });
         }
         match kind {
             StepKind::VringDisable => self.enabled[i].store(false, Ordering::Relaxed),
             StepKind::GetVringBase => {
-                assert!(
-                    self.started[i].load(Ordering::Relaxed),
-                    "GET_VRING_BASE on a stopped ring"
-                );
+                assert!(self.started[i].load(Ordering::Relaxed), "GET_VRING_BASE on a stopped ring");
                 self.started[i].store(false, Ordering::Relaxed);
                 self.enabled[i].store(false, Ordering::Relaxed);
                 self.state.set_base(DeviceId(0), r, 1000 + r as u16);
             }
             StepKind::SetVringBase => {
                 let Some(b) = self.state.base(DeviceId(0), r) else {
-                    return Err(StepFailure::MissingState {
-                        what: "no vring base was captured for this ring".into(),
-                    });
+                    return Err(StepFailure::MissingState { what: "no vring base was captured for this ring".into() });
                 };
                 if self.started[i].load(Ordering::Relaxed) {
-                    return Err(StepFailure::Garbage {
-                        what: "SET_VRING_BASE on a started ring".into(),
-                    });
+                    return Err(StepFailure::Garbage { what: "SET_VRING_BASE on a started ring".into() });
                 }
                 self.restored[i].store(usize::from(b) + 1, Ordering::Relaxed);
             }
             StepKind::SetVringKick => {
                 if self.restored[i].load(Ordering::Relaxed) == 0 {
-                    return Err(StepFailure::Garbage {
-                        what: "SET_VRING_KICK before SET_VRING_BASE".into(),
-                    });
+                    return Err(StepFailure::Garbage { what: "SET_VRING_KICK before SET_VRING_BASE".into() });
                 }
                 self.started[i].store(true, Ordering::Relaxed);
             }
             StepKind::VringEnable => {
                 if !self.started[i].load(Ordering::Relaxed) {
-                    return Err(StepFailure::Garbage {
-                        what: "SET_VRING_ENABLE(1) on a stopped ring".into(),
-                    });
+                    return Err(StepFailure::Garbage { what: "SET_VRING_ENABLE(1) on a stopped ring".into() });
                 }
                 self.enabled[i].store(true, Ordering::Relaxed);
             }
@@ -215,98 +166,43 @@ impl StepActions for BackendActions {
 
 fn source_plan(topo: &StdArc<Topology>, opts: &RecipeOptions) -> StdArc<Plan> {
     let p = build(topo, Side::Source, opts, &NoCosts).expect("plan");
-    let kinds: Vec<(StepKind, Option<u32>)> = p
-        .in_window(Window::Blackout)
-        .map(|s| (s.kind.clone(), s.ring))
-        .collect();
-    assert_eq!(
-        kinds.len(),
-        4,
-        "one net with one queue pair: disable and get_vring_base per ring: {kinds:?}"
-    );
+    let kinds: Vec<(StepKind, Option<u32>)> = p.in_window(Window::Blackout).map(|s| (s.kind.clone(), s.ring)).collect();
+    assert_eq!(kinds.len(), 4, "one net with one queue pair: disable and get_vring_base per ring: {kinds:?}");
     StdArc::new(p)
 }
 
 fn rollback_model(fail: (StepKind, u32)) {
-    let topo = StdArc::new(
-        Topology::builder()
-            .name("rb")
-            .net(1, 1)
-            .build()
-            .expect("topology"),
-    );
-    let opts = RecipeOptions {
-        deadline: Duration::MAX,
-        ..RecipeOptions::engine()
-    };
+    let topo = StdArc::new(Topology::builder().name("rb").net(1, 1).build().expect("topology"));
+    let opts = RecipeOptions { deadline: Duration::MAX, ..RecipeOptions::engine() };
     let src = source_plan(&topo, &opts);
     let engine = Engine::new(1);
-    let backend = StdArc::new(Backend::new(
-        &topo,
-        Some(fail.clone()),
-        Some((StepKind::GetVringBase, 0)),
-    ));
+    let backend = StdArc::new(Backend::new(&topo, Some(fail.clone()), Some((StepKind::GetVringBase, 0))));
     let mut progress = Progress::new(&src);
-    let r = engine.run(
-        &src,
-        Window::Blackout,
-        StdArc::new(BackendActions(backend.clone())),
-        &mut progress,
-    );
+    let r = engine.run(&src, Window::Blackout, StdArc::new(BackendActions(backend.clone())), &mut progress);
     assert_eq!(r.failures.len(), 1);
-    assert_eq!(
-        r.failure.as_ref().map(|f| (f.step.clone(), f.ring)),
-        Some((fail.0.name().to_string(), Some(fail.1)))
-    );
+    assert_eq!(r.failure.as_ref().map(|f| (f.step.clone(), f.ring)), Some((fail.0.name().to_string(), Some(fail.1))));
 
     let rb = StdArc::new(rollback(&src, &progress, &[], &opts, &NoCosts).expect("rollback plan"));
     let mut rbp = Progress::new(&rb);
     let bases_read: Vec<Option<u16>> = (0..2).map(|r| backend.state.base(DeviceId(0), r)).collect();
-    let rr = engine.run(
-        &rb,
-        Window::Blackout,
-        StdArc::new(BackendActions(backend.clone())),
-        &mut rbp,
-    );
+    let rr = engine.run(&rb, Window::Blackout, StdArc::new(BackendActions(backend.clone())), &mut rbp);
     assert!(rr.ok(), "rollback failed: {:?}", rr.failure);
     assert!(rbp.all_done());
     for r in 0..2u32 {
         let i = r as usize;
-        let restores = rb
-            .steps()
-            .iter()
-            .filter(|s| s.kind == StepKind::SetVringBase && s.ring == Some(r))
-            .count();
+        let restores = rb.steps().iter().filter(|s| s.kind == StepKind::SetVringBase && s.ring == Some(r)).count();
         // Exactly the rings whose base was read are restored, with that base.
-        assert_eq!(
-            restores,
-            usize::from(bases_read[i].is_some()),
-            "ring {r}: base read {:?}",
-            bases_read[i]
-        );
-        assert_eq!(
-            backend.restored[i].load(Ordering::Relaxed),
-            bases_read[i].map_or(0, |b| usize::from(b) + 1)
-        );
+        assert_eq!(restores, usize::from(bases_read[i].is_some()), "ring {r}: base read {:?}", bases_read[i]);
+        assert_eq!(backend.restored[i].load(Ordering::Relaxed), bases_read[i].map_or(0, |b| usize::from(b) + 1));
         // Nothing half-applied: every ring runs again.
-        assert!(
-            backend.started[i].load(Ordering::Relaxed),
-            "ring {r} left stopped"
-        );
-        assert!(
-            backend.enabled[i].load(Ordering::Relaxed),
-            "ring {r} left disabled"
-        );
+        assert!(backend.started[i].load(Ordering::Relaxed), "ring {r} left stopped");
+        assert!(backend.enabled[i].load(Ordering::Relaxed), "ring {r} left disabled");
     }
 }
 
 #[test]
 fn rollback_after_failed_vring_disable() {
-    check(
-        "m5 rollback after ring 1 vring_disable fails, StopAll, 1 worker",
-        3,
-        || rollback_model((StepKind::VringDisable, 1)),
-    );
+    check("m5 rollback after ring 1 vring_disable fails, StopAll, 1 worker", 3, || rollback_model((StepKind::VringDisable, 1)));
 }
 
 /// Ring 1's `GET_VRING_BASE` fails. This model found a bug, since fixed:
@@ -315,9 +211,5 @@ fn rollback_after_failed_vring_disable() {
 /// disabled. Now only a finished read counts; the ring is re-enabled.
 #[test]
 fn rollback_after_failed_get_vring_base() {
-    check(
-        "m5 rollback after ring 1 get_vring_base fails, StopAll, 1 worker",
-        3,
-        || rollback_model((StepKind::GetVringBase, 1)),
-    );
+    check("m5 rollback after ring 1 get_vring_base fails, StopAll, 1 worker", 3, || rollback_model((StepKind::GetVringBase, 1)));
 }

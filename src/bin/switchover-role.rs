@@ -42,7 +42,7 @@ struct Cli {
     /// Worker threads.
     #[arg(long, default_value_t = 4)]
     workers: usize,
-    /// Faults to inject on this side: KIND:STEP:DEVICE[:RING].
+    /// Faults to inject on this side: `KIND:STEP:DEVICE[:RING]`.
     #[arg(long)]
     inject: Vec<String>,
     /// Seconds each side waits for the other.
@@ -78,7 +78,12 @@ fn main() -> ExitCode {
             }
         }
     }
-    let cfg = SimConfig::new(topo).scale(cli.scale).workers(cli.workers).reply_ack(true).faults(faults).deadline(Duration::from_millis(cli.deadline_ms.max(1)));
+    let cfg = SimConfig::new(topo)
+        .scale(cli.scale)
+        .workers(cli.workers)
+        .reply_ack(true)
+        .faults(faults)
+        .deadline(Duration::from_millis(cli.deadline_ms.max(1)));
     let wait = Duration::from_secs(cli.wait_s);
     let deadlines = Deadlines { ready: wait, state: wait, running: wait };
     let side = match cli.role {
@@ -125,11 +130,10 @@ fn main() -> ExitCode {
         Role::Source => Source { setup: &role.setup, engine: &engine, deadlines, rollback: &rb }.run(&mut path),
     };
     // Where the guest now runs, every ring must hold the base it had reached.
-    let here_runs = match (&rep.outcome, cli.role) {
-        (Outcome::Completed | Outcome::CompletedWithCleanupErrors { .. }, Role::Destination) => true,
-        (Outcome::RolledBack { .. }, Role::Source) => true,
-        _ => false,
-    };
+    let here_runs = matches!(
+        (&rep.outcome, cli.role),
+        (Outcome::Completed | Outcome::CompletedWithCleanupErrors { .. }, Role::Destination) | (Outcome::RolledBack { .. }, Role::Source)
+    );
     let mismatches = if here_runs && role.side.sync(Duration::from_secs(5)) { role.side.base_mismatches().len() } else { 0 };
     let line = json!({
         "simulated": true,

@@ -239,11 +239,21 @@ const BATCH: usize = 16;
 /// A step a lane started: when, and its answer (with its time) if it came inline.
 type Started = (StepId, clock::Stamp, Option<(Result<(), StepFailure>, clock::Stamp)>);
 
+/// What a lane needs to start the steps of its batch.
+struct LaneCtx<'a> {
+    shared: &'a Arc<Shared>,
+    epoch: u64,
+    plan: &'a Plan,
+    actions: &'a dyn StepActions,
+    lane: Lane,
+    clock: clock::Clock,
+}
+
 /// Starts each step of a batch on this lane, stamping its real start (and inline end).
-fn run_batch(shared: &Arc<Shared>, epoch: u64, plan: &Plan, actions: &dyn StepActions, lane: Lane, clock: &clock::Clock, batch: &mut Vec<StepId>, done: &mut Vec<Started>) {
+fn run_batch(cx: &LaneCtx<'_>, batch: &mut Vec<StepId>, done: &mut Vec<Started>) {
     for id in batch.drain(..) {
-        let t0 = clock.now();
-        let inline = start_step(shared, epoch, plan, actions, id, lane).map(|r| (r, clock.now()));
+        let t0 = cx.clock.now();
+        let inline = start_step(cx.shared, cx.epoch, cx.plan, cx.actions, id, cx.lane).map(|r| (r, cx.clock.now()));
         done.push((id, t0, inline));
     }
 }
@@ -384,7 +394,11 @@ impl Engine {
             if !batch.is_empty() {
                 let clock = run.clock;
                 drop(st);
-                run_batch(&self.shared, epoch, plan, &*actions, CALLER, &clock, &mut batch, &mut answers);
+                run_batch(
+                    &LaneCtx { shared: &self.shared, epoch, plan, actions: &*actions, lane: CALLER, clock },
+                    &mut batch,
+                    &mut answers,
+                );
                 st = self.shared.state.lock();
                 self.shared.record_batch(&mut st, epoch, &mut answers);
                 continue;
@@ -403,7 +417,13 @@ impl Engine {
         run.sched.settle(plan, progress);
         let mk_err = |id: StepId, f: &StepFailure| {
             let s = plan.step(id);
-            StepError { side: plan.side(), device: plan.device_name(id).to_string(), ring: s.ring, step: s.kind.name().to_string(), failure: f.clone() }
+            StepError {
+                side: plan.side(),
+                device: plan.device_name(id).to_string(),
+                ring: s.ring,
+                step: s.kind.name().to_string(),
+                failure: f.clone(),
+            }
         };
         let failures: Vec<StepError> = run.sched.failures.iter().map(|(id, f)| mk_err(*id, f)).collect();
         let records = plan
@@ -436,7 +456,14 @@ impl Engine {
 
 /// Starts a step on this lane; returns its answer if it answered before `start`
 /// returned (the lane then records it and takes its next step under one lock).
-fn start_step(shared: &Arc<Shared>, epoch: u64, plan: &Plan, actions: &dyn StepActions, id: StepId, lane: Lane) -> Option<Result<(), StepFailure>> {
+fn start_step(
+    shared: &Arc<Shared>,
+    epoch: u64,
+    plan: &Plan,
+    actions: &dyn StepActions,
+    id: StepId,
+    lane: Lane,
+) -> Option<Result<(), StepFailure>> {
     let step = plan.step(id);
     tracing::trace!(step = id.0, kind = step.kind.name(), device = plan.device_name(id), lane, "start");
     completion::begin_inline(shared, epoch, id);
@@ -473,7 +500,7 @@ fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
         };
         drop(st);
         let (_, plan, actions) = cached.as_ref().expect("cached");
-        run_batch(shared, epoch, plan, &**actions, lane, &clock, &mut batch, &mut answers);
+        run_batch(&LaneCtx { shared, epoch, plan, actions: &**actions, lane, clock }, &mut batch, &mut answers);
         st = shared.state.lock();
         shared.record_batch(&mut st, epoch, &mut answers);
     }

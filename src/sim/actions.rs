@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::backend::{BlkIo, Req, SimBackend};
-use super::io::{IoEnd, IoLedger};
 use super::clock::sleep_until;
 use super::fault::{Fault, FaultKind};
+use super::io::{IoEnd, IoLedger};
 use super::profile::{unit_of, Profile};
 use super::vm::{NotifierOutcome, SimVm};
 use crate::error::StepFailure;
@@ -101,7 +101,11 @@ impl SimSide {
             backends,
             vm: SimVm::new(topo, running, profile.kvm, profile.scaled_grace()),
             state,
-            faults: faults.iter().filter(|f| topo.device_by_name(&f.device).is_some()).map(|f| (f.clone(), AtomicBool::new(false))).collect(),
+            faults: faults
+                .iter()
+                .filter(|f| topo.device_by_name(&f.device).is_some())
+                .map(|f| (f.clone(), AtomicBool::new(false)))
+                .collect(),
             ledger,
             hand_over,
         }
@@ -320,7 +324,8 @@ impl StepActions for SimActions {
         }
         if step.kind == StepKind::SetVringKick {
             let end = if s.side == Side::Destination { IoEnd::Destination } else { IoEnd::Source };
-            resubmit = step.ring.map(|r| s.state.take_inflight(step.device, r)).unwrap_or_default().into_iter().map(|q| (q.id, end)).collect();
+            resubmit =
+                step.ring.map(|r| s.state.take_inflight(step.device, r)).unwrap_or_default().into_iter().map(|q| (q.id, end)).collect();
         }
         if step.kind == StepKind::SetVringBase {
             match step.ring.and_then(|r| s.state.base(step.device, r)) {

@@ -104,21 +104,13 @@ impl SimBackend {
                 }
             }
         }
-        let shared = Arc::new(Mutex::new(Shared {
-            features: running.is_some(),
-            mem: running.is_some(),
-            rings: rings_v,
-            served: 0,
-            inflight,
-            io,
-        }));
+        let shared =
+            Arc::new(Mutex::new(Shared { features: running.is_some(), mem: running.is_some(), rings: rings_v, served: 0, inflight, io }));
         let (tx, rx) = unbounded::<Req>();
         let sh = shared.clone();
         let nm = name.to_string();
-        let handle = std::thread::Builder::new()
-            .name(format!("sim-{name}"))
-            .spawn(move || serve(&nm, &rx, &sh))
-            .expect("spawn simulated backend");
+        let handle =
+            std::thread::Builder::new().name(format!("sim-{name}")).spawn(move || serve(&nm, &rx, &sh)).expect("spawn simulated backend");
         SimBackend { name: name.into(), tx: Some(tx), handle: Some(handle), shared }
     }
 

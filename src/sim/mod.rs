@@ -29,8 +29,8 @@ mod vm;
 
 pub use actions::{SimActions, SimSide};
 pub use backend::{BlkIo, SimBackend, SimRing};
-pub use io::{IoEnd, IoLedger, IoSummary};
 pub use clock::sleep_until;
 pub use fault::{Fault, FaultKind, FaultParseError};
+pub use io::{IoEnd, IoLedger, IoSummary};
 pub use profile::{rfc_rows, KvmModel, Profile, RfcRow, Unit, RFC_CONCURRENT_MS, RFC_ORIGINAL_MS};
 pub use vm::SimVm;

@@ -216,12 +216,7 @@ impl CostModel for Profile {
     fn cost(&self, device: &Device, kind: &StepKind) -> Duration {
         match unit_of(device) {
             Some(u) => self.unit_cost(u, kind).mul_f64(self.scale),
-            None => device
-                .steps
-                .iter()
-                .find(|s| s.name == kind.name())
-                .map(|s| s.cost.mul_f64(self.scale))
-                .unwrap_or(Duration::ZERO),
+            None => device.steps.iter().find(|s| s.name == kind.name()).map(|s| s.cost.mul_f64(self.scale)).unwrap_or(Duration::ZERO),
         }
     }
     fn host_notifier_server(&self) -> Option<Server> {

@@ -55,7 +55,12 @@ impl SimVm {
             .iter()
             .map(|d| {
                 (0..d.rings())
-                    .map(|_| Ring { host: Notifier::new(st), guest: Notifier::new(st), host_ioctls: AtomicU32::new(0), guest_ioctls: AtomicU32::new(0) })
+                    .map(|_| Ring {
+                        host: Notifier::new(st),
+                        guest: Notifier::new(st),
+                        host_ioctls: AtomicU32::new(0),
+                        guest_ioctls: AtomicU32::new(0),
+                    })
                     .collect()
             })
             .collect();

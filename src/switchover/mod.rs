@@ -112,18 +112,18 @@ impl std::fmt::Debug for SideSetup {
 
 /// Builds the source's rollback plan and its actions from what the source ran and
 /// the devices whose backends were lost (and have been reconnected).
-pub type RollbackFn<'a> = dyn Fn(&Plan, &Progress, &[DeviceId]) -> Option<(Arc<Plan>, Arc<dyn StepActions>)> + 'a;
+pub type RollbackFn<'a> = dyn Fn(&Plan, &Progress, &[DeviceId]) -> RollbackPlan + 'a;
+
+/// A rollback plan and the actions that perform it, if one can be made.
+pub type RollbackPlan = Option<(Arc<Plan>, Arc<dyn StepActions>)>;
 
 /// Devices of the source whose state is unknown after a failure: a step of theirs
 /// failed (error, garbage, time-out, closed channel), so the ring may or may not
 /// have stopped. Rollback reconnects their backends and replays the whole start
 /// sequence with the bases captured (or recovered from guest memory).
 pub fn lost_devices(plan: &Plan, failures: &[StepError]) -> Vec<DeviceId> {
-    let mut v: Vec<DeviceId> = failures
-        .iter()
-        .filter(|f| f.side == plan.side())
-        .filter_map(|f| plan.topology().device_by_name(&f.device).map(|d| d.id))
-        .collect();
+    let mut v: Vec<DeviceId> =
+        failures.iter().filter(|f| f.side == plan.side()).filter_map(|f| plan.topology().device_by_name(&f.device).map(|d| d.id)).collect();
     v.sort();
     v.dedup();
     v
@@ -156,7 +156,13 @@ impl SwitchoverReport {
 /// Runs a whole switchover with both roles in this process, each on its own engine
 /// and thread (as two VMMs would), joined by an in-process [`path::ChannelPath`].
 /// The report holds both sides' runs; downtime is the source's measure.
-pub fn run_in_process(src: &SideSetup, dst: &SideSetup, src_engine: &Engine, dst_engine: &Engine, rollback: &RollbackFn<'_>) -> SwitchoverReport {
+pub fn run_in_process(
+    src: &SideSetup,
+    dst: &SideSetup,
+    src_engine: &Engine,
+    dst_engine: &Engine,
+    rollback: &RollbackFn<'_>,
+) -> SwitchoverReport {
     let (mut a, mut b) = path::channel_pair();
     let deadlines = Deadlines::default();
     let (mut s, d) = std::thread::scope(|sc| {

@@ -84,8 +84,12 @@ impl Destination<'_> {
                 bases
             }
             Ok(Message::Abort { cause }) => return report(Outcome::RolledBack { cause }, Instant::now(), Duration::ZERO, runs),
-            Ok(other) => return report(Outcome::Aborted { cause: unexpected(side, "state", &other) }, Instant::now(), Duration::ZERO, runs),
-            Err(err) => return report(Outcome::Aborted { cause: path_error(side, "wait for state", &err) }, Instant::now(), Duration::ZERO, runs),
+            Ok(other) => {
+                return report(Outcome::Aborted { cause: unexpected(side, "state", &other) }, Instant::now(), Duration::ZERO, runs)
+            }
+            Err(err) => {
+                return report(Outcome::Aborted { cause: path_error(side, "wait for state", &err) }, Instant::now(), Duration::ZERO, runs)
+            }
         };
         let opened = Instant::now();
         s.state.import(&bases);
@@ -153,8 +157,12 @@ impl Source<'_> {
         match path.recv(Instant::now() + self.deadlines.ready) {
             Ok(Message::Ready { .. }) => {}
             Ok(Message::NotReady { cause }) => return report(Outcome::Aborted { cause }, Instant::now(), Duration::ZERO, runs),
-            Ok(other) => return report(Outcome::Aborted { cause: unexpected(side, "ready", &other) }, Instant::now(), Duration::ZERO, runs),
-            Err(err) => return report(Outcome::Aborted { cause: path_error(side, "wait for ready", &err) }, Instant::now(), Duration::ZERO, runs),
+            Ok(other) => {
+                return report(Outcome::Aborted { cause: unexpected(side, "ready", &other) }, Instant::now(), Duration::ZERO, runs)
+            }
+            Err(err) => {
+                return report(Outcome::Aborted { cause: path_error(side, "wait for ready", &err) }, Instant::now(), Duration::ZERO, runs)
+            }
         }
         // The destination is ready: open the window.
         let opened = Instant::now();
@@ -180,7 +188,8 @@ impl Source<'_> {
                 return rep;
             }
             Err(err) => {
-                let mut rep = report(Outcome::InDoubt { cause: path_error(side, "wait for running", &err) }, opened, opened.elapsed(), runs);
+                let mut rep =
+                    report(Outcome::InDoubt { cause: path_error(side, "wait for running", &err) }, opened, opened.elapsed(), runs);
                 rep.bases_carried = carried;
                 return rep;
             }
