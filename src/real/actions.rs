@@ -2,27 +2,115 @@
 //! the lane, completed by the device's reader thread); notifier steps issue real
 //! KVM ioctls through the exactly-once state machine; `drain_inflight` waits for the
 //! guest's requests to complete in guest memory.
+//!
+//! Faults ([`crate::sim::Fault`], the same `KIND:STEP:DEVICE[:RING]` as the
+//! simulation) are injected on the real components:
+//!
+//! * `error`: the request is sent and served, but its reply is treated as an error
+//!   (a `GET_VRING_BASE` base is then not recorded); a step that is not a message
+//!   fails without acting;
+//! * `hang`: the device's backend process is stopped (SIGSTOP) just before the
+//!   request is written, so it never answers and the side's watchdog turns that
+//!   into a time-out; a step that is not a message waits out its deadline;
+//! * `crash`: the backend process is killed (SIGKILL) just before the request is
+//!   written, so the request fails with a closed channel; a step that is not a
+//!   message fails once the backend is gone.
+//!
+//! Each fault fires once (on the named ring, or on the first ring performing the
+//! step). Rollback runs on [`RealActions::for_rollback`] actions, which inject nothing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::frontend::BackendKind;
 use super::kvm::Change;
 use super::side::RealSide;
 use super::wire::Reply;
 use crate::error::StepFailure;
 use crate::exec::{Completion, StepActions};
-use crate::step::{Step, StepKind};
+use crate::sim::{Fault, FaultKind};
+use crate::step::{Side, Step, StepKind};
+use crate::topology::DeviceId;
 
 /// Performs steps on one real side.
 #[derive(Debug, Clone)]
 pub struct RealActions {
     side: Arc<RealSide>,
+    faults: Arc<Vec<(Fault, AtomicBool)>>,
+    restart: bool,
 }
 
 impl RealActions {
-    /// Actions on `side`.
+    /// Actions on `side` (no faults).
     pub fn new(side: Arc<RealSide>) -> RealActions {
-        RealActions { side }
+        RealActions { side, faults: Arc::new(Vec::new()), restart: false }
+    }
+
+    /// Actions for the source's rollback plan (no faults). They re-send
+    /// `SET_VRING_CALL` just before each `SET_VRING_KICK`: a ring stopped by
+    /// `GET_VRING_BASE` has lost its call eventfd in libvhost-user backends
+    /// (qemu-storage-daemon closes it there and then fails on its next completion),
+    /// and the rollback plan of a ring that was not lost restarts it with
+    /// `SET_VRING_BASE`, `SET_VRING_KICK`, `SET_VRING_ENABLE` only.
+    pub fn for_rollback(side: Arc<RealSide>) -> RealActions {
+        RealActions { side, faults: Arc::new(Vec::new()), restart: true }
+    }
+
+    /// Actions on `side` that inject `faults` (those naming a device of the side's
+    /// topology; each fires once, on the side whose plan has the step).
+    pub fn with_faults(side: Arc<RealSide>, faults: &[Fault]) -> RealActions {
+        let topo = side.topology().clone();
+        let faults =
+            faults.iter().filter(|f| topo.device_by_name(&f.device).is_some()).map(|f| (f.clone(), AtomicBool::new(false))).collect();
+        RealActions { side, faults: Arc::new(faults), restart: false }
+    }
+
+    fn fault_for(&self, step: &Step) -> Option<FaultKind> {
+        let name = &self.side.topology().device(step.device).name;
+        for (f, fired) in self.faults.iter() {
+            if f.step != step.kind || &f.device != name || f.ring.is_some_and(|r| step.ring != Some(r)) {
+                continue;
+            }
+            if fired.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                return Some(f.kind);
+            }
+        }
+        None
+    }
+
+    fn injected(&self, step: &Step, kind: FaultKind) -> StepFailure {
+        let k = match kind {
+            FaultKind::Error => "error",
+            FaultKind::Hang => "hang",
+            FaultKind::Crash => "crash",
+        };
+        StepFailure::Injected { what: format!("{k} at {} on {} (real backend)", step.kind, self.side.topology().device(step.device).name) }
+    }
+
+    /// Causes `kind` on the step's backend process (hang: SIGSTOP, crash: SIGKILL).
+    fn signal(&self, step: &Step, kind: FaultKind) {
+        let sig = match kind {
+            FaultKind::Hang => libc::SIGSTOP,
+            FaultKind::Crash => libc::SIGKILL,
+            FaultKind::Error => return,
+        };
+        if let Err(e) = self.side.signal_backend(step.device, sig) {
+            tracing::warn!(error = %e, "fault injection");
+        }
+        let Some(pid) = self.side.backend_pid(step.device) else { return };
+        let t = Instant::now();
+        // A signal reaches a multi-threaded process asynchronously: wait until it
+        // took effect before the request is written. Crash: the process is gone
+        // (its socket closes); hang: every thread is stopped, so none can still
+        // pick the request up.
+        let done = || match kind {
+            FaultKind::Crash => !process_running(pid),
+            _ => all_threads_stopped(pid),
+        };
+        while t.elapsed() < Duration::from_millis(500) && !done() {
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
 
     fn drain(&self, g: u32, deadline: Duration) -> Result<(), StepFailure> {
@@ -53,24 +141,74 @@ impl RealActions {
     }
 }
 
+/// Whether `pid` is still running (not a zombie, not gone).
+fn process_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(st) => st.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Whether every thread of `pid` is stopped (`T`) or gone.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|st| st.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with(['T', 't', 'Z', 'X'])))
+            .unwrap_or(true)
+    })
+}
+
 impl StepActions for RealActions {
+    /// Kills what is left of the device's backend (process and socket), starts a
+    /// fresh one and does the connection handshake: see [`RealSide::reconnect`].
+    fn reconnect(&self, device: DeviceId) -> bool {
+        match self.side.reconnect(device) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconnect failed");
+                false
+            }
+        }
+    }
+
+    /// The ring's used index in guest memory (the driver's shared memfd).
+    ///
+    /// Assumption: nothing is in flight on the ring, i.e. the backend completed
+    /// every request it took, in order, before it was lost (the own backends
+    /// complete under the vring lock; qemu-storage-daemon's rings are drained by
+    /// `drain_inflight` before `GET_VRING_BASE`). A request the lost backend took
+    /// but never completed lies after the used index and is served again by the
+    /// restarted backend (block writes of the same data are idempotent).
+    fn recover_base(&self, device: DeviceId, ring: u32) -> Option<u16> {
+        (ring < self.side.topology().device(device).rings()).then(|| self.side.used_index(device, ring))
+    }
+
     fn start(&self, step: &Step, done: Completion) {
         let s = &self.side;
         let ring = step.ring;
         let g = s.global(step.device, ring.unwrap_or(0));
+        let fault = if self.faults.is_empty() { None } else { self.fault_for(step) };
+        if let Some(f) = fault {
+            self.signal(step, f);
+            if !step.kind.is_message() {
+                if f == FaultKind::Hang {
+                    // A hung step: nothing answers before the deadline.
+                    std::thread::sleep(step.deadline);
+                    done.complete(Err(StepFailure::Timeout { after: step.deadline }));
+                } else {
+                    done.complete(Err(self.injected(step, f)));
+                }
+                return;
+            }
+        }
         match &step.kind {
-            StepKind::HostNotifierOn
-            | StepKind::HostNotifierOff
-            | StepKind::GuestNotifierOn
-            | StepKind::GuestNotifierOff => {
-                let host = matches!(
-                    step.kind,
-                    StepKind::HostNotifierOn | StepKind::HostNotifierOff
-                );
-                let on = matches!(
-                    step.kind,
-                    StepKind::HostNotifierOn | StepKind::GuestNotifierOn
-                );
+            StepKind::HostNotifierOn | StepKind::HostNotifierOff | StepKind::GuestNotifierOn | StepKind::GuestNotifierOff => {
+                let host = matches!(step.kind, StepKind::HostNotifierOn | StepKind::HostNotifierOff);
+                let on = matches!(step.kind, StepKind::HostNotifierOn | StepKind::GuestNotifierOn);
                 // A refused transition (already in that state) issues nothing and is not an error.
                 done.complete(s.vm().change(g, host, on).map(|_: Change| ()));
             }
@@ -86,9 +224,7 @@ impl StepActions for RealActions {
             StepKind::Custom(_) => done.complete(Ok(())),
             kind => {
                 let Some(dev) = s.device(step.device) else {
-                    done.complete(Err(StepFailure::MissingState {
-                        what: "device has no vhost-user connection".into(),
-                    }));
+                    done.complete(Err(StepFailure::MissingState { what: "device has no vhost-user connection".into() }));
                     return;
                 };
                 let mut value = 0u16;
@@ -96,43 +232,75 @@ impl StepActions for RealActions {
                     match ring.and_then(|r| s.state().base(step.device, r)) {
                         Some(b) => value = b,
                         None => {
-                            done.complete(Err(StepFailure::MissingState {
-                                what: "no vring base was captured for this ring".into(),
-                            }));
+                            done.complete(Err(StepFailure::MissingState { what: "no vring base was captured for this ring".into() }));
                             return;
                         }
                     }
                 }
                 let fd = match kind {
-                    StepKind::SetVringKick => s
-                        .vm()
-                        .ring(g)
-                        .map(|n| std::os::fd::AsRawFd::as_raw_fd(&n.kick)),
-                    StepKind::SetVringCall => s
-                        .vm()
-                        .ring(g)
-                        .map(|n| std::os::fd::AsRawFd::as_raw_fd(&n.call)),
+                    StepKind::SetVringKick => s.vm().ring(g).map(|n| std::os::fd::AsRawFd::as_raw_fd(&n.kick)),
+                    StepKind::SetVringCall => s.vm().ring(g).map(|n| std::os::fd::AsRawFd::as_raw_fd(&n.call)),
                     _ => None,
                 };
+                // `done` is completed once, by whichever reply settles the step.
+                let slot = Arc::new(parking_lot::Mutex::new(Some(done)));
+                let finish = move |r: Result<(), StepFailure>| {
+                    if let Some(d) = slot.lock().take() {
+                        d.complete(r);
+                    }
+                };
+                if self.restart && *kind == StepKind::SetVringKick {
+                    if let Some(call) = s.vm().ring(g).map(|n| std::os::fd::AsRawFd::as_raw_fd(&n.call)) {
+                        let fail = finish.clone();
+                        let pre: super::wire::OnReply = Box::new(move |r: Result<Reply, StepFailure>| {
+                            if let Err(e) = r {
+                                fail(Err(e));
+                            }
+                        });
+                        dev.send_step(&StepKind::SetVringCall, ring, g, 0, Some(call), s.mem(), step.deadline, pre);
+                    }
+                }
+                let injected = (fault == Some(FaultKind::Error)).then(|| self.injected(step, FaultKind::Error));
+                if *kind == StepKind::SetVringBase && s.side() == Side::Destination && dev.backend == BackendKind::Qsd {
+                    // libvhost-user (qemu-storage-daemon) reads the used index from
+                    // guest memory at SET_VRING_ADDR only. The plan sends ADDR in
+                    // prepare, while the source still completes requests, so that
+                    // index is stale: re-send ADDR after BASE, once the source stopped.
+                    let (fail, side) = (finish.clone(), s.clone());
+                    let on_base: super::wire::OnReply = Box::new(move |r: Result<Reply, StepFailure>| match r {
+                        Ok(_) => side.record_sent_base(g, value),
+                        Err(e) => fail(Err(e)),
+                    });
+                    dev.send_step(kind, ring, g, value, None, s.mem(), step.deadline, on_base);
+                    let on_addr: super::wire::OnReply = Box::new(move |r: Result<Reply, StepFailure>| match (r, injected) {
+                        (Ok(_), Some(e)) => finish(Err(e)),
+                        (r, _) => finish(r.map(|_| ())),
+                    });
+                    dev.send_step(&StepKind::SetVringAddr, ring, g, 0, None, s.mem(), step.deadline, on_addr);
+                    return;
+                }
+                let done = finish;
                 let kind2 = kind.clone();
                 let side = s.clone();
                 let device = step.device;
                 let on_reply = Box::new(move |r: Result<Reply, StepFailure>| match (r, &kind2) {
+                    // The reply arrived (the wire stays in step) but counts as an error.
+                    (Ok(_), _) if injected.is_some() => done(Err(injected.expect("checked"))),
                     (Ok(Reply::State(_, num)), StepKind::GetVringBase) => {
                         if let Some(r) = ring {
                             side.state().set_base(device, r, num as u16);
                         }
-                        done.complete(Ok(()));
+                        done(Ok(()));
                     }
-                    (Ok(_), StepKind::GetVringBase) => done.complete(Err(StepFailure::Garbage {
-                        what: "GET_VRING_BASE answered without a vring state".into(),
-                    })),
+                    (Ok(_), StepKind::GetVringBase) => {
+                        done(Err(StepFailure::Garbage { what: "GET_VRING_BASE answered without a vring state".into() }))
+                    }
                     (Ok(_), StepKind::SetVringBase) => {
                         side.record_sent_base(g, value);
-                        done.complete(Ok(()));
+                        done(Ok(()));
                     }
-                    (Ok(_), _) => done.complete(Ok(())),
-                    (Err(e), _) => done.complete(Err(e)),
+                    (Ok(_), _) => done(Ok(())),
+                    (Err(e), _) => done(Err(e)),
                 });
                 dev.send_step(kind, ring, g, value, fd, s.mem(), step.deadline, on_reply);
             }

@@ -25,9 +25,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
 use super::mem::QSIZE;
 
@@ -51,24 +49,15 @@ impl OwnBackend {
         let mut st = vring.get_mut();
         // vhost-user-backend's SET_VRING_BASE sets next_avail only: resynchronise
         // next_used with the used ring (this backend never holds buffers).
-        if let Ok(u) = st
-            .get_queue()
-            .used_idx(&*mem, std::sync::atomic::Ordering::Acquire)
-        {
+        if let Ok(u) = st.get_queue().used_idx(&*mem, std::sync::atomic::Ordering::Acquire) {
             st.get_queue_mut().set_next_used(u.0);
         }
         let mut any = false;
         while let Some(chain) = st.get_queue_mut().pop_descriptor_chain(mem.clone()) {
             let head = chain.head_index();
             let descs: Vec<_> = chain.collect();
-            let len = if self.blk {
-                self.blk_request(&mem, &descs)
-            } else {
-                net_buffer(&mem, &descs, q)
-            };
-            st.get_queue_mut()
-                .add_used(&*mem, head, len)
-                .map_err(|e| io::Error::other(format!("add_used: {e}")))?;
+            let len = if self.blk { self.blk_request(&mem, &descs) } else { net_buffer(&mem, &descs, q) };
+            st.get_queue_mut().add_used(&*mem, head, len).map_err(|e| io::Error::other(format!("add_used: {e}")))?;
             any = true;
         }
         drop(st);
@@ -78,11 +67,7 @@ impl OwnBackend {
         Ok(())
     }
 
-    fn blk_request(
-        &self,
-        mem: &GuestMemoryMmap<()>,
-        d: &[virtio_queue::desc::split::Descriptor],
-    ) -> u32 {
+    fn blk_request(&self, mem: &GuestMemoryMmap<()>, d: &[virtio_queue::desc::split::Descriptor]) -> u32 {
         let (Some(first), Some(last)) = (d.first(), d.last()) else {
             return 0;
         };
@@ -94,9 +79,7 @@ impl OwnBackend {
             return 0;
         }
         let ty = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-        let sector = u64::from_le_bytes([
-            hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
-        ]);
+        let sector = u64::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15]]);
         let data = &d[1..d.len() - 1];
         let mut off = sector * 512;
         let mut written = 0u32;
@@ -106,14 +89,11 @@ impl OwnBackend {
             let mut buf = vec![0u8; desc.len() as usize];
             let ok = match (ty, file) {
                 (VIRTIO_BLK_T_IN, Some(f)) => {
-                    let r = f.read_at(&mut buf, off).is_ok()
-                        && mem.write_slice(&buf, desc.addr()).is_ok();
+                    let r = f.read_at(&mut buf, off).is_ok() && mem.write_slice(&buf, desc.addr()).is_ok();
                     written += desc.len();
                     r
                 }
-                (VIRTIO_BLK_T_OUT, Some(f)) => {
-                    mem.read_slice(&mut buf, desc.addr()).is_ok() && f.write_at(&buf, off).is_ok()
-                }
+                (VIRTIO_BLK_T_OUT, Some(f)) => mem.read_slice(&mut buf, desc.addr()).is_ok() && f.write_at(&buf, off).is_ok(),
                 (VIRTIO_BLK_T_GET_ID, _) => {
                     let id = b"switchover-own-blk";
                     let n = id.len().min(buf.len());
@@ -144,11 +124,7 @@ impl OwnBackend {
     }
 }
 
-fn net_buffer(
-    mem: &GuestMemoryMmap<()>,
-    d: &[virtio_queue::desc::split::Descriptor],
-    q: usize,
-) -> u32 {
+fn net_buffer(mem: &GuestMemoryMmap<()>, d: &[virtio_queue::desc::split::Descriptor], q: usize) -> u32 {
     if q % 2 == 1 {
         // tx: consume the packet.
         return 0;
@@ -191,23 +167,13 @@ impl VhostUserBackend for OwnBackend {
         Ok(())
     }
     fn queues_per_thread(&self) -> Vec<u64> {
-        vec![if self.queues >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << self.queues) - 1
-        }]
+        vec![if self.queues >= 64 { u64::MAX } else { (1u64 << self.queues) - 1 }]
     }
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         // Without an exit event the worker never ends and dropping the daemon hangs.
         new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
     }
-    fn handle_event(
-        &self,
-        device_event: u16,
-        evset: EventSet,
-        vrings: &[VringRwLock],
-        _thread_id: usize,
-    ) -> io::Result<()> {
+    fn handle_event(&self, device_event: u16, evset: EventSet, vrings: &[VringRwLock], _thread_id: usize) -> io::Result<()> {
         if evset != EventSet::IN {
             return Ok(());
         }
@@ -235,36 +201,18 @@ pub fn serve(kind: &str, sock: &str, queues: usize, file: Option<&Path>) -> Resu
         other => return Err(format!("unknown backend kind '{other}' (net, blk)")),
     };
     let file = match file {
-        Some(p) => Some(Arc::new(
-            File::options()
-                .read(true)
-                .write(true)
-                .open(p)
-                .map_err(|e| format!("{}: {e}", p.display()))?,
-        )),
+        Some(p) => Some(Arc::new(File::options().read(true).write(true).open(p).map_err(|e| format!("{}: {e}", p.display()))?)),
         None if blk => return Err("a blk backend needs a file".into()),
         None => None,
     };
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
-    let be = OwnBackend {
-        blk,
-        queues,
-        file,
-        mem: mem.clone(),
-    };
-    let mut daemon = VhostUserDaemon::new(format!("switchover-{kind}"), be, mem)
-        .map_err(|e| format!("daemon: {e}"))?;
-    daemon
-        .start_client(sock)
-        .map_err(|e| format!("connect {sock}: {e}"))?;
+    let be = OwnBackend { blk, queues, file, mem: mem.clone() };
+    let mut daemon = VhostUserDaemon::new(format!("switchover-{kind}"), be, mem).map_err(|e| format!("daemon: {e}"))?;
+    daemon.start_client(sock).map_err(|e| format!("connect {sock}: {e}"))?;
     match daemon.wait() {
         Ok(()) => Ok(()),
-        Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => {
-            Ok(())
-        }
-        Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::PartialMessage)) => {
-            Ok(())
-        }
+        Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => Ok(()),
+        Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::PartialMessage)) => Ok(()),
         Err(e) => Err(format!("serving {sock}: {e}")),
     }
 }
@@ -280,10 +228,7 @@ pub struct ChildProc {
 impl ChildProc {
     /// Wraps a started child.
     pub fn new(what: String, child: Child) -> ChildProc {
-        ChildProc {
-            what,
-            child: Some(child),
-        }
+        ChildProc { what, child: Some(child) }
     }
 
     /// Its pid.
@@ -293,9 +238,7 @@ impl ChildProc {
 
     /// Whether it has exited (reaps it if so).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Asks it to end (SIGTERM, and SIGCONT in case it is stopped) without waiting.
@@ -306,6 +249,14 @@ impl ChildProc {
                 libc::kill(c.id() as i32, libc::SIGTERM);
                 libc::kill(c.id() as i32, libc::SIGCONT);
             }
+        }
+    }
+
+    /// Kills it (SIGKILL, which also ends a stopped process) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
@@ -355,22 +306,15 @@ pub fn spawn_own(
 ) -> Result<(UnixStream, ChildProc), String> {
     let sock: PathBuf = dir.join(format!("{name}-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
-    let listener =
-        UnixListener::bind(&sock).map_err(|e| format!("{name}: bind {}: {e}", sock.display()))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("{name}: {e}"))?;
+    let listener = UnixListener::bind(&sock).map_err(|e| format!("{name}: bind {}: {e}", sock.display()))?;
+    listener.set_nonblocking(true).map_err(|e| format!("{name}: {e}"))?;
     let mut cmd = Command::new(exe);
-    cmd.args(["real", "__backend", if blk { "blk" } else { "net" }])
-        .arg(&sock)
-        .arg(queues.to_string());
+    cmd.args(["real", "__backend", if blk { "blk" } else { "net" }]).arg(&sock).arg(queues.to_string());
     if let Some(f) = file {
         cmd.arg(f);
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("{name}: starting backend {}: {e}", exe.display()))?;
+    let child = cmd.spawn().map_err(|e| format!("{name}: starting backend {}: {e}", exe.display()))?;
     let mut proc_ = ChildProc::new(format!("{name} backend"), child);
     let t = Instant::now();
     let stream = loop {
@@ -394,8 +338,6 @@ pub fn spawn_own(
         }
     };
     let _ = std::fs::remove_file(&sock);
-    stream
-        .set_nonblocking(false)
-        .map_err(|e| format!("{name}: {e}"))?;
+    stream.set_nonblocking(false).map_err(|e| format!("{name}: {e}"))?;
     Ok((stream, proc_))
 }

@@ -45,6 +45,18 @@ struct Args {
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Block writes per blk ring left in flight when the window opens (1..=24).
+    #[arg(long, default_value_t = 1)]
+    inflight: u16,
+    /// Limit each qemu-storage-daemon to N I/O operations per second (throttle
+    /// node), so that block requests are still in flight when the window opens.
+    #[arg(long)]
+    qsd_iops: Option<u32>,
+    /// Inject a fault on the real components: KIND:STEP:DEVICE[:RING], KIND one of
+    /// error (the reply counts as an error), hang (SIGSTOP the backend), crash
+    /// (SIGKILL the backend). Repeatable. Only `engine` rolls back.
+    #[arg(long)]
+    inject: Vec<String>,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -85,6 +97,44 @@ pub fn checks_text(runs: &[RealRun]) -> String {
             r.leftover_processes.len(),
             if r.leftover_dir { "LEFT" } else { "removed" },
         ));
+        let published: u32 = r.requests.iter().map(|q| u32::from(q.published)).sum();
+        out.push_str(&format!(
+            "          REAL guest: runs on {}; {} backend(s) reconnected; requests published {published}, {}; blk writes submitted {}, acknowledged {}, on disk {}{}\n",
+            match r.runs_on {
+                Some(s) => s.short(),
+                None => "NO SIDE",
+            },
+            r.reconnects,
+            if r.runs_on.is_none() {
+                "not checked (the guest runs nowhere)".to_string()
+            } else if r.requests_exact() {
+                "each completed exactly once".to_string()
+            } else {
+                "LOST OR COMPLETED TWICE".to_string()
+            },
+            r.disk.submitted,
+            r.disk.acknowledged,
+            r.disk.on_disk,
+            if r.disk.missing.is_empty() { String::new() } else { format!(", MISSING: {}", r.disk.missing.join(", ")) },
+        ));
+        let mut phases: Vec<String> =
+            r.run.phases.iter().map(|(s, w, d)| format!("{} {} {:.2} ms", s.short(), w.name(), d.as_secs_f64() * 1e3)).collect();
+        if let Some(rb) = r.rollback {
+            // The rollback run is the last phase recorded.
+            phases.pop();
+            phases.push(format!("src rollback {:.2} ms", rb.as_secs_f64() * 1e3));
+        }
+        out.push_str(&format!("          REAL downtime {:.2} ms; phases: {}\n", r.run.downtime.as_secs_f64() * 1e3, phases.join(", ")));
+        for d in &r.drains {
+            out.push_str(&format!(
+                "          REAL drain_inflight on {}: {} steps, total {:.3} ms, longest {:.3} ms{}\n",
+                d.backend,
+                d.steps,
+                d.total_ms,
+                d.max_ms,
+                if d.backend == BackendKind::Qsd.name() { " (no INFLIGHT_SHMFD: drain is the only policy)" } else { "" }
+            ));
+        }
     }
     out
 }
@@ -103,35 +153,22 @@ pub fn main(args: &[String]) -> ExitCode {
             Err(e) => fail(format!("backend: {e}")),
         };
     }
-    let a = match Args::try_parse_from(
-        std::iter::once("switchover real".to_string()).chain(args.iter().cloned()),
-    ) {
+    let a = match Args::try_parse_from(std::iter::once("switchover real".to_string()).chain(args.iter().cloned())) {
         Ok(a) => a,
         Err(e) => {
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) {
+            if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
             let text = e.to_string();
-            return fail(
-                text.lines()
-                    .next()
-                    .unwrap_or("bad arguments")
-                    .trim_start_matches("error: "),
-            );
+            return fail(text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: "));
         }
     };
     if let Err(e) = kvm_available() {
         return fail(e);
     }
     let Some(blk_backend) = BlkBackend::parse(&a.blk_backend) else {
-        return fail(format!(
-            "unknown --blk-backend '{}' (own, qsd, mixed)",
-            a.blk_backend
-        ));
+        return fail(format!("unknown --blk-backend '{}' (own, qsd, mixed)", a.blk_backend));
     };
     let exe = match std::env::current_exe() {
         Ok(p) => p,
@@ -145,8 +182,16 @@ pub fn main(args: &[String]) -> ExitCode {
     cfg.blk_backend = blk_backend;
     cfg.workers = a.workers;
     cfg.deadline = Duration::from_millis(a.deadline_ms.max(1));
+    cfg.inflight = a.inflight.clamp(1, 24);
+    cfg.qsd_iops = a.qsd_iops.filter(|n| *n > 0);
     if cfg.qsd.is_none() && cfg.blks > 0 && blk_backend != BlkBackend::Own {
         eprintln!("switchover real: qemu-storage-daemon is not installed; all blk devices use the project's own blk backend");
+    }
+    for f in &a.inject {
+        match f.parse::<crate::sim::Fault>() {
+            Ok(x) => cfg.inject.push(x),
+            Err(e) => return fail(e),
+        }
     }
     let mut strategies = Vec::new();
     for s in &a.strategies {
@@ -159,6 +204,11 @@ pub fn main(args: &[String]) -> ExitCode {
         Ok(t) => std::sync::Arc::new(t),
         Err(e) => return fail(e),
     };
+    for f in &cfg.inject {
+        if topo.device_by_name(&f.device).is_none() {
+            return fail(format!("--inject: no device named '{}' in this topology", f.device));
+        }
+    }
     let kinds = cfg.backends(&topo);
     let count = |k: BackendKind| kinds.iter().filter(|x| **x == k).count();
     let label = format!(
@@ -180,13 +230,14 @@ pub fn main(args: &[String]) -> ExitCode {
         topology: topo,
         workers: cfg.workers,
         profile: None,
-        faults: vec![],
+        faults: a.inject.clone(),
         runs: reals.iter().map(|r| r.run.clone()).collect(),
         kvm_runs: vec![],
     };
     print!("{}", table(&cmp));
     print!("{}", checks_text(&reals));
-    let ok = reals.iter().all(RealRun::checks_ok);
+    // With an injected fault, serial and pool (no rollback) are expected to fail.
+    let ok = reals.iter().all(|r| r.checks_ok() || (!cfg.inject.is_empty() && r.failed_without_rollback_ok()));
     if let Some(p) = &a.json {
         let mut v = report_json(&cmp);
         v["real"] = json!({
@@ -200,6 +251,14 @@ pub fn main(args: &[String]) -> ExitCode {
                 "second_disables_refused": r.second_disables_refused,
                 "leftover_processes": r.leftover_processes,
                 "leftover_dir": r.leftover_dir,
+                "runs_on": r.runs_on,
+                "reconnects": r.reconnects,
+                "reconnected": r.reconnected,
+                "rollback_ms": r.rollback.map(|d| d.as_secs_f64() * 1e3),
+                "requests_exact": r.requests_exact(),
+                "requests": r.requests,
+                "disk": r.disk,
+                "drain_inflight": r.drains,
             }))).collect::<serde_json::Map<_, _>>(),
         });
         let text = serde_json::to_string_pretty(&v).expect("JSON of plain data");

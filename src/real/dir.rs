@@ -19,8 +19,7 @@ impl PrivateDir {
     /// The error of `mkdtemp`.
     pub fn new() -> io::Result<PrivateDir> {
         let tmpl = std::env::temp_dir().join("switchover-real-XXXXXX");
-        let c = CString::new(tmpl.as_os_str().as_bytes())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let c = CString::new(tmpl.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let mut buf = c.into_bytes_with_nul();
         // SAFETY: buf is a NUL-terminated template that mkdtemp rewrites in place.
         let p = unsafe { libc::mkdtemp(buf.as_mut_ptr().cast()) };
@@ -28,9 +27,7 @@ impl PrivateDir {
             return Err(io::Error::last_os_error());
         }
         buf.pop();
-        Ok(PrivateDir {
-            path: PathBuf::from(std::ffi::OsStr::from_bytes(&buf)),
-        })
+        Ok(PrivateDir { path: PathBuf::from(std::ffi::OsStr::from_bytes(&buf)) })
     }
 
     /// Its path.

@@ -54,9 +54,7 @@ pub struct DriverRing {
 
 /// The pattern request `n` of global ring `g` writes.
 pub fn pattern(g: u32, n: u16) -> Vec<u8> {
-    (0..512u32)
-        .map(|i| (i.wrapping_mul(31) ^ g.wrapping_mul(7) ^ u32::from(n).wrapping_mul(13)) as u8)
-        .collect()
+    (0..512u32).map(|i| (i.wrapping_mul(31) ^ g.wrapping_mul(7) ^ u32::from(n).wrapping_mul(13)) as u8).collect()
 }
 
 /// Publishes one request on `r` (does not kick). Returns its slot address.
@@ -70,20 +68,13 @@ pub fn submit(mem: &GuestMem, r: &mut DriverRing, op: BlkOp) -> Result<u64, Stri
     let slot = GuestMem::slot(g, u64::from(k));
     let head = (u32::from(k) * 3 % u32::from(QSIZE)) as u16;
     let dt = GuestMem::desc(g);
-    let wd = |i: u16, d: Descriptor| {
-        m.write_obj(d, GuestAddress(dt + u64::from(i) * 16))
-            .map_err(|e| format!("ring {g}: descriptor: {e}"))
-    };
+    let wd = |i: u16, d: Descriptor| m.write_obj(d, GuestAddress(dt + u64::from(i) * 16)).map_err(|e| format!("ring {g}: descriptor: {e}"));
     match r.kind {
         RingKind::NetRx => wd(head, Descriptor::new(slot, SLOT as u32, F_WRITE, 0))?,
         RingKind::NetTx => {
             let mut pkt = vec![0u8; 72];
-            pkt[12..]
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, b)| *b = i as u8);
-            m.write_slice(&pkt, GuestAddress(slot))
-                .map_err(|e| format!("ring {g}: packet: {e}"))?;
+            pkt[12..].iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+            m.write_slice(&pkt, GuestAddress(slot)).map_err(|e| format!("ring {g}: packet: {e}"))?;
             wd(head, Descriptor::new(slot, 72, 0, 0))?;
         }
         RingKind::Blk => {
@@ -95,37 +86,25 @@ pub fn submit(mem: &GuestMem, r: &mut DriverRing, op: BlkOp) -> Result<u64, Stri
             let mut hdr = [0u8; 16];
             hdr[0..4].copy_from_slice(&ty.to_le_bytes());
             hdr[8..16].copy_from_slice(&sector.to_le_bytes());
-            m.write_slice(&hdr, GuestAddress(slot))
-                .map_err(|e| format!("ring {g}: header: {e}"))?;
+            m.write_slice(&hdr, GuestAddress(slot)).map_err(|e| format!("ring {g}: header: {e}"))?;
             let data = slot + 64;
             if op == BlkOp::Write {
-                m.write_slice(&pattern(g, k), GuestAddress(data))
-                    .map_err(|e| format!("ring {g}: data: {e}"))?;
+                m.write_slice(&pattern(g, k), GuestAddress(data)).map_err(|e| format!("ring {g}: data: {e}"))?;
             } else {
-                m.write_slice(&[0u8; 512], GuestAddress(data))
-                    .map_err(|e| format!("ring {g}: data: {e}"))?;
+                m.write_slice(&[0u8; 512], GuestAddress(data)).map_err(|e| format!("ring {g}: data: {e}"))?;
             }
-            m.write_slice(&[0xff], GuestAddress(slot + 600))
-                .map_err(|e| format!("ring {g}: status: {e}"))?;
+            m.write_slice(&[0xff], GuestAddress(slot + 600)).map_err(|e| format!("ring {g}: status: {e}"))?;
             wd(head, Descriptor::new(slot, 16, F_NEXT, head + 1))?;
-            wd(
-                head + 1,
-                Descriptor::new(data, 512, data_flags | F_NEXT, head + 2),
-            )?;
+            wd(head + 1, Descriptor::new(data, 512, data_flags | F_NEXT, head + 2))?;
             wd(head + 2, Descriptor::new(slot + 600, 1, F_WRITE, 0))?;
         }
     }
     let avail = GuestMem::avail(g);
-    m.store(
-        head,
-        GuestAddress(avail + 4 + 2 * u64::from(k % QSIZE)),
-        Ordering::Release,
-    )
-    .map_err(|e| format!("ring {g}: avail ring: {e}"))?;
+    m.store(head, GuestAddress(avail + 4 + 2 * u64::from(k % QSIZE)), Ordering::Release)
+        .map_err(|e| format!("ring {g}: avail ring: {e}"))?;
     std::sync::atomic::fence(Ordering::SeqCst);
     r.avail = k.wrapping_add(1);
-    m.store(r.avail, GuestAddress(avail + 2), Ordering::Release)
-        .map_err(|e| format!("ring {g}: avail idx: {e}"))?;
+    m.store(r.avail, GuestAddress(avail + 2), Ordering::Release).map_err(|e| format!("ring {g}: avail idx: {e}"))?;
     Ok(slot)
 }
 
@@ -134,45 +113,23 @@ pub fn submit(mem: &GuestMem, r: &mut DriverRing, op: BlkOp) -> Result<u64, Stri
 /// # Errors
 /// The eventfd write failed.
 pub fn kick(vm: &RealVm, g: u32) -> Result<(), String> {
-    vm.ring(g)
-        .ok_or_else(|| format!("no ring {g}"))?
-        .kick
-        .write(1)
-        .map_err(|e| format!("ring {g}: kick: {e}"))
+    vm.ring(g).ok_or_else(|| format!("no ring {g}"))?.kick.write(1).map_err(|e| format!("ring {g}: kick: {e}"))
 }
 
 /// Waits until every ring's `used.idx` reaches its `avail`.
 ///
 /// # Errors
 /// Names the rings that did not complete in time.
-pub fn wait_all(
-    mem: &GuestMem,
-    rings: &[DriverRing],
-    names: &dyn Fn(&DriverRing) -> String,
-    timeout: Duration,
-) -> Result<(), String> {
+pub fn wait_all(mem: &GuestMem, rings: &[DriverRing], names: &dyn Fn(&DriverRing) -> String, timeout: Duration) -> Result<(), String> {
     let t = Instant::now();
     loop {
-        let late: Vec<&DriverRing> = rings
-            .iter()
-            .filter(|r| mem.used_idx(r.g) != r.avail)
-            .collect();
+        let late: Vec<&DriverRing> = rings.iter().filter(|r| mem.used_idx(r.g) != r.avail).collect();
         if late.is_empty() {
             return Ok(());
         }
         if t.elapsed() > timeout {
-            let l: Vec<String> = late
-                .iter()
-                .take(6)
-                .map(|r| {
-                    format!(
-                        "{} (avail {}, used {})",
-                        names(r),
-                        r.avail,
-                        mem.used_idx(r.g)
-                    )
-                })
-                .collect();
+            let l: Vec<String> =
+                late.iter().take(6).map(|r| format!("{} (avail {}, used {})", names(r), r.avail, mem.used_idx(r.g))).collect();
             return Err(format!(
                 "{} ring(s) did not complete their requests within {} ms: {}",
                 late.len(),

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vhost::vhost_user::message::{
-    FrontendReq, VhostUserMemory, VhostUserProtocolFeatures, VhostUserU64, VhostUserVirtioFeatures,
-    VhostUserVringAddr, VhostUserVringAddrFlags, VhostUserVringState,
+    FrontendReq, VhostUserMemory, VhostUserProtocolFeatures, VhostUserU64, VhostUserVirtioFeatures, VhostUserVringAddr,
+    VhostUserVringAddrFlags, VhostUserVringState,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
@@ -72,65 +72,38 @@ impl DeviceConn {
     ///
     /// # Errors
     /// A message naming the device and the request that failed.
-    pub fn connect(
-        name: &str,
-        stream: UnixStream,
-        rings: u32,
-        backend: BackendKind,
-    ) -> Result<DeviceConn, String> {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| herr(name, "socket", e))?;
+    pub fn connect(name: &str, stream: UnixStream, rings: u32, backend: BackendKind) -> Result<DeviceConn, String> {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| herr(name, "socket", e))?;
         let clone = stream.try_clone().map_err(|e| herr(name, "socket", e))?;
         let features;
         {
             let mut fe = Frontend::from_stream(clone, u64::from(rings));
             fe.set_owner().map_err(|e| herr(name, "SET_OWNER", e))?;
-            let offered = fe
-                .get_features()
-                .map_err(|e| herr(name, "GET_FEATURES", e))?;
+            let offered = fe.get_features().map_err(|e| herr(name, "GET_FEATURES", e))?;
             let pf_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
             let v1 = 1u64 << VIRTIO_F_VERSION_1;
             if offered & pf_bit == 0 || offered & v1 == 0 {
                 return Err(format!("{name}: backend offers features {offered:#x} without PROTOCOL_FEATURES or VERSION_1"));
             }
             features = pf_bit | v1;
-            let pf = fe
-                .get_protocol_features()
-                .map_err(|e| herr(name, "GET_PROTOCOL_FEATURES", e))?;
+            let pf = fe.get_protocol_features().map_err(|e| herr(name, "GET_PROTOCOL_FEATURES", e))?;
             if !pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-                return Err(format!(
-                    "{name}: backend does not offer REPLY_ACK (protocol features {:#x})",
-                    pf.bits()
-                ));
+                return Err(format!("{name}: backend does not offer REPLY_ACK (protocol features {:#x})", pf.bits()));
             }
             let want = pf & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK);
-            fe.set_protocol_features(want)
-                .map_err(|e| herr(name, "SET_PROTOCOL_FEATURES", e))?;
+            fe.set_protocol_features(want).map_err(|e| herr(name, "SET_PROTOCOL_FEATURES", e))?;
             if want.contains(VhostUserProtocolFeatures::MQ) {
-                let q = fe
-                    .get_queue_num()
-                    .map_err(|e| herr(name, "GET_QUEUE_NUM", e))?;
+                let q = fe.get_queue_num().map_err(|e| herr(name, "GET_QUEUE_NUM", e))?;
                 if q < u64::from(rings) {
                     return Err(format!("{name}: backend has {q} queues, {rings} needed"));
                 }
             } else if rings > 1 {
-                return Err(format!(
-                    "{name}: backend does not offer MQ, {rings} queues needed"
-                ));
+                return Err(format!("{name}: backend does not offer MQ, {rings} queues needed"));
             }
         }
-        stream
-            .set_read_timeout(None)
-            .map_err(|e| herr(name, "socket", e))?;
+        stream.set_read_timeout(None).map_err(|e| herr(name, "socket", e))?;
         let chan = Channel::start(name, stream).map_err(|e| herr(name, "reader thread", e))?;
-        Ok(DeviceConn {
-            name: name.to_string(),
-            rings,
-            backend,
-            features,
-            chan,
-        })
+        Ok(DeviceConn { name: name.to_string(), rings, backend, features, chan })
     }
 
     /// The channel.
@@ -155,24 +128,14 @@ impl DeviceConn {
         let r = ring.unwrap_or(0);
         let fds: Vec<RawFd> = fd.into_iter().collect();
         match kind {
-            StepKind::SetFeatures => self.chan.send(
-                FrontendReq::SET_FEATURES,
-                VhostUserU64::new(self.features).as_slice(),
-                &[],
-                deadline,
-                on_reply,
-            ),
+            StepKind::SetFeatures => {
+                self.chan.send(FrontendReq::SET_FEATURES, VhostUserU64::new(self.features).as_slice(), &[], deadline, on_reply)
+            }
             StepKind::SetMemTable => {
                 let (region, memfd) = mem.region();
                 let mut body = VhostUserMemory::new(1).as_slice().to_vec();
                 body.extend_from_slice(region.as_slice());
-                self.chan.send(
-                    FrontendReq::SET_MEM_TABLE,
-                    &body,
-                    &[memfd],
-                    deadline,
-                    on_reply,
-                )
+                self.chan.send(FrontendReq::SET_MEM_TABLE, &body, &[memfd], deadline, on_reply)
             }
             StepKind::SetVringNum => self.chan.send(
                 FrontendReq::SET_VRING_NUM,
@@ -190,13 +153,7 @@ impl DeviceConn {
                     mem.hva(GuestMem::avail(g)),
                     0,
                 );
-                self.chan.send(
-                    FrontendReq::SET_VRING_ADDR,
-                    a.as_slice(),
-                    &[],
-                    deadline,
-                    on_reply,
-                )
+                self.chan.send(FrontendReq::SET_VRING_ADDR, a.as_slice(), &[], deadline, on_reply)
             }
             StepKind::SetVringBase => self.chan.send(
                 FrontendReq::SET_VRING_BASE,
@@ -205,44 +162,22 @@ impl DeviceConn {
                 deadline,
                 on_reply,
             ),
-            StepKind::SetVringKick => self.chan.send(
-                FrontendReq::SET_VRING_KICK,
-                VhostUserU64::new(u64::from(r)).as_slice(),
-                &fds,
-                deadline,
-                on_reply,
-            ),
-            StepKind::SetVringCall => self.chan.send(
-                FrontendReq::SET_VRING_CALL,
-                VhostUserU64::new(u64::from(r)).as_slice(),
-                &fds,
-                deadline,
-                on_reply,
-            ),
-            StepKind::VringEnable => self.chan.send(
-                FrontendReq::SET_VRING_ENABLE,
-                VhostUserVringState::new(r, 1).as_slice(),
-                &[],
-                deadline,
-                on_reply,
-            ),
-            StepKind::VringDisable => self.chan.send(
-                FrontendReq::SET_VRING_ENABLE,
-                VhostUserVringState::new(r, 0).as_slice(),
-                &[],
-                deadline,
-                on_reply,
-            ),
-            StepKind::GetVringBase => self.chan.send(
-                FrontendReq::GET_VRING_BASE,
-                VhostUserVringState::new(r, 0).as_slice(),
-                &[],
-                deadline,
-                on_reply,
-            ),
-            other => on_reply(Err(StepFailure::Other {
-                message: format!("{} is not a vhost-user message", other.name()),
-            })),
+            StepKind::SetVringKick => {
+                self.chan.send(FrontendReq::SET_VRING_KICK, VhostUserU64::new(u64::from(r)).as_slice(), &fds, deadline, on_reply)
+            }
+            StepKind::SetVringCall => {
+                self.chan.send(FrontendReq::SET_VRING_CALL, VhostUserU64::new(u64::from(r)).as_slice(), &fds, deadline, on_reply)
+            }
+            StepKind::VringEnable => {
+                self.chan.send(FrontendReq::SET_VRING_ENABLE, VhostUserVringState::new(r, 1).as_slice(), &[], deadline, on_reply)
+            }
+            StepKind::VringDisable => {
+                self.chan.send(FrontendReq::SET_VRING_ENABLE, VhostUserVringState::new(r, 0).as_slice(), &[], deadline, on_reply)
+            }
+            StepKind::GetVringBase => {
+                self.chan.send(FrontendReq::GET_VRING_BASE, VhostUserVringState::new(r, 0).as_slice(), &[], deadline, on_reply)
+            }
+            other => on_reply(Err(StepFailure::Other { message: format!("{} is not a vhost-user message", other.name()) })),
         }
     }
 
@@ -274,9 +209,7 @@ impl DeviceConn {
                 let _ = tx.send(r);
             }),
         );
-        let r = rx
-            .recv_timeout(deadline + Duration::from_secs(1))
-            .unwrap_or(Err(StepFailure::Timeout { after: deadline }));
+        let r = rx.recv_timeout(deadline + Duration::from_secs(1)).unwrap_or(Err(StepFailure::Timeout { after: deadline }));
         r.map(|_| ()).map_err(|e| match ring {
             Some(q) => format!("{} ring {q} {}: {e}", self.name, kind.name()),
             None => format!("{} {}: {e}", self.name, kind.name()),

@@ -65,8 +65,7 @@ impl RealVm {
     pub fn new(rings: usize) -> Result<RealVm, String> {
         let kvm = Kvm::new().map_err(|e| format!("open /dev/kvm: {e}"))?;
         let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
-        vm.create_irq_chip()
-            .map_err(|e| format!("KVM_CREATE_IRQCHIP: {e}"))?;
+        vm.create_irq_chip().map_err(|e| format!("KVM_CREATE_IRQCHIP: {e}"))?;
         let mut v = Vec::with_capacity(rings);
         for g in 0..rings {
             let ev = || EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"));
@@ -107,15 +106,9 @@ impl RealVm {
     /// # Errors
     /// The ioctl's error, naming the call.
     pub fn change(&self, g: u32, host: bool, on: bool) -> Result<Change, StepFailure> {
-        let n = self.ring(g).ok_or_else(|| StepFailure::MissingState {
-            what: format!("no notifiers for ring index {g}"),
-        })?;
+        let n = self.ring(g).ok_or_else(|| StepFailure::MissingState { what: format!("no notifiers for ring index {g}") })?;
         let st = if host { &n.host } else { &n.guest };
-        let t = match if on {
-            st.begin_enable()
-        } else {
-            st.begin_disable()
-        } {
+        let t = match if on { st.begin_enable() } else { st.begin_disable() } {
             Ok(t) => t,
             Err(r) => return Ok(Change::Refused(r)),
         };
@@ -126,12 +119,7 @@ impl RealVm {
             (false, true) => self.vm.register_irqfd(&n.call, n.gsi),
             (false, false) => self.vm.unregister_irqfd(&n.call, n.gsi),
         };
-        if host {
-            &n.host_ioctls
-        } else {
-            &n.guest_ioctls
-        }
-        .fetch_add(1, Ordering::AcqRel);
+        if host { &n.host_ioctls } else { &n.guest_ioctls }.fetch_add(1, Ordering::AcqRel);
         match r {
             Ok(()) => {
                 t.commit();
@@ -148,25 +136,14 @@ impl RealVm {
                     (false, true) => "KVM_IRQFD (assign)",
                     (false, false) => "KVM_IRQFD (deassign)",
                 };
-                Err(StepFailure::Other {
-                    message: format!("{call}: {e}"),
-                })
+                Err(StepFailure::Other { message: format!("{call}: {e}") })
             }
         }
     }
 
     /// Ioctls issued so far on ring `g`'s host (`true`) or guest notifier.
     pub fn ioctls(&self, g: u32, host: bool) -> u32 {
-        self.ring(g)
-            .map(|n| {
-                if host {
-                    &n.host_ioctls
-                } else {
-                    &n.guest_ioctls
-                }
-                .load(Ordering::Acquire)
-            })
-            .unwrap_or(0)
+        self.ring(g).map(|n| if host { &n.host_ioctls } else { &n.guest_ioctls }.load(Ordering::Acquire)).unwrap_or(0)
     }
 
     /// Opens the memory-map transaction (bookkeeping: KVM has no such batch for
@@ -180,15 +157,11 @@ impl RealVm {
     pub fn txn_commit(&self) {
         self.txn_open.store(false, Ordering::Release);
         self.commits.fetch_add(1, Ordering::AcqRel);
-        self.carried
-            .fetch_add(self.txn_changes.swap(0, Ordering::AcqRel), Ordering::AcqRel);
+        self.carried.fetch_add(self.txn_changes.swap(0, Ordering::AcqRel), Ordering::AcqRel);
     }
 
     /// Transactions committed and notifier changes they carried.
     pub fn transactions(&self) -> (u64, u64) {
-        (
-            self.commits.load(Ordering::Acquire),
-            self.carried.load(Ordering::Acquire),
-        )
+        (self.commits.load(Ordering::Acquire), self.carried.load(Ordering::Acquire))
     }
 }

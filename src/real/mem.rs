@@ -12,9 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::Ordering;
 
 use vhost::vhost_user::message::VhostUserMemoryRegion;
-use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// Guest-physical address of the first byte of guest memory.
 pub const GPA_BASE: u64 = 0x1_0000_0000;
@@ -54,26 +52,12 @@ impl GuestMem {
         // SAFETY: fd was just created and is owned by nobody else.
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(size)?;
-        let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&[(
-            GuestAddress(GPA_BASE),
-            size as usize,
-            Some(FileOffset::new(file, 0)),
-        )])
-        .map_err(|e| io::Error::other(format!("mmap guest memory: {e}")))?;
-        let region = mem
-            .find_region(GuestAddress(GPA_BASE))
-            .ok_or_else(|| io::Error::other("guest memory region missing"))?;
+        let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&[(GuestAddress(GPA_BASE), size as usize, Some(FileOffset::new(file, 0)))])
+            .map_err(|e| io::Error::other(format!("mmap guest memory: {e}")))?;
+        let region = mem.find_region(GuestAddress(GPA_BASE)).ok_or_else(|| io::Error::other("guest memory region missing"))?;
         let host_base = region.as_ptr() as u64;
-        let fd = region
-            .file_offset()
-            .map(|f| f.file().as_raw_fd())
-            .ok_or_else(|| io::Error::other("guest memory is not fd-backed"))?;
-        Ok(GuestMem {
-            mem,
-            host_base,
-            size,
-            fd,
-        })
+        let fd = region.file_offset().map(|f| f.file().as_raw_fd()).ok_or_else(|| io::Error::other("guest memory is not fd-backed"))?;
+        Ok(GuestMem { mem, host_base, size, fd })
     }
 
     /// The mapping.
@@ -83,10 +67,7 @@ impl GuestMem {
 
     /// The one memory region as `SET_MEM_TABLE` describes it, and its fd.
     pub fn region(&self) -> (VhostUserMemoryRegion, RawFd) {
-        (
-            VhostUserMemoryRegion::new(GPA_BASE, self.size, self.host_base, 0),
-            self.fd,
-        )
+        (VhostUserMemoryRegion::new(GPA_BASE, self.size, self.host_base, 0), self.fd)
     }
 
     /// This process's virtual address of a guest-physical address (what
@@ -114,15 +95,11 @@ impl GuestMem {
 
     /// The guest's `avail.idx` of ring `g`.
     pub fn avail_idx(&self, g: u32) -> u16 {
-        self.mem
-            .load::<u16>(GuestAddress(Self::avail(g) + 2), Ordering::Acquire)
-            .unwrap_or(0)
+        self.mem.load::<u16>(GuestAddress(Self::avail(g) + 2), Ordering::Acquire).unwrap_or(0)
     }
 
     /// The backend's `used.idx` of ring `g`.
     pub fn used_idx(&self, g: u32) -> u16 {
-        self.mem
-            .load::<u16>(GuestAddress(Self::used(g) + 2), Ordering::Acquire)
-            .unwrap_or(0)
+        self.mem.load::<u16>(GuestAddress(Self::used(g) + 2), Ordering::Acquire).unwrap_or(0)
     }
 }

@@ -21,9 +21,7 @@ pub fn find() -> Option<PathBuf> {
         return p.is_file().then_some(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join("qemu-storage-daemon"))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join("qemu-storage-daemon")).find(|p| p.is_file())
 }
 
 /// Starts a daemon exporting `image` as vhost-user-blk with `queues` queues on a
@@ -31,23 +29,27 @@ pub fn find() -> Option<PathBuf> {
 ///
 /// # Errors
 /// A message naming the device, with the daemon's own last words.
-pub fn spawn(
-    bin: &Path,
-    dir: &Path,
-    name: &str,
-    image: &Path,
-    queues: u32,
-) -> Result<(UnixStream, ChildProc), String> {
+pub fn spawn(bin: &Path, dir: &Path, name: &str, image: &Path, queues: u32, iops: Option<u32>) -> Result<(UnixStream, ChildProc), String> {
     let sock = dir.join(format!("{name}-qsd.sock"));
     let log = dir.join(format!("{name}-qsd.log"));
     let _ = std::fs::remove_file(&sock);
-    let logf =
-        std::fs::File::create(&log).map_err(|e| format!("{name}: {}: {e}", log.display()))?;
+    let logf = std::fs::File::create(&log).map_err(|e| format!("{name}: {}: {e}", log.display()))?;
     let mut cmd = Command::new(bin);
-    cmd.arg("--blockdev")
-        .arg(format!("driver=file,node-name=f0,filename={},locking=off,cache.direct=off", image.display()))
-        .arg("--export")
-        .arg(format!("type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path={},writable=on,num-queues={queues}", sock.display()))
+    cmd.arg("--blockdev").arg(format!("driver=file,node-name=f0,filename={},locking=off,cache.direct=off", image.display()));
+    // With `iops`, requests pass a throttle node, so they stay in flight for real.
+    let node = match iops {
+        Some(n) => {
+            cmd.arg("--object").arg(format!("throttle-group,id=tg0,x-iops-total={n}"));
+            cmd.arg("--blockdev").arg("driver=throttle,node-name=t0,throttle-group=tg0,file=f0");
+            "t0"
+        }
+        None => "f0",
+    };
+    cmd.arg("--export")
+        .arg(format!(
+            "type=vhost-user-blk,id=e0,node-name={node},addr.type=unix,addr.path={},writable=on,num-queues={queues}",
+            sock.display()
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(logf);
@@ -58,19 +60,10 @@ pub fn spawn(
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("{name}: starting {}: {e}", bin.display()))?;
+    let child = cmd.spawn().map_err(|e| format!("{name}: starting {}: {e}", bin.display()))?;
     let mut p = ChildProc::new(format!("{name} qemu-storage-daemon"), child);
     let t = Instant::now();
-    let last_words = |log: &Path| {
-        std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .lines()
-            .last()
-            .unwrap_or("")
-            .to_string()
-    };
+    let last_words = |log: &Path| std::fs::read_to_string(log).unwrap_or_default().lines().last().unwrap_or("").to_string();
     loop {
         if sock.exists() {
             if let Ok(s) = UnixStream::connect(&sock) {
@@ -78,16 +71,10 @@ pub fn spawn(
             }
         }
         if let Some(st) = p.exited() {
-            return Err(format!(
-                "{name}: qemu-storage-daemon exited ({st}): {}",
-                last_words(&log)
-            ));
+            return Err(format!("{name}: qemu-storage-daemon exited ({st}): {}", last_words(&log)));
         }
         if t.elapsed() > Duration::from_secs(10) {
-            return Err(format!(
-                "{name}: qemu-storage-daemon did not listen within 10 s: {}",
-                last_words(&log)
-            ));
+            return Err(format!("{name}: qemu-storage-daemon did not listen within 10 s: {}", last_words(&log)));
         }
         std::thread::sleep(Duration::from_millis(1));
     }

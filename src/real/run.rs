@@ -71,6 +71,14 @@ pub struct RealConfig {
     pub qsd: Option<PathBuf>,
     /// A real fault to cause on the source just before the window opens.
     pub fault: Option<RealFault>,
+    /// Limit qemu-storage-daemon to this many I/O operations per second (a
+    /// throttle node), so that requests are really in flight at the stop.
+    pub qsd_iops: Option<u32>,
+    /// Block writes per blk ring left in flight when the window opens (1..=24).
+    pub inflight: u16,
+    /// Faults injected at steps (`KIND:STEP:DEVICE[:RING]`, see
+    /// [`super::actions`]), on whichever side runs the step.
+    pub inject: Vec<crate::sim::Fault>,
 }
 
 /// A fault caused on a real source backend just before the window opens.
@@ -97,6 +105,9 @@ impl RealConfig {
             exe,
             qsd: qsd::find(),
             fault: None,
+            inject: Vec::new(),
+            inflight: 1,
+            qsd_iops: None,
         }
     }
 
@@ -105,12 +116,7 @@ impl RealConfig {
     /// # Errors
     /// Sizes the topology rejects.
     pub fn topology(&self) -> Result<Topology, String> {
-        Topology::builder()
-            .name("real")
-            .net(self.nets, self.queue_pairs)
-            .blk(self.blks, self.queues)
-            .build()
-            .map_err(|e| e.to_string())
+        Topology::builder().name("real").net(self.nets, self.queue_pairs).blk(self.blks, self.queues).build().map_err(|e| e.to_string())
     }
 
     /// The backend of each device of `t`.
@@ -201,6 +207,62 @@ pub struct RealRun {
     pub leftover_dir: bool,
     /// The backend of each device.
     pub backends: Vec<BackendKind>,
+    /// Where the guest runs after the run: the destination (completed), the
+    /// source (aborted before the stop, or rolled back), or nowhere (failed, in
+    /// doubt, or a strategy without rollback that failed).
+    pub runs_on: Option<Side>,
+    /// Source backends replaced by rollback (reconnected).
+    pub reconnects: u32,
+    /// The devices whose source backends were replaced.
+    pub reconnected: Vec<String>,
+    /// How long the rollback plan ran (the last source blackout phase), if it ran.
+    pub rollback: Option<Duration>,
+    /// Every ring's requests: published, and completed as the guest sees it at the
+    /// end (`used.idx`); equal when nothing was lost or completed twice.
+    pub requests: Vec<RingRequests>,
+    /// The guest's block writes, checked against the image files after teardown.
+    pub disk: DiskCheck,
+    /// The `drain_inflight` steps of this run, per blk backend kind.
+    pub drains: Vec<DrainCost>,
+}
+
+/// One ring's request count at the end of a run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RingRequests {
+    /// Device name.
+    pub device: String,
+    /// Ring.
+    pub ring: u32,
+    /// Requests the guest published (`avail.idx`).
+    pub published: u16,
+    /// Requests completed (`used.idx`).
+    pub completed: u16,
+}
+
+/// The guest's block writes against the image files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DiskCheck {
+    /// Writes the guest submitted (before the stop, in flight at the stop, after).
+    pub submitted: usize,
+    /// Writes the guest saw completed (status 0, below `used.idx`).
+    pub acknowledged: usize,
+    /// Acknowledged writes whose data is in the image file.
+    pub on_disk: usize,
+    /// Acknowledged writes whose data is not on disk (`device ring request`).
+    pub missing: Vec<String>,
+}
+
+/// What the `drain_inflight` steps cost on one kind of blk backend (REAL).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DrainCost {
+    /// Backend kind name.
+    pub backend: String,
+    /// Drain steps run.
+    pub steps: usize,
+    /// Their total duration (ms).
+    pub total_ms: f64,
+    /// The longest (ms).
+    pub max_ms: f64,
 }
 
 impl RealRun {
@@ -210,8 +272,25 @@ impl RealRun {
             && self.post_switchover.is_ok()
             && self.second_disable_ioctls == 0
             && self.run.double_ioctls == 0
+            && self.requests_exact()
+            && self.disk.missing.is_empty()
             && self.leftover_processes.is_empty()
             && !self.leftover_dir
+    }
+
+    /// Whether the run ended as a strategy without rollback must end after an
+    /// injected fault (failed, the guest nowhere), with nothing left behind.
+    pub fn failed_without_rollback_ok(&self) -> bool {
+        matches!(self.run.outcome, Outcome::Failed { .. })
+            && self.run.strategy != Strategy::Engine
+            && self.leftover_processes.is_empty()
+            && !self.leftover_dir
+            && self.disk.missing.is_empty()
+    }
+
+    /// Whether every ring completed exactly the requests the guest published.
+    pub fn requests_exact(&self) -> bool {
+        self.runs_on.is_none() || self.requests.iter().all(|r| r.published == r.completed)
     }
 }
 
@@ -230,12 +309,7 @@ fn ring_kinds(topo: &Topology) -> Vec<DriverRing> {
                 _ if r % 2 == 0 => RingKind::NetRx,
                 _ => RingKind::NetTx,
             };
-            v.push(DriverRing {
-                g,
-                ring: r,
-                kind,
-                avail: 0,
-            });
+            v.push(DriverRing { g, ring: r, kind, avail: 0 });
             g += 1;
         }
     }
@@ -263,8 +337,7 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Str
         if d.kind == DeviceKind::Blk {
             let p = dir.join(&format!("{}.img", d.name));
             let f = std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-            f.set_len(1 << 20)
-                .map_err(|e| format!("{}: {e}", p.display()))?;
+            f.set_len(1 << 20).map_err(|e| format!("{}: {e}", p.display()))?;
             images.push(Some(p));
         } else {
             images.push(None);
@@ -277,127 +350,91 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Str
         backends: backends.clone(),
         images,
         deadline: cfg.deadline,
+        qsd_iops: cfg.qsd_iops,
     };
-    let mem = Arc::new(
-        GuestMem::new(topo.total_rings() as usize).map_err(|e| format!("guest memory: {e}"))?,
-    );
+    let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).map_err(|e| format!("guest memory: {e}"))?);
     let src_state = Arc::new(DeviceState::new(&topo));
     let dst_state = Arc::new(DeviceState::new(&topo));
-    let src = Arc::new(RealSide::connect(
-        &side_cfg,
-        Side::Source,
-        &topo,
-        mem.clone(),
-        src_state.clone(),
-    )?);
+    let src = Arc::new(RealSide::connect(&side_cfg, Side::Source, &topo, mem.clone(), src_state.clone())?);
     src.start_watchdog();
     src.bring_up(cfg.deadline)?;
 
     // The guest runs on the source: requests on every ring.
     let mut rings = ring_kinds(&topo);
-    let names: Vec<String> = topo
-        .devices()
-        .iter()
-        .flat_map(|d| (0..d.rings()).map(move |r| format!("{} ring {r}", d.name)))
-        .collect();
+    let names: Vec<String> = topo.devices().iter().flat_map(|d| (0..d.rings()).map(move |r| format!("{} ring {r}", d.name))).collect();
     let name_of = |r: &DriverRing| names[r.g as usize].clone();
+    // The guest's blk writes (global ring, ring, request), checked on disk at the end.
+    let mut writes: Vec<(u32, u32, u16)> = Vec::new();
     for r in &mut rings {
         for _ in 0..pre_requests(r.g) {
+            if r.kind == RingKind::Blk {
+                writes.push((r.g, r.ring, r.avail));
+            }
             driver::submit(&mem, r, BlkOp::Write)?;
         }
         driver::kick(src.vm(), r.g)?;
     }
-    driver::wait_all(&mem, &rings, &name_of, Duration::from_secs(10))
-        .map_err(|e| format!("src: {e}"))?;
+    driver::wait_all(&mem, &rings, &name_of, Duration::from_secs(10)).map_err(|e| format!("src: {e}"))?;
     for r in rings.iter().filter(|r| r.kind == RingKind::Blk) {
         for k in 0..r.avail {
             let (st, _) = driver::blk_result(&mem, r.g, k);
             if st != 0 {
-                return Err(format!(
-                    "src {}: write request {k} ended with status {st}",
-                    name_of(r)
-                ));
+                return Err(format!("src {}: write request {k} ended with status {st}", name_of(r)));
             }
         }
     }
-    // One more write per blk ring, still in flight when the window opens: the
-    // drain step must wait for it.
+
+    // The destination's backends and connections exist before the switchover.
+    let dst = Arc::new(RealSide::connect(&side_cfg, Side::Destination, &topo, mem.clone(), dst_state.clone())?);
+    dst.start_watchdog();
+
+    // More writes per blk ring, submitted once the destination is connected, so
+    // they are still in flight when the window opens: the drain step waits for them.
+    let inflight = cfg.inflight.clamp(1, 24);
     for r in rings.iter_mut().filter(|r| r.kind == RingKind::Blk) {
-        driver::submit(&mem, r, BlkOp::Write)?;
+        for _ in 0..inflight {
+            writes.push((r.g, r.ring, r.avail));
+            driver::submit(&mem, r, BlkOp::Write)?;
+        }
         driver::kick(src.vm(), r.g)?;
     }
     let expected: Vec<u16> = rings.iter().map(|r| r.avail).collect();
 
-    // The destination's backends and connections exist before the switchover.
-    let dst = Arc::new(RealSide::connect(
-        &side_cfg,
-        Side::Destination,
-        &topo,
-        mem.clone(),
-        dst_state.clone(),
-    )?);
-    dst.start_watchdog();
-
     let ioctls_before = |s: &RealSide| -> Vec<(u32, u32)> {
-        (0..s.vm().rings() as u32)
-            .map(|g| (s.vm().ioctls(g, true), s.vm().ioctls(g, false)))
-            .collect()
+        (0..s.vm().rings() as u32).map(|g| (s.vm().ioctls(g, true), s.vm().ioctls(g, false))).collect()
     };
     let src_before = ioctls_before(&src);
     let dst_before = ioctls_before(&dst);
 
     let (opts, lanes) = match strategy {
-        Strategy::Serial => (
-            RecipeOptions {
-                deadline: cfg.deadline,
-                ..RecipeOptions::baseline()
-            },
-            1,
-        ),
-        Strategy::Pool => (
-            RecipeOptions {
-                deadline: cfg.deadline,
-                ..RecipeOptions::baseline()
-            },
-            cfg.workers.max(1),
-        ),
-        Strategy::Engine => (
-            RecipeOptions {
-                deadline: cfg.deadline,
-                ..RecipeOptions::engine()
-            },
-            cfg.workers + 1,
-        ),
+        Strategy::Serial => (RecipeOptions { deadline: cfg.deadline, drain_deadline: cfg.deadline, ..RecipeOptions::baseline() }, 1),
+        Strategy::Pool => {
+            (RecipeOptions { deadline: cfg.deadline, drain_deadline: cfg.deadline, ..RecipeOptions::baseline() }, cfg.workers.max(1))
+        }
+        Strategy::Engine => {
+            (RecipeOptions { deadline: cfg.deadline, drain_deadline: cfg.deadline, ..RecipeOptions::engine() }, cfg.workers + 1)
+        }
     };
     if let Some(f) = &cfg.fault {
         let (name, sig) = match f {
             RealFault::Kill(n) => (n, libc::SIGKILL),
             RealFault::Hang(n) => (n, libc::SIGSTOP),
         };
-        let d = topo
-            .device_by_name(name)
-            .ok_or_else(|| format!("fault: no device named '{name}'"))?;
+        let d = topo.device_by_name(name).ok_or_else(|| format!("fault: no device named '{name}'"))?;
         src.signal_backend(d.id, sig)?;
     }
-    let src_plan =
-        Arc::new(build(&topo, Side::Source, &opts, &RealCosts).map_err(|e| e.to_string())?);
-    let dst_plan =
-        Arc::new(build(&topo, Side::Destination, &opts, &RealCosts).map_err(|e| e.to_string())?);
-    let lower_bound = LowerBound2 {
-        src: src_plan.lower_bound(Window::Blackout, lanes),
-        dst: dst_plan.lower_bound(Window::Blackout, lanes),
-    };
-    let src_act = Arc::new(RealActions::new(src.clone()));
-    let dst_act = Arc::new(RealActions::new(dst.clone()));
+    let src_plan = Arc::new(build(&topo, Side::Source, &opts, &RealCosts).map_err(|e| e.to_string())?);
+    let dst_plan = Arc::new(build(&topo, Side::Destination, &opts, &RealCosts).map_err(|e| e.to_string())?);
+    let lower_bound =
+        LowerBound2 { src: src_plan.lower_bound(Window::Blackout, lanes), dst: dst_plan.lower_bound(Window::Blackout, lanes) };
+    let src_act = Arc::new(RealActions::with_faults(src.clone(), &cfg.inject));
+    let dst_act = Arc::new(RealActions::with_faults(dst.clone(), &cfg.inject));
     let mut steps = Vec::new();
     let mut phases = Vec::new();
+    let mut rollback_wall = None;
     let (outcome, downtime, rolled_back) = match strategy {
         Strategy::Serial | Strategy::Pool => {
-            let workers = if strategy == Strategy::Serial {
-                0
-            } else {
-                cfg.workers.max(1)
-            };
+            let workers = if strategy == Strategy::Serial { 0 } else { cfg.workers.max(1) };
             let opened = Instant::now();
             let (src_out, t_src) = run_chains(&src_plan, &*src_act, workers, opened);
             phases.push((Side::Source, Window::Blackout, t_src));
@@ -414,12 +451,7 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Str
             let outcome = match failure {
                 None => Outcome::Completed,
                 Some(cause) => Outcome::Failed {
-                    rollback: StepError {
-                        failure: StepFailure::Other {
-                            message: "no rollback in this strategy".into(),
-                        },
-                        ..cause.clone()
-                    },
+                    rollback: StepError { failure: StepFailure::Other { message: "no rollback in this strategy".into() }, ..cause.clone() },
                     cause,
                 },
             };
@@ -428,38 +460,24 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Str
         Strategy::Engine => {
             let src_engine = Engine::new(cfg.workers);
             let dst_engine = Engine::new(cfg.workers);
-            let s = SideSetup {
-                plan: src_plan.clone(),
-                actions: src_act.clone(),
-                state: src_state.clone(),
-            };
-            let d = SideSetup {
-                plan: dst_plan.clone(),
-                actions: dst_act.clone(),
-                state: dst_state.clone(),
-            };
+            let s = SideSetup { plan: src_plan.clone(), actions: src_act.clone(), state: src_state.clone() };
+            let d = SideSetup { plan: dst_plan.clone(), actions: dst_act.clone(), state: dst_state.clone() };
             let rb_side = src.clone();
             let rb_opts = opts.clone();
-            let rb = move |plan: &Plan,
-                           p: &Progress,
-                           lost: &[DeviceId]|
-                  -> Option<(Arc<Plan>, Arc<dyn StepActions>)> {
+            let rb = move |plan: &Plan, p: &Progress, lost: &[DeviceId]| -> Option<(Arc<Plan>, Arc<dyn StepActions>)> {
                 let rp = Arc::new(rollback(plan, p, lost, &rb_opts, &RealCosts).ok()?);
-                let act: Arc<dyn StepActions> = Arc::new(RealActions::new(rb_side.clone()));
+                let act: Arc<dyn StepActions> = Arc::new(RealActions::for_rollback(rb_side.clone()));
                 Some((rp, act))
             };
             let rep = run_in_process(&s, &d, &src_engine, &dst_engine, &rb);
             for r in &rep.runs {
-                let plan = if r.side == Side::Source {
-                    &src_plan
-                } else {
-                    &dst_plan
-                };
+                let plan = if r.side == Side::Source { &src_plan } else { &dst_plan };
                 phases.push((r.side, r.window, r.wall));
                 steps.extend(timed(plan, r, rep.window_opened, false));
             }
             let rolled = rep.rollback.is_some();
             if let Some((plan, r)) = &rep.rollback {
+                rollback_wall = Some(r.wall);
                 phases.push((Side::Source, Window::Blackout, r.wall));
                 steps.extend(timed(plan, r, rep.window_opened, true));
             }
@@ -467,19 +485,26 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Str
         }
     };
     let failure = outcome.cause().cloned();
-    let completed = matches!(
-        outcome,
-        Outcome::Completed | Outcome::CompletedWithCleanupErrors { .. }
-    );
-
-    // Bases: read on the source, set where the guest now runs.
-    let running = if completed {
-        Some(&dst)
-    } else if rolled_back {
-        Some(&src)
-    } else {
-        None
+    let completed = matches!(outcome, Outcome::Completed | Outcome::CompletedWithCleanupErrors { .. });
+    let _ = rolled_back;
+    // Exactly one side runs the guest: the destination once it confirmed, the
+    // source when it was never stopped (aborted) or was restarted (rolled back).
+    let runs_on = match &outcome {
+        Outcome::Completed | Outcome::CompletedWithCleanupErrors { .. } => Some(Side::Destination),
+        Outcome::Aborted { .. } | Outcome::RolledBack { .. } => Some(Side::Source),
+        Outcome::Failed { .. } | Outcome::InDoubt { .. } => None,
     };
+    if runs_on != Some(Side::Destination) {
+        // The destination will not run the guest: it is discarded (its backends
+        // stop and can no longer touch the shared rings).
+        dst.shutdown();
+    }
+    let running = match runs_on {
+        Some(Side::Destination) => Some(&dst),
+        Some(Side::Source) => Some(&src),
+        None => None,
+    };
+    let lost = src.reconnected();
     let mut bases = Vec::new();
     let mut mismatches = Vec::new();
     for d in topo.devices() {
@@ -492,64 +517,92 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Str
                 read: src_state.base(d.id, r),
                 set: running.and_then(|s| s.sent_base(g)),
             };
-            if running.is_some() && !(rb.read == Some(rb.expected) && rb.set == rb.read) {
+            let ok = match runs_on {
+                // Every base read on the source was set on the destination.
+                Some(Side::Destination) => rb.read == Some(rb.expected) && rb.set == rb.read,
+                // A restarted source ring gets the base the guest reached (read,
+                // or recovered from guest memory); a ring never stopped keeps its own.
+                // A replaced backend's rings restart at the used index recovered
+                // from guest memory: requests the lost backend took but never
+                // completed (at most those in flight at the stop) are served again.
+                Some(Side::Source) if lost.contains(&d.id) => {
+                    rb.set.is_some()
+                        && rb.set == rb.read
+                        && rb.read.is_some_and(|b| rb.expected.wrapping_sub(b) <= if d.kind == DeviceKind::Blk { inflight } else { 0 })
+                }
+                Some(Side::Source) => rb.set.map_or(true, |b| b == rb.expected) && rb.read.map_or(true, |b| b == rb.expected),
+                None => true,
+            };
+            if !ok {
                 mismatches.push((d.name.clone(), r, rb.set, rb.expected));
             }
             bases.push(rb);
         }
     }
     let preserved = match &outcome {
-        Outcome::Aborted { .. } => true,
         Outcome::Failed { .. } | Outcome::InDoubt { .. } => false,
         _ => mismatches.is_empty(),
     };
 
-    // The guest continues where it runs: one request per ring, completed there.
+    // The guest continues where it runs: per blk ring one more write and a read of
+    // the first write; per net ring one request. All must complete there.
     let mut blk_rings_verified = 0;
     let post_switchover = match running {
         None => Err("the guest runs nowhere (switchover failed without rollback)".to_string()),
         Some(side) => (|| {
             let mut reads = Vec::new();
             for r in &mut rings {
-                let k = r.avail;
+                if r.kind == RingKind::Blk {
+                    writes.push((r.g, r.ring, r.avail));
+                    driver::submit(&mem, r, BlkOp::Write)?;
+                    reads.push((r.g, r.avail));
+                }
                 driver::submit(&mem, r, BlkOp::Read(0))?;
                 driver::kick(side.vm(), r.g)?;
-                if r.kind == RingKind::Blk {
-                    reads.push((r.g, k));
-                }
             }
-            driver::wait_all(&mem, &rings, &name_of, Duration::from_secs(10))
-                .map_err(|e| format!("{}: {e}", side.side().short()))?;
+            driver::wait_all(&mem, &rings, &name_of, Duration::from_secs(10)).map_err(|e| format!("{}: {e}", side.side().short()))?;
             for (g, k) in reads {
                 let (st, data) = driver::blk_result(&mem, g, k);
                 if st != 0 || data != driver::pattern(g, 0) {
-                    return Err(format!(
-                        "{}: read-back after switchover differs (status {st})",
-                        names[g as usize]
-                    ));
+                    return Err(format!("{}: read-back after switchover differs (status {st})", names[g as usize]));
                 }
                 blk_rings_verified += 1;
             }
             Ok(rings.len())
         })(),
     };
+    // Nothing completes twice: give late completions a moment to show.
+    std::thread::sleep(Duration::from_millis(20));
+    let requests: Vec<RingRequests> = rings
+        .iter()
+        .map(|r| {
+            let (device, ring) =
+                names[r.g as usize].split_once(" ring ").map(|(d, x)| (d.to_string(), x.parse().unwrap_or(0))).unwrap_or_default();
+            RingRequests { device, ring, published: r.avail, completed: mem.used_idx(r.g) }
+        })
+        .collect();
 
     // The blk write left in flight on every blk ring when the window opened: it
-    // must have completed on the source before its ring's base was read.
+    // completed exactly once where the guest runs (before the base was read, or,
+    // after a rollback, by the restarted backend).
     let mut io = IoSummary::default();
-    for (r, b) in rings
-        .iter()
-        .zip(&bases)
-        .filter(|(r, _)| r.kind == RingKind::Blk)
-    {
-        io.submitted += 1;
-        let (st, _) = driver::blk_result(&mem, r.g, b.expected.wrapping_sub(1));
-        if st != 0 {
-            io.never += 1;
-        } else if b.read == Some(b.expected) {
-            io.completed_once += 1;
-        } else {
-            io.lost += 1;
+    for (r, b) in rings.iter().zip(&bases).filter(|(r, _)| r.kind == RingKind::Blk) {
+        for k in (0..inflight).map(|i| b.expected.wrapping_sub(inflight - i)) {
+            io.submitted += 1;
+            let (st, _) = driver::blk_result(&mem, r.g, k);
+            let used = mem.used_idx(r.g);
+            // Completed as the guest sees it: status 0 and `used.idx` past it. Twice or
+            // lost shows in the ring's request count ([`RealRun::requests_exact`]).
+            let seen = used.wrapping_sub(k).wrapping_sub(1) < 0x8000;
+            if st != 0 || !seen {
+                io.never += 1;
+            } else if running.is_none() {
+                io.lost += 1;
+            } else if used.wrapping_sub(r.avail) != 0 && used.wrapping_sub(r.avail) < 0x8000 {
+                io.completed_twice += 1;
+            } else {
+                io.completed_once += 1;
+            }
         }
     }
 
@@ -559,6 +612,15 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Str
     if completed {
         for g in 0..src.vm().rings() as u32 {
             for host in [true, false] {
+                // A notifier whose disable failed (an injected cleanup fault) is
+                // still on: disabling it again is the retry, not a second disable.
+                let still_on = src.vm().ring(g).is_some_and(|n| {
+                    let st = if host { n.host.state() } else { n.guest.state() };
+                    st != crate::notifier::NotifierState::Disabled
+                });
+                if still_on {
+                    continue;
+                }
                 let before = src.vm().ioctls(g, host);
                 if let Ok(Change::Refused(_)) = src.vm().change(g, host, false) {
                     second_disables_refused += 1;
@@ -580,6 +642,7 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Str
     }
     let (c1, n1) = src.vm().transactions();
     let (c2, n2) = dst.vm().transactions();
+    let reconnects = src.reconnects();
 
     // Teardown: channels closed, every backend process stopped and reaped, the
     // private directory (sockets, images) removed.
@@ -590,11 +653,41 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Str
     dst.shutdown();
     drop(src);
     drop(dst);
+
+    // Every write the guest saw completed is in the image file.
+    let mut disk = DiskCheck { submitted: writes.len(), ..DiskCheck::default() };
+    let dev_of_ring: Vec<(usize, &str)> =
+        topo.devices().iter().flat_map(|d| (0..d.rings()).map(move |_| (d.id.0 as usize, d.name.as_str()))).collect();
+    for &(g, ring, k) in &writes {
+        let (st, _) = driver::blk_result(&mem, g, k);
+        let used = mem.used_idx(g);
+        let completed_k = used.wrapping_sub(k).wrapping_sub(1) < 0x8000;
+        if st != 0 || !completed_k {
+            continue;
+        }
+        disk.acknowledged += 1;
+        let (di, dname) = dev_of_ring[g as usize];
+        let mut buf = vec![0u8; 512];
+        let ok = side_cfg.images[di]
+            .as_ref()
+            .and_then(|p| std::fs::File::open(p).ok())
+            .map(|f| {
+                use std::os::unix::fs::FileExt;
+                f.read_exact_at(&mut buf, (u64::from(ring) * 64 + u64::from(k)) * 512).is_ok() && buf == driver::pattern(g, k)
+            })
+            .unwrap_or(false);
+        if ok {
+            disk.on_disk += 1;
+        } else {
+            disk.missing.push(format!("{dname} ring {ring} request {k}"));
+        }
+    }
     drop(dir);
     let leftover_processes: Vec<u32> = pids.into_iter().filter(|p| pid_alive(*p)).collect();
     let leftover_dir = dir_path.exists();
 
     steps.sort_by_key(|s| (s.start_ns, s.end_ns));
+    let drains = drain_costs(&topo, &backends, &steps);
     let run = StrategyRun {
         io,
         strategy,
@@ -621,5 +714,31 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Str
         leftover_processes,
         leftover_dir,
         backends,
+        runs_on,
+        reconnects,
+        reconnected: lost.iter().map(|d| topo.device(*d).name.clone()).collect(),
+        rollback: rollback_wall,
+        requests,
+        disk,
+        drains,
     })
+}
+
+/// The `drain_inflight` steps that completed, summed per blk backend kind.
+fn drain_costs(topo: &Topology, backends: &[BackendKind], steps: &[crate::strategy::TimedStep]) -> Vec<DrainCost> {
+    let mut out: Vec<DrainCost> = Vec::new();
+    for s in steps.iter().filter(|s| s.step == StepKind::DrainInflight.name()) {
+        let Some(d) = topo.device_by_name(&s.device) else { continue };
+        let kind = backends.get(d.id.0 as usize).map(|b| b.name()).unwrap_or("?");
+        let ms = (s.end_ns - s.start_ns) as f64 / 1e6;
+        match out.iter_mut().find(|c| c.backend == kind) {
+            Some(c) => {
+                c.steps += 1;
+                c.total_ms += ms;
+                c.max_ms = c.max_ms.max(ms);
+            }
+            None => out.push(DrainCost { backend: kind.to_string(), steps: 1, total_ms: ms, max_ms: ms }),
+        }
+    }
+    out
 }

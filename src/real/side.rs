@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use parking_lot::RwLock;
+
 use super::backend::{spawn_own, ChildProc};
 use super::frontend::{BackendKind, DeviceConn};
 use super::kvm::RealVm;
@@ -35,6 +37,8 @@ pub struct SideConfig {
     pub images: Vec<Option<PathBuf>>,
     /// Deadline of set-up messages.
     pub deadline: Duration,
+    /// qemu-storage-daemon's I/O limit (a throttle node), if any.
+    pub qsd_iops: Option<u32>,
 }
 
 /// One side.
@@ -43,21 +47,21 @@ pub struct RealSide {
     topo: Arc<Topology>,
     mem: Arc<GuestMem>,
     vm: RealVm,
-    devices: Vec<DeviceConn>,
+    cfg: SideConfig,
+    devices: Vec<RwLock<Arc<DeviceConn>>>,
     first_ring: Vec<u32>,
     state: Arc<DeviceState>,
     sent_bases: Vec<AtomicU32>,
     procs: Mutex<Vec<ChildProc>>,
+    reconnects: AtomicU32,
+    reconnected: Mutex<Vec<DeviceId>>,
     stop: Arc<AtomicBool>,
     watchdog: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for RealSide {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RealSide")
-            .field("side", &self.side)
-            .field("devices", &self.devices.len())
-            .finish()
+        f.debug_struct("RealSide").field("side", &self.side).field("devices", &self.devices.len()).finish()
     }
 }
 
@@ -83,52 +87,11 @@ impl RealSide {
         }
         let mut procs = Vec::new();
         let mut devices = Vec::new();
-        let tag = side.short();
         for d in topo.devices() {
-            let kind = cfg
-                .backends
-                .get(d.id.0 as usize)
-                .copied()
-                .ok_or_else(|| format!("{}: no backend chosen", d.name))?;
-            let image = cfg.images.get(d.id.0 as usize).cloned().flatten();
-            let label = format!("{tag}-{}", d.name);
-            let (stream, p) = match (kind, &d.kind) {
-                (BackendKind::OwnNet, DeviceKind::Net) => {
-                    spawn_own(&cfg.exe, &cfg.dir, &label, false, d.rings(), None)?
-                }
-                (BackendKind::OwnBlk, DeviceKind::Blk) => spawn_own(
-                    &cfg.exe,
-                    &cfg.dir,
-                    &label,
-                    true,
-                    d.rings(),
-                    image.as_deref(),
-                )?,
-                (BackendKind::Qsd, DeviceKind::Blk) => {
-                    let bin = cfg.qsd.as_ref().ok_or_else(|| {
-                        format!("{}: qemu-storage-daemon is not installed", d.name)
-                    })?;
-                    let img = image
-                        .as_ref()
-                        .ok_or_else(|| format!("{}: no image", d.name))?;
-                    qsd::spawn(bin, &cfg.dir, &label, img, d.rings())?
-                }
-                (k, dk) => {
-                    return Err(format!(
-                        "{}: a {} backend cannot serve a {dk} device",
-                        d.name,
-                        k.name()
-                    ))
-                }
-            };
-            procs.push(p);
             // On error, `procs` is dropped: every backend started so far is stopped.
-            devices.push(DeviceConn::connect(
-                &format!("{tag} {}", d.name),
-                stream,
-                d.rings(),
-                kind,
-            )?);
+            let (conn, p) = start_backend(cfg, side, d)?;
+            procs.push(p);
+            devices.push(RwLock::new(Arc::new(conn)));
         }
         let sent_bases = (0..n).map(|_| AtomicU32::new(NONE)).collect();
         let s = RealSide {
@@ -136,11 +99,14 @@ impl RealSide {
             topo: topo.clone(),
             mem,
             vm,
+            cfg: cfg.clone(),
             devices,
             first_ring,
             state,
             sent_bases,
             procs: Mutex::new(procs),
+            reconnects: AtomicU32::new(0),
+            reconnected: Mutex::new(Vec::new()),
             stop: Arc::new(AtomicBool::new(false)),
             watchdog: Mutex::new(None),
         };
@@ -160,7 +126,8 @@ impl RealSide {
                     let Some(s) = me.upgrade() else { return };
                     let now = Instant::now();
                     for d in &s.devices {
-                        d.channel().check_deadline(now);
+                        let c = d.read().channel().clone();
+                        c.check_deadline(now);
                     }
                 }
             })
@@ -176,68 +143,20 @@ impl RealSide {
     /// A message naming the device, ring and request.
     pub fn bring_up(&self, deadline: Duration) -> Result<(), String> {
         for d in self.topo.devices() {
-            let c = &self.devices[d.id.0 as usize];
-            c.call_step(
-                &StepKind::SetFeatures,
-                None,
-                0,
-                0,
-                None,
-                &self.mem,
-                deadline,
-            )?;
-            c.call_step(
-                &StepKind::SetMemTable,
-                None,
-                0,
-                0,
-                None,
-                &self.mem,
-                deadline,
-            )?;
+            let c = self.devices[d.id.0 as usize].read().clone();
+            c.call_step(&StepKind::SetFeatures, None, 0, 0, None, &self.mem, deadline)?;
+            c.call_step(&StepKind::SetMemTable, None, 0, 0, None, &self.mem, deadline)?;
             for r in 0..d.rings() {
                 let g = self.global(d.id, r);
                 let n = self.vm.ring(g).ok_or("ring out of range")?;
-                self.vm
-                    .change(g, true, true)
-                    .map_err(|e| format!("{} ring {r} host_notifier_on: {e}", c.name))?;
-                self.vm
-                    .change(g, false, true)
-                    .map_err(|e| format!("{} ring {r} guest_notifier_on: {e}", c.name))?;
-                for k in [
-                    StepKind::SetVringNum,
-                    StepKind::SetVringAddr,
-                    StepKind::SetVringBase,
-                ] {
+                self.vm.change(g, true, true).map_err(|e| format!("{} ring {r} host_notifier_on: {e}", c.name))?;
+                self.vm.change(g, false, true).map_err(|e| format!("{} ring {r} guest_notifier_on: {e}", c.name))?;
+                for k in [StepKind::SetVringNum, StepKind::SetVringAddr, StepKind::SetVringBase] {
                     c.call_step(&k, Some(r), g, 0, None, &self.mem, deadline)?;
                 }
-                c.call_step(
-                    &StepKind::SetVringKick,
-                    Some(r),
-                    g,
-                    0,
-                    Some(&n.kick),
-                    &self.mem,
-                    deadline,
-                )?;
-                c.call_step(
-                    &StepKind::SetVringCall,
-                    Some(r),
-                    g,
-                    0,
-                    Some(&n.call),
-                    &self.mem,
-                    deadline,
-                )?;
-                c.call_step(
-                    &StepKind::VringEnable,
-                    Some(r),
-                    g,
-                    0,
-                    None,
-                    &self.mem,
-                    deadline,
-                )?;
+                c.call_step(&StepKind::SetVringKick, Some(r), g, 0, Some(&n.kick), &self.mem, deadline)?;
+                c.call_step(&StepKind::SetVringCall, Some(r), g, 0, Some(&n.call), &self.mem, deadline)?;
+                c.call_step(&StepKind::VringEnable, Some(r), g, 0, None, &self.mem, deadline)?;
             }
         }
         Ok(())
@@ -259,9 +178,9 @@ impl RealSide {
     pub fn vm(&self) -> &RealVm {
         &self.vm
     }
-    /// A device's connection.
-    pub fn device(&self, d: DeviceId) -> Option<&DeviceConn> {
-        self.devices.get(d.0 as usize)
+    /// A device's connection (the current one: [`RealSide::reconnect`] replaces it).
+    pub fn device(&self, d: DeviceId) -> Option<Arc<DeviceConn>> {
+        self.devices.get(d.0 as usize).map(|c| c.read().clone())
     }
     /// The side's state.
     pub fn state(&self) -> &Arc<DeviceState> {
@@ -288,12 +207,8 @@ impl RealSide {
     /// # Errors
     /// No such device or process.
     pub fn signal_backend(&self, d: DeviceId, sig: i32) -> Result<(), String> {
-        let pid = self
-            .procs
-            .lock()
-            .get(d.0 as usize)
-            .and_then(ChildProc::pid)
-            .ok_or_else(|| format!("device {} has no backend process", d.0))?;
+        let pid =
+            self.procs.lock().get(d.0 as usize).and_then(ChildProc::pid).ok_or_else(|| format!("device {} has no backend process", d.0))?;
         // SAFETY: signalling our own child by pid.
         unsafe {
             libc::kill(pid as i32, sig);
@@ -303,11 +218,73 @@ impl RealSide {
 
     /// Pids of the backend processes still owned.
     pub fn pids(&self) -> Vec<u32> {
-        self.procs
-            .lock()
-            .iter()
-            .filter_map(ChildProc::pid)
-            .collect()
+        self.procs.lock().iter().filter_map(ChildProc::pid).collect()
+    }
+
+    /// Pid of device `d`'s backend process.
+    pub fn backend_pid(&self, d: DeviceId) -> Option<u32> {
+        self.procs.lock().get(d.0 as usize).and_then(ChildProc::pid)
+    }
+
+    /// How many backends [`RealSide::reconnect`] replaced.
+    pub fn reconnects(&self) -> u32 {
+        self.reconnects.load(Ordering::Acquire)
+    }
+
+    /// The devices whose backends [`RealSide::reconnect`] replaced.
+    pub fn reconnected(&self) -> Vec<DeviceId> {
+        self.reconnected.lock().clone()
+    }
+
+    /// Replaces device `d`'s backend: whatever is left of the old one is killed
+    /// (SIGKILL, also when it is stopped) and reaped, its control channel closed
+    /// (requests still queued fail) and its socket file removed; then a fresh
+    /// backend process of the same kind is started (own net/blk, or a new
+    /// qemu-storage-daemon on the same image) and the connection handshake is done
+    /// (`SET_OWNER`, features, protocol features with `REPLY_ACK`, queue count).
+    /// The new backend knows nothing of the rings: the caller sends the start
+    /// sequence (features, memory table, ring set-up).
+    ///
+    /// # Errors
+    /// The new backend did not start or the handshake failed (naming the device).
+    pub fn reconnect(&self, d: DeviceId) -> Result<(), String> {
+        let dev = self.topo.devices().get(d.0 as usize).ok_or_else(|| format!("no device {}", d.0))?.clone();
+        // Kill and reap the old process first, so a stopped backend cannot wake up
+        // and serve the shared rings next to the new one.
+        {
+            let mut procs = self.procs.lock();
+            if let Some(p) = procs.get_mut(d.0 as usize) {
+                p.kill();
+            }
+        }
+        self.devices[d.0 as usize].read().close();
+        let label = format!("{}-{}", self.side.short(), dev.name);
+        let _ = std::fs::remove_file(self.cfg.dir.join(format!("{label}-qsd.sock")));
+        let (conn, p) = start_backend(&self.cfg, self.side, &dev)?;
+        let old_proc = {
+            let mut procs = self.procs.lock();
+            match procs.get_mut(d.0 as usize) {
+                Some(slot) => Some(std::mem::replace(slot, p)),
+                None => {
+                    procs.push(p);
+                    None
+                }
+            }
+        };
+        drop(old_proc);
+        let old = std::mem::replace(&mut *self.devices[d.0 as usize].write(), Arc::new(conn));
+        drop(old);
+        self.reconnects.fetch_add(1, Ordering::AcqRel);
+        self.reconnected.lock().push(d);
+        Ok(())
+    }
+
+    /// The used index of ring `r` of device `d` in guest memory: the base a
+    /// backend reached on that ring, provided nothing is in flight on it (every
+    /// request it took was completed, in order). Requests published after it were
+    /// not completed and are served again by whoever the ring is started on.
+    pub fn used_index(&self, d: DeviceId, r: u32) -> u16 {
+        self.mem.used_idx(self.global(d, r))
     }
 
     /// Closes every control channel and stops every backend process (waited for).
@@ -317,7 +294,7 @@ impl RealSide {
             let _ = h.join();
         }
         for d in &self.devices {
-            d.close();
+            d.read().close();
         }
         let mut procs = std::mem::take(&mut *self.procs.lock());
         // Own backends end when their frontend goes; qemu-storage-daemon needs SIGTERM.
@@ -334,4 +311,25 @@ impl Drop for RealSide {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Starts the backend of device `d` for `side` and connects to it (handshake done).
+fn start_backend(cfg: &SideConfig, side: Side, d: &crate::topology::Device) -> Result<(DeviceConn, ChildProc), String> {
+    let kind = cfg.backends.get(d.id.0 as usize).copied().ok_or_else(|| format!("{}: no backend chosen", d.name))?;
+    let image = cfg.images.get(d.id.0 as usize).cloned().flatten();
+    let tag = side.short();
+    let label = format!("{tag}-{}", d.name);
+    let (stream, p) = match (kind, &d.kind) {
+        (BackendKind::OwnNet, DeviceKind::Net) => spawn_own(&cfg.exe, &cfg.dir, &label, false, d.rings(), None)?,
+        (BackendKind::OwnBlk, DeviceKind::Blk) => spawn_own(&cfg.exe, &cfg.dir, &label, true, d.rings(), image.as_deref())?,
+        (BackendKind::Qsd, DeviceKind::Blk) => {
+            let bin = cfg.qsd.as_ref().ok_or_else(|| format!("{}: qemu-storage-daemon is not installed", d.name))?;
+            let img = image.as_ref().ok_or_else(|| format!("{}: no image", d.name))?;
+            qsd::spawn(bin, &cfg.dir, &label, img, d.rings(), cfg.qsd_iops)?
+        }
+        (k, dk) => return Err(format!("{}: a {} backend cannot serve a {dk} device", d.name, k.name())),
+    };
+    // On error, `p` is dropped: the backend is stopped.
+    let conn = DeviceConn::connect(&format!("{tag} {}", d.name), stream, d.rings(), kind)?;
+    Ok((conn, p))
 }

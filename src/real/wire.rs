@@ -68,9 +68,7 @@ pub struct Channel {
 
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel")
-            .field("device", &self.name)
-            .finish()
+        f.debug_struct("Channel").field("device", &self.name).finish()
     }
 }
 
@@ -91,19 +89,13 @@ impl Channel {
         let ctl = stream.try_clone()?;
         let ch = Arc::new(Channel {
             name: name.to_string(),
-            inner: Mutex::new(Inner {
-                stream,
-                pending: VecDeque::new(),
-                closed: None,
-            }),
+            inner: Mutex::new(Inner { stream, pending: VecDeque::new(), closed: None }),
             ctl,
             timed_out: Arc::new(AtomicBool::new(false)),
             reader: Mutex::new(None),
         });
         let weak = Arc::downgrade(&ch);
-        let h = std::thread::Builder::new()
-            .name(format!("vu-rd-{name}"))
-            .spawn(move || reader_loop(rd, weak))?;
+        let h = std::thread::Builder::new().name(format!("vu-rd-{name}")).spawn(move || reader_loop(rd, weak))?;
         *ch.reader.lock() = Some(h);
         Ok(ch)
     }
@@ -115,20 +107,10 @@ impl Channel {
 
     /// Sends one request; `on_reply` runs when its reply (or failure) arrives.
     /// SET requests carry `NEED_REPLY` (REPLY_ACK is negotiated) and get an ack.
-    pub fn send(
-        &self,
-        req: FrontendReq,
-        body: &[u8],
-        fds: &[RawFd],
-        deadline: Duration,
-        on_reply: OnReply,
-    ) {
+    pub fn send(&self, req: FrontendReq, body: &[u8], fds: &[RawFd], deadline: Duration, on_reply: OnReply) {
         let code: u32 = req.into();
-        let flags = if req == FrontendReq::GET_VRING_BASE || req == FrontendReq::GET_FEATURES {
-            0
-        } else {
-            VhostUserHeaderFlag::NEED_REPLY.bits()
-        };
+        let flags =
+            if req == FrontendReq::GET_VRING_BASE || req == FrontendReq::GET_FEATURES { 0 } else { VhostUserHeaderFlag::NEED_REPLY.bits() };
         // The header (request, flags with protocol version 1, body size); the
         // crate's header type is private, its layout is the spec's.
         let mut msg = Vec::with_capacity(12 + body.len());
@@ -145,31 +127,19 @@ impl Channel {
         let r = g.stream.send_with_fds(&[&msg[..]], fds);
         match r {
             Ok(n) if n == msg.len() => {
-                g.pending.push_back(Pending {
-                    code,
-                    deadline: Instant::now() + deadline,
-                    after: deadline,
-                    on_reply,
-                });
+                g.pending.push_back(Pending { code, deadline: Instant::now() + deadline, after: deadline, on_reply });
             }
             Ok(n) => {
                 drop(g);
                 on_reply(Err(StepFailure::Other {
-                    message: format!(
-                        "{}: short write of {} ({n} of {} bytes)",
-                        self.name,
-                        request_name(code),
-                        msg.len()
-                    ),
+                    message: format!("{}: short write of {} ({n} of {} bytes)", self.name, request_name(code), msg.len()),
                 }));
             }
             Err(e) => {
                 drop(g);
                 let f = match e.errno() {
                     libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN => StepFailure::Disconnected,
-                    _ => StepFailure::Other {
-                        message: format!("sending {}: {e}", request_name(code)),
-                    },
+                    _ => StepFailure::Other { message: format!("sending {}: {e}", request_name(code)) },
                 };
                 on_reply(Err(f));
             }
@@ -180,13 +150,7 @@ impl Channel {
     ///
     /// # Errors
     /// The failure of the request.
-    pub fn call(
-        &self,
-        req: FrontendReq,
-        body: &[u8],
-        fds: &[RawFd],
-        deadline: Duration,
-    ) -> Result<Reply, StepFailure> {
+    pub fn call(&self, req: FrontendReq, body: &[u8], fds: &[RawFd], deadline: Duration) -> Result<Reply, StepFailure> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(
             req,
@@ -245,11 +209,7 @@ impl Channel {
             g.pending.drain(..).collect()
         };
         for p in drained {
-            let f = if self.timed_out.load(Ordering::Acquire) {
-                StepFailure::Timeout { after: p.after }
-            } else {
-                f.clone()
-            };
+            let f = if self.timed_out.load(Ordering::Acquire) { StepFailure::Timeout { after: p.after } } else { f.clone() };
             (p.on_reply)(Err(f));
         }
     }
@@ -268,10 +228,7 @@ fn read_reply(rd: &mut UnixStream) -> io::Result<(u32, u32, Vec<u8>)> {
     let flags = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
     let size = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
     if size > 4096 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("reply body of {size} bytes"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("reply body of {size} bytes")));
     }
     let mut body = vec![0u8; size as usize];
     rd.read_exact(&mut body)?;
@@ -286,12 +243,8 @@ fn reader_loop(mut rd: UnixStream, ch: std::sync::Weak<Channel>) {
             Ok(x) => x,
             Err(e) => {
                 let f = match e.kind() {
-                    io::ErrorKind::UnexpectedEof
-                    | io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::BrokenPipe => StepFailure::Disconnected,
-                    _ => StepFailure::Other {
-                        message: format!("{}: reading a reply: {e}", ch.name),
-                    },
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => StepFailure::Disconnected,
+                    _ => StepFailure::Other { message: format!("{}: reading a reply: {e}", ch.name) },
                 };
                 ch.fail_all(f);
                 return;
@@ -299,17 +252,11 @@ fn reader_loop(mut rd: UnixStream, ch: std::sync::Weak<Channel>) {
         };
         let front = ch.inner.lock().pending.pop_front();
         let Some(p) = front else {
-            ch.fail_all(StepFailure::Garbage {
-                what: format!("unsolicited reply {} from {}", request_name(code), ch.name),
-            });
+            ch.fail_all(StepFailure::Garbage { what: format!("unsolicited reply {} from {}", request_name(code), ch.name) });
             return;
         };
         if code != p.code || flags & VhostUserHeaderFlag::REPLY.bits() == 0 {
-            let what = format!(
-                "expected the reply to {}, got {} (flags {flags:#x})",
-                request_name(p.code),
-                request_name(code)
-            );
+            let what = format!("expected the reply to {}, got {} (flags {flags:#x})", request_name(p.code), request_name(code));
             (p.on_reply)(Err(StepFailure::Garbage { what: what.clone() }));
             ch.fail_all(StepFailure::Garbage { what });
             let _ = rd.shutdown(Shutdown::Both);
@@ -321,24 +268,14 @@ fn reader_loop(mut rd: UnixStream, ch: std::sync::Weak<Channel>) {
                 u32::from_le_bytes([body[4], body[5], body[6], body[7]]),
             )),
             8 => {
-                let v = u64::from_le_bytes([
-                    body[0], body[1], body[2], body[3], body[4], body[5], body[6], body[7],
-                ]);
+                let v = u64::from_le_bytes([body[0], body[1], body[2], body[3], body[4], body[5], body[6], body[7]]);
                 if v != 0 && code != u32::from(FrontendReq::GET_FEATURES) {
-                    Err(StepFailure::Backend {
-                        message: format!(
-                            "{} answered {} with status {v}",
-                            ch.name,
-                            request_name(code)
-                        ),
-                    })
+                    Err(StepFailure::Backend { message: format!("{} answered {} with status {v}", ch.name, request_name(code)) })
                 } else {
                     Ok(Reply::U64(v))
                 }
             }
-            n => Err(StepFailure::Garbage {
-                what: format!("reply to {} with a {n}-byte body", request_name(code)),
-            }),
+            n => Err(StepFailure::Garbage { what: format!("reply to {} with a {n}-byte body", request_name(code)) }),
         };
         (p.on_reply)(reply);
     }
