@@ -3,16 +3,24 @@
 //! Plans of 100, 1 000 and 10 000 steps shaped like the vhost recipes: per device,
 //! one device-wide step fans out to per-ring chains of two steps, which join in one
 //! device-wide step (footprints: the device, then each ring). Every step's action
-//! does the same nothing (an atomic increment) in all three executors:
+//! does the same nothing (an atomic increment) in all executors:
 //!
 //! * `sequential` — a plain loop over the steps in topological (id) order, the floor;
 //! * `rayon-dag` — a straightforward `rayon::scope` DAG executor written here: atomic
 //!   predecessor counters, each successor spawned when its last predecessor ends;
-//! * `engine-Nw` — `Engine::run` with N workers plus the caller lane (N = cores − 1,
-//!   so lanes = cores, like rayon's default pool; and 0, the caller lane alone).
+//! * `engine-Nw-cost1us` — `Engine::run` with N workers plus the caller lane (N =
+//!   cores − 1, so lanes = cores, like rayon's default pool; and 0, the caller lane
+//!   alone) on the plan whose steps declare 1 µs of work: not brief, so the engine
+//!   takes them one per lock acquisition;
+//! * `engine-Nw-cost0` — the same plan with steps that declare zero cost (they do
+//!   nothing, and say so): brief, so a lane takes up to 16 of them per lock
+//!   acquisition (batching, see `brief()` in `src/exec/sched.rs`).
 //!
-//! Reported as time per step (criterion `Throughput::Elements`); the summary printed
-//! at the end gives ns/step of each executor and the ratios, all from this run.
+//! The declared cost only changes what the engine does; the baselines ignore it, so
+//! both engine variants are compared with the same `sequential` and `rayon-dag`
+//! figures. Reported as time per step (criterion `Throughput::Elements`); the
+//! summary printed at the end gives ns/step of each executor and the ratios, all
+//! from this run.
 
 mod common;
 
@@ -38,56 +46,66 @@ const GROUP: &str = "overhead";
 
 static SAMPLES: Samples = Samples::new();
 
-/// A plan of exactly `n` steps (n a multiple of [`PER_DEVICE`]).
-fn synthetic_plan(n: usize) -> Arc<Plan> {
-    assert_eq!(
-        n % PER_DEVICE,
-        0,
-        "plan size must be a multiple of {PER_DEVICE}"
-    );
+/// What every step of a plan declares as its cost.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Declared {
+    /// 1 µs: not brief, one step per lock acquisition.
+    OneMicro,
+    /// Zero: brief, batched up to 16 per lock acquisition.
+    Zero,
+}
+
+impl Declared {
+    const ALL: [Declared; 2] = [Declared::OneMicro, Declared::Zero];
+
+    fn cost(self) -> Duration {
+        match self {
+            Declared::OneMicro => Duration::from_micros(1),
+            Declared::Zero => Duration::ZERO,
+        }
+    }
+
+    /// Suffix of the benchmark id.
+    fn suffix(self) -> &'static str {
+        match self {
+            Declared::OneMicro => "cost1us",
+            Declared::Zero => "cost0",
+        }
+    }
+
+    /// For the summary.
+    fn label(self) -> &'static str {
+        match self {
+            Declared::OneMicro => "1 µs",
+            Declared::Zero => "0, batched",
+        }
+    }
+}
+
+fn engine_name(workers: usize, declared: Declared) -> String {
+    format!("engine-{workers}w-{}", declared.suffix())
+}
+
+/// A plan of exactly `n` steps (n a multiple of [`PER_DEVICE`]), each declaring
+/// `declared` as its cost.
+fn synthetic_plan(n: usize, declared: Declared) -> Arc<Plan> {
+    assert_eq!(n % PER_DEVICE, 0, "plan size must be a multiple of {PER_DEVICE}");
     let devices = (n / PER_DEVICE) as u32;
-    let topo = Arc::new(
-        Topology::builder()
-            .name("overhead")
-            .net(devices, RINGS / 2)
-            .build()
-            .expect("topology"),
-    );
+    let topo = Arc::new(Topology::builder().name("overhead").net(devices, RINGS / 2).build().expect("topology"));
     let mut b = PlanBuilder::new(topo, Side::Destination);
-    let us = Duration::from_micros(1);
+    let us = declared.cost();
     for d in 0..devices {
         let d = DeviceId(d);
         let dev = Resource::device(d);
-        let head = b.add(
-            StepSpec::new(d, StepKind::SetMemTable, Window::Blackout)
-                .footprint(&[dev])
-                .cost(us),
-        );
+        let head = b.add(StepSpec::new(d, StepKind::SetMemTable, Window::Blackout).footprint(&[dev]).cost(us));
         let mut tails = Vec::with_capacity(RINGS as usize);
         for r in 0..RINGS {
             let ring = Resource::vring(d, r);
-            let a = b.add(
-                StepSpec::new(d, StepKind::SetVringBase, Window::Blackout)
-                    .ring(r)
-                    .footprint(&[ring])
-                    .after(&[head])
-                    .cost(us),
-            );
-            let k = b.add(
-                StepSpec::new(d, StepKind::SetVringKick, Window::Blackout)
-                    .ring(r)
-                    .footprint(&[ring])
-                    .after(&[a])
-                    .cost(us),
-            );
+            let a = b.add(StepSpec::new(d, StepKind::SetVringBase, Window::Blackout).ring(r).footprint(&[ring]).after(&[head]).cost(us));
+            let k = b.add(StepSpec::new(d, StepKind::SetVringKick, Window::Blackout).ring(r).footprint(&[ring]).after(&[a]).cost(us));
             tails.push(k);
         }
-        b.add(
-            StepSpec::new(d, StepKind::VringEnable, Window::Blackout)
-                .footprint(&[dev])
-                .after(&tails)
-                .cost(us),
-        );
+        b.add(StepSpec::new(d, StepKind::VringEnable, Window::Blackout).footprint(&[dev]).after(&tails).cost(us));
     }
     let plan = b.build().expect("plan");
     assert_eq!(plan.len(), n);
@@ -138,11 +156,7 @@ fn rayon_dag(plan: &Plan, w: &Nothing) {
             }
         }
     }
-    let remaining: Vec<AtomicU32> = plan
-        .steps()
-        .iter()
-        .map(|s| AtomicU32::new(plan.preds(s.id).len() as u32))
-        .collect();
+    let remaining: Vec<AtomicU32> = plan.steps().iter().map(|s| AtomicU32::new(plan.preds(s.id).len() as u32)).collect();
     let ctx = Ctx { plan, w, remaining };
     let ctx = &ctx;
     rayon::scope(|sc| {
@@ -156,18 +170,11 @@ fn rayon_dag(plan: &Plan, w: &Nothing) {
 }
 
 fn record(name: &str, n: usize, total: Duration, iters: u64) {
-    SAMPLES.add(
-        GROUP,
-        name,
-        &n.to_string(),
-        total.as_nanos() as f64 / iters as f64 / n as f64,
-    );
+    SAMPLES.add(GROUP, name, &n.to_string(), total.as_nanos() as f64 / iters as f64 / n as f64);
 }
 
 fn bench(c: &mut Criterion) {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let engine_workers: Vec<usize> = {
         let mut v = vec![cores.saturating_sub(1), 0];
         v.dedup();
@@ -176,14 +183,14 @@ fn bench(c: &mut Criterion) {
     // Start rayon's global pool before measuring.
     rayon::scope(|_| {});
     let mut g = c.benchmark_group(GROUP);
-    g.sample_size(20)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     for n in SIZES {
-        let plan = synthetic_plan(n);
+        // The baselines ignore the declared cost: one plan serves both.
+        let plans: Vec<(Declared, Arc<Plan>)> = Declared::ALL.iter().map(|&d| (d, synthetic_plan(n, d))).collect();
+        let plan = &plans[0].1;
         g.throughput(Throughput::Elements(n as u64));
         let w = Nothing::default();
-        g.bench_with_input(BenchmarkId::new("sequential", n), &plan, |b, plan| {
+        g.bench_with_input(BenchmarkId::new("sequential", n), plan, |b, plan| {
             b.iter_custom(|iters| {
                 let t = Instant::now();
                 for _ in 0..iters {
@@ -194,7 +201,7 @@ fn bench(c: &mut Criterion) {
                 e
             })
         });
-        g.bench_with_input(BenchmarkId::new("rayon-dag", n), &plan, |b, plan| {
+        g.bench_with_input(BenchmarkId::new("rayon-dag", n), plan, |b, plan| {
             b.iter_custom(|iters| {
                 let before = w.ran.load(Ordering::Relaxed);
                 let t = Instant::now();
@@ -202,79 +209,106 @@ fn bench(c: &mut Criterion) {
                     rayon_dag(plan, &w);
                 }
                 let e = t.elapsed();
-                assert_eq!(
-                    w.ran.load(Ordering::Relaxed) - before,
-                    iters * n as u64,
-                    "rayon-dag ran every step"
-                );
+                assert_eq!(w.ran.load(Ordering::Relaxed) - before, iters * n as u64, "rayon-dag ran every step");
                 record("rayon-dag", n, e, iters);
                 e
             })
         });
-        for &workers in &engine_workers {
-            let engine = Engine::new(workers);
-            let nothing = Arc::new(Nothing::default());
-            let actions: Arc<dyn StepActions> = Arc::new(NothingActions(nothing.clone()));
-            let name = format!("engine-{workers}w");
-            g.bench_with_input(BenchmarkId::new(&name, n), &plan, |b, plan| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let mut progress = Progress::new(plan);
-                        let t = Instant::now();
-                        let r = engine.run(plan, Window::Blackout, actions.clone(), &mut progress);
-                        total += t.elapsed();
-                        assert!(r.ok() && r.records.len() == n, "engine ran every step");
-                    }
-                    record(&name, n, total, iters);
-                    total
-                })
-            });
+        for (declared, plan) in &plans {
+            for &workers in &engine_workers {
+                let engine = Engine::new(workers);
+                let nothing = Arc::new(Nothing::default());
+                let actions: Arc<dyn StepActions> = Arc::new(NothingActions(nothing.clone()));
+                let name = engine_name(workers, *declared);
+                g.bench_with_input(BenchmarkId::new(&name, n), plan, |b, plan| {
+                    b.iter_custom(|iters| {
+                        let before = nothing.ran.load(Ordering::Relaxed);
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let mut progress = Progress::new(plan);
+                            let t = Instant::now();
+                            let r = engine.run(plan, Window::Blackout, actions.clone(), &mut progress);
+                            total += t.elapsed();
+                            assert!(r.ok() && r.records.len() == n, "engine ran every step");
+                        }
+                        assert_eq!(nothing.ran.load(Ordering::Relaxed) - before, iters * n as u64, "engine ran every action once");
+                        record(&name, n, total, iters);
+                        total
+                    })
+                });
+            }
         }
     }
     g.finish();
     summary(&engine_workers, cores);
 }
 
+fn fmt(v: Option<f64>, prec: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.prec$}"))
+}
+
 fn summary(engine_workers: &[usize], cores: usize) {
-    let mut names = vec!["sequential".to_string(), "rayon-dag".to_string()];
-    names.extend(engine_workers.iter().map(|w| format!("engine-{w}w")));
-    let mut header: Vec<String> = vec!["steps".into()];
-    header.extend(names.iter().map(|n| format!("{n} ns/step")));
-    header.push(format!("engine-{}w / rayon-dag", engine_workers[0]));
-    let mut rows = Vec::new();
-    for n in SIZES {
-        let p = n.to_string();
-        let mut row = vec![format!("{n}")];
-        for name in &names {
-            row.push(
-                SAMPLES
-                    .median(GROUP, name, &p)
-                    .map_or("-".into(), |v| format!("{v:.0}")),
-            );
+    let med = |name: &str, n: usize| SAMPLES.median(GROUP, name, &n.to_string());
+    let mut engines: Vec<(String, String)> = Vec::new();
+    for d in Declared::ALL {
+        for &w in engine_workers {
+            engines.push((engine_name(w, d), format!("engine-{w}w ({})", d.label())));
         }
-        let e = SAMPLES.median(GROUP, &names[2], &p);
-        let r = SAMPLES.median(GROUP, "rayon-dag", &p);
-        row.push(match (e, r) {
-            (Some(e), Some(r)) => format!("{:.2}", e / r),
-            _ => "-".into(),
-        });
-        rows.push(row);
     }
-    let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut out = format!(
-        "overhead: do-nothing steps, median ns per step over all criterion iterations, one run; {} ({cores} lanes for rayon and engine-{}w)\n\n",
+        "overhead: do-nothing steps (engine variants by declared step cost), median ns per step over all criterion iterations, one run; {} ({cores} lanes for rayon and engine-{}w)\n\n",
         machine(),
         engine_workers[0]
     );
+    // ns/step of every executor.
+    let mut header: Vec<String> = vec!["steps".into(), "sequential".into(), "rayon-dag".into()];
+    header.extend(engines.iter().map(|(_, l)| l.clone()));
+    let rows: Vec<Vec<String>> = SIZES
+        .iter()
+        .map(|&n| {
+            let mut row = vec![n.to_string(), fmt(med("sequential", n), 0), fmt(med("rayon-dag", n), 0)];
+            row.extend(engines.iter().map(|(name, _)| fmt(med(name, n), 0)));
+            row
+        })
+        .collect();
+    let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
     out.push_str(&table(&hdr, &rows));
-    if let Some(e) = SAMPLES.median(GROUP, &names[2], "10000") {
-        let verdict = if e <= 2000.0 { "within" } else { "ABOVE" };
-        out.push_str(&format!(
-            "\nengine-{}w at 10 000 steps: {e:.0} ns/step, {verdict} the 2 µs/step target\n",
-            engine_workers[0]
-        ));
+    // Ratios to the rayon-scope baseline, and what batching gains.
+    let mut header: Vec<String> = vec!["steps".into()];
+    header.extend(engines.iter().map(|(_, l)| format!("{l} / rayon")));
+    header.extend(engine_workers.iter().map(|w| format!("engine-{w}w: cost0 / cost1us")));
+    let rows: Vec<Vec<String>> = SIZES
+        .iter()
+        .map(|&n| {
+            let r = med("rayon-dag", n);
+            let mut row = vec![n.to_string()];
+            row.extend(engines.iter().map(|(name, _)| match (med(name, n), r) {
+                (Some(e), Some(r)) => format!("{:.2}", e / r),
+                _ => "-".into(),
+            }));
+            row.extend(engine_workers.iter().map(|&w| {
+                match (med(&engine_name(w, Declared::Zero), n), med(&engine_name(w, Declared::OneMicro), n)) {
+                    (Some(z), Some(o)) => format!("{:.2}", z / o),
+                    _ => "-".into(),
+                }
+            }));
+            row
+        })
+        .collect();
+    let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
+    out.push_str("\nratios (medians, same run):\n\n");
+    out.push_str(&table(&hdr, &rows));
+    for d in Declared::ALL {
+        let name = engine_name(engine_workers[0], d);
+        if let Some(e) = med(&name, 10_000) {
+            let verdict = if e <= 2000.0 { "within" } else { "ABOVE" };
+            out.push_str(&format!("\n{name} at 10 000 steps: {e:.0} ns/step, {verdict} the 2 µs/step target"));
+            if let Some(r) = med("rayon-dag", 10_000) {
+                out.push_str(&format!(", {:.2}× rayon-dag ({:+.0} ns/step)", e / r, e - r));
+            }
+        }
     }
+    out.push('\n');
     println!("\n{out}");
     if let Some(p) = save("overhead.md", &out) {
         println!("(saved to {})", p.display());

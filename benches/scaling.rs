@@ -52,9 +52,7 @@ impl Axis {
     fn topology(self, n: u32) -> Topology {
         let b = Topology::builder();
         match self {
-            Axis::Devices => b
-                .name(&format!("{n}-net-x-{QP_PER_DEVICE}qp"))
-                .net(n, QP_PER_DEVICE),
+            Axis::Devices => b.name(&format!("{n}-net-x-{QP_PER_DEVICE}qp")).net(n, QP_PER_DEVICE),
             Axis::Queues => b.name(&format!("1-net-x-{n}qp")).net(1, n),
         }
         .build()
@@ -83,45 +81,26 @@ fn record(axis: Axis, s: Strategy, n: u32, r: &StrategyRun) {
     S.add(g, s.name(), &p, ms(r.downtime));
     if s == Strategy::Engine {
         S.add(g, "bound", &p, ms(r.lower_bound.total()));
-        let src_blackout = r
-            .phases
-            .iter()
-            .find(|(side, w, _)| *side == Side::Source && *w == Window::Blackout)
-            .map(|x| x.2);
+        let src_blackout = r.phases.iter().find(|(side, w, _)| *side == Side::Source && *w == Window::Blackout).map(|x| x.2);
         if let (Some((_, busy)), Some(ph)) = (r.lower_bound.src.busiest_server, src_blackout) {
-            S.add(
-                g,
-                "channel-share",
-                &p,
-                busy.as_secs_f64() / ph.as_secs_f64().max(1e-9),
-            );
+            S.add(g, "channel-share", &p, busy.as_secs_f64() / ph.as_secs_f64().max(1e-9));
         }
-        let blackout_steps = r
-            .steps
-            .iter()
-            .filter(|t| t.window == Window::Blackout)
-            .count();
+        let blackout_steps = r.steps.iter().filter(|t| t.window == Window::Blackout).count();
         S.add(g, "blackout-steps", &p, blackout_steps as f64);
         S.add(
             g,
             "excess-per-step-us",
             &p,
-            (r.downtime.saturating_sub(r.lower_bound.total())).as_secs_f64() * 1e6
-                / blackout_steps.max(1) as f64,
+            (r.downtime.saturating_sub(r.lower_bound.total())).as_secs_f64() * 1e6 / blackout_steps.max(1) as f64,
         );
     }
 }
 
 fn bench_axis(c: &mut Criterion, axis: Axis) {
     let mut g = c.benchmark_group(axis.group());
-    g.sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(1))
-        .measurement_time(Duration::from_secs(2));
+    g.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(1)).measurement_time(Duration::from_secs(2));
     for n in POINTS {
-        let cfg = SimConfig::new(axis.topology(n))
-            .scale(SCALE)
-            .workers(WORKERS);
+        let cfg = SimConfig::new(axis.topology(n)).scale(SCALE).workers(WORKERS);
         for s in STRATEGIES {
             g.bench_with_input(BenchmarkId::new(s.name(), n), &cfg, |b, cfg| {
                 b.iter_custom(|iters| {
@@ -216,52 +195,22 @@ fn svg() -> String {
         r#"<text x="{}" y="18" text-anchor="middle" font-size="14">Downtime vs size, SIMULATED backends (profile × {SCALE}, {WORKERS} workers), medians of one run</text>"#,
         width / 2.0
     );
-    let series = [
-        ("serial", "#d62728", ""),
-        ("engine", "#1f77b4", ""),
-        ("bound", "#555555", r#" stroke-dasharray="5,4""#),
-    ];
+    let series = [("serial", "#d62728", ""), ("engine", "#1f77b4", ""), ("bound", "#555555", r#" stroke-dasharray="5,4""#)];
     for (k, axis) in [Axis::Devices, Axis::Queues].into_iter().enumerate() {
         let x0 = ml + k as f64 * (pw + ml + 20.0);
         let xs = |i: usize| x0 + 20.0 + i as f64 * (pw - 40.0) / (POINTS.len() - 1) as f64;
-        let ys = |v: f64| {
-            mt + ph
-                - (v.clamp(ymin, ymax).log10() - ymin.log10()) / (ymax.log10() - ymin.log10()) * ph
-        };
-        let _ = writeln!(
-            s,
-            r##"<rect x="{x0}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>"##
-        );
+        let ys = |v: f64| mt + ph - (v.clamp(ymin, ymax).log10() - ymin.log10()) / (ymax.log10() - ymin.log10()) * ph;
+        let _ = writeln!(s, r##"<rect x="{x0}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>"##);
         for e in -1..=3 {
             let v = 10f64.powi(e);
             let y = ys(v);
-            let _ = writeln!(
-                s,
-                r##"<line x1="{x0}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/>"##,
-                x0 + pw
-            );
-            let _ = writeln!(
-                s,
-                r#"<text x="{}" y="{}" text-anchor="end">{v}</text>"#,
-                x0 - 5.0,
-                y + 4.0
-            );
+            let _ = writeln!(s, r##"<line x1="{x0}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/>"##, x0 + pw);
+            let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{v}</text>"#, x0 - 5.0, y + 4.0);
         }
         for (i, n) in POINTS.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                r#"<text x="{}" y="{}" text-anchor="middle">{n}</text>"#,
-                xs(i),
-                mt + ph + 16.0
-            );
+            let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{n}</text>"#, xs(i), mt + ph + 16.0);
         }
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-            x0 + pw / 2.0,
-            mt + ph + 36.0,
-            axis.label()
-        );
+        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, x0 + pw / 2.0, mt + ph + 36.0, axis.label());
         let _ = writeln!(
             s,
             r#"<text x="{}" y="{}" text-anchor="middle" transform="rotate(-90 {} {})">downtime ms (log)</text>"#,
@@ -274,39 +223,19 @@ fn svg() -> String {
             let pts: Vec<String> = POINTS
                 .iter()
                 .enumerate()
-                .filter_map(|(i, n)| {
-                    S.median(axis.group(), name, &n.to_string())
-                        .map(|v| format!("{:.1},{:.1}", xs(i), ys(v)))
-                })
+                .filter_map(|(i, n)| S.median(axis.group(), name, &n.to_string()).map(|v| format!("{:.1},{:.1}", xs(i), ys(v))))
                 .collect();
-            let _ = writeln!(
-                s,
-                r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#,
-                pts.join(" ")
-            );
+            let _ = writeln!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#, pts.join(" "));
             for p in &pts {
                 let (x, y) = p.split_once(',').unwrap();
                 let _ = writeln!(s, r#"<circle cx="{x}" cy="{y}" r="3" fill="{color}"/>"#);
             }
         }
         for (j, (name, color, dash)) in series.iter().enumerate() {
-            let label = if *name == "bound" {
-                "engine lower bound"
-            } else {
-                name
-            };
+            let label = if *name == "bound" { "engine lower bound" } else { name };
             let (lx, ly) = (x0 + 12.0, mt + 16.0 + j as f64 * 16.0);
-            let _ = writeln!(
-                s,
-                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/>"#,
-                lx + 24.0
-            );
-            let _ = writeln!(
-                s,
-                r#"<text x="{}" y="{}">{label}</text>"#,
-                lx + 30.0,
-                ly + 4.0
-            );
+            let _ = writeln!(s, r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/>"#, lx + 24.0);
+            let _ = writeln!(s, r#"<text x="{}" y="{}">{label}</text>"#, lx + 30.0, ly + 4.0);
         }
     }
     s.push_str("</svg>\n");
@@ -316,10 +245,7 @@ fn svg() -> String {
 fn bench(c: &mut Criterion) {
     bench_axis(c, Axis::Devices);
     bench_axis(c, Axis::Queues);
-    let mut out = format!(
-        "scaling: SIMULATED backends, profile rfc-original × {SCALE}, {WORKERS} workers; {}\n\n",
-        machine()
-    );
+    let mut out = format!("scaling: SIMULATED backends, profile rfc-original × {SCALE}, {WORKERS} workers; {}\n\n", machine());
     out.push_str(&summary_table(Axis::Devices));
     out.push('\n');
     out.push_str(&summary_table(Axis::Queues));

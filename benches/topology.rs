@@ -29,35 +29,23 @@ static DOWNTIME: Samples = Samples::new();
 static BOUND: Samples = Samples::new();
 
 fn config() -> SimConfig {
-    SimConfig::new(Topology::preset("rfc-huge").expect("preset"))
-        .scale(SCALE)
-        .workers(WORKERS)
+    SimConfig::new(Topology::preset("rfc-huge").expect("preset")).scale(SCALE).workers(WORKERS)
 }
 
 fn bench(c: &mut Criterion) {
     let cfg = config();
     let mut g = c.benchmark_group(GROUP);
-    g.sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(1));
+    g.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(1));
     for s in Strategy::ALL {
         // About the wall time of 10 switchovers (a serial one is ~0.8 s here), so
         // criterion takes one switchover per sample without complaint.
-        g.measurement_time(Duration::from_secs(if s == Strategy::Serial {
-            9
-        } else {
-            3
-        }));
+        g.measurement_time(Duration::from_secs(if s == Strategy::Serial { 9 } else { 3 }));
         g.bench_with_input(BenchmarkId::new(s.name(), PARAM), &cfg, |b, cfg| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let r = run(cfg, s);
-                    assert!(
-                        r.failure.is_none() && r.vring_bases_preserved,
-                        "{} switchover completed with every vring base",
-                        s.name()
-                    );
+                    assert!(r.failure.is_none() && r.vring_bases_preserved, "{} switchover completed with every vring base", s.name());
                     total += r.downtime;
                     DOWNTIME.add(GROUP, s.name(), PARAM, ms(r.downtime));
                     BOUND.add(GROUP, s.name(), PARAM, ms(r.lower_bound.total()));
@@ -86,21 +74,8 @@ fn summary() {
         "topology: rfc-huge (16 net × 32 qp, 24 blk × 4 q), SIMULATED backends, profile rfc-original × {SCALE}, {WORKERS} workers; {}\n\n",
         machine()
     );
-    out.push_str(&table(
-        &[
-            "strategy",
-            "runs",
-            "median downtime ms",
-            "lower bound ms (its own plan and lanes)",
-        ],
-        &rows,
-    ));
-    if let (Some(e), Some(se), Some(p), Some(b)) = (
-        d(Strategy::Engine),
-        d(Strategy::Serial),
-        d(Strategy::Pool),
-        lb(Strategy::Engine),
-    ) {
+    out.push_str(&table(&["strategy", "runs", "median downtime ms", "lower bound ms (its own plan and lanes)"], &rows));
+    if let (Some(e), Some(se), Some(p), Some(b)) = (d(Strategy::Engine), d(Strategy::Serial), d(Strategy::Pool), lb(Strategy::Engine)) {
         out.push_str(&format!(
             "\nratios (medians, same run): engine/serial = {:.4} (1/{:.0}), engine/pool = {:.3} (1/{:.1}), engine/lower-bound = {:.2}, pool/serial = {:.3}\n",
             e / se,

@@ -21,9 +21,7 @@ pub fn list_mode() -> bool {
 
 /// `$CARGO_TARGET_DIR/criterion/summary` (or `target/criterion/summary`), created.
 pub fn summary_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target"));
     let dir = target.join("criterion").join("summary");
     let _ = std::fs::create_dir_all(&dir);
     dir
@@ -56,18 +54,13 @@ pub struct Samples {
 
 impl Samples {
     pub const fn new() -> Self {
-        Samples {
-            rows: Mutex::new(Vec::new()),
-        }
+        Samples { rows: Mutex::new(Vec::new()) }
     }
 
     /// Adds one observation (any unit; the caller knows which).
     pub fn add(&self, group: &str, function: &str, param: &str, value: f64) {
         let mut rows = self.rows.lock().unwrap();
-        match rows
-            .iter_mut()
-            .find(|r| r.0 == group && r.1 == function && r.2 == param)
-        {
+        match rows.iter_mut().find(|r| r.0 == group && r.1 == function && r.2 == param) {
             Some(r) => r.3.push(value),
             None => rows.push((group.into(), function.into(), param.into(), vec![value])),
         }
@@ -76,18 +69,20 @@ impl Samples {
     /// Median of the observations, if any.
     pub fn median(&self, group: &str, function: &str, param: &str) -> Option<f64> {
         let rows = self.rows.lock().unwrap();
-        let r = rows
-            .iter()
-            .find(|r| r.0 == group && r.1 == function && r.2 == param)?;
+        let r = rows.iter().find(|r| r.0 == group && r.1 == function && r.2 == param)?;
         median(&r.3)
+    }
+
+    /// Every observation, in the order added.
+    pub fn values(&self, group: &str, function: &str, param: &str) -> Vec<f64> {
+        let rows = self.rows.lock().unwrap();
+        rows.iter().find(|r| r.0 == group && r.1 == function && r.2 == param).map_or(Vec::new(), |r| r.3.clone())
     }
 
     /// Number of observations.
     pub fn count(&self, group: &str, function: &str, param: &str) -> usize {
         let rows = self.rows.lock().unwrap();
-        rows.iter()
-            .find(|r| r.0 == group && r.1 == function && r.2 == param)
-            .map_or(0, |r| r.3.len())
+        rows.iter().find(|r| r.0 == group && r.1 == function && r.2 == param).map_or(0, |r| r.3.len())
     }
 }
 
@@ -99,11 +94,7 @@ pub fn median(v: &[f64]) -> Option<f64> {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = s.len();
-    Some(if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    })
+    Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
 }
 
 /// Milliseconds of a duration.
@@ -113,17 +104,10 @@ pub fn ms(d: Duration) -> f64 {
 
 /// One line describing the machine: core count and CPU model.
 pub fn machine() -> String {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{cores} cores, {model}")
 }
