@@ -22,10 +22,23 @@ use serde::Deserialize;
 use crate::step::{Affinity, Side, Window};
 
 /// Index of a device in its [`Topology`].
+///
+/// ```
+/// use switchover::topology::{DeviceId, Topology};
+/// let t = Topology::preset("small").unwrap();
+/// assert_eq!(t.device_by_name("blk1").unwrap().id, DeviceId(3));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct DeviceId(pub u32);
 
 /// The kind of a device.
+///
+/// ```
+/// use switchover::topology::{DeviceKind, Topology};
+/// let t = Topology::preset("small").unwrap();
+/// assert_eq!(t.devices()[0].kind, DeviceKind::Net);
+/// assert_eq!(DeviceKind::Generic("vfio".into()).to_string(), "vfio");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceKind {
@@ -86,20 +99,49 @@ pub struct GenericStep {
 
 impl GenericStep {
     /// A step with no predecessors, any-lane affinity and zero cost.
+    ///
+    /// ```
+    /// use switchover::step::{Affinity, Side, Window};
+    /// use switchover::topology::GenericStep;
+    /// let s = GenericStep::new("stop", Side::Source, Window::Blackout);
+    /// assert_eq!((s.affinity, s.cost, s.after.len()), (Affinity::Any, std::time::Duration::ZERO, 0));
+    /// ```
     pub fn new(name: &str, side: Side, window: Window) -> Self {
         GenericStep { name: name.into(), side, window, affinity: Affinity::Any, after: vec![], cost: Duration::ZERO }
     }
     /// Sets the expected cost.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::step::{Side, Window};
+    /// use switchover::topology::GenericStep;
+    /// let s = GenericStep::new("attach", Side::Destination, Window::Prepare).cost(Duration::from_millis(30));
+    /// assert_eq!(s.cost, Duration::from_millis(30));
+    /// ```
     pub fn cost(mut self, cost: Duration) -> Self {
         self.cost = cost;
         self
     }
     /// Sets the affinity.
+    ///
+    /// ```
+    /// use switchover::step::{Affinity, Side, Window};
+    /// use switchover::topology::GenericStep;
+    /// let s = GenericStep::new("unplug", Side::Source, Window::Cleanup).affinity(Affinity::Caller);
+    /// assert_eq!(s.affinity, Affinity::Caller);
+    /// ```
     pub fn affinity(mut self, a: Affinity) -> Self {
         self.affinity = a;
         self
     }
     /// Adds a predecessor by name.
+    ///
+    /// ```
+    /// use switchover::step::{Side, Window};
+    /// use switchover::topology::GenericStep;
+    /// let s = GenericStep::new("activate", Side::Destination, Window::Blackout).after("attach");
+    /// assert_eq!(s.after, ["attach"]);
+    /// ```
     pub fn after(mut self, name: &str) -> Self {
         self.after.push(name.into());
         self
@@ -107,6 +149,14 @@ impl GenericStep {
 }
 
 /// One device of a topology.
+///
+/// ```
+/// use switchover::topology::{DeviceKind, Topology};
+/// let t = Topology::preset("small").unwrap();
+/// let d = t.device_by_name("net1").unwrap();
+/// assert_eq!((d.kind.clone(), d.queues, d.rings()), (DeviceKind::Net, 2, 4));
+/// assert!(d.steps.is_empty());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Device {
     /// Its id (index in the topology).
@@ -140,6 +190,13 @@ impl Device {
 }
 
 /// A malformed topology: names what is wrong.
+///
+/// ```
+/// use switchover::topology::{Topology, TopologyError};
+/// assert_eq!(Topology::builder().build(), Err(TopologyError::Empty));
+/// let e = Topology::builder().blk(1, 0).build().unwrap_err();
+/// assert_eq!(e.to_string(), "device blk0: queues is 0");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopologyError {
     /// No preset of that name.
@@ -180,13 +237,28 @@ pub enum TopologyError {
 }
 
 /// A VM's devices.
+///
+/// ```
+/// use switchover::topology::Topology;
+/// let t = Topology::preset("small").unwrap();
+/// assert_eq!(t.summary(), "small: 2 net × 2 qp, 2 blk × 1 q (10 rings)");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Topology {
     name: String,
     devices: Vec<Device>,
 }
 
+/// Most devices a topology may have (a bound on what a file can make the library
+/// allocate).
+pub const MAX_DEVICES: u32 = 4096;
+
 /// Names of the built-in presets.
+///
+/// ```
+/// use switchover::topology::{Topology, PRESETS};
+/// assert!(PRESETS.iter().all(|p| Topology::preset(p).is_ok()));
+/// ```
 pub const PRESETS: &[&str] = &["rfc-huge", "medium", "small", "single-net", "single-blk"];
 
 impl Topology {
@@ -240,6 +312,7 @@ impl Topology {
     /// assert_eq!(t.devices().len(), 2);
     /// assert!(Topology::from_toml_str("[[device]]\nkind = \"blk\"\nqueues = 0\n", "x").is_err());
     /// assert!(Topology::from_toml_str("[[device]]\nkind = \"blk\"\nqeues = 1\n", "x").is_err());
+    /// assert!(Topology::from_toml_str("[[device]]\nkind = \"net\"\ncount = 4000000000\n", "x").is_err());
     /// ```
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Topology, TopologyError> {
         let file: TomlFile =
@@ -293,11 +366,23 @@ impl Topology {
     }
 
     /// The topology's name (the preset or file it came from).
+    ///
+    /// ```
+    /// use switchover::topology::Topology;
+    /// assert_eq!(Topology::preset("medium").unwrap().name(), "medium");
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// All devices, in id order.
+    ///
+    /// ```
+    /// use switchover::topology::Topology;
+    /// let t = Topology::preset("small").unwrap();
+    /// let names: Vec<_> = t.devices().iter().map(|d| d.name.as_str()).collect();
+    /// assert_eq!(names, ["net0", "net1", "blk0", "blk1"]);
+    /// ```
     pub fn devices(&self) -> &[Device] {
         &self.devices
     }
@@ -314,11 +399,23 @@ impl Topology {
     }
 
     /// A device by name.
+    ///
+    /// ```
+    /// use switchover::topology::Topology;
+    /// let t = Topology::preset("small").unwrap();
+    /// assert_eq!(t.device_by_name("blk1").unwrap().queues, 1);
+    /// assert!(t.device_by_name("blk2").is_none());
+    /// ```
     pub fn device_by_name(&self, name: &str) -> Option<&Device> {
         self.devices.iter().find(|d| d.name == name)
     }
 
     /// Rings over all devices.
+    ///
+    /// ```
+    /// use switchover::topology::Topology;
+    /// assert_eq!(Topology::preset("small").unwrap().total_rings(), 2 * 2 * 2 + 2);
+    /// ```
     pub fn total_rings(&self) -> u32 {
         self.devices.iter().map(Device::rings).sum()
     }
@@ -351,6 +448,13 @@ impl Topology {
 }
 
 /// Builds a [`Topology`] in code; devices are numbered per kind in the order added.
+///
+/// ```
+/// use switchover::topology::Topology;
+/// let t = Topology::builder().blk(1, 4).net(1, 1).blk(1, 2).build().unwrap();
+/// let names: Vec<_> = t.devices().iter().map(|d| d.name.as_str()).collect();
+/// assert_eq!(names, ["blk0", "net0", "blk1"]);
+/// ```
 #[derive(Debug, Default, Clone)]
 pub struct TopologyBuilder {
     name: Option<String>,
@@ -359,16 +463,34 @@ pub struct TopologyBuilder {
 
 impl TopologyBuilder {
     /// Names the topology.
+    ///
+    /// ```
+    /// use switchover::topology::Topology;
+    /// assert_eq!(Topology::builder().name("vm1").net(1, 1).build().unwrap().name(), "vm1");
+    /// assert_eq!(Topology::builder().net(1, 1).build().unwrap().name(), "custom");
+    /// ```
     pub fn name(mut self, n: &str) -> Self {
         self.name = Some(n.into());
         self
     }
     /// Adds `count` vhost-user net devices with `queue_pairs` each.
+    ///
+    /// ```
+    /// use switchover::topology::Topology;
+    /// let t = Topology::builder().net(3, 4).build().unwrap();
+    /// assert_eq!((t.devices().len(), t.total_rings()), (3, 3 * 4 * 2));
+    /// ```
     pub fn net(mut self, count: u32, queue_pairs: u32) -> Self {
         self.groups.push((DeviceKind::Net, count, queue_pairs, vec![]));
         self
     }
     /// Adds `count` vhost-user blk devices with `queues` each.
+    ///
+    /// ```
+    /// use switchover::topology::Topology;
+    /// let t = Topology::builder().blk(2, 4).build().unwrap();
+    /// assert_eq!((t.devices().len(), t.total_rings()), (2, 8));
+    /// ```
     pub fn blk(mut self, count: u32, queues: u32) -> Self {
         self.groups.push((DeviceKind::Blk, count, queues, vec![]));
         self
@@ -393,6 +515,13 @@ impl TopologyBuilder {
     /// # Errors
     /// [`TopologyError::Invalid`] for zero counts, zero queues, bad generic steps;
     /// [`TopologyError::Empty`] for no devices.
+    ///
+    /// ```
+    /// use switchover::topology::{Topology, TopologyError};
+    /// assert!(Topology::builder().net(1, 1).build().is_ok());
+    /// assert!(matches!(Topology::builder().net(0, 1).build(), Err(TopologyError::Invalid { .. })));
+    /// assert!(matches!(Topology::builder().net(1, 300).build(), Err(TopologyError::Invalid { .. })));
+    /// ```
     pub fn build(self) -> Result<Topology, TopologyError> {
         let mut devices = Vec::new();
         let mut next_index: Vec<(String, u32)> = Vec::new();
@@ -408,6 +537,9 @@ impl TopologyBuilder {
             let group = format!("{prefix}{}", *idx);
             if count == 0 {
                 return Err(TopologyError::Invalid { device: group, reason: "count is 0".into() });
+            }
+            if devices.len() as u64 + u64::from(count) > u64::from(MAX_DEVICES) {
+                return Err(TopologyError::Invalid { device: group, reason: format!("more than {MAX_DEVICES} devices in all") });
             }
             if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_alphabetic() || c == '_' || c == '-') {
                 return Err(TopologyError::Invalid { device: group, reason: format!("kind name '{prefix}' must be letters, '-' or '_'") });

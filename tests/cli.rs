@@ -31,6 +31,7 @@ fn malformed_input_is_one_line_and_exit_2() {
         "unknown field `colour`",
     );
     bad(&["--topology", &write("kind.toml", "[[device]]\nkind = \"gpu\"\n")], "unknown kind 'gpu'");
+    bad(&["--topology", &write("huge.toml", "[[device]]\nkind = \"net\"\ncount = 4000000000\n")], "more than 4096 devices");
     bad(&["--topology", "/nonexistent/x.toml"], "cannot read topology file");
     bad(&["--inject", "melt:get_vring_base:net0"], "unknown kind 'melt'");
     bad(&["--inject", "error:get_vring_base:net99"], "no device named 'net99'");

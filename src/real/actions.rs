@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::frontend::BackendKind;
 use super::kvm::Change;
+use super::mem::QSIZE;
 use super::side::RealSide;
 use super::wire::Reply;
 use crate::error::StepFailure;
@@ -139,6 +140,31 @@ impl RealActions {
             }
         }
     }
+}
+
+/// Whether a `GET_VRING_BASE` base is possible on a ring whose guest memory shows
+/// `used` (the used ring's index) and `avail` (the avail ring's index).
+///
+/// A base is the backend's next avail index, a free-running `u16`. It cannot be
+/// behind what the backend already completed (`used`), nor ahead of what the guest
+/// published (`avail`), nor more than a ring's worth of descriptors ahead of
+/// `used` (at most `QSIZE` requests can be outstanding). All three in wrapping
+/// arithmetic: `base - used <= min(avail - used, QSIZE)`.
+///
+/// # Errors
+/// What is impossible about it.
+pub fn check_base(base: u16, used: u16, avail: u16) -> Result<u16, String> {
+    let ahead = base.wrapping_sub(used);
+    let published = avail.wrapping_sub(used);
+    if ahead > QSIZE {
+        return Err(format!("vring base {base} is {ahead} past the used index {used}, more than the ring size {QSIZE} (impossible)"));
+    }
+    if ahead > published {
+        return Err(format!(
+            "vring base {base} is past the guest's avail index {avail} (used {used}): requests never published (impossible)"
+        ));
+    }
+    Ok(base)
 }
 
 /// Whether `pid` is still running (not a zombie, not gone).
@@ -287,10 +313,19 @@ impl StepActions for RealActions {
                     // The reply arrived (the wire stays in step) but counts as an error.
                     (Ok(_), _) if injected.is_some() => done(Err(injected.expect("checked"))),
                     (Ok(Reply::State(_, num)), StepKind::GetVringBase) => {
-                        if let Some(r) = ring {
-                            side.state().set_base(device, r, num as u16);
+                        // The reader checked ring index and 16-bit range; the base
+                        // must also be possible for this ring in guest memory before
+                        // it is recorded (and later sent to the destination).
+                        let (used, avail) = (side.mem().used_idx(g), side.mem().avail_idx(g));
+                        match check_base(num as u16, used, avail) {
+                            Ok(base) => {
+                                if let Some(r) = ring {
+                                    side.state().set_base(device, r, base);
+                                }
+                                done(Ok(()));
+                            }
+                            Err(what) => done(Err(StepFailure::Garbage { what })),
                         }
-                        done(Ok(()));
                     }
                     (Ok(_), StepKind::GetVringBase) => {
                         done(Err(StepFailure::Garbage { what: "GET_VRING_BASE answered without a vring state".into() }))

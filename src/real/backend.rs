@@ -195,6 +195,10 @@ pub fn serve(kind: &str, sock: &str, queues: usize, file: Option<&Path>) -> Resu
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
+    serve_inner(kind, sock, queues, file)
+}
+
+fn serve_inner(kind: &str, sock: &str, queues: usize, file: Option<&Path>) -> Result<(), String> {
     let blk = match kind {
         "net" => false,
         "blk" => true,
@@ -303,13 +307,18 @@ pub fn spawn_own(
     blk: bool,
     queues: u32,
     file: Option<&Path>,
+    hostile: Option<&str>,
 ) -> Result<(UnixStream, ChildProc), String> {
     let sock: PathBuf = dir.join(format!("{name}-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).map_err(|e| format!("{name}: bind {}: {e}", sock.display()))?;
+    let listener = super::dir::bind_private(&sock).map_err(|e| format!("{name}: bind {}: {e}", sock.display()))?;
     listener.set_nonblocking(true).map_err(|e| format!("{name}: {e}"))?;
     let mut cmd = Command::new(exe);
-    cmd.args(["real", "__backend", if blk { "blk" } else { "net" }]).arg(&sock).arg(queues.to_string());
+    cmd.args(["real", "__backend"]);
+    if let Some(h) = hostile {
+        cmd.args(["hostile", h]);
+    }
+    cmd.arg(if blk { "blk" } else { "net" }).arg(&sock).arg(queues.to_string());
     if let Some(f) = file {
         cmd.arg(f);
     }
@@ -319,7 +328,11 @@ pub fn spawn_own(
     let t = Instant::now();
     let stream = loop {
         match listener.accept() {
-            Ok((s, _)) => break s,
+            Ok((s, _)) => match super::dir::check_peer_uid(&s) {
+                Ok(()) => break s,
+                // Another user's process: refused (closed), keep waiting for ours.
+                Err(e) => tracing::warn!(device = name, error = %e, "connection refused"),
+            },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if let Some(st) = proc_.exited() {
                     let _ = std::fs::remove_file(&sock);
@@ -340,4 +353,222 @@ pub fn spawn_own(
     let _ = std::fs::remove_file(&sock);
     stream.set_nonblocking(false).map_err(|e| format!("{name}: {e}"))?;
     Ok((stream, proc_))
+}
+
+/// Misbehaviours of the hostile test backend (`switchover real __backend hostile
+/// MODE@REQUEST KIND SOCK QUEUES [FILE]`): a real own backend behind a proxy in
+/// the same process that, at the first reply to REQUEST (`get_vring_base` or
+/// `set_vring_base`), does MODE:
+///
+/// * `wrong_type`: the reply names another request (`SET_VRING_ENABLE`);
+/// * `wrong_size`: the reply's body is 4 bytes longer;
+/// * `base_beyond_ring`: the base is moved a ring size plus one ahead;
+/// * `base_past_avail`: the base is moved one ahead (past what the guest published);
+/// * `base_other_ring`: the reply names another ring;
+/// * `base_over_u16`: the base does not fit the 16-bit index (`+ 0x10000`);
+/// * `duplicate`: the reply is sent twice;
+/// * `swap`: the reply is held and sent after the next one (out of order);
+/// * `fds`: the reply carries an unexpected file descriptor (`SCM_RIGHTS`);
+/// * `partial`: half of the reply's header, then silence;
+/// * `drip`: the reply one byte every 150 ms;
+/// * `close`: the connection is closed when the request arrives (the process
+///   exits); with REQUEST `connect`, right after connecting, before the handshake;
+/// * `flood`: the reply, then unsolicited replies as fast as the socket takes them.
+///
+/// Only for tests: it exists to check that the frontend survives such a backend.
+pub const HOSTILE_MODES: &[&str] = &[
+    "wrong_type",
+    "wrong_size",
+    "base_beyond_ring",
+    "base_past_avail",
+    "base_other_ring",
+    "base_over_u16",
+    "duplicate",
+    "swap",
+    "fds",
+    "partial",
+    "drip",
+    "close",
+    "flood",
+];
+
+fn read_frame(s: &UnixStream, fds_out: &mut Vec<File>) -> io::Result<Vec<u8>> {
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let mut h = [0u8; 12];
+    let mut got = 0;
+    while got < 12 {
+        let mut fds = [-1; 8];
+        let mut iov = [libc::iovec { iov_base: h[got..].as_mut_ptr().cast(), iov_len: 12 - got }];
+        // SAFETY: the iovec points into `h`, alive across the call.
+        let (n, nfds) = unsafe { s.recv_with_fds(&mut iov, &mut fds) }.map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        for fd in &fds[..nfds] {
+            // SAFETY: a descriptor just received, owned by nobody else.
+            fds_out.push(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(*fd) });
+        }
+        got += n;
+    }
+    let size = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+    let mut body = vec![0u8; size.min(1 << 16)];
+    std::io::Read::read_exact(&mut &*s, &mut body)?;
+    let mut m = h.to_vec();
+    m.extend_from_slice(&body);
+    Ok(m)
+}
+
+fn send_frame(s: &UnixStream, m: &[u8], fds: &[File]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let n = s.send_with_fds(&[m], &raw).map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    if n < m.len() {
+        std::io::Write::write_all(&mut &*s, &m[n..])?;
+    }
+    Ok(())
+}
+
+/// The hostile backend's entry (see [`HOSTILE_MODES`]).
+///
+/// # Errors
+/// Start-up failures, or an unknown mode.
+pub fn serve_hostile(spec: &str, kind: &str, sock: &str, queues: usize, file: Option<&Path>) -> Result<(), String> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    let (mode, req) = spec.split_once('@').ok_or_else(|| format!("hostile spec '{spec}' is not MODE@REQUEST"))?;
+    if !HOSTILE_MODES.contains(&mode) {
+        return Err(format!("unknown hostile mode '{mode}' ({})", HOSTILE_MODES.join(", ")));
+    }
+    let target: u32 = match req {
+        "connect" if mode == "close" => 0,
+        "get_vring_base" => 11,
+        "set_vring_base" => 10,
+        other => return Err(format!("unknown request '{other}' (get_vring_base, set_vring_base)")),
+    };
+    let mode = mode.to_string();
+    // The real backend serves an inner socket; this process relays the frontend.
+    let front = UnixStream::connect(sock).map_err(|e| format!("connect {sock}: {e}"))?;
+    if target == 0 {
+        std::process::exit(0);
+    }
+    let inner_path = format!("{sock}.inner");
+    let _ = std::fs::remove_file(&inner_path);
+    let inner = UnixListener::bind(&inner_path).map_err(|e| format!("bind {inner_path}: {e}"))?;
+    let (kind, ip, file) = (kind.to_string(), inner_path.clone(), file.map(Path::to_path_buf));
+    std::thread::spawn(move || {
+        let _ = serve_inner(&kind, &ip, queues, file.as_deref());
+        std::process::exit(0);
+    });
+    let (back, _) = inner.accept().map_err(|e| format!("accept {inner_path}: {e}"))?;
+    let _ = std::fs::remove_file(&inner_path);
+    let armed = Arc::new(AtomicBool::new(false));
+    // Frontend to backend: requests (with their fds), watching for the target.
+    {
+        let (front, back, armed, mode) =
+            (front.try_clone().map_err(|e| e.to_string())?, back.try_clone().map_err(|e| e.to_string())?, armed.clone(), mode.clone());
+        std::thread::spawn(move || loop {
+            let mut fds = Vec::new();
+            let Ok(m) = read_frame(&front, &mut fds) else { std::process::exit(0) };
+            let code = u32::from_le_bytes([m[0], m[1], m[2], m[3]]);
+            if code == target && !armed.swap(true, Ordering::AcqRel) && mode == "close" {
+                std::process::exit(0);
+            }
+            if send_frame(&back, &m, &fds).is_err() {
+                std::process::exit(0);
+            }
+        });
+    }
+    // Backend to frontend: replies, one of them mangled.
+    let mut fired = false;
+    loop {
+        let mut fds = Vec::new();
+        let Ok(mut m) = read_frame(&back, &mut fds) else { std::process::exit(0) };
+        let code = u32::from_le_bytes([m[0], m[1], m[2], m[3]]);
+        if fired || code != target || !armed.load(Ordering::Acquire) {
+            if send_frame(&front, &m, &fds).is_err() {
+                std::process::exit(0);
+            }
+            continue;
+        }
+        fired = true;
+        let num = |m: &mut Vec<u8>, f: &dyn Fn(u32) -> u32| {
+            let v = u32::from_le_bytes([m[16], m[17], m[18], m[19]]);
+            m[16..20].copy_from_slice(&f(v).to_le_bytes());
+        };
+        match mode.as_str() {
+            "wrong_type" => m[0..4].copy_from_slice(&18u32.to_le_bytes()),
+            "wrong_size" => {
+                let size = u32::from_le_bytes([m[8], m[9], m[10], m[11]]) + 4;
+                m[8..12].copy_from_slice(&size.to_le_bytes());
+                m.extend_from_slice(&[0; 4]);
+            }
+            "base_beyond_ring" => num(&mut m, &|v| (v + u32::from(QSIZE) + 1) & 0xffff),
+            "base_past_avail" => num(&mut m, &|v| (v + 1) & 0xffff),
+            "base_over_u16" => num(&mut m, &|v| v + 0x10000),
+            "base_other_ring" => {
+                let i = u32::from_le_bytes([m[12], m[13], m[14], m[15]]) + 1;
+                m[12..16].copy_from_slice(&i.to_le_bytes());
+            }
+            "duplicate" => {
+                let _ = send_frame(&front, &m, &[]);
+            }
+            "swap" => {
+                // The next reply first (or, if none comes within 150 ms, an ack
+                // as if to a later request), then the one held back.
+                let _ = back.set_read_timeout(Some(Duration::from_millis(150)));
+                let mut fds2 = Vec::new();
+                let next = read_frame(&back, &mut fds2).unwrap_or_else(|_| {
+                    let mut ack = m[..12].to_vec();
+                    ack[0..4].copy_from_slice(&18u32.to_le_bytes());
+                    ack[8..12].copy_from_slice(&8u32.to_le_bytes());
+                    ack.extend_from_slice(&[0; 8]);
+                    ack
+                });
+                let _ = back.set_read_timeout(None);
+                let _ = send_frame(&front, &next, &[]);
+                let _ = send_frame(&front, &m, &[]);
+                continue;
+            }
+            "fds" => {
+                let f = File::open("/dev/null").map_err(|e| e.to_string())?;
+                let _ = send_frame(&front, &m, &[f]);
+                continue;
+            }
+            "partial" => {
+                let _ = (&front).write_all(&m[..6]);
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            "drip" => {
+                for b in &m {
+                    if (&front).write_all(&[*b]).is_err() {
+                        std::process::exit(0);
+                    }
+                    std::thread::sleep(Duration::from_millis(150));
+                }
+                continue;
+            }
+            "flood" => {
+                let _ = send_frame(&front, &m, &[]);
+                let mut junk = m.clone();
+                for i in 0u32.. {
+                    junk[16..20].copy_from_slice(&i.to_le_bytes());
+                    if send_frame(&front, &junk, &[]).is_err() {
+                        std::process::exit(0);
+                    }
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if send_frame(&front, &m, &fds).is_err() {
+            std::process::exit(0);
+        }
+    }
 }

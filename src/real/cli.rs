@@ -141,6 +141,18 @@ pub fn checks_text(runs: &[RealRun]) -> String {
 
 /// Entry point of `switchover real ARGS`.
 pub fn main(args: &[String]) -> ExitCode {
+    if args.first().map(String::as_str) == Some("__backend") && args.get(1).map(String::as_str) == Some("hostile") {
+        let (Some(spec), Some(kind), Some(sock), Some(q)) = (args.get(2), args.get(3), args.get(4), args.get(5)) else {
+            return fail("usage: switchover real __backend hostile MODE@REQUEST net|blk SOCK QUEUES [FILE]");
+        };
+        let Ok(q) = q.parse::<usize>() else {
+            return fail(format!("bad queue count '{q}'"));
+        };
+        return match super::backend::serve_hostile(spec, kind, sock, q, args.get(6).map(std::path::Path::new)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format!("hostile backend: {e}")),
+        };
+    }
     if args.first().map(String::as_str) == Some("__backend") {
         let (Some(kind), Some(sock), Some(q)) = (args.get(1), args.get(2), args.get(3)) else {
             return fail("usage: switchover real __backend net|blk SOCK QUEUES [FILE]");

@@ -46,3 +46,42 @@ impl Drop for PrivateDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// Binds a listening Unix socket at `path` and makes it 0600 (owner only). It
+/// lives in a [`PrivateDir`] (0700), so no other user can reach it between the
+/// bind and the chmod either.
+///
+/// # Errors
+/// The error of bind or chmod.
+pub fn bind_private(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let l = std::os::unix::net::UnixListener::bind(path)?;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(l)
+}
+
+/// Refuses a peer of another user: `SO_PEERCRED` (the credentials the peer had
+/// when it connected) must name this process's effective uid.
+///
+/// # Errors
+/// The peer's uid and pid when they differ, or the getsockopt error.
+pub fn check_peer_uid(s: &std::os::unix::net::UnixStream) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let r =
+        unsafe { libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len) };
+    if r != 0 {
+        return Err(format!("SO_PEERCRED: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if cred.uid != me {
+        return Err(format!("peer uid {} (pid {}) is not this process's uid {me}", cred.uid, cred.pid));
+    }
+    Ok(())
+}

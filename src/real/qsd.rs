@@ -67,6 +67,8 @@ pub fn spawn(bin: &Path, dir: &Path, name: &str, image: &Path, queues: u32, iops
     loop {
         if sock.exists() {
             if let Ok(s) = UnixStream::connect(&sock) {
+                // Only the daemon we started (our uid) may be behind it.
+                super::dir::check_peer_uid(&s).map_err(|e| format!("{name}: {}: {e}", sock.display()))?;
                 return Ok((s, p));
             }
         }

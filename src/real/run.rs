@@ -79,6 +79,10 @@ pub struct RealConfig {
     /// Faults injected at steps (`KIND:STEP:DEVICE[:RING]`, see
     /// [`super::actions`]), on whichever side runs the step.
     pub inject: Vec<crate::sim::Fault>,
+    /// Tests only: devices served by the hostile test backend, as (side, device
+    /// name, `MODE@REQUEST`); see [`super::backend::HOSTILE_MODES`]. Own backends
+    /// only (a qemu-storage-daemon device ignores it).
+    pub hostile: Vec<(Side, String, String)>,
 }
 
 /// A fault caused on a real source backend just before the window opens.
@@ -106,6 +110,7 @@ impl RealConfig {
             qsd: qsd::find(),
             fault: None,
             inject: Vec::new(),
+            hostile: Vec::new(),
             inflight: 1,
             qsd_iops: None,
         }
@@ -343,7 +348,8 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Str
             images.push(None);
         }
     }
-    let side_cfg = SideConfig {
+    let hostile_on = |side: Side| cfg.hostile.iter().filter(|h| h.0 == side).map(|h| (h.1.clone(), h.2.clone())).collect::<Vec<_>>();
+    let mut side_cfg = SideConfig {
         exe: cfg.exe.clone(),
         dir: dir_path.clone(),
         qsd: cfg.qsd.clone(),
@@ -351,6 +357,7 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Str
         images,
         deadline: cfg.deadline,
         qsd_iops: cfg.qsd_iops,
+        hostile: hostile_on(Side::Source),
     };
     let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).map_err(|e| format!("guest memory: {e}"))?);
     let src_state = Arc::new(DeviceState::new(&topo));
@@ -385,6 +392,7 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Str
     }
 
     // The destination's backends and connections exist before the switchover.
+    side_cfg.hostile = hostile_on(Side::Destination);
     let dst = Arc::new(RealSide::connect(&side_cfg, Side::Destination, &topo, mem.clone(), dst_state.clone())?);
     dst.start_watchdog();
 

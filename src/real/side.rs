@@ -39,6 +39,10 @@ pub struct SideConfig {
     pub deadline: Duration,
     /// qemu-storage-daemon's I/O limit (a throttle node), if any.
     pub qsd_iops: Option<u32>,
+    /// Tests only: (device name, `MODE@REQUEST`) of devices whose first backend
+    /// on this side is the hostile test backend (see [`super::backend::HOSTILE_MODES`]).
+    /// A replacement started by [`RealSide::reconnect`] is never hostile.
+    pub hostile: Vec<(String, String)>,
 }
 
 /// One side.
@@ -89,7 +93,8 @@ impl RealSide {
         let mut devices = Vec::new();
         for d in topo.devices() {
             // On error, `procs` is dropped: every backend started so far is stopped.
-            let (conn, p) = start_backend(cfg, side, d)?;
+            let hostile = cfg.hostile.iter().find(|(n, _)| *n == d.name).map(|(_, m)| m.as_str());
+            let (conn, p) = start_backend(cfg, side, d, hostile)?;
             procs.push(p);
             devices.push(RwLock::new(Arc::new(conn)));
         }
@@ -260,7 +265,7 @@ impl RealSide {
         self.devices[d.0 as usize].read().close();
         let label = format!("{}-{}", self.side.short(), dev.name);
         let _ = std::fs::remove_file(self.cfg.dir.join(format!("{label}-qsd.sock")));
-        let (conn, p) = start_backend(&self.cfg, self.side, &dev)?;
+        let (conn, p) = start_backend(&self.cfg, self.side, &dev, None)?;
         let old_proc = {
             let mut procs = self.procs.lock();
             match procs.get_mut(d.0 as usize) {
@@ -314,14 +319,19 @@ impl Drop for RealSide {
 }
 
 /// Starts the backend of device `d` for `side` and connects to it (handshake done).
-fn start_backend(cfg: &SideConfig, side: Side, d: &crate::topology::Device) -> Result<(DeviceConn, ChildProc), String> {
+fn start_backend(
+    cfg: &SideConfig,
+    side: Side,
+    d: &crate::topology::Device,
+    hostile: Option<&str>,
+) -> Result<(DeviceConn, ChildProc), String> {
     let kind = cfg.backends.get(d.id.0 as usize).copied().ok_or_else(|| format!("{}: no backend chosen", d.name))?;
     let image = cfg.images.get(d.id.0 as usize).cloned().flatten();
     let tag = side.short();
     let label = format!("{tag}-{}", d.name);
     let (stream, p) = match (kind, &d.kind) {
-        (BackendKind::OwnNet, DeviceKind::Net) => spawn_own(&cfg.exe, &cfg.dir, &label, false, d.rings(), None)?,
-        (BackendKind::OwnBlk, DeviceKind::Blk) => spawn_own(&cfg.exe, &cfg.dir, &label, true, d.rings(), image.as_deref())?,
+        (BackendKind::OwnNet, DeviceKind::Net) => spawn_own(&cfg.exe, &cfg.dir, &label, false, d.rings(), None, hostile)?,
+        (BackendKind::OwnBlk, DeviceKind::Blk) => spawn_own(&cfg.exe, &cfg.dir, &label, true, d.rings(), image.as_deref(), hostile)?,
         (BackendKind::Qsd, DeviceKind::Blk) => {
             let bin = cfg.qsd.as_ref().ok_or_else(|| format!("{}: qemu-storage-daemon is not installed", d.name))?;
             let img = image.as_ref().ok_or_else(|| format!("{}: no image", d.name))?;

@@ -17,7 +17,7 @@
 //!   fails everything queued with a time-out, and nothing hangs.
 
 use std::collections::VecDeque;
-use std::io::{self, Read};
+use std::io;
 use std::net::Shutdown;
 use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
@@ -46,6 +46,8 @@ pub type OnReply = Box<dyn FnOnce(Result<Reply, StepFailure>) + Send + 'static>;
 
 struct Pending {
     code: u32,
+    /// The ring a `GET_VRING_BASE` asked about (its reply must name it).
+    ring: Option<u32>,
     deadline: Instant,
     after: Duration,
     on_reply: OnReply,
@@ -127,7 +129,9 @@ impl Channel {
         let r = g.stream.send_with_fds(&[&msg[..]], fds);
         match r {
             Ok(n) if n == msg.len() => {
-                g.pending.push_back(Pending { code, deadline: Instant::now() + deadline, after: deadline, on_reply });
+                let ring = (req == FrontendReq::GET_VRING_BASE && body.len() >= 4)
+                    .then(|| u32::from_le_bytes([body[0], body[1], body[2], body[3]]));
+                g.pending.push_back(Pending { code, ring, deadline: Instant::now() + deadline, after: deadline, on_reply });
             }
             Ok(n) => {
                 drop(g);
@@ -221,27 +225,182 @@ impl Drop for Channel {
     }
 }
 
-fn read_reply(rd: &mut UnixStream) -> io::Result<(u32, u32, Vec<u8>)> {
+/// The body size every reply the channel asks for has: a `u64` (`REPLY_ACK`
+/// status, `GET_FEATURES`) or a `VhostUserVringState` (`GET_VRING_BASE`).
+const REPLY_BODY: u32 = 8;
+
+/// Header flags: bits 0-1 are the protocol version (1), bit 2 is REPLY.
+const VERSION_MASK: u32 = 0x3;
+
+/// Why reading stopped: the socket failed, or the backend sent something that is
+/// not a well-formed reply (the stream can no longer be trusted to be in step).
+enum ReadError {
+    Io(io::Error),
+    Garbage(String),
+}
+
+/// Reads exactly `buf.len()` bytes with `recvmsg`, so that file descriptors passed
+/// with `SCM_RIGHTS` are seen: each one is closed at once and counted (also those
+/// the kernel dropped because the control buffer was too small, `MSG_CTRUNC`).
+fn recv_exact(fd: RawFd, buf: &mut [u8], fds: &mut usize) -> io::Result<()> {
+    const SPACE: usize = 256;
+    let mut got = 0;
+    while got < buf.len() {
+        let mut cmsg = [0u64; SPACE / 8];
+        let mut iov = libc::iovec { iov_base: buf[got..].as_mut_ptr().cast(), iov_len: buf.len() - got };
+        // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = SPACE as _;
+        // SAFETY: fd is our socket; iov points into `buf`, msg_control into `cmsg`.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // SAFETY: walking the control messages recvmsg just wrote into `cmsg`.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                    let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    for i in 0..len / std::mem::size_of::<RawFd>() {
+                        libc::close(std::ptr::read_unaligned(data.add(i)));
+                        *fds += 1;
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            *fds += 1;
+        }
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        got += n as usize;
+    }
+    Ok(())
+}
+
+/// Reads one reply frame: header, then a body of the one size every expected
+/// reply has. A frame carrying file descriptors or of another size is garbage
+/// (the body is not read: the stream is given up).
+fn read_reply(fd: RawFd) -> Result<(u32, u32, [u8; 8]), ReadError> {
     let mut h = [0u8; 12];
-    rd.read_exact(&mut h)?;
+    let mut fds = 0usize;
+    recv_exact(fd, &mut h, &mut fds).map_err(ReadError::Io)?;
     let code = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
     let flags = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
     let size = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-    if size > 4096 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("reply body of {size} bytes")));
+    if fds > 0 {
+        return Err(ReadError::Garbage(format!("{} came with {fds} file descriptor(s), none expected (closed)", reply_name(code))));
     }
-    let mut body = vec![0u8; size as usize];
-    rd.read_exact(&mut body)?;
+    if size != REPLY_BODY {
+        return Err(ReadError::Garbage(format!("{} has a {size}-byte body, the message defines {REPLY_BODY}", reply_name(code))));
+    }
+    let mut body = [0u8; 8];
+    recv_exact(fd, &mut body, &mut fds).map_err(ReadError::Io)?;
+    if fds > 0 {
+        return Err(ReadError::Garbage(format!("{} came with {fds} file descriptor(s), none expected (closed)", reply_name(code))));
+    }
     Ok((code, flags, body))
 }
 
-fn reader_loop(mut rd: UnixStream, ch: std::sync::Weak<Channel>) {
+fn reply_name(code: u32) -> String {
+    format!("reply {}", request_name(code))
+}
+
+/// Checks a well-framed reply against the request it answers (`p`): same request,
+/// REPLY flag and protocol version 1, and for `GET_VRING_BASE` the ring asked
+/// about and a 16-bit index. `Err` is what was wrong.
+pub fn validate_reply(p_code: u32, p_ring: Option<u32>, code: u32, flags: u32, body: &[u8; 8]) -> Result<Reply, String> {
+    if code != p_code {
+        return Err(format!(
+            "expected the reply to {}, got {} (out of order, duplicated or wrong type)",
+            request_name(p_code),
+            reply_name(code)
+        ));
+    }
+    if flags & VhostUserHeaderFlag::REPLY.bits() == 0 || flags & VERSION_MASK != 1 {
+        return Err(format!("{} with flags {flags:#x} (REPLY and version 1 expected)", reply_name(code)));
+    }
+    if code == u32::from(FrontendReq::GET_VRING_BASE) {
+        let index = u32::from_le_bytes([body[0], body[1], body[2], body[3]]);
+        let num = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+        if let Some(r) = p_ring {
+            if index != r {
+                return Err(format!("GET_VRING_BASE for ring {r} answered for ring {index} (out of order or duplicated)"));
+            }
+        }
+        if num > u32::from(u16::MAX) {
+            return Err(format!("GET_VRING_BASE base {num} is not a 16-bit ring index"));
+        }
+        return Ok(Reply::State(index, num));
+    }
+    Ok(Reply::U64(u64::from_le_bytes(*body)))
+}
+
+/// Parses a byte stream of replies against `expected` requests (code, ring) the
+/// way the reader does, without a socket: for tests that throw arbitrary bytes at
+/// it. Returns the replies accepted and, if the stream was given up, why.
+pub fn parse_replies(bytes: &[u8], expected: &[(u32, Option<u32>)]) -> (Vec<Reply>, Option<String>) {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    let mut pending = expected.iter();
+    while !rest.is_empty() {
+        if rest.len() < 12 {
+            return (out, Some("partial header".into()));
+        }
+        let (h, tail) = rest.split_at(12);
+        let code = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        let flags = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        let size = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+        if size != REPLY_BODY {
+            return (out, Some(format!("{} has a {size}-byte body", reply_name(code))));
+        }
+        if tail.len() < 8 {
+            return (out, Some("partial body".into()));
+        }
+        let (b, tail) = tail.split_at(8);
+        let body: [u8; 8] = b.try_into().expect("8 bytes");
+        let Some(&(pc, pr)) = pending.next() else {
+            return (out, Some(format!("unsolicited {}", reply_name(code))));
+        };
+        match validate_reply(pc, pr, code, flags, &body) {
+            Ok(r) => out.push(r),
+            Err(e) => return (out, Some(e)),
+        }
+        rest = tail;
+    }
+    (out, None)
+}
+
+fn reader_loop(rd: UnixStream, ch: std::sync::Weak<Channel>) {
+    use std::os::fd::AsRawFd;
+    let fd = rd.as_raw_fd();
     loop {
-        let r = read_reply(&mut rd);
+        let r = read_reply(fd);
         let Some(ch) = ch.upgrade() else { return };
+        let garbage = |ch: &Channel, what: String| {
+            // The stream is out of step or the backend lies: nothing more it sends
+            // is trusted. Every queued step fails, and the socket is shut down.
+            ch.fail_all(StepFailure::Garbage { what });
+            let _ = rd.shutdown(Shutdown::Both);
+        };
         let (code, flags, body) = match r {
             Ok(x) => x,
-            Err(e) => {
+            Err(ReadError::Garbage(what)) => {
+                garbage(&ch, what);
+                return;
+            }
+            Err(ReadError::Io(e)) => {
                 let f = match e.kind() {
                     io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => StepFailure::Disconnected,
                     _ => StepFailure::Other { message: format!("{}: reading a reply: {e}", ch.name) },
@@ -252,31 +411,19 @@ fn reader_loop(mut rd: UnixStream, ch: std::sync::Weak<Channel>) {
         };
         let front = ch.inner.lock().pending.pop_front();
         let Some(p) = front else {
-            ch.fail_all(StepFailure::Garbage { what: format!("unsolicited reply {} from {}", request_name(code), ch.name) });
+            garbage(&ch, format!("unsolicited {} (no request pending)", reply_name(code)));
             return;
         };
-        if code != p.code || flags & VhostUserHeaderFlag::REPLY.bits() == 0 {
-            let what = format!("expected the reply to {}, got {} (flags {flags:#x})", request_name(p.code), request_name(code));
-            (p.on_reply)(Err(StepFailure::Garbage { what: what.clone() }));
-            ch.fail_all(StepFailure::Garbage { what });
-            let _ = rd.shutdown(Shutdown::Both);
-            return;
-        }
-        let reply = match body.len() {
-            8 if code == u32::from(FrontendReq::GET_VRING_BASE) => Ok(Reply::State(
-                u32::from_le_bytes([body[0], body[1], body[2], body[3]]),
-                u32::from_le_bytes([body[4], body[5], body[6], body[7]]),
-            )),
-            8 => {
-                let v = u64::from_le_bytes([body[0], body[1], body[2], body[3], body[4], body[5], body[6], body[7]]);
-                if v != 0 && code != u32::from(FrontendReq::GET_FEATURES) {
-                    Err(StepFailure::Backend { message: format!("{} answered {} with status {v}", ch.name, request_name(code)) })
-                } else {
-                    Ok(Reply::U64(v))
-                }
+        match validate_reply(p.code, p.ring, code, flags, &body) {
+            Err(what) => {
+                (p.on_reply)(Err(StepFailure::Garbage { what: what.clone() }));
+                garbage(&ch, what);
+                return;
             }
-            n => Err(StepFailure::Garbage { what: format!("reply to {} with a {n}-byte body", request_name(code)) }),
-        };
-        (p.on_reply)(reply);
+            Ok(Reply::U64(v)) if v != 0 && code != u32::from(FrontendReq::GET_FEATURES) => {
+                (p.on_reply)(Err(StepFailure::Backend { message: format!("{} answered {} with status {v}", ch.name, request_name(code)) }));
+            }
+            Ok(reply) => (p.on_reply)(Ok(reply)),
+        }
     }
 }
