@@ -21,6 +21,14 @@ use std::time::Duration;
 use crate::step::Side;
 
 /// Why one step failed.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchover::error::StepFailure;
+/// let f = StepFailure::Timeout { after: Duration::from_millis(250) };
+/// assert_eq!(f.to_string(), "no reply within 250 ms");
+/// assert_eq!(StepFailure::Other { message: "device busy".into() }.to_string(), "device busy");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StepFailure {
@@ -69,6 +77,21 @@ pub enum StepFailure {
 }
 
 /// A failed step: side, device name, ring, step kind, and why.
+///
+/// ```
+/// use switchover::error::{StepError, StepFailure};
+/// use switchover::step::Side;
+/// let e = StepError {
+///     side: Side::Destination,
+///     device: "blk0".into(),
+///     ring: None,
+///     step: "set_mem_table".into(),
+///     failure: StepFailure::Abandoned,
+/// };
+/// assert_eq!(e.to_string(), "dst blk0 set_mem_table: step abandoned: its completion was dropped without an answer");
+/// // The failure is the error's source.
+/// assert!(std::error::Error::source(&e).is_some());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub struct StepError {
     /// Which side ran it.

@@ -43,6 +43,13 @@ use std::fmt;
 use crate::sync::{Mutex, MutexGuard};
 
 /// Every kind of resource a step can touch, in lock order (see the module docs).
+///
+/// ```
+/// use switchover::lock_order::ResourceKind;
+/// assert!(ResourceKind::BigLock < ResourceKind::Device); // outermost first
+/// assert_eq!(ResourceKind::KvmIoeventfd.rank(), 8);
+/// assert_eq!(ResourceKind::GuestNotifier.to_string(), "guest_notifier");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResourceKind {
@@ -134,6 +141,16 @@ impl fmt::Display for ResourceKind {
 }
 
 /// A lock taken out of order.
+///
+/// ```
+/// use switchover::lock_order::{RankedMutex, ResourceKind};
+/// let ring = RankedMutex::new(ResourceKind::Vring, 1, ());
+/// let dev = RankedMutex::new(ResourceKind::Device, 0, ());
+/// let _r = ring.lock().unwrap();
+/// let e = dev.lock().unwrap_err();
+/// assert_eq!((e.wanted, e.held, e.held_index), (ResourceKind::Device, ResourceKind::Vring, 1));
+/// assert_eq!(e.to_string(), "lock order violation: acquiring device#0 while holding vring#1");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("lock order violation: acquiring {wanted}#{wanted_index} while holding {held}#{held_index}")]
 pub struct LockOrderError {
@@ -173,6 +190,17 @@ pub struct RankedMutex<T> {
 }
 
 /// Guard of a [`RankedMutex`]; releases the rank on drop.
+///
+/// ```
+/// use switchover::lock_order::{RankedMutex, ResourceKind};
+/// let m = RankedMutex::new(ResourceKind::Custom, 0, vec![1]);
+/// {
+///     let mut g = m.lock().unwrap();
+///     g.push(2); // DerefMut to the protected value
+/// }
+/// // Dropping the guard released the rank: the lock can be taken again.
+/// assert_eq!(*m.lock().unwrap(), [1, 2]);
+/// ```
 #[derive(Debug)]
 pub struct RankedGuard<'a, T> {
     key: (ResourceKind, u32),

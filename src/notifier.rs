@@ -22,6 +22,15 @@
 use crate::sync::{AtomicU8, Ordering};
 
 /// A notifier's state.
+///
+/// ```
+/// use switchover::notifier::{Notifier, NotifierState};
+/// let n = Notifier::new(NotifierState::Disabled);
+/// let t = n.begin_enable().unwrap();
+/// assert_eq!(n.state(), NotifierState::Enabling); // visible while the ioctl runs
+/// t.commit();
+/// assert_eq!(n.state(), NotifierState::Enabled);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NotifierState {
@@ -47,6 +56,13 @@ impl NotifierState {
 }
 
 /// Why a transition was refused; the caller must issue nothing.
+///
+/// ```
+/// use switchover::notifier::{Notifier, NotifierState, Refused};
+/// let n = Notifier::new(NotifierState::Disabled);
+/// assert_eq!(n.begin_disable().unwrap_err(), Refused::AlreadyDisabled);
+/// assert_eq!(Refused::InTransition.to_string(), "another thread is changing it");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize)]
 pub enum Refused {
     /// Someone already disabled it.
@@ -61,6 +77,26 @@ pub enum Refused {
 }
 
 /// One notifier's exactly-once state machine.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use switchover::notifier::{Notifier, NotifierState};
+/// // Eight threads race to disable one notifier: exactly one issues the ioctl.
+/// let n = Notifier::new(NotifierState::Enabled);
+/// let issued = AtomicUsize::new(0);
+/// std::thread::scope(|s| {
+///     for _ in 0..8 {
+///         s.spawn(|| {
+///             if let Ok(t) = n.begin_disable() {
+///                 issued.fetch_add(1, Ordering::SeqCst);
+///                 t.commit();
+///             }
+///         });
+///     }
+/// });
+/// assert_eq!(issued.load(Ordering::SeqCst), 1);
+/// assert_eq!(n.state(), NotifierState::Disabled);
+/// ```
 #[derive(Debug)]
 pub struct Notifier {
     state: AtomicU8,
@@ -68,6 +104,13 @@ pub struct Notifier {
 
 /// A won transition: issue the ioctl, then [`Transition::commit`] or
 /// [`Transition::abort`]. Dropping it aborts.
+///
+/// ```
+/// use switchover::notifier::{Notifier, NotifierState};
+/// let n = Notifier::new(NotifierState::Enabled);
+/// drop(n.begin_disable().unwrap()); // dropped unanswered: aborted
+/// assert_eq!(n.state(), NotifierState::Enabled);
+/// ```
 #[derive(Debug)]
 #[must_use = "a won transition must be committed or aborted"]
 pub struct Transition<'a> {
@@ -80,11 +123,23 @@ pub struct Transition<'a> {
 
 impl Notifier {
     /// A notifier in `state` (only `Enabled` or `Disabled` are meaningful).
+    ///
+    /// ```
+    /// use switchover::notifier::{Notifier, NotifierState};
+    /// assert_eq!(Notifier::new(NotifierState::Disabled).state(), NotifierState::Disabled);
+    /// ```
     pub fn new(state: NotifierState) -> Notifier {
         Notifier { state: AtomicU8::new(state as u8) }
     }
 
     /// The current state.
+    ///
+    /// ```
+    /// use switchover::notifier::{Notifier, NotifierState};
+    /// let n = Notifier::new(NotifierState::Enabled);
+    /// n.begin_disable().unwrap().commit();
+    /// assert_eq!(n.state(), NotifierState::Disabled);
+    /// ```
     pub fn state(&self) -> NotifierState {
         NotifierState::from_u8(self.state.load(Ordering::Acquire))
     }
@@ -103,6 +158,16 @@ impl Notifier {
     ///
     /// # Errors
     /// [`Refused::AlreadyDisabled`] or [`Refused::InTransition`].
+    ///
+    /// ```
+    /// use switchover::notifier::{Notifier, NotifierState, Refused};
+    /// let n = Notifier::new(NotifierState::Enabled);
+    /// let t = n.begin_disable().unwrap();
+    /// assert_eq!(n.state(), NotifierState::Disabling);
+    /// assert_eq!(n.begin_disable().unwrap_err(), Refused::InTransition);
+    /// t.commit();
+    /// assert_eq!(n.begin_disable().unwrap_err(), Refused::AlreadyDisabled);
+    /// ```
     pub fn begin_disable(&self) -> Result<Transition<'_>, Refused> {
         self.begin(NotifierState::Enabled, NotifierState::Disabling, NotifierState::Disabled, Refused::AlreadyDisabled)
     }
@@ -125,6 +190,13 @@ impl Notifier {
 
 impl Transition<'_> {
     /// The ioctl succeeded: the new state holds.
+    ///
+    /// ```
+    /// use switchover::notifier::{Notifier, NotifierState};
+    /// let n = Notifier::new(NotifierState::Disabled);
+    /// n.begin_enable().unwrap().commit();
+    /// assert_eq!(n.state(), NotifierState::Enabled);
+    /// ```
     pub fn commit(mut self) {
         self.finish(self.to);
     }

@@ -37,9 +37,35 @@ use crate::step::{Affinity, ExecMode, Server, Side, Step, StepId, StepKind, Wind
 use crate::topology::{DeviceId, Topology};
 
 /// Default per-step deadline.
+///
+/// ```
+/// use switchover::plan::{PlanBuilder, StepSpec, DEFAULT_DEADLINE};
+/// use switchover::step::{Side, StepId, StepKind, Window};
+/// use switchover::topology::{DeviceId, Topology};
+/// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
+/// b.add(StepSpec::new(DeviceId(0), StepKind::VringDisable, Window::Blackout));
+/// assert_eq!(b.build().unwrap().step(StepId(0)).deadline, DEFAULT_DEADLINE);
+/// ```
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Everything needed to add one step to a [`PlanBuilder`].
+///
+/// ```
+/// use switchover::plan::{PlanBuilder, StepSpec};
+/// use switchover::resource::Resource;
+/// use switchover::step::{Server, Side, StepKind, Window};
+/// use switchover::topology::{DeviceId, Topology};
+/// let d = DeviceId(0);
+/// let spec = StepSpec::new(d, StepKind::GetVringBase, Window::Blackout)
+///     .ring(1)
+///     .split(Server::Channel(d))
+///     .footprint(&[Resource::vring(d, 1)]);
+/// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
+/// let id = b.add(spec);
+/// let plan = b.build().unwrap();
+/// assert_eq!(plan.step(id).ring, Some(1));
+/// assert_eq!(plan.footprint(id).collect::<Vec<_>>(), [Resource::vring(d, 1)]);
+/// ```
 #[derive(Debug, Clone)]
 pub struct StepSpec {
     device: DeviceId,
@@ -57,6 +83,18 @@ pub struct StepSpec {
 
 impl StepSpec {
     /// A blocking, any-lane step with an empty footprint and no predecessors.
+    ///
+    /// ```
+    /// use switchover::plan::{PlanBuilder, StepSpec};
+    /// use switchover::step::{Affinity, ExecMode, Side, StepKind, Window};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
+    /// let id = b.add(StepSpec::new(DeviceId(0), StepKind::HostNotifierOff, Window::Cleanup));
+    /// let plan = b.build().unwrap();
+    /// let s = plan.step(id);
+    /// assert_eq!((s.affinity, s.mode, s.ring, s.server), (Affinity::Any, ExecMode::Blocking, None, None));
+    /// assert!(plan.preds(id).is_empty() && plan.footprint_ids(id).is_empty());
+    /// ```
     pub fn new(device: DeviceId, kind: StepKind, window: Window) -> Self {
         StepSpec {
             device,
@@ -73,42 +111,133 @@ impl StepSpec {
         }
     }
     /// Sets the ring.
+    ///
+    /// ```
+    /// use switchover::plan::{PlanBuilder, StepSpec};
+    /// use switchover::step::{Side, StepKind, Window};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
+    /// let id = b.add(StepSpec::new(DeviceId(0), StepKind::VringDisable, Window::Blackout).ring(1));
+    /// assert_eq!(b.build().unwrap().step(id).ring, Some(1));
+    /// ```
     pub fn ring(mut self, r: u32) -> Self {
         self.ring = Some(r);
         self
     }
     /// Sets the affinity.
+    ///
+    /// ```
+    /// use switchover::plan::{PlanBuilder, StepSpec};
+    /// use switchover::step::{Affinity, Side, StepKind, Window};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
+    /// let id = b.add(StepSpec::new(DeviceId(0), StepKind::MemTxnBegin, Window::Cleanup).affinity(Affinity::Caller));
+    /// assert_eq!(b.build().unwrap().step(id).affinity, Affinity::Caller);
+    /// ```
     pub fn affinity(mut self, a: Affinity) -> Self {
         self.affinity = a;
         self
     }
     /// Makes it split-phase, served by `server`.
+    ///
+    /// ```
+    /// use switchover::plan::{PlanBuilder, StepSpec};
+    /// use switchover::step::{ExecMode, Server, Side, StepKind, Window};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let d = DeviceId(0);
+    /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
+    /// let id = b.add(StepSpec::new(d, StepKind::GetVringBase, Window::Blackout).split(Server::Channel(d)));
+    /// let plan = b.build().unwrap();
+    /// assert_eq!((plan.step(id).mode, plan.step(id).server), (ExecMode::Split, Some(Server::Channel(d))));
+    /// ```
     pub fn split(mut self, server: Server) -> Self {
         self.mode = ExecMode::Split;
         self.server = Some(server);
         self
     }
     /// Blocking work that is serialised on `server` (e.g. a VM's ioeventfd lock).
+    ///
+    /// ```
+    /// use switchover::plan::{PlanBuilder, StepSpec};
+    /// use switchover::step::{ExecMode, Server, Side, StepKind, Window};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Destination);
+    /// let spec = StepSpec::new(DeviceId(0), StepKind::HostNotifierOn, Window::Prepare).serialised_on(Server::VmIoeventfd);
+    /// let id = b.add(spec);
+    /// let plan = b.build().unwrap();
+    /// // Still blocking: the lane does the work, but it queues on the server.
+    /// assert_eq!((plan.step(id).mode, plan.step(id).server), (ExecMode::Blocking, Some(Server::VmIoeventfd)));
+    /// ```
     pub fn serialised_on(mut self, server: Server) -> Self {
         self.server = Some(server);
         self
     }
     /// Sets the expected cost.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::plan::{PlanBuilder, StepSpec};
+    /// use switchover::step::{Side, StepKind, Window};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
+    /// let id = b.add(StepSpec::new(DeviceId(0), StepKind::VringDisable, Window::Blackout).cost(Duration::from_micros(7)));
+    /// let plan = b.build().unwrap();
+    /// assert_eq!(plan.step(id).cost, Duration::from_micros(7));
+    /// assert_eq!(plan.priority(id), 7_000);
+    /// ```
     pub fn cost(mut self, c: Duration) -> Self {
         self.cost = c;
         self
     }
     /// Sets the deadline.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::plan::{PlanBuilder, StepSpec};
+    /// use switchover::step::{Side, StepKind, Window};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
+    /// let id = b.add(StepSpec::new(DeviceId(0), StepKind::VringDisable, Window::Blackout).deadline(Duration::from_secs(2)));
+    /// assert_eq!(b.build().unwrap().step(id).deadline, Duration::from_secs(2));
+    /// ```
     pub fn deadline(mut self, d: Duration) -> Self {
         self.deadline = d;
         self
     }
     /// Sets the footprint.
+    ///
+    /// ```
+    /// use switchover::plan::{PlanBuilder, StepSpec};
+    /// use switchover::resource::Resource;
+    /// use switchover::step::{Side, StepKind, Window};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let d = DeviceId(0);
+    /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
+    /// let x = b.add(StepSpec::new(d, StepKind::VringDisable, Window::Blackout).footprint(&[Resource::vring(d, 0)]));
+    /// let y = b.add(StepSpec::new(d, StepKind::VringDisable, Window::Blackout).footprint(&[Resource::vring(d, 1)]));
+    /// let z = b.add(StepSpec::new(d, StepKind::SetFeatures, Window::Blackout).footprint(&[Resource::device(d), Resource::vring(d, 1)]));
+    /// let plan = b.build().unwrap();
+    /// assert!(!plan.conflicts(x, y));
+    /// assert!(plan.conflicts(y, z));
+    /// ```
     pub fn footprint(mut self, f: &[Resource]) -> Self {
         self.footprint = f.to_vec();
         self
     }
     /// Adds predecessors.
+    ///
+    /// ```
+    /// use switchover::plan::{PlanBuilder, StepSpec};
+    /// use switchover::step::{Side, StepKind, Window};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let d = DeviceId(0);
+    /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
+    /// let a = b.add(StepSpec::new(d, StepKind::VringDisable, Window::Blackout));
+    /// let g = b.add(StepSpec::new(d, StepKind::GetVringBase, Window::Blackout).after(&[a]));
+    /// let plan = b.build().unwrap();
+    /// assert_eq!(plan.preds(g), [a]);
+    /// assert_eq!(plan.succs(a), [g]);
+    /// ```
     pub fn after(mut self, p: &[StepId]) -> Self {
         self.after.extend_from_slice(p);
         self
@@ -116,6 +245,19 @@ impl StepSpec {
 }
 
 /// A plan that cannot be run.
+///
+/// ```
+/// use switchover::plan::{PlanBuilder, PlanError, StepSpec};
+/// use switchover::step::{Side, StepKind, Window};
+/// use switchover::topology::{DeviceId, Topology};
+/// let d = DeviceId(0);
+/// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
+/// let late = b.add(StepSpec::new(d, StepKind::VringDisable, Window::Cleanup));
+/// b.add(StepSpec::new(d, StepKind::GetVringBase, Window::Blackout).after(&[late]));
+/// let e = b.build().unwrap_err();
+/// assert!(matches!(e, PlanError::WindowOrder { .. }));
+/// assert!(e.to_string().starts_with("net0 get_vring_base: runs in blackout"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     /// A step runs in an earlier window than one of its predecessors.
@@ -164,6 +306,17 @@ pub enum PlanError {
 
 /// Adds steps one by one; ids are assigned in order, and predecessors must already
 /// exist, so every plan is acyclic by construction.
+///
+/// ```
+/// use switchover::plan::{PlanBuilder, StepSpec};
+/// use switchover::step::{Side, StepKind, Window};
+/// use switchover::topology::{DeviceId, Topology};
+/// let mut b = PlanBuilder::new(Topology::preset("single-blk").unwrap().into(), Side::Source);
+/// let first = b.add(StepSpec::new(DeviceId(0), StepKind::DrainInflight, Window::Blackout).ring(0));
+/// let second = b.add(StepSpec::new(DeviceId(0), StepKind::GetVringBase, Window::Blackout).ring(0).after(&[first]));
+/// assert_eq!((first.0, second.0), (0, 1));
+/// assert_eq!(b.build().unwrap().len(), 2);
+/// ```
 #[derive(Debug)]
 pub struct PlanBuilder {
     topology: Arc<Topology>,
@@ -173,22 +326,62 @@ pub struct PlanBuilder {
 
 impl PlanBuilder {
     /// An empty plan for `side` of `topology`.
+    ///
+    /// ```
+    /// use switchover::plan::PlanBuilder;
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let b = PlanBuilder::new(Topology::preset("small").unwrap().into(), Side::Destination);
+    /// let plan = b.build().unwrap();
+    /// assert!(plan.is_empty());
+    /// assert_eq!(plan.side(), Side::Destination);
+    /// ```
     pub fn new(topology: Arc<Topology>, side: Side) -> Self {
         PlanBuilder { topology, side, specs: Vec::new() }
     }
 
     /// Adds a step; returns its id.
+    ///
+    /// ```
+    /// use switchover::plan::{PlanBuilder, StepSpec};
+    /// use switchover::step::{Side, StepId, StepKind, Window};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let mut b = PlanBuilder::new(Topology::preset("small").unwrap().into(), Side::Source);
+    /// let id = b.add(StepSpec::new(DeviceId(1), StepKind::VringDisable, Window::Blackout));
+    /// assert_eq!(id, StepId(0));
+    /// assert_eq!(b.build().unwrap().device_name(id), "net1");
+    /// ```
     pub fn add(&mut self, spec: StepSpec) -> StepId {
         self.specs.push(spec);
         StepId(self.specs.len() as u32 - 1)
     }
 
     /// Number of steps so far.
+    ///
+    /// ```
+    /// use switchover::plan::{PlanBuilder, StepSpec};
+    /// use switchover::step::{Side, StepKind, Window};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let mut b = PlanBuilder::new(Topology::preset("small").unwrap().into(), Side::Source);
+    /// assert_eq!(b.len(), 0);
+    /// b.add(StepSpec::new(DeviceId(0), StepKind::VringDisable, Window::Blackout));
+    /// assert_eq!(b.len(), 1);
+    /// ```
     pub fn len(&self) -> usize {
         self.specs.len()
     }
 
     /// Whether no step was added.
+    ///
+    /// ```
+    /// use switchover::plan::{PlanBuilder, StepSpec};
+    /// use switchover::step::{Side, StepKind, Window};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let mut b = PlanBuilder::new(Topology::preset("small").unwrap().into(), Side::Source);
+    /// assert!(b.is_empty());
+    /// b.add(StepSpec::new(DeviceId(0), StepKind::VringDisable, Window::Blackout));
+    /// assert!(!b.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.specs.is_empty()
     }
@@ -197,6 +390,17 @@ impl PlanBuilder {
     ///
     /// # Errors
     /// [`PlanError`] naming the device and step that break a rule.
+    ///
+    /// ```
+    /// use switchover::plan::{PlanBuilder, PlanError, StepSpec};
+    /// use switchover::resource::Resource;
+    /// use switchover::step::{Side, StepKind, Window};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let mut b = PlanBuilder::new(Topology::preset("small").unwrap().into(), Side::Source);
+    /// // Only caller-affine steps may hold the big lock.
+    /// b.add(StepSpec::new(DeviceId(0), StepKind::MemTxnBegin, Window::Cleanup).footprint(&[Resource::BIG_LOCK]));
+    /// assert!(matches!(b.build(), Err(PlanError::CallerOnly { .. })));
+    /// ```
     pub fn build(self) -> Result<Plan, PlanError> {
         let n = self.specs.len();
         let topo = self.topology;
@@ -305,6 +509,22 @@ impl Csr {
 }
 
 /// A validated DAG of steps for one side.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, Window};
+/// use switchover::topology::Topology;
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+/// // Every predecessor has a smaller id and never runs in a later window.
+/// for s in plan.steps() {
+///     for p in plan.preds(s.id) {
+///         assert!(p.0 < s.id.0 && plan.step(*p).window <= s.window);
+///     }
+/// }
+/// assert!(plan.in_window(Window::Blackout).count() > 0);
+/// ```
 #[derive(Debug, Clone)]
 pub struct Plan {
     topology: Arc<Topology>,
@@ -327,66 +547,258 @@ fn ids(l: &[u32]) -> &[StepId] {
 
 impl Plan {
     /// The topology it was built for.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// assert!(Arc::ptr_eq(plan.topology(), &topo));
+    /// ```
     pub fn topology(&self) -> &Arc<Topology> {
         &self.topology
     }
     /// Which side runs it.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Destination, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// assert_eq!(plan.side(), Side::Destination);
+    /// assert!(plan.steps().iter().all(|s| s.side == Side::Destination));
+    /// ```
     pub fn side(&self) -> Side {
         self.side
     }
     /// All steps, in id order (a topological order).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// assert!(plan.steps().iter().enumerate().all(|(i, s)| s.id.0 as usize == i));
+    /// ```
     pub fn steps(&self) -> &[Step] {
         &self.steps
     }
     /// One step.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::{Side, StepId};
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// let last = StepId(plan.len() as u32 - 1);
+    /// assert_eq!(plan.step(last).id, last);
+    /// ```
     pub fn step(&self, id: StepId) -> &Step {
         &self.steps[id.0 as usize]
     }
     /// Number of steps.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::{Side, StepKind};
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// assert_eq!(plan.len(), plan.steps().len());
+    /// // One `get_vring_base` per ring.
+    /// assert_eq!(plan.steps().iter().filter(|s| s.kind == StepKind::GetVringBase).count(), topo.total_rings() as usize);
+    /// ```
     pub fn len(&self) -> usize {
         self.steps.len()
     }
     /// Whether the plan has no steps.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("single-blk").unwrap());
+    /// assert!(!build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }
     /// Predecessors of a step.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::{Side, StepKind};
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("single-net").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// let get = plan.steps().iter().find(|s| s.kind == StepKind::GetVringBase).unwrap();
+    /// // A ring's base is read only after the ring was disabled.
+    /// assert!(plan.preds(get.id).iter().any(|p| plan.step(*p).kind == StepKind::VringDisable));
+    /// ```
     pub fn preds(&self, id: StepId) -> &[StepId] {
         ids(self.preds.get(id.0 as usize))
     }
     /// Successors of a step.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// for s in plan.steps() {
+    ///     assert!(plan.succs(s.id).iter().all(|n| plan.preds(*n).contains(&s.id)));
+    /// }
+    /// ```
     pub fn succs(&self, id: StepId) -> &[StepId] {
         ids(self.succs.get(id.0 as usize))
     }
     /// Dense resource ids of a step's footprint, in lock order.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// for s in plan.steps() {
+    ///     let ids = plan.footprint_ids(s.id);
+    ///     assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    ///     assert!(ids.iter().all(|&r| (r as usize) < plan.resource_count()));
+    /// }
+    /// ```
     pub fn footprint_ids(&self, id: StepId) -> &[u32] {
         self.footprint.get(id.0 as usize)
     }
     /// A step's footprint as resources.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::resource::Resource;
+    /// use switchover::step::{Side, StepKind};
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("single-net").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// let get = plan.steps().iter().find(|s| s.kind == StepKind::GetVringBase).unwrap();
+    /// let ring = get.ring.unwrap();
+    /// assert_eq!(plan.footprint(get.id).collect::<Vec<_>>(), [Resource::vring(get.device, ring)]);
+    /// ```
     pub fn footprint(&self, id: StepId) -> impl Iterator<Item = Resource> + '_ {
         self.footprint_ids(id).iter().map(|&r| self.resources[r as usize])
     }
     /// Number of distinct resources.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::resource::ResourceId;
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// let all: std::collections::HashSet<_> = (0..plan.resource_count() as u32).map(|i| plan.resource(ResourceId(i))).collect();
+    /// assert_eq!(all.len(), plan.resource_count()); // interned: each resource once
+    /// ```
     pub fn resource_count(&self) -> usize {
         self.resources.len()
     }
     /// A resource by dense id.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::resource::ResourceId;
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// let s = &plan.steps()[0];
+    /// let via_ids: Vec<_> = plan.footprint_ids(s.id).iter().map(|&r| plan.resource(ResourceId(r))).collect();
+    /// assert_eq!(via_ids, plan.footprint(s.id).collect::<Vec<_>>());
+    /// ```
     pub fn resource(&self, id: ResourceId) -> Resource {
         self.resources[id.0 as usize]
     }
     /// Longest remaining path from this step, in nanoseconds of expected cost.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, RecipeOptions};
+    /// use switchover::sim::Profile;
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &Profile::rfc_original(1.0)).unwrap();
+    /// // A step's remaining path is at least its own cost plus any successor's.
+    /// for s in plan.steps() {
+    ///     for n in plan.succs(s.id) {
+    ///         assert!(plan.priority(s.id) >= s.cost.as_nanos() as u64 + plan.priority(*n));
+    ///     }
+    /// }
+    /// ```
     pub fn priority(&self, id: StepId) -> u64 {
         self.priority[id.0 as usize]
     }
     /// A step's rank: 0 is the most urgent (longest remaining path, then lowest id).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, RecipeOptions};
+    /// use switchover::sim::Profile;
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &Profile::rfc_original(1.0)).unwrap();
+    /// let most_urgent = plan.at_rank(0);
+    /// assert_eq!(plan.rank(most_urgent), 0);
+    /// assert!(plan.steps().iter().all(|s| plan.priority(s.id) <= plan.priority(most_urgent)));
+    /// ```
     pub fn rank(&self, id: StepId) -> u32 {
         self.rank[id.0 as usize]
     }
     /// The step of a rank.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// for s in plan.steps() {
+    ///     assert_eq!(plan.at_rank(plan.rank(s.id)), s.id);
+    /// }
+    /// ```
     pub fn at_rank(&self, rank: u32) -> StepId {
         StepId(self.by_rank[rank as usize])
     }
     /// Whether two steps may not run at the same time (footprints intersect).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::{Side, StepKind};
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("single-net").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// let gets: Vec<_> = plan.steps().iter().filter(|s| s.kind == StepKind::GetVringBase).map(|s| s.id).collect();
+    /// assert!(plan.conflicts(gets[0], gets[0]));
+    /// assert!(!plan.conflicts(gets[0], gets[1])); // different rings
+    /// ```
     pub fn conflicts(&self, a: StepId, b: StepId) -> bool {
         let (fa, fb) = (self.footprint_ids(a), self.footprint_ids(b));
         let (mut i, mut j) = (0, 0);
@@ -400,14 +812,51 @@ impl Plan {
         false
     }
     /// The device name of a step.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// for s in plan.steps() {
+    ///     assert_eq!(plan.device_name(s.id), topo.device(s.device).name);
+    /// }
+    /// ```
     pub fn device_name(&self, id: StepId) -> &str {
         &self.topology.device(self.step(id).device).name
     }
     /// Steps of one window.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::{Side, StepKind, Window};
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Destination, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// // The destination registers its notifiers before the window opens.
+    /// assert!(plan.in_window(Window::Prepare).any(|s| s.kind == StepKind::HostNotifierOn));
+    /// assert!(!plan.in_window(Window::Blackout).any(|s| s.kind.is_notifier()));
+    /// ```
     pub fn in_window(&self, w: Window) -> impl Iterator<Item = &Step> + '_ {
         self.steps.iter().filter(move |s| s.window == w)
     }
     /// Whether any step of the plan touches a resource of `kind`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::lock_order::ResourceKind;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// assert!(plan.uses(ResourceKind::Vring));
+    /// assert!(plan.uses(ResourceKind::BigLock)); // the batched memory transaction
+    /// assert!(!plan.uses(ResourceKind::Custom));
+    /// ```
     pub fn uses(&self, kind: ResourceKind) -> bool {
         self.resources.iter().any(|r| r.kind == kind)
     }
@@ -475,6 +924,18 @@ impl Plan {
 }
 
 /// What limits a window's duration at best.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::plan::Limiter;
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, Window};
+/// use switchover::topology::Topology;
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+/// // With no costs nothing limits the window.
+/// assert_eq!(plan.lower_bound(Window::Blackout, 4).limiter, Limiter::Nothing);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Limiter {
@@ -489,6 +950,20 @@ pub enum Limiter {
 }
 
 /// A lower bound on a window's duration; see [`Plan::lower_bound`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::recipe::{build, RecipeOptions};
+/// use switchover::sim::Profile;
+/// use switchover::step::{Side, Window};
+/// use switchover::topology::Topology;
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &Profile::rfc_original(1.0)).unwrap();
+/// let lb = plan.lower_bound(Window::Blackout, 3);
+/// assert_eq!(lb.bound, lb.chain.max(lb.blocking_per_lane).max(lb.busiest_server.map_or(Default::default(), |s| s.1)));
+/// // More lanes never raise the bound.
+/// assert!(plan.lower_bound(Window::Blackout, 8).bound <= lb.bound);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct LowerBound {
     /// Longest dependency chain.

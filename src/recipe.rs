@@ -47,6 +47,18 @@ use crate::step::{Affinity, Server, Side, StepId, StepKind, Window};
 use crate::topology::{Device, DeviceId, DeviceKind, Topology};
 
 /// Where steps go.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::recipe::{build, NoCosts, RecipeOptions, WindowPolicy};
+/// use switchover::step::{Side, Window};
+/// use switchover::topology::Topology;
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let opts = RecipeOptions::baseline();
+/// assert_eq!(opts.policy, WindowPolicy::AllInBlackout);
+/// let plan = build(&topo, Side::Source, &opts, &NoCosts).unwrap();
+/// assert!(plan.steps().iter().all(|s| s.window == Window::Blackout));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WindowPolicy {
@@ -57,6 +69,17 @@ pub enum WindowPolicy {
 }
 
 /// Options for [`build`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, StepKind};
+/// use switchover::topology::Topology;
+/// let topo = Arc::new(Topology::preset("single-blk").unwrap());
+/// let opts = RecipeOptions { drain_blk: false, ..RecipeOptions::engine() };
+/// let plan = build(&topo, Side::Source, &opts, &NoCosts).unwrap();
+/// assert!(!plan.steps().iter().any(|s| s.kind == StepKind::DrainInflight));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipeOptions {
     /// Window policy.
@@ -73,6 +96,19 @@ pub struct RecipeOptions {
 
 impl RecipeOptions {
     /// The engine's recipe: minimal blackout, batched notifiers, blk drain.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions, WindowPolicy};
+    /// use switchover::step::{Side, StepKind};
+    /// use switchover::topology::Topology;
+    /// let opts = RecipeOptions::engine();
+    /// assert_eq!((opts.policy, opts.batch_notifiers, opts.drain_blk), (WindowPolicy::Minimal, true, true));
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &opts, &NoCosts).unwrap();
+    /// // One memory transaction for all devices' notifiers.
+    /// assert_eq!(plan.steps().iter().filter(|s| s.kind == StepKind::MemTxnCommit).count(), 1);
+    /// ```
     pub fn engine() -> Self {
         RecipeOptions {
             policy: WindowPolicy::Minimal,
@@ -83,6 +119,18 @@ impl RecipeOptions {
         }
     }
     /// Today's VMMs: everything in the window, no cross-device batching.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions, WindowPolicy};
+    /// use switchover::step::{Side, StepKind};
+    /// use switchover::topology::Topology;
+    /// let opts = RecipeOptions::baseline();
+    /// assert_eq!((opts.policy, opts.batch_notifiers), (WindowPolicy::AllInBlackout, false));
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &opts, &NoCosts).unwrap();
+    /// assert!(!plan.steps().iter().any(|s| s.kind == StepKind::MemTxnCommit));
+    /// ```
     pub fn baseline() -> Self {
         RecipeOptions {
             policy: WindowPolicy::AllInBlackout,
@@ -95,11 +143,55 @@ impl RecipeOptions {
 }
 
 /// Expected cost of each step, and which serialised server performs it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use switchover::recipe::{build, CostModel, RecipeOptions};
+/// use switchover::step::{Side, StepKind, Window};
+/// use switchover::topology::{Device, Topology};
+///
+/// /// Every control-channel message costs 1 ms; nothing else costs anything.
+/// struct OneMsPerMessage;
+/// impl CostModel for OneMsPerMessage {
+///     fn cost(&self, _device: &Device, kind: &StepKind) -> Duration {
+///         if kind.is_message() {
+///             Duration::from_millis(1)
+///         } else {
+///             Duration::ZERO
+///         }
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("single-net").unwrap());
+/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &OneMsPerMessage).unwrap();
+/// // Each ring: `vring_disable` then `get_vring_base`, one after the other.
+/// assert_eq!(plan.lower_bound(Window::Blackout, 8).chain, Duration::from_millis(2));
+/// ```
 pub trait CostModel {
     /// Expected service time of `kind` on `device`.
+    ///
+    /// ```
+    /// use switchover::recipe::{CostModel, NoCosts};
+    /// use switchover::sim::Profile;
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Topology;
+    /// let t = Topology::preset("rfc-huge").unwrap();
+    /// let net = t.device_by_name("net0").unwrap();
+    /// assert!(Profile::rfc_original(1.0).cost(net, &StepKind::GetVringBase) > std::time::Duration::ZERO);
+    /// assert_eq!(NoCosts.cost(net, &StepKind::GetVringBase), std::time::Duration::ZERO);
+    /// ```
     fn cost(&self, device: &Device, kind: &StepKind) -> Duration;
     /// The server that serialises host-notifier changes, if the model has one
     /// (a VM's ioeventfd lock in KVM).
+    ///
+    /// ```
+    /// use switchover::recipe::{CostModel, NoCosts};
+    /// use switchover::sim::{KvmModel, Profile};
+    /// use switchover::step::Server;
+    /// assert_eq!(NoCosts.host_notifier_server(), None);
+    /// let p = Profile::rfc_original(1.0).with_kvm(KvmModel::PerVmIoeventfd);
+    /// assert_eq!(p.host_notifier_server(), Some(Server::VmIoeventfd));
+    /// ```
     fn host_notifier_server(&self) -> Option<Server> {
         None
     }
@@ -107,6 +199,17 @@ pub trait CostModel {
 
 /// A cost model that knows nothing: every cost zero. Priorities then fall back to
 /// the number of steps on the remaining path being equal.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, Window};
+/// use switchover::topology::Topology;
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+/// assert!(plan.steps().iter().all(|s| s.cost.is_zero()));
+/// assert!(plan.lower_bound(Window::Blackout, 1).bound.is_zero());
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoCosts;
 
@@ -186,6 +289,20 @@ impl Ctx<'_> {
 ///
 /// # Errors
 /// [`PlanError`] if a generic device's steps break a plan rule.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, StepKind, Window};
+/// use switchover::topology::Topology;
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let src = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+/// let dst = build(&topo, Side::Destination, &RecipeOptions::engine(), &NoCosts).unwrap();
+/// // The source reads each ring's base; the destination sets it.
+/// let count = |p: &switchover::plan::Plan, k: StepKind| p.in_window(Window::Blackout).filter(|s| s.kind == k).count();
+/// assert_eq!(count(&src, StepKind::GetVringBase), 10);
+/// assert_eq!(count(&dst, StepKind::SetVringBase), 10);
+/// ```
 pub fn build(topology: &Arc<Topology>, side: Side, opts: &RecipeOptions, costs: &dyn CostModel) -> Result<Plan, PlanError> {
     let mut c = Ctx { b: PlanBuilder::new(topology.clone(), side), costs, opts, topo: topology.clone() };
     let batch = opts.batch_notifiers && topology.total_rings() > 0;

@@ -33,6 +33,16 @@ use crate::step::{Side, Window};
 use crate::strategy::{SimConfig, Strategy, StrategyRun, TimedStep};
 
 /// Side-by-side runs of the strategies on one configuration.
+///
+/// ```
+/// use switchover::report::Comparison;
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+/// let cmp = Comparison::simulated(&cfg, vec![run(&cfg, Strategy::Engine)], vec![]);
+/// assert!(cmp.simulated && cmp.label.starts_with("SIMULATED"));
+/// assert_eq!(cmp.workers, cfg.workers);
+/// ```
 #[derive(Debug, Clone)]
 pub struct Comparison {
     /// Whether the backends were simulated; every figure is labelled accordingly.
@@ -55,6 +65,17 @@ pub struct Comparison {
 
 impl Comparison {
     /// A comparison of simulated runs made with `cfg`.
+    ///
+    /// ```
+    /// use switchover::report::Comparison;
+    /// use switchover::strategy::{SimConfig, Strategy};
+    /// use switchover::topology::Topology;
+    /// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02).faults(vec!["crash:get_vring_base:net0".parse().unwrap()]);
+    /// let cmp = Comparison::simulated(&cfg, vec![], vec![]);
+    /// assert_eq!(cmp.label, "SIMULATED backends (profile rfc-original scaled ×0.02, KVM model rfc)");
+    /// assert_eq!(cmp.faults, ["crash:get_vring_base:net0"]);
+    /// assert!(cmp.get(Strategy::Engine).is_none());
+    /// ```
     pub fn simulated(cfg: &SimConfig, runs: Vec<StrategyRun>, kvm_runs: Vec<StrategyRun>) -> Comparison {
         let p = &cfg.profile;
         Comparison {
@@ -70,12 +91,33 @@ impl Comparison {
     }
 
     /// The run of a strategy.
+    ///
+    /// ```
+    /// use switchover::report::Comparison;
+    /// use switchover::strategy::{run, SimConfig, Strategy};
+    /// use switchover::topology::Topology;
+    /// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+    /// let cmp = Comparison::simulated(&cfg, vec![run(&cfg, Strategy::Serial)], vec![]);
+    /// assert_eq!(cmp.get(Strategy::Serial).unwrap().strategy, Strategy::Serial);
+    /// assert!(cmp.get(Strategy::Pool).is_none());
+    /// ```
     pub fn get(&self, s: Strategy) -> Option<&StrategyRun> {
         self.runs.iter().find(|r| r.strategy == s)
     }
 }
 
 /// Own time of each step (see the module docs), in the order of `steps`.
+///
+/// ```
+/// use switchover::report::own_times;
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// let r = run(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.02), Strategy::Engine);
+/// let own = own_times(&r.steps);
+/// assert_eq!(own.len(), r.steps.len());
+/// // A step's own time never exceeds its interval.
+/// assert!(r.steps.iter().zip(&own).all(|(s, &o)| 0 <= o && o <= s.end_ns - s.start_ns));
+/// ```
 pub fn own_times(steps: &[TimedStep]) -> Vec<i64> {
     let mut own: Vec<i64> = steps.iter().map(|s| (s.end_ns - s.start_ns).max(0)).collect();
     let mut by_server: BTreeMap<(u8, String), Vec<usize>> = BTreeMap::new();
@@ -127,6 +169,17 @@ fn dms(d: Duration) -> f64 {
 
 /// The RFC-style table, then downtimes, speedups and the lower bound, then the
 /// [`breakdown_table`] of the engine run (or of the first run if the engine did not run).
+///
+/// ```
+/// use switchover::report::{table, Comparison};
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02).workers(2);
+/// let cmp = Comparison::simulated(&cfg, vec![run(&cfg, Strategy::Serial), run(&cfg, Strategy::Engine)], vec![]);
+/// let text = table(&cmp);
+/// assert!(text.contains("serial") && text.contains("engine"));
+/// assert!(text.contains("critical path"));
+/// ```
 pub fn table(cmp: &Comparison) -> String {
     let scale = cmp.profile.as_ref().map(|p| p.scale).unwrap_or(1.0);
     let rfc = if cmp.profile.is_some() { rfc_rows() } else { vec![] };
@@ -296,6 +349,13 @@ fn limiter(lb: &crate::plan::LowerBound) -> String {
 }
 
 /// `a / b`, or 0 when `b` is zero.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchover::report::ratio;
+/// assert_eq!(ratio(Duration::from_millis(1500), Duration::from_millis(500)), 3.0);
+/// assert_eq!(ratio(Duration::from_millis(1500), Duration::ZERO), 0.0);
+/// ```
 pub fn ratio(a: Duration, b: Duration) -> f64 {
     if b.is_zero() {
         0.0
@@ -335,6 +395,20 @@ fn run_json(r: &StrategyRun, with_steps: bool) -> Value {
 /// The JSON document: `simulated`, `topology`, `lower_bound_ms`,
 /// `strategies.<name>.downtime_ms`, per-step intervals, `vring_bases_preserved`,
 /// the engine run's [`breakdown`] rows (`breakdown.rows`), …
+///
+/// ```
+/// use switchover::report::{json, Comparison};
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+/// let r = run(&cfg, Strategy::Engine);
+/// let steps = r.steps.len();
+/// let doc = json(&Comparison::simulated(&cfg, vec![r], vec![]));
+/// assert_eq!(doc["simulated"], true);
+/// assert_eq!(doc["topology"]["rings"], 10);
+/// assert_eq!(doc["strategies"]["engine"]["steps"].as_array().unwrap().len(), steps);
+/// assert_eq!(doc["vring_bases_preserved"], true);
+/// ```
 pub fn json(cmp: &Comparison) -> Value {
     let mut strategies = serde_json::Map::new();
     for r in &cmp.runs {
@@ -488,6 +562,18 @@ fn is_channel(s: &TimedStep) -> bool {
 }
 
 /// One row of [`breakdown`]: the steps of one window, side, device kind and step kind.
+///
+/// ```
+/// use switchover::report::breakdown;
+/// use switchover::step::{Side, Window};
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// let r = run(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.02), Strategy::Engine);
+/// let rows = breakdown(&r);
+/// let get = rows.iter().find(|x| x.side == Side::Source && x.device_kind == "net" && x.step == "get_vring_base").unwrap();
+/// assert_eq!((get.window, get.count), (Window::Blackout, 8)); // 2 nets × 4 rings
+/// assert!(get.p50_ns <= get.max_ns && get.max_ns <= get.total_ns);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BreakdownRow {
     /// The window.

@@ -17,6 +17,16 @@ use crate::lock_order::ResourceKind;
 use crate::topology::DeviceId;
 
 /// A lockable resource. Ordered by lock order: kind rank, then device, then index.
+///
+/// ```
+/// use switchover::lock_order::ResourceKind;
+/// use switchover::resource::Resource;
+/// use switchover::topology::DeviceId;
+/// let r = Resource::host_notifier(DeviceId(1), 2);
+/// assert_eq!((r.kind, r.device, r.index), (ResourceKind::HostNotifier, Some(DeviceId(1)), 2));
+/// // Ordered by lock order: the vring (rank 3) before its host notifier (rank 4).
+/// assert!(Resource::vring(DeviceId(9), 0) < r);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Resource {
     /// Its kind (and so its rank).
@@ -29,27 +39,75 @@ pub struct Resource {
 
 impl Resource {
     /// The caller's big lock.
+    ///
+    /// ```
+    /// use switchover::resource::Resource;
+    /// assert!(Resource::BIG_LOCK.kind.caller_only());
+    /// assert_eq!(Resource::BIG_LOCK.to_string(), "big_lock");
+    /// ```
     pub const BIG_LOCK: Resource = Resource { kind: ResourceKind::BigLock, device: None, index: 0 };
     /// The side's memory-map transaction.
+    ///
+    /// ```
+    /// use switchover::resource::Resource;
+    /// assert!(Resource::BIG_LOCK < Resource::MEMORY_TRANSACTION);
+    /// assert_eq!(Resource::MEMORY_TRANSACTION.device, None);
+    /// ```
     pub const MEMORY_TRANSACTION: Resource = Resource { kind: ResourceKind::MemoryTransaction, device: None, index: 0 };
 
     /// A whole device.
+    ///
+    /// ```
+    /// use switchover::resource::Resource;
+    /// use switchover::topology::DeviceId;
+    /// let r = Resource::device(DeviceId(2));
+    /// assert_eq!(r.to_string(), "device(dev2#0)");
+    /// assert!(r < Resource::vring(DeviceId(0), 0)); // devices rank before rings
+    /// ```
     pub fn device(d: DeviceId) -> Resource {
         Resource { kind: ResourceKind::Device, device: Some(d), index: 0 }
     }
     /// One ring of a device.
+    ///
+    /// ```
+    /// use switchover::resource::Resource;
+    /// use switchover::topology::DeviceId;
+    /// assert!(Resource::vring(DeviceId(0), 1) < Resource::vring(DeviceId(0), 2));
+    /// assert_ne!(Resource::vring(DeviceId(0), 1), Resource::vring(DeviceId(1), 1));
+    /// ```
     pub fn vring(d: DeviceId, ring: u32) -> Resource {
         Resource { kind: ResourceKind::Vring, device: Some(d), index: ring }
     }
     /// The ioeventfd of a ring.
+    ///
+    /// ```
+    /// use switchover::resource::Resource;
+    /// use switchover::topology::DeviceId;
+    /// assert_eq!(Resource::host_notifier(DeviceId(0), 3).to_string(), "host_notifier(dev0#3)");
+    /// ```
     pub fn host_notifier(d: DeviceId, ring: u32) -> Resource {
         Resource { kind: ResourceKind::HostNotifier, device: Some(d), index: ring }
     }
     /// The irqfd of a ring.
+    ///
+    /// ```
+    /// use switchover::resource::Resource;
+    /// use switchover::topology::DeviceId;
+    /// let d = DeviceId(0);
+    /// assert!(Resource::host_notifier(d, 0) < Resource::guest_notifier(d, 0));
+    /// assert_eq!(Resource::guest_notifier(d, 3).to_string(), "guest_notifier(dev0#3)");
+    /// ```
     pub fn guest_notifier(d: DeviceId, ring: u32) -> Resource {
         Resource { kind: ResourceKind::GuestNotifier, device: Some(d), index: ring }
     }
     /// A VMM-defined resource.
+    ///
+    /// ```
+    /// use switchover::resource::Resource;
+    /// use switchover::topology::DeviceId;
+    /// assert_eq!(Resource::custom(None, 7).to_string(), "custom");
+    /// assert_eq!(Resource::custom(Some(DeviceId(4)), 7).to_string(), "custom(dev4#7)");
+    /// ```
     pub fn custom(d: Option<DeviceId>, index: u32) -> Resource {
         Resource { kind: ResourceKind::Custom, device: d, index }
     }
@@ -65,5 +123,17 @@ impl fmt::Display for Resource {
 }
 
 /// Dense index of an interned [`Resource`] within one plan.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::resource::ResourceId;
+/// use switchover::step::Side;
+/// use switchover::topology::Topology;
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+/// let id = plan.footprint_ids(plan.steps()[0].id)[0];
+/// assert_eq!(plan.resource(ResourceId(id)), plan.footprint(plan.steps()[0].id).next().unwrap());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ResourceId(pub u32);

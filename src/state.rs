@@ -23,6 +23,16 @@ const NONE: u32 = u32::MAX;
 
 /// Captured vring bases of every ring of a topology, writable from any thread,
 /// and the block requests handed over instead of drained.
+///
+/// ```
+/// use switchover::state::{DeviceState, InflightReq};
+/// use switchover::topology::{DeviceId, Topology};
+/// let t = Topology::preset("small").unwrap();
+/// let s = DeviceState::new(&t);
+/// s.set_base(DeviceId(2), 0, 17);
+/// s.hand_over(&[InflightReq { device: 2, ring: 0, id: 9 }]);
+/// assert_eq!((s.captured(), s.inflight().len()), (1, 1));
+/// ```
 #[derive(Debug)]
 pub struct DeviceState {
     offsets: Vec<u32>,
@@ -32,6 +42,15 @@ pub struct DeviceState {
 
 /// A block request still in flight when its ring stopped, handed over to the
 /// destination to be resubmitted there.
+///
+/// ```
+/// use switchover::state::{DeviceState, InflightReq};
+/// use switchover::topology::{DeviceId, Topology};
+/// let s = DeviceState::new(&Topology::preset("small").unwrap());
+/// let req = InflightReq { device: 3, ring: 0, id: 42 };
+/// s.hand_over(&[req]);
+/// assert_eq!(s.take_inflight(DeviceId(3), 0), [req]);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InflightReq {
     /// Device index.
@@ -43,6 +62,15 @@ pub struct InflightReq {
 }
 
 /// One captured base, as carried to the destination.
+///
+/// ```
+/// use switchover::state::{DeviceState, VringBase};
+/// use switchover::topology::{DeviceId, Topology};
+/// let t = Topology::preset("small").unwrap();
+/// let src = DeviceState::new(&t);
+/// src.set_base(DeviceId(0), 3, 99);
+/// assert_eq!(src.export(), [VringBase { device: 0, ring: 3, base: 99 }]);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VringBase {
     /// Device index.
@@ -55,6 +83,15 @@ pub struct VringBase {
 
 impl DeviceState {
     /// No base captured yet for any ring of `t`.
+    ///
+    /// ```
+    /// use switchover::state::DeviceState;
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let s = DeviceState::new(&Topology::preset("small").unwrap());
+    /// assert_eq!(s.captured(), 0);
+    /// assert!(s.export().is_empty() && s.inflight().is_empty());
+    /// assert_eq!(s.base(DeviceId(0), 0), None);
+    /// ```
     pub fn new(t: &Topology) -> DeviceState {
         let mut offsets = Vec::with_capacity(t.devices().len() + 1);
         let mut n = 0u32;
@@ -76,6 +113,17 @@ impl DeviceState {
     }
 
     /// Records the base read from ring `ring` of device `d`.
+    ///
+    /// ```
+    /// use switchover::state::DeviceState;
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let s = DeviceState::new(&Topology::preset("small").unwrap());
+    /// s.set_base(DeviceId(1), 2, 7);
+    /// s.set_base(DeviceId(1), 2, 8); // a later read replaces the earlier one
+    /// assert_eq!(s.base(DeviceId(1), 2), Some(8));
+    /// s.set_base(DeviceId(3), 1, 5); // blk1 has one ring: ignored
+    /// assert_eq!(s.captured(), 1);
+    /// ```
     pub fn set_base(&self, d: DeviceId, ring: u32, base: u16) {
         if let Some(s) = self.slot(d, ring) {
             s.store(u32::from(base), Ordering::Release);
@@ -83,17 +131,49 @@ impl DeviceState {
     }
 
     /// The base captured for a ring, if any.
+    ///
+    /// ```
+    /// use switchover::state::DeviceState;
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let s = DeviceState::new(&Topology::preset("small").unwrap());
+    /// s.set_base(DeviceId(2), 0, 0);
+    /// assert_eq!(s.base(DeviceId(2), 0), Some(0)); // zero is a base like any other
+    /// assert_eq!(s.base(DeviceId(9), 0), None); // no such device
+    /// ```
     pub fn base(&self, d: DeviceId, ring: u32) -> Option<u16> {
         let v = self.slot(d, ring)?.load(Ordering::Acquire);
         (v != NONE).then_some(v as u16)
     }
 
     /// How many rings have a captured base.
+    ///
+    /// ```
+    /// use switchover::state::DeviceState;
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let t = Topology::preset("small").unwrap();
+    /// let s = DeviceState::new(&t);
+    /// for d in t.devices() {
+    ///     for r in 0..d.rings() {
+    ///         s.set_base(d.id, r, 1);
+    ///     }
+    /// }
+    /// assert_eq!(s.captured(), t.total_rings() as usize);
+    /// ```
     pub fn captured(&self) -> usize {
         self.bases.iter().filter(|b| b.load(Ordering::Acquire) != NONE).count()
     }
 
     /// All captured bases, for carrying to the destination.
+    ///
+    /// ```
+    /// use switchover::state::DeviceState;
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let s = DeviceState::new(&Topology::preset("small").unwrap());
+    /// s.set_base(DeviceId(1), 0, 5);
+    /// s.set_base(DeviceId(0), 2, 6);
+    /// let rings: Vec<_> = s.export().iter().map(|b| (b.device, b.ring, b.base)).collect();
+    /// assert_eq!(rings, [(0, 2, 6), (1, 0, 5)]); // in device, then ring order
+    /// ```
     pub fn export(&self) -> Vec<VringBase> {
         let mut v = Vec::new();
         for d in 0..self.offsets.len().saturating_sub(1) {
@@ -108,16 +188,46 @@ impl DeviceState {
     }
 
     /// Records requests handed over.
+    ///
+    /// ```
+    /// use switchover::state::{DeviceState, InflightReq};
+    /// use switchover::topology::Topology;
+    /// let s = DeviceState::new(&Topology::preset("small").unwrap());
+    /// s.hand_over(&[InflightReq { device: 2, ring: 0, id: 1 }]);
+    /// s.hand_over(&[InflightReq { device: 3, ring: 0, id: 2 }]);
+    /// assert_eq!(s.inflight().len(), 2);
+    /// ```
     pub fn hand_over(&self, reqs: &[InflightReq]) {
         self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(reqs);
     }
 
     /// Requests handed over (all rings).
+    ///
+    /// ```
+    /// use switchover::state::{DeviceState, InflightReq};
+    /// use switchover::topology::Topology;
+    /// let s = DeviceState::new(&Topology::preset("small").unwrap());
+    /// let r = InflightReq { device: 2, ring: 0, id: 1 };
+    /// s.hand_over(&[r]);
+    /// assert_eq!(s.inflight(), [r]);
+    /// assert_eq!(s.inflight(), [r]); // reading does not take them
+    /// ```
     pub fn inflight(&self) -> Vec<InflightReq> {
         self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Takes the requests handed over for one ring (to resubmit them).
+    ///
+    /// ```
+    /// use switchover::state::{DeviceState, InflightReq};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let s = DeviceState::new(&Topology::preset("small").unwrap());
+    /// let (a, b) = (InflightReq { device: 2, ring: 0, id: 1 }, InflightReq { device: 3, ring: 0, id: 2 });
+    /// s.hand_over(&[a, b]);
+    /// assert_eq!(s.take_inflight(DeviceId(2), 0), [a]);
+    /// assert_eq!(s.inflight(), [b]);
+    /// assert!(s.take_inflight(DeviceId(2), 0).is_empty());
+    /// ```
     pub fn take_inflight(&self, d: DeviceId, ring: u32) -> Vec<InflightReq> {
         let mut v = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (mine, rest): (Vec<InflightReq>, Vec<InflightReq>) = v.drain(..).partition(|r| r.device == d.0 && r.ring == ring);
@@ -126,6 +236,16 @@ impl DeviceState {
     }
 
     /// Loads bases carried from the source.
+    ///
+    /// ```
+    /// use switchover::state::DeviceState;
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let t = Topology::preset("small").unwrap();
+    /// let (src, dst) = (DeviceState::new(&t), DeviceState::new(&t));
+    /// src.set_base(DeviceId(1), 3, 1234);
+    /// dst.import(&src.export());
+    /// assert_eq!(dst.base(DeviceId(1), 3), Some(1234));
+    /// ```
     pub fn import(&self, bases: &[VringBase]) {
         for b in bases {
             self.set_base(DeviceId(b.device), b.ring, b.base);

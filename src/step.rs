@@ -16,6 +16,12 @@ use std::time::Duration;
 use crate::topology::DeviceId;
 
 /// Which end of the migration runs a step.
+///
+/// ```
+/// use switchover::step::Side;
+/// assert_eq!(Side::Destination.short(), "dst");
+/// assert!(Side::Source < Side::Destination);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Side {
@@ -40,6 +46,12 @@ impl Side {
 }
 
 /// When a step may run, relative to the guest being frozen.
+///
+/// ```
+/// use switchover::step::Window;
+/// assert!(Window::Blackout < Window::Cleanup);
+/// assert_eq!(Window::Prepare.name(), "prepare");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Window {
@@ -53,6 +65,12 @@ pub enum Window {
 
 impl Window {
     /// All windows in time order.
+    ///
+    /// ```
+    /// use switchover::step::Window;
+    /// let names: Vec<_> = Window::ALL.iter().map(|w| w.name()).collect();
+    /// assert_eq!(names, ["prepare", "blackout", "cleanup"]);
+    /// ```
     pub const ALL: [Window; 3] = [Window::Prepare, Window::Blackout, Window::Cleanup];
 
     /// Lower-case name.
@@ -70,6 +88,18 @@ impl Window {
 }
 
 /// Which lanes may run a step.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Affinity, Side, StepKind};
+/// use switchover::topology::Topology;
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+/// // The memory-map transaction needs the caller's big lock: caller lane only.
+/// let begin = plan.steps().iter().find(|s| s.kind == StepKind::MemTxnBegin).unwrap();
+/// assert_eq!(begin.affinity, Affinity::Caller);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Affinity {
@@ -80,6 +110,24 @@ pub enum Affinity {
 }
 
 /// How a step's action reports completion.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{ExecMode, Side, StepKind};
+/// use switchover::topology::Topology;
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+/// for s in plan.steps() {
+///     // Control-channel messages are split-phase; notifier ioctls block.
+///     if s.kind == StepKind::GetVringBase {
+///         assert_eq!(s.mode, ExecMode::Split);
+///     }
+///     if s.kind.is_notifier() {
+///         assert_eq!(s.mode, ExecMode::Blocking);
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecMode {
@@ -91,6 +139,14 @@ pub enum ExecMode {
 }
 
 /// What a step does. The vhost-user kinds follow QEMU's order (hw/virtio/vhost.c).
+///
+/// ```
+/// use switchover::step::StepKind;
+/// let k = StepKind::Custom("load_state".into());
+/// assert_eq!(k.to_string(), "load_state");
+/// assert!(!k.is_message());
+/// assert_eq!(StepKind::HostNotifierOff.to_string(), "host_notifier_off");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StepKind {
     /// `SET_VRING_ENABLE(0)`: the backend stops taking new buffers from the ring.
@@ -134,6 +190,12 @@ pub enum StepKind {
 
 impl StepKind {
     /// The built-in kinds.
+    ///
+    /// ```
+    /// use switchover::step::StepKind;
+    /// assert!(StepKind::BUILTIN.iter().all(|k| StepKind::parse(k.name()) == Some(k.clone())));
+    /// assert!(!StepKind::BUILTIN.iter().any(|k| matches!(k, StepKind::Custom(_))));
+    /// ```
     pub const BUILTIN: [StepKind; 17] = [
         StepKind::VringDisable,
         StepKind::DrainInflight,
@@ -155,6 +217,12 @@ impl StepKind {
     ];
 
     /// Snake-case name, as used by `--inject KIND:STEP:DEVICE` and reports.
+    ///
+    /// ```
+    /// use switchover::step::StepKind;
+    /// assert_eq!(StepKind::MemTxnCommit.name(), "memtxn_commit");
+    /// assert_eq!(StepKind::Custom("attach".into()).name(), "attach");
+    /// ```
     pub fn name(&self) -> &str {
         match self {
             StepKind::VringDisable => "vring_disable",
@@ -179,6 +247,12 @@ impl StepKind {
     }
 
     /// The built-in kind with this name.
+    ///
+    /// ```
+    /// use switchover::step::StepKind;
+    /// assert_eq!(StepKind::parse("set_vring_kick"), Some(StepKind::SetVringKick));
+    /// assert_eq!(StepKind::parse("attach"), None); // custom kinds are not parsed
+    /// ```
     pub fn parse(name: &str) -> Option<StepKind> {
         StepKind::BUILTIN.iter().find(|k| k.name() == name).cloned()
     }
@@ -207,6 +281,12 @@ impl StepKind {
     }
 
     /// Whether this kind changes a notifier.
+    ///
+    /// ```
+    /// use switchover::step::StepKind;
+    /// assert!(StepKind::GuestNotifierOn.is_notifier());
+    /// assert!(!StepKind::SetVringCall.is_notifier());
+    /// ```
     pub fn is_notifier(&self) -> bool {
         matches!(self, StepKind::HostNotifierOff | StepKind::HostNotifierOn | StepKind::GuestNotifierOff | StepKind::GuestNotifierOn)
     }
@@ -219,6 +299,16 @@ impl fmt::Display for StepKind {
 }
 
 /// Index of a step in its plan.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, StepId};
+/// use switchover::topology::Topology;
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+/// assert_eq!(plan.step(StepId(3)).id, StepId(3));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[repr(transparent)]
 pub struct StepId(pub u32);
@@ -226,6 +316,17 @@ pub struct StepId(pub u32);
 /// A serialised server that performs a step's work one request at a time (a backend's
 /// control channel, a VM's ioeventfd lock). Not a lock the scheduler takes: requests
 /// queue there in order. Used for the lower bound and the report.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Server, Side, StepKind};
+/// use switchover::topology::Topology;
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+/// let get = plan.steps().iter().find(|s| s.kind == StepKind::GetVringBase).unwrap();
+/// assert_eq!(get.server, Some(Server::Channel(get.device)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Server {
@@ -236,6 +337,19 @@ pub enum Server {
 }
 
 /// One node of a plan.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, Window};
+/// use switchover::topology::Topology;
+/// let topo = Arc::new(Topology::preset("single-net").unwrap());
+/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+/// let s = &plan.steps()[0];
+/// assert_eq!(s.side, Side::Source);
+/// assert_eq!(plan.device_name(s.id), "net0");
+/// assert!(plan.steps().iter().any(|s| s.window == Window::Blackout && s.ring == Some(1)));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Step {
     /// Its id.

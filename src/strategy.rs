@@ -32,11 +32,32 @@ use crate::switchover::{run_in_process, Outcome, SideSetup};
 use crate::topology::Topology;
 
 /// Default scale of the simulated profile: a `rfc-huge` run takes a few seconds.
+///
+/// ```
+/// use switchover::strategy::{SimConfig, DEFAULT_SCALE};
+/// use switchover::topology::Topology;
+/// assert_eq!(SimConfig::new(Topology::preset("small").unwrap()).profile.scale, DEFAULT_SCALE);
+/// ```
 pub const DEFAULT_SCALE: f64 = 0.5;
 /// Default number of workers (the caller lane is one more).
+///
+/// ```
+/// use switchover::strategy::{SimConfig, DEFAULT_WORKERS};
+/// use switchover::topology::Topology;
+/// assert_eq!(SimConfig::new(Topology::preset("small").unwrap()).workers, DEFAULT_WORKERS);
+/// ```
 pub const DEFAULT_WORKERS: usize = 8;
 
 /// A strategy.
+///
+/// ```
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02).workers(2);
+/// assert_eq!(run(&cfg, Strategy::Serial).lanes, 1);
+/// assert_eq!(run(&cfg, Strategy::Pool).lanes, 2);
+/// assert_eq!(run(&cfg, Strategy::Engine).lanes, 3); // workers + the caller lane
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
@@ -50,8 +71,19 @@ pub enum Strategy {
 
 impl Strategy {
     /// All three, in report order.
+    ///
+    /// ```
+    /// use switchover::strategy::Strategy;
+    /// let names: Vec<_> = Strategy::ALL.iter().map(|s| s.name()).collect();
+    /// assert_eq!(names, ["serial", "pool", "engine"]);
+    /// ```
     pub const ALL: [Strategy; 3] = [Strategy::Serial, Strategy::Pool, Strategy::Engine];
     /// Lower-case name.
+    ///
+    /// ```
+    /// use switchover::strategy::Strategy;
+    /// assert_eq!(Strategy::Engine.name(), "engine");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             Strategy::Serial => "serial",
@@ -62,6 +94,15 @@ impl Strategy {
 }
 
 /// A simulated run's configuration.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchover::strategy::{BlkPolicy, SimConfig};
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02).workers(2).deadline(Duration::from_secs(1));
+/// assert_eq!((cfg.workers, cfg.deadline, cfg.blk_policy), (2, Duration::from_secs(1), BlkPolicy::Drain));
+/// assert!(cfg.faults.is_empty());
+/// ```
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     /// The VM.
@@ -81,6 +122,19 @@ pub struct SimConfig {
 }
 
 /// What happens to block requests in flight when the guest stops.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchover::strategy::{run, BlkPolicy, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02).blk_inflight(3, Duration::from_secs(1));
+/// let drained = run(&cfg.clone().blk_policy(BlkPolicy::Drain), Strategy::Engine);
+/// let handed = run(&cfg.blk_policy(BlkPolicy::HandOver), Strategy::Engine);
+/// // Either way every request completes exactly once where the guest sees it.
+/// assert!(drained.io.exact() && handed.io.exact());
+/// assert_eq!((drained.io.submitted, drained.io.handed_over), (6, 0));
+/// assert!(handed.io.handed_over > 0);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlkPolicy {
@@ -94,6 +148,15 @@ pub enum BlkPolicy {
 impl SimConfig {
     /// Defaults: the RFC-derived profile at [`DEFAULT_SCALE`], [`DEFAULT_WORKERS`]
     /// workers, no faults, 10 s deadlines.
+    ///
+    /// ```
+    /// use switchover::sim::KvmModel;
+    /// use switchover::strategy::SimConfig;
+    /// use switchover::topology::Topology;
+    /// let cfg = SimConfig::new(Topology::preset("small").unwrap());
+    /// assert_eq!(cfg.topology.name(), "small");
+    /// assert_eq!((cfg.profile.name.as_str(), cfg.profile.kvm), ("rfc-original", KvmModel::Rfc));
+    /// ```
     pub fn new(topology: Topology) -> SimConfig {
         SimConfig {
             topology: Arc::new(topology),
@@ -106,38 +169,109 @@ impl SimConfig {
         }
     }
     /// Sets the drain deadline.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::strategy::{run, SimConfig, Strategy};
+    /// use switchover::topology::Topology;
+    /// // Requests that take 25 ms (scaled) cannot drain within 1 ms: the switchover rolls back.
+    /// let cfg = SimConfig::new(Topology::preset("single-blk").unwrap())
+    ///     .scale(0.02)
+    ///     .blk_inflight(2, Duration::from_millis(1250))
+    ///     .drain_deadline(Duration::from_millis(1));
+    /// let r = run(&cfg, Strategy::Engine);
+    /// assert_eq!(r.outcome.cause().unwrap().step, "drain_inflight");
+    /// assert!(r.vring_bases_preserved);
+    /// ```
     pub fn drain_deadline(mut self, d: Duration) -> Self {
         self.drain_deadline = d;
         self
     }
     /// Sets the block policy.
+    ///
+    /// ```
+    /// use switchover::strategy::{BlkPolicy, SimConfig};
+    /// use switchover::topology::Topology;
+    /// let cfg = SimConfig::new(Topology::preset("small").unwrap()).blk_policy(BlkPolicy::HandOver);
+    /// assert_eq!(cfg.blk_policy, BlkPolicy::HandOver);
+    /// ```
     pub fn blk_policy(mut self, p: BlkPolicy) -> Self {
         self.blk_policy = p;
         self
     }
     /// Sets the block requests in flight per blk ring at the stop, and their duration
     /// (unscaled).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::strategy::{run, SimConfig, Strategy};
+    /// use switchover::topology::Topology;
+    /// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02).blk_inflight(4, Duration::from_millis(2));
+    /// assert_eq!(cfg.profile.blk_inflight, 4);
+    /// let r = run(&cfg, Strategy::Engine);
+    /// assert_eq!(r.io.submitted, 2 * 4); // two blk devices, one ring each
+    /// assert!(r.io.exact());
+    /// ```
     pub fn blk_inflight(mut self, per_ring: u32, io: Duration) -> Self {
         self.profile.blk_inflight = per_ring;
         self.profile.blk_io = io;
         self
     }
     /// Sets the profile scale.
+    ///
+    /// ```
+    /// use switchover::strategy::{run, SimConfig, Strategy};
+    /// use switchover::topology::Topology;
+    /// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+    /// assert_eq!(cfg.profile.scale, 0.02);
+    /// let r = run(&cfg, Strategy::Serial);
+    /// assert!(r.downtime >= r.lower_bound.total());
+    /// ```
     pub fn scale(mut self, s: f64) -> Self {
         self.profile.scale = s;
         self
     }
     /// Sets the worker count.
+    ///
+    /// ```
+    /// use switchover::strategy::{run, SimConfig, Strategy};
+    /// use switchover::topology::Topology;
+    /// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02).workers(3);
+    /// assert_eq!(run(&cfg, Strategy::Pool).lanes, 3);
+    /// ```
     pub fn workers(mut self, w: usize) -> Self {
         self.workers = w;
         self
     }
     /// Sets the KVM model.
+    ///
+    /// ```
+    /// use switchover::sim::KvmModel;
+    /// use switchover::strategy::{run, SimConfig, Strategy};
+    /// use switchover::topology::Topology;
+    /// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02).kvm(KvmModel::PerVmIoeventfd);
+    /// assert_eq!(cfg.profile.kvm, KvmModel::PerVmIoeventfd);
+    /// let r = run(&cfg, Strategy::Engine);
+    /// assert!(r.failure.is_none() && r.double_ioctls == 0);
+    /// ```
     pub fn kvm(mut self, m: KvmModel) -> Self {
         self.profile.kvm = m;
         self
     }
     /// Sets the faults.
+    ///
+    /// ```
+    /// use switchover::strategy::{run, SimConfig, Strategy};
+    /// use switchover::switchover::Outcome;
+    /// use switchover::topology::Topology;
+    /// let cfg = SimConfig::new(Topology::preset("small").unwrap())
+    ///     .scale(0.02)
+    ///     .faults(vec!["error:get_vring_base:net1".parse().unwrap()]);
+    /// let r = run(&cfg, Strategy::Engine);
+    /// assert!(matches!(r.outcome, Outcome::RolledBack { .. }));
+    /// assert_eq!(r.failure.unwrap().device, "net1");
+    /// assert!(r.vring_bases_preserved); // the source resumes with every base it read
+    /// ```
     pub fn faults(mut self, f: Vec<Fault>) -> Self {
         self.faults = f;
         self
@@ -145,11 +279,32 @@ impl SimConfig {
     /// Makes every vhost-user message wait for the backend's reply (`REPLY_ACK`), so
     /// a backend's error on a start message is seen; without it those messages are
     /// fire-and-forget, as in the RFC-era profile.
+    ///
+    /// ```
+    /// use switchover::strategy::SimConfig;
+    /// use switchover::topology::Topology;
+    /// let cfg = SimConfig::new(Topology::preset("small").unwrap());
+    /// assert!(!cfg.profile.reply_ack);
+    /// assert!(cfg.reply_ack(true).profile.reply_ack);
+    /// ```
     pub fn reply_ack(mut self, on: bool) -> Self {
         self.profile.reply_ack = on;
         self
     }
     /// Sets every step's deadline.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::error::StepFailure;
+    /// use switchover::strategy::{run, SimConfig, Strategy};
+    /// use switchover::topology::Topology;
+    /// let cfg = SimConfig::new(Topology::preset("single-net").unwrap())
+    ///     .scale(0.02)
+    ///     .deadline(Duration::from_millis(100))
+    ///     .faults(vec!["hang:get_vring_base:net0".parse().unwrap()]);
+    /// let r = run(&cfg, Strategy::Engine);
+    /// assert_eq!(r.failure.unwrap().failure, StepFailure::Timeout { after: Duration::from_millis(100) });
+    /// ```
     pub fn deadline(mut self, d: Duration) -> Self {
         self.deadline = d;
         self
@@ -175,6 +330,19 @@ impl SimConfig {
 
 /// One step as it ran, with times relative to the window's opening (negative in
 /// prepare).
+///
+/// ```
+/// use switchover::step::Window;
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// let r = run(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.02), Strategy::Engine);
+/// for s in &r.steps {
+///     assert!(s.start_ns <= s.end_ns && !s.rollback);
+///     if s.window == Window::Prepare {
+///         assert!(s.start_ns < 0); // before the window opened
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TimedStep {
     /// Side.
@@ -208,6 +376,17 @@ pub struct TimedStep {
 }
 
 /// What one strategy did.
+///
+/// ```
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::switchover::Outcome;
+/// use switchover::topology::Topology;
+/// let r = run(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.02), Strategy::Engine);
+/// assert!(r.simulated);
+/// assert_eq!(r.outcome, Outcome::Completed);
+/// assert!(r.base_mismatches.is_empty() && r.double_ioctls == 0);
+/// assert_eq!(r.transactions.0, 2); // one memory transaction per side
+/// ```
 #[derive(Debug, Clone)]
 pub struct StrategyRun {
     /// The strategy.
@@ -242,6 +421,14 @@ pub struct StrategyRun {
 }
 
 /// The lower bound of a strategy's downtime, per side.
+///
+/// ```
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// let r = run(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.02), Strategy::Serial);
+/// assert!(r.lower_bound.src.bound > std::time::Duration::ZERO);
+/// assert!(r.downtime >= r.lower_bound.total());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct LowerBound2 {
     /// Source side.
@@ -252,6 +439,14 @@ pub struct LowerBound2 {
 
 impl LowerBound2 {
     /// Sum of the two sides (they run one after the other).
+    ///
+    /// ```
+    /// use switchover::strategy::{run, SimConfig, Strategy};
+    /// use switchover::topology::Topology;
+    /// let r = run(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.02), Strategy::Engine);
+    /// let lb = r.lower_bound;
+    /// assert_eq!(lb.total(), lb.src.bound + lb.dst.bound);
+    /// ```
     pub fn total(&self) -> Duration {
         self.src.bound + self.dst.bound
     }
@@ -260,6 +455,20 @@ impl LowerBound2 {
 /// One side of a simulated switchover, ready for a role: the engine plan, its
 /// actions on fresh simulated backends, the side's state, and (for the source) the
 /// rollback builder.
+///
+/// ```
+/// use switchover::exec::Engine;
+/// use switchover::step::Side;
+/// use switchover::strategy::{SimConfig, SimRole};
+/// use switchover::switchover::{run_in_process, Outcome};
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+/// let (src, dst) = (SimRole::new(&cfg, Side::Source), SimRole::new(&cfg, Side::Destination));
+/// let rep = run_in_process(&src.setup, &dst.setup, &Engine::new(2), &Engine::new(2), &src.rollback());
+/// assert_eq!(rep.outcome, Outcome::Completed);
+/// assert!(dst.side.sync(std::time::Duration::from_secs(5))); // fire-and-forget messages served
+/// assert!(dst.side.base_mismatches().is_empty());
+/// ```
 pub struct SimRole {
     /// Plan, actions and state.
     pub setup: SideSetup,
@@ -276,6 +485,15 @@ impl std::fmt::Debug for SimRole {
 
 impl SimRole {
     /// Builds `side` of the engine's plan for `cfg` on fresh simulated backends.
+    ///
+    /// ```
+    /// use switchover::step::Side;
+    /// use switchover::strategy::{SimConfig, SimRole};
+    /// use switchover::topology::Topology;
+    /// let role = SimRole::new(&SimConfig::new(Topology::preset("small").unwrap()), Side::Destination);
+    /// assert_eq!(role.setup.plan.side(), Side::Destination);
+    /// assert_eq!(role.side.state().captured(), 0); // nothing has crossed yet
+    /// ```
     pub fn new(cfg: &SimConfig, side: Side) -> SimRole {
         let opts = cfg.opts(RecipeOptions::engine());
         let plan = Arc::new(build(&cfg.topology, side, &opts, &cfg.profile).expect("validated topology"));
@@ -287,6 +505,21 @@ impl SimRole {
     }
 
     /// The rollback builder for a source role.
+    ///
+    /// ```
+    /// use switchover::exec::Engine;
+    /// use switchover::step::Side;
+    /// use switchover::strategy::{SimConfig, SimRole};
+    /// use switchover::switchover::{run_in_process, Outcome};
+    /// use switchover::topology::Topology;
+    /// let cfg = SimConfig::new(Topology::preset("small").unwrap())
+    ///     .scale(0.02)
+    ///     .faults(vec!["error:get_vring_base:blk0".parse().unwrap()]);
+    /// let (src, dst) = (SimRole::new(&cfg, Side::Source), SimRole::new(&cfg, Side::Destination));
+    /// let rep = run_in_process(&src.setup, &dst.setup, &Engine::new(2), &Engine::new(2), &src.rollback());
+    /// assert!(matches!(rep.outcome, Outcome::RolledBack { .. }));
+    /// assert!(rep.rollback.is_some());
+    /// ```
     pub fn rollback(&self) -> impl Fn(&Plan, &Progress, &[crate::topology::DeviceId]) -> crate::switchover::RollbackPlan + '_ {
         move |plan: &Plan, p: &Progress, lost: &[crate::topology::DeviceId]| {
             let rp = Arc::new(rollback(plan, p, lost, &self.cfg.opts(RecipeOptions::engine()), &self.cfg.profile).ok()?);
@@ -297,6 +530,17 @@ impl SimRole {
 }
 
 /// Runs `strategy` once on fresh simulated backends.
+///
+/// ```
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02).workers(2);
+/// let (serial, engine) = (run(&cfg, Strategy::Serial), run(&cfg, Strategy::Engine));
+/// assert!(serial.vring_bases_preserved && engine.vring_bases_preserved);
+/// // The engine's window holds fewer steps: the rest runs in prepare and cleanup.
+/// let in_window = |r: &switchover::strategy::StrategyRun| r.steps.iter().filter(|s| s.window.name() == "blackout").count();
+/// assert!(in_window(&engine) < in_window(&serial));
+/// ```
 pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
     let (opts, lanes) = match strategy {
         Strategy::Serial => (cfg.opts(RecipeOptions::baseline()), 1),
@@ -424,6 +668,27 @@ pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
 }
 
 /// The steps of an engine run as [`TimedStep`]s, times relative to `opened`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::exec::{Completion, Engine, Progress, StepActions};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, Step, Window};
+/// use switchover::strategy::timed;
+/// use switchover::topology::Topology;
+/// struct Inline;
+/// impl StepActions for Inline {
+///     fn start(&self, _step: &Step, done: Completion) {
+///         done.complete(Ok(()));
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+/// let r = Engine::new(1).run(&plan, Window::Blackout, Arc::new(Inline), &mut Progress::new(&plan));
+/// let steps = timed(&plan, &r, r.started_at, false);
+/// assert_eq!(steps.len(), r.records.len());
+/// assert!(steps.iter().all(|s| s.start_ns >= 0 && s.window == Window::Blackout && !s.device_kind.is_empty()));
+/// ```
 pub fn timed(plan: &Plan, r: &RunReport, opened: Instant, rollback: bool) -> Vec<TimedStep> {
     let base = signed_ns(r.started_at, opened);
     r.records
@@ -493,11 +758,56 @@ pub fn run_one(actions: &dyn StepActions, step: &Step) -> Result<(), StepFailure
 }
 
 /// Steps run by [`run_chains`] and the first failure.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Instant;
+/// use switchover::exec::{Completion, StepActions};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, Step};
+/// use switchover::strategy::{run_chains, ChainOut};
+/// use switchover::topology::Topology;
+/// struct Inline;
+/// impl StepActions for Inline {
+///     fn start(&self, _step: &Step, done: Completion) {
+///         done.complete(Ok(()));
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = build(&topo, Side::Source, &RecipeOptions::baseline(), &NoCosts).unwrap();
+/// let (out, _took): (ChainOut, _) = run_chains(&plan, &Inline, 0, Instant::now());
+/// let (steps, failure) = out;
+/// assert_eq!((steps.len(), failure), (plan.len(), None));
+/// ```
 pub type ChainOut = (Vec<TimedStep>, Option<StepError>);
 
 /// Runs each device's steps in plan order, one request at a time: on the calling
 /// thread (`workers == 0`, the `serial` strategy), or one device per task on
 /// `workers` threads (the `pool` strategy). Times are relative to `opened`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Instant;
+/// use switchover::error::StepFailure;
+/// use switchover::exec::{Completion, StepActions};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, Step, StepKind};
+/// use switchover::strategy::run_chains;
+/// use switchover::topology::Topology;
+/// /// blk0's `get_vring_base` fails.
+/// struct FailBlk0;
+/// impl StepActions for FailBlk0 {
+///     fn start(&self, step: &Step, done: Completion) {
+///         let fail = step.kind == StepKind::GetVringBase && step.device.0 == 2;
+///         done.complete(if fail { Err(StepFailure::Disconnected) } else { Ok(()) });
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = build(&topo, Side::Source, &RecipeOptions::baseline(), &NoCosts).unwrap();
+/// let ((steps, failure), _took) = run_chains(&plan, &FailBlk0, 2, Instant::now());
+/// assert_eq!(failure.unwrap().device, "blk0");
+/// assert!(steps.len() < plan.len()); // the pool stopped taking new work
+/// ```
 pub fn run_chains(plan: &Plan, actions: &dyn StepActions, workers: usize, opened: Instant) -> (ChainOut, Duration) {
     let t0 = Instant::now();
     let ndev = plan.topology().devices().len();

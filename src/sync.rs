@@ -28,55 +28,200 @@ mod imp {
     pub use std::thread_local;
 
     /// A mutex (parking_lot in normal builds, loom's under `--cfg loom`).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::sync::Mutex;
+    /// let m = Arc::new(Mutex::new(0u32));
+    /// let hs: Vec<_> = (0..4)
+    ///     .map(|_| {
+    ///         let m = m.clone();
+    ///         std::thread::spawn(move || *m.lock() += 1)
+    ///     })
+    ///     .collect();
+    /// hs.into_iter().for_each(|h| h.join().unwrap());
+    /// assert_eq!(*m.lock(), 4);
+    /// ```
     #[derive(Debug, Default)]
     pub struct Mutex<T>(PlMutex<T>);
 
     /// The guard of a [`Mutex`].
+    ///
+    /// ```
+    /// use switchover::sync::{Mutex, MutexGuard};
+    /// let m = Mutex::new(vec![1]);
+    /// let mut g: MutexGuard<'_, Vec<i32>> = m.lock();
+    /// g.push(2);
+    /// drop(g);
+    /// assert_eq!(*m.lock(), [1, 2]);
+    /// ```
     pub type MutexGuard<'a, T> = PlGuard<'a, T>;
 
     impl<T> Mutex<T> {
         /// Creates a mutex holding `v`.
+        ///
+        /// ```
+        /// use switchover::sync::Mutex;
+        /// assert_eq!(*Mutex::new("x").lock(), "x");
+        /// ```
         pub fn new(v: T) -> Self {
             Mutex(PlMutex::new(v))
         }
         /// Locks the mutex, blocking until it is free.
+        ///
+        /// ```
+        /// use switchover::sync::Mutex;
+        /// let m = Mutex::new(1);
+        /// *m.lock() *= 5;
+        /// assert_eq!(*m.lock(), 5);
+        /// ```
         pub fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock()
         }
         /// Locks the mutex if it is free right now.
+        ///
+        /// ```
+        /// use switchover::sync::Mutex;
+        /// let m = Mutex::new(());
+        /// let g = m.lock();
+        /// assert!(m.try_lock().is_none()); // held
+        /// drop(g);
+        /// assert!(m.try_lock().is_some());
+        /// ```
         pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
             self.0.try_lock()
         }
     }
 
     /// A condition variable paired with [`Mutex`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::sync::{Condvar, Mutex};
+    /// let pair = Arc::new((Mutex::new(None), Condvar::new()));
+    /// let p = pair.clone();
+    /// let h = std::thread::spawn(move || {
+    ///     *p.0.lock() = Some(42);
+    ///     p.1.notify_one();
+    /// });
+    /// let mut slot = pair.0.lock();
+    /// while slot.is_none() {
+    ///     pair.1.wait(&mut slot);
+    /// }
+    /// assert_eq!(slot.take(), Some(42));
+    /// drop(slot);
+    /// h.join().unwrap();
+    /// ```
     #[derive(Debug, Default)]
     pub struct Condvar(PlCondvar);
 
     impl Condvar {
         /// Creates a condition variable.
+        ///
+        /// ```
+        /// use std::time::{Duration, Instant};
+        /// use switchover::sync::{Condvar, Mutex};
+        /// let (m, cv) = (Mutex::new(()), Condvar::new());
+        /// // Nobody notifies: the wait times out.
+        /// assert!(cv.wait_until(&mut m.lock(), Instant::now() + Duration::from_millis(1)));
+        /// ```
         pub fn new() -> Self {
             Condvar(PlCondvar::new())
         }
         /// Waits for a notification.
+        ///
+        /// ```
+        /// use std::sync::Arc;
+        /// use switchover::sync::{Condvar, Mutex};
+        /// let state = Arc::new((Mutex::new(0), Condvar::new()));
+        /// let s = state.clone();
+        /// std::thread::spawn(move || {
+        ///     *s.0.lock() = 7;
+        ///     s.1.notify_all();
+        /// });
+        /// let mut g = state.0.lock();
+        /// while *g == 0 {
+        ///     state.1.wait(&mut g); // releases the lock while waiting
+        /// }
+        /// assert_eq!(*g, 7);
+        /// ```
         pub fn wait<T>(&self, g: &mut MutexGuard<'_, T>) {
             self.0.wait(g)
         }
         /// Waits for a notification or until `deadline`; returns true on time-out.
+        ///
+        /// ```
+        /// use std::sync::Arc;
+        /// use std::time::{Duration, Instant};
+        /// use switchover::sync::{Condvar, Mutex};
+        /// let state = Arc::new((Mutex::new(false), Condvar::new()));
+        /// let s = state.clone();
+        /// std::thread::spawn(move || {
+        ///     *s.0.lock() = true;
+        ///     s.1.notify_one();
+        /// });
+        /// let deadline = Instant::now() + Duration::from_secs(10);
+        /// let mut g = state.0.lock();
+        /// while !*g {
+        ///     assert!(!state.1.wait_until(&mut g, deadline), "notified long before the deadline");
+        /// }
+        /// ```
         pub fn wait_until<T>(&self, g: &mut MutexGuard<'_, T>, deadline: std::time::Instant) -> bool {
             self.0.wait_until(g, deadline).timed_out()
         }
         /// Wakes one waiter.
+        ///
+        /// ```
+        /// use std::sync::Arc;
+        /// use switchover::sync::{Condvar, Mutex};
+        /// let state = Arc::new((Mutex::new(None), Condvar::new()));
+        /// let s = state.clone();
+        /// let h = std::thread::spawn(move || {
+        ///     let mut g = s.0.lock();
+        ///     while g.is_none() {
+        ///         s.1.wait(&mut g);
+        ///     }
+        ///     g.take().unwrap()
+        /// });
+        /// *state.0.lock() = Some("go");
+        /// state.1.notify_one();
+        /// assert_eq!(h.join().unwrap(), "go");
+        /// ```
         pub fn notify_one(&self) {
             self.0.notify_one();
         }
         /// Wakes every waiter.
+        ///
+        /// ```
+        /// use std::sync::Arc;
+        /// use switchover::sync::{Condvar, Mutex};
+        /// let state = Arc::new((Mutex::new(false), Condvar::new()));
+        /// let waiters: Vec<_> = (0..3)
+        ///     .map(|_| {
+        ///         let s = state.clone();
+        ///         std::thread::spawn(move || {
+        ///             let mut g = s.0.lock();
+        ///             while !*g {
+        ///                 s.1.wait(&mut g);
+        ///             }
+        ///         })
+        ///     })
+        ///     .collect();
+        /// *state.0.lock() = true;
+        /// state.1.notify_all();
+        /// waiters.into_iter().for_each(|h| h.join().unwrap()); // every waiter woke
+        /// ```
         pub fn notify_all(&self) {
             self.0.notify_all();
         }
     }
 
     /// Spawns a named OS thread.
+    ///
+    /// ```
+    /// let h = switchover::sync::spawn("probe".into(), || assert_eq!(std::thread::current().name(), Some("probe")));
+    /// h.join().unwrap();
+    /// ```
     pub fn spawn<F: FnOnce() + Send + 'static>(name: String, f: F) -> std::thread::JoinHandle<()> {
         std::thread::Builder::new().name(name).spawn(f).expect("the OS refused to start a thread")
     }

@@ -62,6 +62,17 @@ use crate::strategy::{Strategy, StrategyRun, TimedStep};
 
 /// Above this many control channels on one side, channel rows are thin and grouped
 /// by device kind.
+///
+/// ```
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::timeline::{svg, GROUP_CHANNELS_ABOVE};
+/// use switchover::topology::Topology;
+/// let many = Topology::builder().net(GROUP_CHANNELS_ABOVE as u32 + 1, 1).build().unwrap();
+/// let few = Topology::preset("small").unwrap();
+/// let picture = |t: Topology| svg(&run(&SimConfig::new(t).scale(0.02), Strategy::Engine), "");
+/// assert!(picture(many).contains("net control channels"));
+/// assert!(!picture(few).contains("net control channels"));
+/// ```
 pub const GROUP_CHANNELS_ABOVE: usize = 12;
 
 const WIDTH: f64 = 1600.0;
@@ -249,6 +260,17 @@ const GENERIC_COLOURS: [&str; 4] = ["#59a14f", "#b07aa1", "#76b7b2", "#9c755f"];
 /// the title. Simulated runs say SIMULATED in the title.
 ///
 /// See the [module docs](self) for what is drawn.
+///
+/// ```
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::timeline::svg;
+/// use switchover::topology::Topology;
+/// let r = run(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.02), Strategy::Serial);
+/// let text = svg(&r, "small: 2 net, 2 blk");
+/// assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+/// assert!(text.contains("small: 2 net, 2 blk"));
+/// assert_eq!(text.matches("data-step=").count(), r.steps.len()); // one bar per step
+/// ```
 pub fn svg(run: &StrategyRun, caption: &str) -> String {
     let steps = &run.steps;
     let own = own_times(steps);

@@ -50,6 +50,21 @@ use crate::strategy::{Strategy, StrategyRun, TimedStep};
 use crate::timeline::step_id;
 
 /// `tid` of the first control-channel thread.
+///
+/// ```
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// use switchover::trace::{chrome_trace, CHANNEL_TID_BASE};
+/// let r = run(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.02), Strategy::Engine);
+/// let doc = chrome_trace(&r);
+/// let on_channels = doc["traceEvents"]
+///     .as_array()
+///     .unwrap()
+///     .iter()
+///     .filter(|e| e["ph"] == "X" && e["tid"].as_u64().unwrap() >= u64::from(CHANNEL_TID_BASE))
+///     .count();
+/// assert_eq!(on_channels, r.steps.iter().filter(|s| s.split).count());
+/// ```
 pub const CHANNEL_TID_BASE: u32 = 1000;
 
 fn pid(side: Side) -> u32 {
@@ -73,6 +88,18 @@ fn name_key(name: &str) -> (String, u64) {
 }
 
 /// The Chrome trace-event document of `run` (see the module docs).
+///
+/// ```
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::topology::Topology;
+/// use switchover::trace::chrome_trace;
+/// let r = run(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.02), Strategy::Engine);
+/// let doc = chrome_trace(&r);
+/// let events = doc["traceEvents"].as_array().unwrap();
+/// // Trace viewers want no negative times; prepare steps still come before the window opens.
+/// assert!(events.iter().filter(|e| e["ph"] == "X").all(|e| e["ts"].as_f64().unwrap() >= 0.0));
+/// assert_eq!(events.iter().filter(|e| e["ph"] == "i").count(), 2); // window opens, window closes
+/// ```
 pub fn chrome_trace(run: &StrategyRun) -> Value {
     let steps = &run.steps;
     let own = own_times(steps);

@@ -76,6 +76,16 @@ impl Completion {
 
     /// A completion that calls `f` with the answer (for running steps outside an
     /// engine, e.g. the `serial` and `pool` strategies).
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use switchover::error::StepFailure;
+    /// use switchover::exec::Completion;
+    /// let (tx, rx) = mpsc::channel();
+    /// let c = Completion::from_fn(move |r| tx.send(r).unwrap());
+    /// std::thread::spawn(move || c.complete(Err(StepFailure::Disconnected))).join().unwrap();
+    /// assert_eq!(rx.recv().unwrap(), Err(StepFailure::Disconnected));
+    /// ```
     pub fn from_fn<F: FnOnce(Result<(), StepFailure>) + Send + 'static>(f: F) -> Completion {
         Completion { target: Some(Target::Callback(Box::new(f))) }
     }

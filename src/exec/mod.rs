@@ -60,25 +60,155 @@ use sched::{Sched, Woken};
 /// What performs steps. `start` must eventually call `done.complete(..)` exactly once
 /// (dropping `done` unanswered fails the step as abandoned). A blocking step completes
 /// before returning; a split-phase step hands `done` to whatever receives the reply.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// use switchover::exec::{Completion, Engine, Progress, StepActions};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{ExecMode, Side, Step, Window};
+/// use switchover::topology::Topology;
+///
+/// /// Answers blocking steps at once and split-phase ones from another thread, as a
+/// /// backend's reply would.
+/// #[derive(Default)]
+/// struct Counting(AtomicUsize);
+/// impl StepActions for Counting {
+///     fn start(&self, step: &Step, done: Completion) {
+///         self.0.fetch_add(1, Ordering::SeqCst);
+///         match step.mode {
+///             ExecMode::Blocking => done.complete(Ok(())),
+///             ExecMode::Split => drop(std::thread::spawn(move || done.complete(Ok(())))),
+///         }
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+/// let actions = Arc::new(Counting::default());
+/// let mut progress = Progress::new(&plan);
+/// for w in Window::ALL {
+///     assert!(Engine::new(1).run(&plan, w, actions.clone(), &mut progress).ok());
+/// }
+/// assert_eq!(actions.0.load(Ordering::SeqCst), plan.len()); // each step started once
+/// ```
 pub trait StepActions: Send + Sync + 'static {
     /// Starts `step`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::error::StepFailure;
+    /// use switchover::exec::{Completion, Engine, Progress, StepActions};
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::{Side, Step, StepKind, Window};
+    /// use switchover::topology::Topology;
+    ///
+    /// /// Every `get_vring_base` fails; everything else succeeds.
+    /// struct NoBase;
+    /// impl StepActions for NoBase {
+    ///     fn start(&self, step: &Step, done: Completion) {
+    ///         if step.kind == StepKind::GetVringBase {
+    ///             done.complete(Err(StepFailure::Backend { message: "EIO".into() }));
+    ///         } else {
+    ///             done.complete(Ok(()));
+    ///         }
+    ///     }
+    /// }
+    /// let topo = Arc::new(Topology::preset("single-net").unwrap());
+    /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+    /// let r = Engine::new(1).run(&plan, Window::Blackout, Arc::new(NoBase), &mut Progress::new(&plan));
+    /// assert_eq!(r.failure.unwrap().step, "get_vring_base");
+    /// ```
     fn start(&self, step: &Step, done: Completion);
 
     /// Brings back the backend of a device whose control channel was lost (crashed,
     /// hung, closed): a new backend process or connection, with no ring state. Used by
     /// rollback before the device's full start sequence. `false` if it cannot.
+    ///
+    /// ```
+    /// use switchover::exec::{Completion, StepActions};
+    /// use switchover::step::Step;
+    /// use switchover::topology::DeviceId;
+    /// struct Inline;
+    /// impl StepActions for Inline {
+    ///     fn start(&self, _step: &Step, done: Completion) {
+    ///         done.complete(Ok(()));
+    ///     }
+    /// }
+    /// struct Restartable;
+    /// impl StepActions for Restartable {
+    ///     fn start(&self, _step: &Step, done: Completion) {
+    ///         done.complete(Ok(()));
+    ///     }
+    ///     fn reconnect(&self, _device: DeviceId) -> bool {
+    ///         true // e.g. spawned a new backend process and connected to it
+    ///     }
+    /// }
+    /// assert!(!Inline.reconnect(DeviceId(0))); // by default a lost backend stays lost
+    /// assert!(Restartable.reconnect(DeviceId(0)));
+    /// ```
     fn reconnect(&self, _device: crate::topology::DeviceId) -> bool {
         false
     }
 
     /// For a ring whose `GET_VRING_BASE` never answered, the base recovered from
     /// guest memory (the used ring's index, once nothing is in flight), if possible.
+    ///
+    /// ```
+    /// use switchover::exec::{Completion, StepActions};
+    /// use switchover::step::Step;
+    /// use switchover::topology::DeviceId;
+    /// struct Inline;
+    /// impl StepActions for Inline {
+    ///     fn start(&self, _step: &Step, done: Completion) {
+    ///         done.complete(Ok(()));
+    ///     }
+    /// }
+    /// struct FromGuestMemory;
+    /// impl StepActions for FromGuestMemory {
+    ///     fn start(&self, _step: &Step, done: Completion) {
+    ///         done.complete(Ok(()));
+    ///     }
+    ///     fn recover_base(&self, _device: DeviceId, ring: u32) -> Option<u16> {
+    ///         Some(100 + ring as u16) // the used ring's index, read from guest memory
+    ///     }
+    /// }
+    /// assert_eq!(Inline.recover_base(DeviceId(0), 1), None);
+    /// assert_eq!(FromGuestMemory.recover_base(DeviceId(0), 1), Some(101));
+    /// ```
     fn recover_base(&self, _device: crate::topology::DeviceId, _ring: u32) -> Option<u16> {
         None
     }
 }
 
 /// What the engine does when a step fails.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::error::StepFailure;
+/// use switchover::exec::{Completion, Engine, FailurePolicy, Progress, StepActions, StepOutcome, Threads};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, Step, StepKind, Window};
+/// use switchover::topology::Topology;
+///
+/// /// Ring 0's `get_vring_base` fails.
+/// struct FailRing0;
+/// impl StepActions for FailRing0 {
+///     fn start(&self, step: &Step, done: Completion) {
+///         let fail = step.kind == StepKind::GetVringBase && step.ring == Some(0);
+///         done.complete(if fail { Err(StepFailure::Disconnected) } else { Ok(()) });
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("single-net").unwrap());
+/// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+/// assert_eq!(FailurePolicy::default(), FailurePolicy::StopAll);
+/// let engine = Engine::with_spawner(0, FailurePolicy::ContinueIndependent, &Threads);
+/// let mut p = Progress::new(&plan);
+/// let r = engine.run(&plan, Window::Blackout, Arc::new(FailRing0), &mut p);
+/// assert_eq!(r.failures.len(), 1);
+/// // Ring 1 does not depend on ring 0: it still stopped.
+/// let ring1 = plan.in_window(Window::Blackout).find(|s| s.kind == StepKind::GetVringBase && s.ring == Some(1)).unwrap();
+/// assert_eq!(p.outcome(ring1.id), StepOutcome::Done);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {
@@ -91,6 +221,28 @@ pub enum FailurePolicy {
 }
 
 /// How each step of a plan ended, accumulated over the windows run so far.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::error::StepFailure;
+/// use switchover::exec::{Completion, Engine, Progress, StepActions, StepOutcome};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, Step, Window};
+/// use switchover::topology::Topology;
+/// struct Fail;
+/// impl StepActions for Fail {
+///     fn start(&self, _step: &Step, done: Completion) {
+///         done.complete(Err(StepFailure::Other { message: "no".into() }));
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("single-blk").unwrap());
+/// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+/// let mut p = Progress::new(&plan);
+/// let r = Engine::new(0).run(&plan, Window::Blackout, Arc::new(Fail), &mut p);
+/// assert_eq!(p.outcome(r.records[0].step), StepOutcome::Failed);
+/// // Nothing ran in cleanup, nor after the failure.
+/// assert!(p.with(StepOutcome::NotRun).count() > 0);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepOutcome {
@@ -106,6 +258,29 @@ pub enum StepOutcome {
 
 /// Outcomes of a plan's steps across windows. A step already `Done` is never run
 /// again, so re-running a window after a partial failure is idempotent.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::exec::{Completion, Engine, Progress, StepActions};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, Step, Window};
+/// use switchover::topology::Topology;
+/// struct Inline;
+/// impl StepActions for Inline {
+///     fn start(&self, _step: &Step, done: Completion) {
+///         done.complete(Ok(()));
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+/// let engine = Engine::new(1);
+/// let mut p = Progress::new(&plan);
+/// let first = engine.run(&plan, Window::Blackout, Arc::new(Inline), &mut p);
+/// assert_eq!(first.records.len(), plan.in_window(Window::Blackout).count());
+/// // Running the window again starts nothing: every step of it is done.
+/// let again = engine.run(&plan, Window::Blackout, Arc::new(Inline), &mut p);
+/// assert!(again.records.is_empty());
+/// ```
 #[derive(Debug, Clone)]
 pub struct Progress {
     outcome: Vec<StepOutcome>,
@@ -113,10 +288,34 @@ pub struct Progress {
 
 impl Progress {
     /// All steps not run.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::exec::{Progress, StepOutcome};
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// let p = Progress::new(&plan);
+    /// assert_eq!(p.with(StepOutcome::NotRun).count(), plan.len());
+    /// assert!(!p.all_done());
+    /// ```
     pub fn new(plan: &Plan) -> Self {
         Progress { outcome: vec![StepOutcome::NotRun; plan.len()] }
     }
     /// A step's outcome.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::exec::{Progress, StepOutcome};
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::{Side, StepId};
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// assert_eq!(Progress::new(&plan).outcome(StepId(0)), StepOutcome::NotRun);
+    /// ```
     pub fn outcome(&self, id: StepId) -> StepOutcome {
         self.outcome[id.0 as usize]
     }
@@ -124,16 +323,80 @@ impl Progress {
         self.outcome[id.0 as usize] = o;
     }
     /// Whether every step is done.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::exec::{Completion, Engine, Progress, StepActions};
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::{Side, Step, Window};
+    /// use switchover::topology::Topology;
+    /// struct Inline;
+    /// impl StepActions for Inline {
+    ///     fn start(&self, _step: &Step, done: Completion) {
+    ///         done.complete(Ok(()));
+    ///     }
+    /// }
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = Arc::new(build(&topo, Side::Destination, &RecipeOptions::engine(), &NoCosts).unwrap());
+    /// let (engine, mut p) = (Engine::new(1), Progress::new(&plan));
+    /// engine.run(&plan, Window::Prepare, Arc::new(Inline), &mut p);
+    /// assert!(!p.all_done()); // the blackout window has not run yet
+    /// engine.run(&plan, Window::Blackout, Arc::new(Inline), &mut p);
+    /// engine.run(&plan, Window::Cleanup, Arc::new(Inline), &mut p);
+    /// assert!(p.all_done());
+    /// ```
     pub fn all_done(&self) -> bool {
         self.outcome.iter().all(|o| *o == StepOutcome::Done)
     }
     /// Ids of steps with outcome `o`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::exec::{Completion, Engine, Progress, StepActions, StepOutcome};
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::{Side, Step, Window};
+    /// use switchover::topology::Topology;
+    /// struct Inline;
+    /// impl StepActions for Inline {
+    ///     fn start(&self, _step: &Step, done: Completion) {
+    ///         done.complete(Ok(()));
+    ///     }
+    /// }
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+    /// let mut p = Progress::new(&plan);
+    /// Engine::new(1).run(&plan, Window::Blackout, Arc::new(Inline), &mut p);
+    /// assert!(p.with(StepOutcome::Done).all(|id| plan.step(id).window == Window::Blackout));
+    /// assert_eq!(p.with(StepOutcome::Done).count(), plan.in_window(Window::Blackout).count());
+    /// ```
     pub fn with(&self, o: StepOutcome) -> impl Iterator<Item = StepId> + '_ {
         self.outcome.iter().enumerate().filter(move |(_, x)| **x == o).map(|(i, _)| StepId(i as u32))
     }
 }
 
 /// One step's record in a run.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::exec::{Completion, Engine, Progress, StepActions, StepOutcome};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, Step, Window};
+/// use switchover::topology::Topology;
+/// struct Inline;
+/// impl StepActions for Inline {
+///     fn start(&self, _step: &Step, done: Completion) {
+///         done.complete(Ok(()));
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+/// let r = Engine::new(2).run(&plan, Window::Blackout, Arc::new(Inline), &mut Progress::new(&plan));
+/// for rec in &r.records {
+///     assert_eq!(rec.outcome, StepOutcome::Done);
+///     assert!(rec.start <= rec.end && rec.end <= r.wall);
+///     assert!((rec.lane as usize) < r.lanes);
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct StepRecord {
     /// The step.
@@ -149,6 +412,25 @@ pub struct StepRecord {
 }
 
 /// What one [`Engine::run`] did.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::exec::{Completion, Engine, Progress, StepActions};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, Step, Window};
+/// use switchover::topology::Topology;
+/// struct Inline;
+/// impl StepActions for Inline {
+///     fn start(&self, _step: &Step, done: Completion) {
+///         done.complete(Ok(()));
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+/// let r = Engine::new(3).run(&plan, Window::Cleanup, Arc::new(Inline), &mut Progress::new(&plan));
+/// assert_eq!((r.side, r.window, r.lanes), (Side::Source, Window::Cleanup, 4));
+/// assert!(r.failures.is_empty());
+/// ```
 #[derive(Debug, Clone)]
 pub struct RunReport {
     /// The side of the plan.
@@ -171,24 +453,105 @@ pub struct RunReport {
 
 impl RunReport {
     /// Whether every step of the window that could run finished well.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::error::StepFailure;
+    /// use switchover::exec::{Completion, Engine, Progress, StepActions};
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::{Side, Step, Window};
+    /// use switchover::topology::Topology;
+    /// /// Never answers: dropping the completion fails the step as abandoned.
+    /// struct Drops;
+    /// impl StepActions for Drops {
+    ///     fn start(&self, _step: &Step, done: Completion) {
+    ///         drop(done);
+    ///     }
+    /// }
+    /// let topo = Arc::new(Topology::preset("single-net").unwrap());
+    /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+    /// let r = Engine::new(1).run(&plan, Window::Blackout, Arc::new(Drops), &mut Progress::new(&plan));
+    /// assert!(!r.ok());
+    /// assert_eq!(r.failure.unwrap().failure, StepFailure::Abandoned);
+    /// ```
     pub fn ok(&self) -> bool {
         self.failure.is_none()
     }
 }
 
 /// Makes worker threads; a loom model supplies its own.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use switchover::exec::{Engine, FailurePolicy, Spawn, Threads, WorkerHandle};
+///
+/// /// Counts the workers an engine starts, and starts them as OS threads.
+/// #[derive(Default)]
+/// struct Counting(AtomicUsize);
+/// impl Spawn for Counting {
+///     fn spawn(&self, name: String, f: Box<dyn FnOnce() + Send + 'static>) -> Box<dyn WorkerHandle> {
+///         assert!(name.starts_with("switchover-w"));
+///         self.0.fetch_add(1, Ordering::SeqCst);
+///         Threads.spawn(name, f)
+///     }
+/// }
+/// let spawner = Counting::default();
+/// let engine = Engine::with_spawner(3, FailurePolicy::StopAll, &spawner);
+/// assert_eq!(spawner.0.load(Ordering::SeqCst), engine.workers());
+/// ```
 pub trait Spawn {
     /// Starts `f` on a new thread.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use switchover::exec::{Spawn, Threads};
+    /// let (tx, rx) = mpsc::channel();
+    /// let h = Threads.spawn("worker".into(), Box::new(move || tx.send(std::thread::current().name().map(String::from)).unwrap()));
+    /// h.join();
+    /// assert_eq!(rx.recv().unwrap().as_deref(), Some("worker"));
+    /// ```
     fn spawn(&self, name: String, f: Box<dyn FnOnce() + Send + 'static>) -> Box<dyn WorkerHandle>;
 }
 
 /// A started worker that can be joined.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::Arc;
+/// use switchover::exec::{Spawn, Threads};
+/// let ran = Arc::new(AtomicBool::new(false));
+/// let r = ran.clone();
+/// let h = Threads.spawn("w".into(), Box::new(move || r.store(true, Ordering::SeqCst)));
+/// h.join(); // returns once the worker has ended
+/// assert!(ran.load(Ordering::SeqCst));
+/// ```
 pub trait WorkerHandle: Send {
     /// Waits for the worker to end.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use switchover::exec::{Spawn, Threads};
+    /// let n = Arc::new(AtomicU32::new(0));
+    /// let handles: Vec<_> = (0..4)
+    ///     .map(|_| {
+    ///         let n = n.clone();
+    ///         Threads.spawn("w".into(), Box::new(move || drop(n.fetch_add(1, Ordering::SeqCst))))
+    ///     })
+    ///     .collect();
+    /// handles.into_iter().for_each(|h| h.join());
+    /// assert_eq!(n.load(Ordering::SeqCst), 4);
+    /// ```
     fn join(self: Box<Self>);
 }
 
 /// The default [`Spawn`]: OS threads (loom threads under `--cfg loom`).
+///
+/// ```
+/// use switchover::exec::{Engine, FailurePolicy, Threads};
+/// let e = Engine::with_spawner(2, FailurePolicy::StopAll, &Threads);
+/// assert_eq!(e.workers(), Engine::new(2).workers());
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Threads;
 
@@ -313,6 +676,30 @@ impl Shared {
 }
 
 /// The worker pool and the entry point a VMM calls from its vm-state-change path.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::exec::{Completion, Engine, Progress, StepActions, CALLER};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Affinity, Side, Step, Window};
+/// use switchover::topology::Topology;
+/// struct Inline;
+/// impl StepActions for Inline {
+///     fn start(&self, _step: &Step, done: Completion) {
+///         done.complete(Ok(()));
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+/// let engine = Engine::new(2); // started before the window opens
+/// let r = engine.run(&plan, Window::Cleanup, Arc::new(Inline), &mut Progress::new(&plan));
+/// // Caller-affine steps (the memory transaction) ran on the calling thread.
+/// for rec in &r.records {
+///     if plan.step(rec.step).affinity == Affinity::Caller {
+///         assert_eq!(rec.lane, CALLER);
+///     }
+/// }
+/// ```
 pub struct Engine {
     shared: Arc<Shared>,
     handles: std::sync::Mutex<Vec<Box<dyn WorkerHandle>>>,
@@ -328,11 +715,23 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Starts `workers` worker threads (0 is allowed: the caller lane runs everything).
+    ///
+    /// ```
+    /// use switchover::exec::Engine;
+    /// assert_eq!(Engine::new(4).workers(), 4);
+    /// assert_eq!(Engine::new(0).workers(), 0); // the caller lane runs everything
+    /// ```
     pub fn new(workers: usize) -> Engine {
         Engine::with_spawner(workers, FailurePolicy::StopAll, &Threads)
     }
 
     /// Starts `workers` workers with `spawn` and the given failure policy.
+    ///
+    /// ```
+    /// use switchover::exec::{Engine, FailurePolicy, Threads};
+    /// let e = Engine::with_spawner(2, FailurePolicy::ContinueIndependent, &Threads);
+    /// assert_eq!(e.workers(), 2);
+    /// ```
     pub fn with_spawner(workers: usize, policy: FailurePolicy, spawn: &dyn Spawn) -> Engine {
         let shared = Arc::new(Shared {
             state: Mutex::new(State { shutdown: false, epoch: 0, run: None, idle_workers: 0 }),
@@ -350,11 +749,55 @@ impl Engine {
     }
 
     /// Sets the failure policy for later runs.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::error::StepFailure;
+    /// use switchover::exec::{Completion, Engine, FailurePolicy, Progress, StepActions, StepOutcome};
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::{Side, Step, StepKind, Window};
+    /// use switchover::topology::Topology;
+    /// struct FailDisable;
+    /// impl StepActions for FailDisable {
+    ///     fn start(&self, step: &Step, done: Completion) {
+    ///         let fail = step.kind == StepKind::VringDisable && step.device.0 == 0;
+    ///         done.complete(if fail { Err(StepFailure::Disconnected) } else { Ok(()) });
+    ///     }
+    /// }
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+    /// let mut engine = Engine::new(0);
+    /// engine.set_policy(FailurePolicy::ContinueIndependent);
+    /// let mut p = Progress::new(&plan);
+    /// engine.run(&plan, Window::Blackout, Arc::new(FailDisable), &mut p);
+    /// // The other devices stopped all the same.
+    /// let blk1 = topo.device_by_name("blk1").unwrap().id;
+    /// assert!(plan.in_window(Window::Blackout).filter(|s| s.device == blk1).all(|s| p.outcome(s.id) == StepOutcome::Done));
+    /// ```
     pub fn set_policy(&mut self, p: FailurePolicy) {
         self.policy = p;
     }
 
     /// Number of workers (the caller lane not counted).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::exec::{Completion, Engine, Progress, StepActions};
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::{Side, Step, Window};
+    /// use switchover::topology::Topology;
+    /// struct Inline;
+    /// impl StepActions for Inline {
+    ///     fn start(&self, _step: &Step, done: Completion) {
+    ///         done.complete(Ok(()));
+    ///     }
+    /// }
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+    /// let engine = Engine::new(3);
+    /// let r = engine.run(&plan, Window::Blackout, Arc::new(Inline), &mut Progress::new(&plan));
+    /// assert_eq!(r.lanes, engine.workers() + 1); // plus the caller lane
+    /// ```
     pub fn workers(&self) -> usize {
         self.workers
     }
@@ -362,6 +805,30 @@ impl Engine {
     /// Runs the steps of `window` of `plan`, on the workers and on the calling
     /// thread, until every step that can run has ended. Steps already done in
     /// `progress` are not run again; outcomes are written back into it.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::exec::{Completion, Engine, Progress, StepActions};
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::{Side, Step, Window};
+    /// use switchover::topology::Topology;
+    /// struct Inline;
+    /// impl StepActions for Inline {
+    ///     fn start(&self, _step: &Step, done: Completion) {
+    ///         done.complete(Ok(()));
+    ///     }
+    /// }
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+    /// let engine = Engine::new(1);
+    /// let mut progress = Progress::new(&plan);
+    /// let r = engine.run(&plan, Window::Blackout, Arc::new(Inline), &mut progress);
+    /// assert!(r.ok());
+    /// // Only the window's steps ran, each once.
+    /// let mut ran: Vec<_> = r.records.iter().map(|x| x.step).collect();
+    /// ran.sort();
+    /// assert_eq!(ran, plan.in_window(Window::Blackout).map(|s| s.id).collect::<Vec<_>>());
+    /// ```
     pub fn run(&self, plan: &StdArc<Plan>, window: Window, actions: StdArc<dyn StepActions>, progress: &mut Progress) -> RunReport {
         let span = tracing::info_span!("window", side = plan.side().short(), window = window.name());
         let _g = span.enter();

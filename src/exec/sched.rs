@@ -13,9 +13,47 @@ use crate::plan::Plan;
 use crate::step::{Affinity, StepId, Window};
 
 /// The lane a step was started on: 0 is the caller, 1.. are workers.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::exec::{Completion, Engine, Progress, StepActions};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, Step, Window};
+/// use switchover::topology::Topology;
+/// struct Inline;
+/// impl StepActions for Inline {
+///     fn start(&self, _step: &Step, done: Completion) {
+///         done.complete(Ok(()));
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+/// let engine = Engine::new(2);
+/// let r = engine.run(&plan, Window::Blackout, Arc::new(Inline), &mut Progress::new(&plan));
+/// assert!(r.records.iter().all(|x| usize::from(x.lane) <= engine.workers()));
+/// ```
 pub type Lane = u16;
 
 /// The caller lane.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::exec::{Completion, Engine, Progress, StepActions, CALLER};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::{Side, Step, Window};
+/// use switchover::topology::Topology;
+/// struct Inline;
+/// impl StepActions for Inline {
+///     fn start(&self, _step: &Step, done: Completion) {
+///         done.complete(Ok(()));
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+/// // With no workers, the caller lane runs every step.
+/// let r = Engine::new(0).run(&plan, Window::Blackout, Arc::new(Inline), &mut Progress::new(&plan));
+/// assert!(!r.records.is_empty() && r.records.iter().all(|x| x.lane == CALLER));
+/// ```
 pub const CALLER: Lane = 0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,13 +21,8 @@ use crate::sync::{AtomicBool, AtomicU32, Ordering};
 use crate::topology::{DeviceId, Topology};
 
 /// The base a simulated guest has reached on each ring before switchover: non-zero
-/// and different per ring, so a base that is lost or crossed shows.
-///
-/// ```
-/// use switchover::sim::SimSide;
-/// assert_ne!(SimSide::guest_base(0, 0), 0);
-/// assert_ne!(SimSide::guest_base(0, 0), SimSide::guest_base(0, 1));
-/// ```
+/// and different per ring, so a base that is lost or crossed shows (see
+/// [`SimSide::guest_base`]).
 #[allow(clippy::cast_possible_truncation)]
 fn mix(d: u32, r: u32) -> u16 {
     let mut x = (u64::from(d) << 32 | u64::from(r)).wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -39,6 +34,20 @@ fn mix(d: u32, r: u32) -> u16 {
 
 /// One side's simulated world: a backend per vhost-user device, a VM, the state
 /// that crosses to the destination, and the faults to inject.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::sim::{Profile, SimSide};
+/// use switchover::state::DeviceState;
+/// use switchover::step::Side;
+/// use switchover::topology::{DeviceId, Topology};
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let src = SimSide::new(&topo, Side::Source, &Profile::rfc_original(0.02), &[], Arc::new(DeviceState::new(&topo)));
+/// // The source's rings run at the guest's progress; nothing is captured yet.
+/// let ring = &src.backend(DeviceId(1)).unwrap().rings()[3];
+/// assert_eq!(ring.base, Some(SimSide::guest_base(1, 3)));
+/// assert!(ring.started && src.state().captured() == 0);
+/// ```
 pub struct SimSide {
     side: Side,
     topo: Arc<Topology>,
@@ -59,12 +68,30 @@ impl std::fmt::Debug for SimSide {
 
 impl SimSide {
     /// The simulated guest's progress on ring `ring` of device `device`.
+    ///
+    /// ```
+    /// use switchover::sim::SimSide;
+    /// assert_ne!(SimSide::guest_base(0, 0), 0);
+    /// assert_ne!(SimSide::guest_base(0, 0), SimSide::guest_base(0, 1));
+    /// ```
     pub fn guest_base(device: u32, ring: u32) -> u16 {
         mix(device, ring)
     }
 
     /// Starts the backends of `side`. Source backends run with rings at
     /// [`SimSide::guest_base`]; destination backends start empty.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::sim::{Profile, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::step::Side;
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let dst = SimSide::new(&topo, Side::Destination, &Profile::rfc_original(0.02), &[], Arc::new(DeviceState::new(&topo)));
+    /// // Destination backends start empty: no ring has a base or runs.
+    /// assert!(dst.backend(DeviceId(0)).unwrap().rings().iter().all(|r| r.base.is_none() && !r.started));
+    /// ```
     pub fn new(topo: &Arc<Topology>, side: Side, profile: &Profile, faults: &[Fault], state: Arc<DeviceState>) -> SimSide {
         SimSide::with_io(topo, side, profile, faults, state, Arc::new(IoLedger::default()), false)
     }
@@ -72,6 +99,24 @@ impl SimSide {
     /// As [`SimSide::new`], with the guest's block requests recorded in `ledger`
     /// (shared by both sides) and in-flight requests handed over instead of
     /// drained when `hand_over` is set.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use switchover::sim::{IoLedger, Profile, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let mut profile = Profile::rfc_original(0.02);
+    /// profile.blk_inflight = 3;
+    /// let ledger = Arc::new(IoLedger::default());
+    /// let state = Arc::new(DeviceState::new(&topo));
+    /// let src = SimSide::with_io(&topo, Side::Source, &profile, &[], state, ledger.clone(), true);
+    /// assert!(Arc::ptr_eq(src.ledger(), &ledger));
+    /// // Two blk devices with one ring each, three requests in flight per ring.
+    /// assert_eq!(ledger.summary(false).submitted, 6);
+    /// ```
     pub fn with_io(
         topo: &Arc<Topology>,
         side: Side,
@@ -112,29 +157,102 @@ impl SimSide {
     }
 
     /// The block-request ledger.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::sim::{Profile, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let src = SimSide::new(&topo, Side::Source, &Profile::rfc_original(0.02), &[], Arc::new(DeviceState::new(&topo)));
+    /// assert_eq!(src.ledger().summary(false).submitted, 0); // the profile has no requests in flight
+    /// ```
     pub fn ledger(&self) -> &Arc<IoLedger> {
         &self.ledger
     }
 
     /// The side.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::sim::{Profile, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let dst = SimSide::new(&topo, Side::Destination, &Profile::rfc_original(0.02), &[], Arc::new(DeviceState::new(&topo)));
+    /// assert_eq!(dst.side(), Side::Destination);
+    /// ```
     pub fn side(&self) -> Side {
         self.side
     }
     /// The VM.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::notifier::NotifierState;
+    /// use switchover::sim::{Profile, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::step::Side;
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let src = SimSide::new(&topo, Side::Source, &Profile::rfc_original(0.02), &[], Arc::new(DeviceState::new(&topo)));
+    /// assert_eq!(src.vm().state(DeviceId(0), 0, true), Some(NotifierState::Enabled)); // the guest runs here
+    /// ```
     pub fn vm(&self) -> &SimVm {
         &self.vm
     }
     /// The captured state.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::sim::{Profile, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let state = Arc::new(DeviceState::new(&topo));
+    /// let src = SimSide::new(&topo, Side::Source, &Profile::rfc_original(0.02), &[], state.clone());
+    /// assert!(Arc::ptr_eq(src.state(), &state));
+    /// ```
     pub fn state(&self) -> &Arc<DeviceState> {
         &self.state
     }
     /// A device's backend.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::sim::{Profile, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::step::Side;
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let src = SimSide::new(&topo, Side::Source, &Profile::rfc_original(0.02), &[], Arc::new(DeviceState::new(&topo)));
+    /// assert_eq!(src.backend(DeviceId(2)).unwrap().name(), "blk0");
+    /// assert!(src.backend(DeviceId(9)).is_none());
+    /// ```
     pub fn backend(&self, d: DeviceId) -> Option<Arc<SimBackend>> {
         self.backends.get(d.0 as usize).and_then(|b| b.read().clone())
     }
 
     /// Replaces a device's backend with a fresh one (a restarted backend process
     /// that knows nothing of its rings). The old one is closed.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::sim::{Profile, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::step::Side;
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let src = SimSide::new(&topo, Side::Source, &Profile::rfc_original(0.02), &[], Arc::new(DeviceState::new(&topo)));
+    /// assert!(src.backend(DeviceId(0)).unwrap().rings()[0].started);
+    /// assert!(src.restart_backend(DeviceId(0)));
+    /// // The new backend process knows nothing of its rings.
+    /// assert!(src.backend(DeviceId(0)).unwrap().rings().iter().all(|r| r.base.is_none() && !r.started));
+    /// assert!(!src.restart_backend(DeviceId(9)));
+    /// ```
     pub fn restart_backend(&self, d: DeviceId) -> bool {
         let Some(slot) = self.backends.get(d.0 as usize) else { return false };
         let dev = self.topo.device(d);
@@ -149,12 +267,39 @@ impl SimSide {
 
     /// Waits until every backend has served what was queued (fire-and-forget
     /// messages included); false if one is gone or hung.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use switchover::sim::{Profile, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::step::Side;
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let src = SimSide::new(&topo, Side::Source, &Profile::rfc_original(0.02), &[], Arc::new(DeviceState::new(&topo)));
+    /// assert!(src.sync(Duration::from_secs(5)));
+    /// assert_eq!(src.backend(DeviceId(0)).unwrap().served(), 1); // just the sync itself
+    /// ```
     pub fn sync(&self, timeout: Duration) -> bool {
         self.backends.iter().filter_map(|b| b.read().clone()).all(|b| b.sync(timeout))
     }
 
     /// Checks, on a destination side, that every ring's base is the one the guest
     /// reached on the source. Returns the rings that differ (`device`, `ring`, `have`, `want`).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::sim::{Profile, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let dst = SimSide::new(&topo, Side::Destination, &Profile::rfc_original(0.02), &[], Arc::new(DeviceState::new(&topo)));
+    /// // Before switchover no destination ring runs at the guest's base.
+    /// let m = dst.base_mismatches();
+    /// assert_eq!(m.len(), topo.total_rings() as usize);
+    /// assert_eq!(m[0], ("net0".to_string(), 0, None, SimSide::guest_base(0, 0)));
+    /// ```
     pub fn base_mismatches(&self) -> Vec<(String, u32, Option<u16>, u16)> {
         let mut out = Vec::new();
         for d in self.topo.devices() {
@@ -200,6 +345,26 @@ fn blk_io(d: &crate::topology::Device, profile: &Profile, ledger: &Arc<IoLedger>
 
 /// Performs a plan's steps on a [`SimSide`], counting how often each step starts
 /// and on which thread caller-affine steps run (for the tests).
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::exec::{Engine, Progress};
+/// use switchover::recipe::{build, RecipeOptions};
+/// use switchover::sim::{Profile, SimActions, SimSide};
+/// use switchover::state::DeviceState;
+/// use switchover::step::{Side, Window};
+/// use switchover::topology::{DeviceId, Topology};
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let profile = Profile::rfc_original(0.02);
+/// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &profile).unwrap());
+/// let side = Arc::new(SimSide::new(&topo, Side::Source, &profile, &[], Arc::new(DeviceState::new(&topo))));
+/// let actions = Arc::new(SimActions::new(side.clone(), plan.len()));
+/// let r = Engine::new(2).run(&plan, Window::Blackout, actions, &mut Progress::new(&plan));
+/// assert!(r.ok());
+/// // Every ring's base was read into the side's state.
+/// assert_eq!(side.state().captured(), topo.total_rings() as usize);
+/// assert_eq!(side.state().base(DeviceId(3), 0), Some(SimSide::guest_base(3, 0)));
+/// ```
 pub struct SimActions {
     side: Arc<SimSide>,
     inject: bool,
@@ -215,23 +380,105 @@ impl std::fmt::Debug for SimActions {
 
 impl SimActions {
     /// Actions for a plan of `steps` steps on `side`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::sim::{Profile, SimActions, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let side = Arc::new(SimSide::new(&topo, Side::Source, &Profile::rfc_original(0.02), &[], Arc::new(DeviceState::new(&topo))));
+    /// let actions = SimActions::new(side, 42);
+    /// assert_eq!(actions.starts(), vec![0; 42]);
+    /// ```
     pub fn new(side: Arc<SimSide>, steps: usize) -> SimActions {
         SimActions { side, inject: true, starts: (0..steps).map(|_| AtomicU32::new(0)).collect(), caller_threads: Mutex::new(Vec::new()) }
     }
     /// Actions that inject no faults (for the rollback path).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::exec::{Engine, Progress};
+    /// use switchover::recipe::{build, RecipeOptions};
+    /// use switchover::sim::{Profile, SimActions, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::step::{Side, Window};
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let profile = Profile::rfc_original(0.02);
+    /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &profile).unwrap());
+    /// let faults = ["error:get_vring_base:net0".parse().unwrap()];
+    /// let side = || Arc::new(SimSide::new(&topo, Side::Source, &profile, &faults, Arc::new(DeviceState::new(&topo))));
+    /// let run = |a: SimActions| Engine::new(1).run(&plan, Window::Blackout, Arc::new(a), &mut Progress::new(&plan)).ok();
+    /// assert!(!run(SimActions::new(side(), plan.len())));
+    /// assert!(run(SimActions::new(side(), plan.len()).without_faults()));
+    /// ```
     pub fn without_faults(mut self) -> SimActions {
         self.inject = false;
         self
     }
     /// The side.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::sim::{Profile, SimActions, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let side = Arc::new(SimSide::new(&topo, Side::Source, &Profile::rfc_original(0.02), &[], Arc::new(DeviceState::new(&topo))));
+    /// assert!(Arc::ptr_eq(SimActions::new(side.clone(), 1).side(), &side));
+    /// ```
     pub fn side(&self) -> &Arc<SimSide> {
         &self.side
     }
     /// How many times each step was started.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::exec::{Engine, Progress};
+    /// use switchover::recipe::{build, RecipeOptions};
+    /// use switchover::sim::{Profile, SimActions, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::step::{Side, Window};
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let profile = Profile::rfc_original(0.02);
+    /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &profile).unwrap());
+    /// let side = Arc::new(SimSide::new(&topo, Side::Source, &profile, &[], Arc::new(DeviceState::new(&topo))));
+    /// let actions = Arc::new(SimActions::new(side, plan.len()));
+    /// Engine::new(2).run(&plan, Window::Blackout, actions.clone(), &mut Progress::new(&plan));
+    /// let starts = actions.starts();
+    /// for s in plan.steps() {
+    ///     let expected = u32::from(s.window == Window::Blackout); // once, and only in its window
+    ///     assert_eq!(starts[s.id.0 as usize], expected);
+    /// }
+    /// ```
     pub fn starts(&self) -> Vec<u32> {
         self.starts.iter().map(|a| a.load(Ordering::Acquire)).collect()
     }
     /// The threads caller-affine steps ran on.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::exec::{Engine, Progress};
+    /// use switchover::recipe::{build, RecipeOptions};
+    /// use switchover::sim::{Profile, SimActions, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::step::{Side, Window};
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let profile = Profile::rfc_original(0.02);
+    /// let plan = Arc::new(build(&topo, Side::Destination, &RecipeOptions::engine(), &profile).unwrap());
+    /// let side = Arc::new(SimSide::new(&topo, Side::Destination, &profile, &[], Arc::new(DeviceState::new(&topo))));
+    /// let actions = Arc::new(SimActions::new(side, plan.len()));
+    /// Engine::new(4).run(&plan, Window::Prepare, actions.clone(), &mut Progress::new(&plan));
+    /// // The memory transaction's begin and commit ran on this (the calling) thread.
+    /// let threads = actions.caller_threads();
+    /// assert_eq!(threads.len(), 2);
+    /// assert!(threads.iter().all(|(_, t)| *t == std::thread::current().id()));
+    /// ```
     pub fn caller_threads(&self) -> Vec<(u32, ThreadId)> {
         self.caller_threads.lock().clone()
     }

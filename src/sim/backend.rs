@@ -20,6 +20,16 @@ pub(crate) type Reply = Box<dyn FnOnce(Result<(u16, Vec<u64>), StepFailure>) + S
 
 /// A blk backend's simulated data plane: requests in flight per ring when the
 /// guest stops, how long each takes, and the ledger they report to.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use switchover::sim::{BlkIo, IoLedger, SimBackend};
+/// let ledger = Arc::new(IoLedger::default());
+/// let io = BlkIo { per_ring: 2, io: Duration::from_millis(1), ledger: ledger.clone(), device: 0 };
+/// let _b = SimBackend::start("blk0", 4, Some(&|_| 1), Some(io));
+/// assert_eq!(ledger.summary(false).submitted, 8); // 2 requests in flight on each of 4 rings
+/// ```
 #[derive(Debug, Clone)]
 pub struct BlkIo {
     /// Requests in flight per ring at the stop.
@@ -48,6 +58,12 @@ pub(crate) struct Req {
 }
 
 /// A simulated ring's state, as the backend sees it.
+///
+/// ```
+/// use switchover::sim::{SimBackend, SimRing};
+/// let b = SimBackend::start("net0", 1, None, None);
+/// assert_eq!(b.rings(), [SimRing::default()]); // a fresh destination ring: nothing set up
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SimRing {
     /// `SET_VRING_NUM` received.
@@ -76,6 +92,15 @@ struct Shared {
 }
 
 /// A simulated backend thread and its control channel.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchover::sim::SimBackend;
+/// let src = SimBackend::start("net0", 2, Some(&|ring| 1000 + ring as u16), None);
+/// assert_eq!(src.name(), "net0");
+/// assert_eq!(src.rings()[1].base, Some(1001));
+/// assert!(src.sync(Duration::from_secs(5)));
+/// ```
 #[derive(Debug)]
 pub struct SimBackend {
     name: String,
@@ -87,6 +112,14 @@ pub struct SimBackend {
 impl SimBackend {
     /// Starts a backend for device `name` with `rings` rings. `running` makes it a
     /// source backend whose rings are started and enabled at the given bases.
+    ///
+    /// ```
+    /// use switchover::sim::SimBackend;
+    /// let running = SimBackend::start("net0", 2, Some(&|_| 7), None);
+    /// assert!(running.rings().iter().all(|r| r.started && r.enabled && r.base == Some(7)));
+    /// let fresh = SimBackend::start("net0", 2, None, None);
+    /// assert!(fresh.rings().iter().all(|r| !r.started && r.base.is_none()));
+    /// ```
     pub fn start(name: &str, rings: u32, running: Option<&dyn Fn(u32) -> u16>, io: Option<BlkIo>) -> SimBackend {
         let rings_v = (0..rings)
             .map(|r| match running {
@@ -132,6 +165,14 @@ impl SimBackend {
 
     /// Waits until every request queued so far has been served; `false` if the
     /// backend is gone or hung (gives up after `timeout`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::sim::SimBackend;
+    /// let b = SimBackend::start("blk0", 1, None, None);
+    /// assert!(b.sync(Duration::from_secs(5)));
+    /// assert_eq!(b.served(), 1);
+    /// ```
     pub fn sync(&self, timeout: Duration) -> bool {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(Req {
@@ -150,6 +191,13 @@ impl SimBackend {
     }
 
     /// A copy of the rings' state.
+    ///
+    /// ```
+    /// use switchover::sim::SimBackend;
+    /// let b = SimBackend::start("net0", 4, Some(&|r| r as u16), None);
+    /// let bases: Vec<_> = b.rings().iter().map(|r| r.base).collect();
+    /// assert_eq!(bases, [Some(0), Some(1), Some(2), Some(3)]);
+    /// ```
     pub fn rings(&self) -> Vec<SimRing> {
         self.shared.lock().rings.clone()
     }
@@ -158,6 +206,18 @@ impl SimBackend {
     /// when this is asked, so requests not yet scheduled start completing now (the
     /// stop message may still be queued, as it is fire-and-forget). `None` if
     /// nothing is in flight.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::{Duration, Instant};
+    /// use switchover::sim::{BlkIo, IoLedger, SimBackend};
+    /// let io = BlkIo { per_ring: 3, io: Duration::from_millis(30), ledger: Arc::new(IoLedger::default()), device: 0 };
+    /// let b = SimBackend::start("blk0", 1, Some(&|_| 1), Some(io));
+    /// let asked = Instant::now();
+    /// let done = b.drained_at(0).unwrap();
+    /// assert!(done >= asked + Duration::from_millis(30)); // the last request takes the full 30 ms
+    /// assert!(SimBackend::start("net0", 1, Some(&|_| 1), None).drained_at(0).is_none());
+    /// ```
     pub fn drained_at(&self, ring: u32) -> Option<Instant> {
         let mut sh = self.shared.lock();
         let io = sh.io.as_ref()?.io;
@@ -167,11 +227,26 @@ impl SimBackend {
     }
 
     /// Messages served so far.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::sim::SimBackend;
+    /// let b = SimBackend::start("net0", 1, None, None);
+    /// assert_eq!(b.served(), 0);
+    /// b.sync(Duration::from_secs(5));
+    /// b.sync(Duration::from_secs(5));
+    /// assert_eq!(b.served(), 2);
+    /// ```
     pub fn served(&self) -> u64 {
         self.shared.lock().served
     }
 
     /// The device name.
+    ///
+    /// ```
+    /// use switchover::sim::SimBackend;
+    /// assert_eq!(SimBackend::start("blk7", 1, None, None).name(), "blk7");
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -6,6 +6,15 @@ use std::str::FromStr;
 use crate::step::StepKind;
 
 /// What goes wrong.
+///
+/// ```
+/// use switchover::sim::{Fault, FaultKind};
+/// let kinds: Vec<FaultKind> = ["error:get_vring_base:net0", "hang:set_mem_table:blk1", "crash:vring_disable:net2"]
+///     .iter()
+///     .map(|s| s.parse::<Fault>().unwrap().kind)
+///     .collect();
+/// assert_eq!(kinds, [FaultKind::Error, FaultKind::Hang, FaultKind::Crash]);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
@@ -39,6 +48,14 @@ pub struct Fault {
 }
 
 /// A malformed `--inject` value.
+///
+/// ```
+/// use switchover::sim::{Fault, FaultParseError};
+/// let e: FaultParseError = "crash:get_vring_base".parse::<Fault>().unwrap_err();
+/// assert_eq!(e.input, "crash:get_vring_base");
+/// assert_eq!(e.reason, "wrong number of fields");
+/// assert!("crash:get_vring_base:net0:x".parse::<Fault>().unwrap_err().reason.contains("bad ring"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("bad fault '{input}': {reason} (expected KIND:STEP:DEVICE[:RING], KIND one of error, hang, crash)")]
 pub struct FaultParseError {

@@ -6,6 +6,16 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 
 /// Where a request ended.
+///
+/// ```
+/// use switchover::sim::{IoEnd, IoLedger};
+/// let l = IoLedger::default();
+/// l.submit(1);
+/// l.end(1, IoEnd::Lost); // completed on the source after its base was read
+/// let s = l.summary(true);
+/// assert_eq!((s.lost, s.completed_once), (1, 0));
+/// assert!(!s.exact());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IoEnd {
@@ -19,6 +29,18 @@ pub enum IoEnd {
 }
 
 /// Counts of a ledger, for reports.
+///
+/// ```
+/// use switchover::sim::{IoEnd, IoLedger};
+/// let l = IoLedger::default();
+/// for id in 0..3 {
+///     l.submit(id);
+/// }
+/// l.end(0, IoEnd::Source);
+/// l.end(1, IoEnd::Destination);
+/// let s = l.summary(true);
+/// assert_eq!((s.submitted, s.completed_once, s.handed_over, s.never), (3, 2, 1, 1));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct IoSummary {
     /// Requests in flight when the guest stopped.
@@ -37,12 +59,34 @@ pub struct IoSummary {
 
 impl IoSummary {
     /// Whether every request completed exactly once where the guest sees it.
+    ///
+    /// ```
+    /// use switchover::sim::{IoEnd, IoLedger};
+    /// let l = IoLedger::default();
+    /// l.submit(7);
+    /// assert!(!l.summary(true).exact()); // never completed
+    /// l.end(7, IoEnd::Destination);
+    /// assert!(l.summary(true).exact());
+    /// l.end(7, IoEnd::Source);
+    /// assert!(!l.summary(true).exact()); // completed twice
+    /// ```
     pub fn exact(&self) -> bool {
         self.completed_once == self.submitted && self.completed_twice == 0 && self.lost == 0 && self.never == 0
     }
 }
 
 /// The ledger.
+///
+/// ```
+/// use switchover::sim::{IoEnd, IoLedger};
+/// let l = IoLedger::default();
+/// l.submit(1);
+/// l.end(1, IoEnd::Destination);
+/// // Handed over and resubmitted: it counts if the guest runs on the destination…
+/// assert!(l.summary(true).exact());
+/// // …and is missing if the guest resumed on the source.
+/// assert_eq!(l.summary(false).never, 1);
+/// ```
 #[derive(Debug, Default)]
 pub struct IoLedger {
     ends: Mutex<HashMap<u64, Vec<IoEnd>>>,
@@ -50,16 +94,42 @@ pub struct IoLedger {
 
 impl IoLedger {
     /// Records a request in flight.
+    ///
+    /// ```
+    /// use switchover::sim::IoLedger;
+    /// let l = IoLedger::default();
+    /// l.submit(1);
+    /// l.submit(1); // the same request once
+    /// assert_eq!(l.summary(false).submitted, 1);
+    /// ```
     pub fn submit(&self, id: u64) {
         self.ends.lock().entry(id).or_default();
     }
     /// Records where a request ended.
+    ///
+    /// ```
+    /// use switchover::sim::{IoEnd, IoLedger};
+    /// let l = IoLedger::default();
+    /// l.submit(1);
+    /// l.end(1, IoEnd::Source);
+    /// assert_eq!(l.summary(false).completed_once, 1);
+    /// ```
     pub fn end(&self, id: u64, at: IoEnd) {
         self.ends.lock().entry(id).or_default().push(at);
     }
     /// Counts, as the guest sees them: on the destination, completions there and on
     /// the source before its base was read count, and later source completions are
     /// lost; back on the source (rollback), only the source's completions count.
+    ///
+    /// ```
+    /// use switchover::sim::{IoEnd, IoLedger};
+    /// let l = IoLedger::default();
+    /// l.submit(1);
+    /// l.end(1, IoEnd::Lost);
+    /// // Lost to a guest on the destination, but seen by a guest back on the source.
+    /// assert_eq!(l.summary(true).lost, 1);
+    /// assert!(l.summary(false).exact());
+    /// ```
     pub fn summary(&self, guest_on_destination: bool) -> IoSummary {
         let ends = self.ends.lock();
         let mut s = IoSummary { submitted: ends.len() as u64, ..IoSummary::default() };

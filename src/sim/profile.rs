@@ -8,11 +8,32 @@ use crate::step::{Server, Side, StepKind};
 use crate::topology::{Device, DeviceKind, Topology};
 
 /// The RFC's total downtime, "Original" column (ms).
+///
+/// ```
+/// use switchover::sim::{rfc_rows, RFC_ORIGINAL_MS};
+/// // The table's rows fall 30 ms short of the total; the profile spreads those over unlisted messages.
+/// let listed: f64 = rfc_rows().iter().map(|r| r.original_ms).sum();
+/// assert_eq!(RFC_ORIGINAL_MS - listed, 30.0);
+/// ```
 pub const RFC_ORIGINAL_MS: f64 = 5600.0;
 /// The RFC's total downtime with its thread pool (ms).
+///
+/// ```
+/// use switchover::sim::{RFC_CONCURRENT_MS, RFC_ORIGINAL_MS};
+/// assert!(RFC_ORIGINAL_MS / RFC_CONCURRENT_MS > 5.0); // the RFC's pool cut downtime about 5.8 times
+/// ```
 pub const RFC_CONCURRENT_MS: f64 = 962.0;
 
 /// Device kinds the profile distinguishes.
+///
+/// ```
+/// use switchover::sim::{Profile, Unit};
+/// use switchover::step::StepKind;
+/// let p = Profile::rfc_original(1.0);
+/// // Per ring, removing a blk ring's host notifier costs more than a net ring's (300 ms over
+/// // 96 rings against 1011 ms over 1024).
+/// assert!(p.unit_cost(Unit::Blk, &StepKind::HostNotifierOff) > p.unit_cost(Unit::Net, &StepKind::HostNotifierOff));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unit {
@@ -23,6 +44,14 @@ pub enum Unit {
 }
 
 /// One row of the RFC's table (seed 003, research.md §2).
+///
+/// ```
+/// use switchover::sim::{rfc_rows, Unit};
+/// use switchover::step::{Side, StepKind};
+/// let rows = rfc_rows();
+/// let r = rows.iter().find(|r| r.side == Side::Destination && r.unit == Unit::Net && r.step == StepKind::HostNotifierOn).unwrap();
+/// assert_eq!((r.original_ms, r.concurrent_ms), (2022.0, 114.0));
+/// ```
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RfcRow {
     /// Side.
@@ -44,6 +73,13 @@ impl serde::Serialize for StepKind {
 }
 
 /// The RFC's rows, as published.
+///
+/// ```
+/// use switchover::sim::rfc_rows;
+/// let rows = rfc_rows();
+/// assert_eq!(rows.len(), 12);
+/// assert!(rows.iter().all(|r| r.concurrent_ms < r.original_ms));
+/// ```
 pub fn rfc_rows() -> Vec<RfcRow> {
     use StepKind as K;
     let r = |side, unit, step, o, c| RfcRow { side, unit, step, original_ms: o, concurrent_ms: c };
@@ -64,6 +100,15 @@ pub fn rfc_rows() -> Vec<RfcRow> {
 }
 
 /// How KVM notifier changes cost.
+///
+/// ```
+/// use switchover::recipe::CostModel;
+/// use switchover::sim::{KvmModel, Profile};
+/// use switchover::step::Server;
+/// // Only the per-VM model serialises ioeventfd changes on one server.
+/// assert_eq!(Profile::rfc_original(1.0).host_notifier_server(), None);
+/// assert_eq!(Profile::rfc_original(1.0).with_kvm(KvmModel::PerVmIoeventfd).host_notifier_server(), Some(Server::VmIoeventfd));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KvmModel {
@@ -78,6 +123,12 @@ pub enum KvmModel {
 
 impl KvmModel {
     /// Name used on the command line and in reports.
+    ///
+    /// ```
+    /// use switchover::sim::KvmModel;
+    /// assert_eq!(KvmModel::PerVmIoeventfd.name(), "per-vm-ioeventfd");
+    /// assert_eq!(KvmModel::Rfc.name(), "rfc");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             KvmModel::Rfc => "rfc",
@@ -87,6 +138,13 @@ impl KvmModel {
 }
 
 /// Simulated service times per step kind and device kind.
+///
+/// ```
+/// use switchover::sim::Profile;
+/// let p = Profile::rfc_original(0.5);
+/// assert_eq!((p.name.as_str(), p.scale, p.reply_ack, p.blk_inflight), ("rfc-original", 0.5, false, 0));
+/// assert_eq!(p.rows.len(), 12);
+/// ```
 #[derive(Debug, Clone)]
 pub struct Profile {
     /// Profile name.
@@ -127,6 +185,23 @@ impl Profile {
     ///    the table (blk drain, which the RFC counts inside `GET_VRING_BASE`; the
     ///    memory-transaction begin/commit) cost nothing;
     /// 4. everything is multiplied by `scale`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, RecipeOptions};
+    /// use switchover::sim::{Profile, RFC_ORIGINAL_MS};
+    /// use switchover::step::Side;
+    /// use switchover::topology::Topology;
+    /// // Today's plans for `rfc-huge`, costed by the profile, add up to the RFC's total.
+    /// let p = Profile::rfc_original(1.0);
+    /// let topo = Arc::new(Topology::preset("rfc-huge").unwrap());
+    /// let total: f64 = [Side::Source, Side::Destination]
+    ///     .iter()
+    ///     .map(|&side| build(&topo, side, &RecipeOptions::baseline(), &p).unwrap())
+    ///     .flat_map(|plan| plan.steps().iter().map(|s| s.cost.as_secs_f64() * 1e3).collect::<Vec<_>>())
+    ///     .sum();
+    /// assert!((total - RFC_ORIGINAL_MS).abs() < 0.01);
+    /// ```
     pub fn rfc_original(scale: f64) -> Profile {
         let topo = Topology::preset("rfc-huge").expect("built-in preset");
         let topo = std::sync::Arc::new(topo);
@@ -171,12 +246,28 @@ impl Profile {
     }
 
     /// The same profile under another KVM model.
+    ///
+    /// ```
+    /// use switchover::sim::{KvmModel, Profile};
+    /// let p = Profile::rfc_original(1.0).with_kvm(KvmModel::PerVmIoeventfd);
+    /// assert_eq!(p.kvm, KvmModel::PerVmIoeventfd);
+    /// ```
     pub fn with_kvm(mut self, m: KvmModel) -> Profile {
         self.kvm = m;
         self
     }
 
     /// Unscaled cost of `kind` on a device of kind `unit`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::sim::{Profile, Unit};
+    /// use switchover::step::StepKind;
+    /// let p = Profile::rfc_original(0.1);
+    /// // Unscaled: 36 ms of blk `get_vring_base` over 24 × 4 rings.
+    /// assert_eq!(p.unit_cost(Unit::Blk, &StepKind::GetVringBase), Duration::from_secs_f64(0.036 / 96.0));
+    /// assert_eq!(p.unit_cost(Unit::Blk, &StepKind::DrainInflight), Duration::ZERO); // nothing in flight
+    /// ```
     pub fn unit_cost(&self, unit: Unit, kind: &StepKind) -> Duration {
         if *kind == StepKind::DrainInflight {
             // Draining waits for the last request in flight.
@@ -193,11 +284,27 @@ impl Profile {
     }
 
     /// Whether a message of `kind` waits for the backend's reply.
+    ///
+    /// ```
+    /// use switchover::sim::{Profile, Unit};
+    /// use switchover::step::StepKind;
+    /// let mut p = Profile::rfc_original(1.0);
+    /// assert!(p.acked(Unit::Net, &StepKind::GetVringBase));
+    /// assert!(!p.acked(Unit::Net, &StepKind::SetVringKick)); // fire-and-forget
+    /// p.reply_ack = true;
+    /// assert!(p.acked(Unit::Net, &StepKind::SetVringKick));
+    /// ```
     pub fn acked(&self, unit: Unit, kind: &StepKind) -> bool {
         matches!(kind, StepKind::GetVringBase) || self.reply_ack || self.costs.contains_key(&(unit, kind.clone()))
     }
 
     /// The scaled grace period.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::sim::Profile;
+    /// assert_eq!(Profile::rfc_original(0.5).scaled_grace(), Duration::from_millis(4));
+    /// ```
     pub fn scaled_grace(&self) -> Duration {
         self.grace.mul_f64(self.scale)
     }

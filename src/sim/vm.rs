@@ -28,6 +28,18 @@ struct Ring {
 }
 
 /// A simulated VM's notifiers.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchover::notifier::NotifierState;
+/// use switchover::sim::{KvmModel, SimVm};
+/// use switchover::topology::{DeviceId, Topology};
+/// let vm = SimVm::new(&Topology::preset("small").unwrap(), true, KvmModel::Rfc, Duration::ZERO);
+/// vm.change(DeviceId(0), 0, true, false, Duration::ZERO).unwrap();
+/// vm.change(DeviceId(0), 0, true, false, Duration::ZERO).unwrap(); // refused: already disabled
+/// assert_eq!(vm.ioctls(DeviceId(0), 0, true), 1);
+/// assert_eq!(vm.state(DeviceId(0), 0, true), Some(NotifierState::Disabled));
+/// ```
 pub struct SimVm {
     model: KvmModel,
     grace: Duration,
@@ -48,6 +60,17 @@ impl std::fmt::Debug for SimVm {
 
 impl SimVm {
     /// A VM for `t` whose notifiers all start `enabled` (source) or disabled (destination).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::notifier::NotifierState;
+    /// use switchover::sim::{KvmModel, SimVm};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let vm = SimVm::new(&Topology::preset("small").unwrap(), false, KvmModel::Rfc, Duration::ZERO);
+    /// assert_eq!(vm.state(DeviceId(3), 0, false), Some(NotifierState::Disabled));
+    /// assert_eq!(vm.state(DeviceId(3), 1, false), None); // blk1 has one ring
+    /// assert_eq!(vm.transactions(), (0, 0));
+    /// ```
     pub fn new(t: &Topology, enabled: bool, model: KvmModel, grace: Duration) -> SimVm {
         let st = if enabled { NotifierState::Enabled } else { NotifierState::Disabled };
         let rings = t
@@ -85,6 +108,18 @@ impl SimVm {
 
     /// Changes a ring's host (ioeventfd) or guest (irqfd) notifier; `cost` is the
     /// simulated ioctl time, spent on the calling lane.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use switchover::sim::{KvmModel, SimVm};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let vm = SimVm::new(&Topology::preset("small").unwrap(), false, KvmModel::Rfc, Duration::ZERO);
+    /// let t0 = Instant::now();
+    /// vm.change(DeviceId(0), 2, false, true, Duration::from_millis(2)).unwrap();
+    /// assert!(t0.elapsed() >= Duration::from_millis(2)); // the ioctl's time is spent on the calling lane
+    /// assert_eq!(vm.ioctls(DeviceId(0), 2, false), 1);
+    /// assert!(vm.change(DeviceId(0), 99, false, true, Duration::ZERO).is_err()); // no such ring
+    /// ```
     pub fn change(&self, d: DeviceId, r: u32, host: bool, on: bool, cost: Duration) -> Result<NotifierOutcome, StepFailure> {
         let ring = self.ring(d, r)?;
         let n = if host { &ring.host } else { &ring.guest };
@@ -118,6 +153,15 @@ impl SimVm {
     }
 
     /// Opens the memory-map transaction.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::sim::{KvmModel, SimVm};
+    /// use switchover::topology::Topology;
+    /// let vm = SimVm::new(&Topology::preset("small").unwrap(), false, KvmModel::Rfc, Duration::ZERO);
+    /// vm.begin().unwrap();
+    /// assert!(vm.begin().is_err()); // one transaction at a time
+    /// ```
     pub fn begin(&self) -> Result<(), StepFailure> {
         let mut o = self.txn_open.lock();
         if *o {
@@ -129,6 +173,19 @@ impl SimVm {
     }
 
     /// Commits the memory-map transaction: every change made since `begin`, at once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::sim::{KvmModel, SimVm};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let vm = SimVm::new(&Topology::preset("small").unwrap(), false, KvmModel::Rfc, Duration::ZERO);
+    /// assert!(vm.commit().is_err()); // nothing open
+    /// vm.begin().unwrap();
+    /// for ring in 0..4 {
+    ///     vm.change(DeviceId(1), ring, true, true, Duration::ZERO).unwrap();
+    /// }
+    /// assert_eq!(vm.commit().unwrap(), 4); // four ioeventfds in one memory-map update
+    /// ```
     pub fn commit(&self) -> Result<u64, StepFailure> {
         let mut o = self.txn_open.lock();
         if !*o {
@@ -142,6 +199,19 @@ impl SimVm {
     }
 
     /// How many times the ioctl was issued for a ring's host or guest notifier.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::sim::{KvmModel, SimVm};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let vm = SimVm::new(&Topology::preset("small").unwrap(), true, KvmModel::Rfc, Duration::ZERO);
+    /// std::thread::scope(|s| {
+    ///     for _ in 0..4 {
+    ///         s.spawn(|| vm.change(DeviceId(2), 0, false, false, Duration::ZERO).unwrap());
+    ///     }
+    /// });
+    /// assert_eq!(vm.ioctls(DeviceId(2), 0, false), 1); // exactly once however many try
+    /// ```
     pub fn ioctls(&self, d: DeviceId, r: u32, host: bool) -> u32 {
         match self.ring(d, r) {
             Ok(x) => if host { &x.host_ioctls } else { &x.guest_ioctls }.load(Ordering::Acquire),
@@ -150,11 +220,34 @@ impl SimVm {
     }
 
     /// A notifier's state.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::notifier::NotifierState;
+    /// use switchover::sim::{KvmModel, SimVm};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let vm = SimVm::new(&Topology::preset("small").unwrap(), true, KvmModel::Rfc, Duration::ZERO);
+    /// vm.change(DeviceId(0), 0, false, false, Duration::ZERO).unwrap();
+    /// assert_eq!(vm.state(DeviceId(0), 0, false), Some(NotifierState::Disabled));
+    /// assert_eq!(vm.state(DeviceId(0), 0, true), Some(NotifierState::Enabled)); // the host notifier is separate
+    /// ```
     pub fn state(&self, d: DeviceId, r: u32, host: bool) -> Option<NotifierState> {
         self.ring(d, r).ok().map(|x| if host { x.host.state() } else { x.guest.state() })
     }
 
     /// Memory transactions committed, and notifier changes they carried.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::sim::{KvmModel, SimVm};
+    /// use switchover::topology::{DeviceId, Topology};
+    /// let vm = SimVm::new(&Topology::preset("small").unwrap(), false, KvmModel::Rfc, Duration::ZERO);
+    /// vm.begin().unwrap();
+    /// vm.change(DeviceId(0), 0, true, true, Duration::ZERO).unwrap();
+    /// vm.change(DeviceId(0), 0, false, true, Duration::ZERO).unwrap(); // an irqfd is no memory region
+    /// vm.commit().unwrap();
+    /// assert_eq!(vm.transactions(), (1, 1));
+    /// ```
     pub fn transactions(&self) -> (u64, u64) {
         (self.txn_commits.load(Ordering::Acquire), self.changes_committed.load(Ordering::Acquire))
     }

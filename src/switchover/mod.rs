@@ -31,6 +31,18 @@ use crate::step::{Side, Window};
 use crate::topology::DeviceId;
 
 /// How a switchover ended.
+///
+/// ```
+/// use switchover::strategy::{run, SimConfig, Strategy};
+/// use switchover::switchover::Outcome;
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap())
+///     .scale(0.02)
+///     .faults(vec!["crash:get_vring_base:blk1".parse().unwrap()]);
+/// let r = run(&cfg, Strategy::Engine);
+/// // The source lost blk1's backend inside the window: it reconnects it and resumes the guest.
+/// assert!(matches!(&r.outcome, Outcome::RolledBack { cause } if cause.device == "blk1"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum Outcome {
@@ -69,6 +81,21 @@ pub enum Outcome {
 
 impl Outcome {
     /// The first failure, if any.
+    ///
+    /// ```
+    /// use switchover::error::{StepError, StepFailure};
+    /// use switchover::step::Side;
+    /// use switchover::switchover::Outcome;
+    /// assert!(Outcome::Completed.cause().is_none());
+    /// let cause = StepError {
+    ///     side: Side::Source,
+    ///     device: "net0".into(),
+    ///     ring: Some(0),
+    ///     step: "get_vring_base".into(),
+    ///     failure: StepFailure::Disconnected,
+    /// };
+    /// assert_eq!(Outcome::InDoubt { cause: cause.clone() }.cause(), Some(&cause));
+    /// ```
     pub fn cause(&self) -> Option<&StepError> {
         match self {
             Outcome::Completed => None,
@@ -81,6 +108,21 @@ impl Outcome {
     }
 
     /// `completed`, `aborted`, `rolled_back`, `failed`, `in_doubt` or `completed_with_cleanup_errors`.
+    ///
+    /// ```
+    /// use switchover::error::{StepError, StepFailure};
+    /// use switchover::step::Side;
+    /// use switchover::switchover::Outcome;
+    /// assert_eq!(Outcome::Completed.name(), "completed");
+    /// let cause = StepError {
+    ///     side: Side::Destination,
+    ///     device: "blk0".into(),
+    ///     ring: None,
+    ///     step: "set_mem_table".into(),
+    ///     failure: StepFailure::Abandoned,
+    /// };
+    /// assert_eq!(Outcome::Aborted { cause }.name(), "aborted");
+    /// ```
     pub fn name(&self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
@@ -94,6 +136,16 @@ impl Outcome {
 }
 
 /// One side's plan, the actions that perform it, and its captured state.
+///
+/// ```
+/// use switchover::step::Side;
+/// use switchover::strategy::{SimConfig, SimRole};
+/// use switchover::topology::Topology;
+/// let role = SimRole::new(&SimConfig::new(Topology::preset("small").unwrap()), Side::Source);
+/// let setup = &role.setup;
+/// assert_eq!(setup.plan.side(), Side::Source);
+/// assert_eq!(setup.state.captured(), 0); // filled in by `get_vring_base` during the window
+/// ```
 pub struct SideSetup {
     /// The plan.
     pub plan: Arc<Plan>,
@@ -112,15 +164,68 @@ impl std::fmt::Debug for SideSetup {
 
 /// Builds the source's rollback plan and its actions from what the source ran and
 /// the devices whose backends were lost (and have been reconnected).
+///
+/// ```
+/// use switchover::exec::Engine;
+/// use switchover::step::Side;
+/// use switchover::strategy::{SimConfig, SimRole};
+/// use switchover::switchover::{run_in_process, Outcome, RollbackFn};
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap())
+///     .scale(0.02)
+///     .faults(vec!["error:get_vring_base:net0".parse().unwrap()]);
+/// let (src, dst) = (SimRole::new(&cfg, Side::Source), SimRole::new(&cfg, Side::Destination));
+/// // A rollback builder that has no plan: the outcome is still a rollback, with no run.
+/// let no_plan: &RollbackFn<'_> = &|_plan, _progress, _lost| None;
+/// let rep = run_in_process(&src.setup, &dst.setup, &Engine::new(1), &Engine::new(1), no_plan);
+/// assert!(matches!(rep.outcome, Outcome::RolledBack { .. }));
+/// assert!(rep.rollback.is_none());
+/// ```
 pub type RollbackFn<'a> = dyn Fn(&Plan, &Progress, &[DeviceId]) -> RollbackPlan + 'a;
 
 /// A rollback plan and the actions that perform it, if one can be made.
+///
+/// ```
+/// use switchover::exec::Progress;
+/// use switchover::step::Side;
+/// use switchover::strategy::{SimConfig, SimRole};
+/// use switchover::switchover::RollbackPlan;
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+/// let src = SimRole::new(&cfg, Side::Source);
+/// let rollback = src.rollback();
+/// // Nothing has run yet: the rollback restarts no ring.
+/// let rp: RollbackPlan = rollback(&src.setup.plan, &Progress::new(&src.setup.plan), &[]);
+/// let (plan, _actions) = rp.unwrap();
+/// assert_eq!(plan.side(), Side::Source);
+/// ```
 pub type RollbackPlan = Option<(Arc<Plan>, Arc<dyn StepActions>)>;
 
 /// Devices of the source whose state is unknown after a failure: a step of theirs
 /// failed (error, garbage, time-out, closed channel), so the ring may or may not
 /// have stopped. Rollback reconnects their backends and replays the whole start
 /// sequence with the bases captured (or recovered from guest memory).
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::error::{StepError, StepFailure};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::Side;
+/// use switchover::switchover::lost_devices;
+/// use switchover::topology::{DeviceId, Topology};
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+/// let fail = |side, device: &str| StepError {
+///     side,
+///     device: device.into(),
+///     ring: Some(0),
+///     step: "get_vring_base".into(),
+///     failure: StepFailure::Timeout { after: std::time::Duration::from_secs(1) },
+/// };
+/// let failures = [fail(Side::Source, "blk1"), fail(Side::Source, "net0"), fail(Side::Source, "blk1"), fail(Side::Destination, "net1")];
+/// // Sorted, deduplicated, and only this plan's side.
+/// assert_eq!(lost_devices(&plan, &failures), [DeviceId(0), DeviceId(3)]);
+/// ```
 pub fn lost_devices(plan: &Plan, failures: &[StepError]) -> Vec<DeviceId> {
     let mut v: Vec<DeviceId> =
         failures.iter().filter(|f| f.side == plan.side()).filter_map(|f| plan.topology().device_by_name(&f.device).map(|d| d.id)).collect();
@@ -130,6 +235,21 @@ pub fn lost_devices(plan: &Plan, failures: &[StepError]) -> Vec<DeviceId> {
 }
 
 /// Everything a switchover did.
+///
+/// ```
+/// use switchover::exec::Engine;
+/// use switchover::step::Side;
+/// use switchover::strategy::{SimConfig, SimRole};
+/// use switchover::switchover::{run_in_process, Outcome};
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+/// let (src, dst) = (SimRole::new(&cfg, Side::Source), SimRole::new(&cfg, Side::Destination));
+/// let rep = run_in_process(&src.setup, &dst.setup, &Engine::new(2), &Engine::new(2), &src.rollback());
+/// assert_eq!(rep.outcome, Outcome::Completed);
+/// assert_eq!(rep.bases_carried, 10); // one per ring
+/// assert!(rep.rollback.is_none());
+/// assert_eq!(rep.runs.len(), 6); // three windows on each side
+/// ```
 #[derive(Debug)]
 pub struct SwitchoverReport {
     /// How it ended.
@@ -148,6 +268,19 @@ pub struct SwitchoverReport {
 
 impl SwitchoverReport {
     /// Duration of one phase, if it ran.
+    ///
+    /// ```
+    /// use switchover::exec::Engine;
+    /// use switchover::step::{Side, Window};
+    /// use switchover::strategy::{SimConfig, SimRole};
+    /// use switchover::switchover::run_in_process;
+    /// use switchover::topology::Topology;
+    /// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+    /// let (src, dst) = (SimRole::new(&cfg, Side::Source), SimRole::new(&cfg, Side::Destination));
+    /// let rep = run_in_process(&src.setup, &dst.setup, &Engine::new(2), &Engine::new(2), &src.rollback());
+    /// let (stop, start) = (rep.phase(Side::Source, Window::Blackout).unwrap(), rep.phase(Side::Destination, Window::Blackout).unwrap());
+    /// assert!(stop + start <= rep.downtime);
+    /// ```
     pub fn phase(&self, side: Side, w: Window) -> Option<Duration> {
         self.runs.iter().find(|r| r.side == side && r.window == w).map(|r| r.wall)
     }
@@ -156,6 +289,22 @@ impl SwitchoverReport {
 /// Runs a whole switchover with both roles in this process, each on its own engine
 /// and thread (as two VMMs would), joined by an in-process [`path::ChannelPath`].
 /// The report holds both sides' runs; downtime is the source's measure.
+///
+/// ```
+/// use switchover::exec::Engine;
+/// use switchover::step::Side;
+/// use switchover::strategy::{SimConfig, SimRole};
+/// use switchover::switchover::{run_in_process, Outcome};
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap())
+///     .scale(0.02)
+///     .reply_ack(true) // so that the destination sees a start message's error
+///     .faults(vec!["error:set_vring_kick:net1".parse().unwrap()]);
+/// let (src, dst) = (SimRole::new(&cfg, Side::Source), SimRole::new(&cfg, Side::Destination));
+/// let rep = run_in_process(&src.setup, &dst.setup, &Engine::new(2), &Engine::new(2), &src.rollback());
+/// // The destination could not start: the source resumes the guest, and says why.
+/// assert!(matches!(&rep.outcome, Outcome::RolledBack { cause } if cause.side == Side::Destination));
+/// ```
 pub fn run_in_process(
     src: &SideSetup,
     dst: &SideSetup,

@@ -26,6 +26,15 @@ use crate::error::StepError;
 use crate::state::{InflightReq, VringBase};
 
 /// What crosses between the roles.
+///
+/// ```
+/// use switchover::state::VringBase;
+/// use switchover::switchover::path::Message;
+/// let m = Message::State { bases: vec![VringBase { device: 0, ring: 1, base: 77 }], inflight: vec![] };
+/// let text = serde_json::to_string(&m).unwrap();
+/// assert!(text.starts_with(r#"{"msg":"state""#));
+/// assert_eq!(serde_json::from_str::<Message>(&text).unwrap(), m);
+/// ```
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum Message {
@@ -67,6 +76,12 @@ pub enum Message {
 
 impl Message {
     /// The message's name, for errors.
+    ///
+    /// ```
+    /// use switchover::switchover::path::Message;
+    /// assert_eq!(Message::Running { blackout_ms: 3.5 }.name(), "running");
+    /// assert_eq!(Message::Ready { prepare_ms: 1.0 }.name(), "ready");
+    /// ```
     pub fn name(&self) -> &'static str {
         match self {
             Message::Ready { .. } => "ready",
@@ -80,6 +95,16 @@ impl Message {
 }
 
 /// The path failed.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use switchover::switchover::path::{channel_pair, PathError, ReturnPath};
+/// let (mut a, b) = channel_pair();
+/// assert_eq!(a.recv(Instant::now() + Duration::from_millis(5)).unwrap_err(), PathError::Timeout);
+/// drop(b);
+/// assert_eq!(a.recv(Instant::now() + Duration::from_secs(1)).unwrap_err(), PathError::Closed);
+/// assert_eq!(PathError::Closed.to_string(), "the other side closed the path");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     /// Nothing arrived before the deadline.
@@ -97,20 +122,62 @@ pub enum PathError {
 }
 
 /// A bidirectional, message-oriented path between the two roles.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use switchover::switchover::path::{channel_pair, Message, PathError, ReturnPath};
+/// /// The destination's side of the ready-ack, on any path.
+/// fn ack(path: &mut dyn ReturnPath) -> Result<(), PathError> {
+///     path.send(&Message::Ready { prepare_ms: 12.0 })
+/// }
+/// let (mut src, mut dst) = channel_pair();
+/// ack(&mut dst).unwrap();
+/// let got = src.recv(Instant::now() + Duration::from_secs(1)).unwrap();
+/// assert_eq!(got, Message::Ready { prepare_ms: 12.0 });
+/// ```
 pub trait ReturnPath: Send {
     /// Sends a message.
     ///
     /// # Errors
     /// [`PathError`] if the other side is gone.
+    ///
+    /// ```
+    /// use switchover::switchover::path::{channel_pair, Message, PathError, ReturnPath};
+    /// let (mut a, b) = channel_pair();
+    /// assert!(a.send(&Message::Running { blackout_ms: 1.0 }).is_ok());
+    /// drop(b);
+    /// assert_eq!(a.send(&Message::Running { blackout_ms: 1.0 }), Err(PathError::Closed));
+    /// ```
     fn send(&mut self, m: &Message) -> Result<(), PathError>;
     /// Receives the next message, waiting at most until `deadline`.
     ///
     /// # Errors
     /// [`PathError::Timeout`], [`PathError::Closed`], [`PathError::Malformed`].
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use switchover::switchover::path::{channel_pair, Message, PathError, ReturnPath};
+    /// let (mut a, mut b) = channel_pair();
+    /// a.send(&Message::Running { blackout_ms: 2.0 }).unwrap();
+    /// let soon = Instant::now() + Duration::from_millis(10);
+    /// assert_eq!(b.recv(soon), Ok(Message::Running { blackout_ms: 2.0 }));
+    /// assert_eq!(b.recv(soon), Err(PathError::Timeout)); // nothing more came
+    /// ```
     fn recv(&mut self, deadline: Instant) -> Result<Message, PathError>;
 }
 
 /// One end of an in-process path.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use switchover::switchover::path::{channel_pair, Message, ReturnPath};
+/// let (mut a, mut b) = channel_pair();
+/// let deadline = Instant::now() + Duration::from_secs(1);
+/// a.send(&Message::Ready { prepare_ms: 1.0 }).unwrap();
+/// b.send(&Message::Running { blackout_ms: 2.0 }).unwrap();
+/// assert_eq!(b.recv(deadline).unwrap().name(), "ready");
+/// assert_eq!(a.recv(deadline).unwrap().name(), "running");
+/// ```
 #[derive(Debug)]
 pub struct ChannelPath {
     tx: Sender<Message>,
@@ -118,6 +185,14 @@ pub struct ChannelPath {
 }
 
 /// Two connected in-process ends.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use switchover::switchover::path::{channel_pair, Message, ReturnPath};
+/// let (mut a, mut b) = channel_pair();
+/// std::thread::spawn(move || a.send(&Message::Ready { prepare_ms: 0.5 }).unwrap());
+/// assert_eq!(b.recv(Instant::now() + Duration::from_secs(5)).unwrap(), Message::Ready { prepare_ms: 0.5 });
+/// ```
 pub fn channel_pair() -> (ChannelPath, ChannelPath) {
     let (a_tx, b_rx) = crossbeam_channel::unbounded();
     let (b_tx, a_rx) = crossbeam_channel::unbounded();
@@ -141,6 +216,18 @@ impl ReturnPath for ChannelPath {
 const MAX_FRAME: u32 = 16 << 20;
 
 /// A path over a connected Unix stream socket: 4-byte little-endian length, then JSON.
+///
+/// ```
+/// use std::os::unix::net::UnixStream;
+/// use std::time::{Duration, Instant};
+/// use switchover::state::InflightReq;
+/// use switchover::switchover::path::{Message, ReturnPath, UnixPath};
+/// let (x, y) = UnixStream::pair().unwrap();
+/// let (mut src, mut dst) = (UnixPath::new(x), UnixPath::new(y));
+/// let state = Message::State { bases: vec![], inflight: vec![InflightReq { device: 2, ring: 0, id: 5 }] };
+/// src.send(&state).unwrap();
+/// assert_eq!(dst.recv(Instant::now() + Duration::from_secs(1)).unwrap(), state);
+/// ```
 #[derive(Debug)]
 pub struct UnixPath {
     stream: UnixStream,
@@ -148,6 +235,21 @@ pub struct UnixPath {
 
 impl UnixPath {
     /// Wraps a connected stream.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::{Duration, Instant};
+    /// use switchover::switchover::path::{PathError, ReturnPath, UnixPath};
+    /// let (mut raw, y) = UnixStream::pair().unwrap();
+    /// let mut path = UnixPath::new(y);
+    /// // A well-framed frame that is not a message.
+    /// raw.write_all(&4u32.to_le_bytes()).unwrap();
+    /// raw.write_all(b"null").unwrap();
+    /// assert!(matches!(path.recv(Instant::now() + Duration::from_secs(1)), Err(PathError::Malformed(_))));
+    /// drop(raw);
+    /// assert_eq!(path.recv(Instant::now() + Duration::from_secs(1)).unwrap_err(), PathError::Closed);
+    /// ```
     pub fn new(stream: UnixStream) -> UnixPath {
         UnixPath { stream }
     }

@@ -5,6 +5,32 @@
 //! (`start_failed`), and otherwise — once the state has left and the destination
 //! falls silent — reports the outcome as in doubt and resumes nothing, so the guest
 //! never runs on both sides.
+//!
+//! # Examples
+//!
+//! The two roles over a Unix socket, as two VMM processes would run them:
+//!
+//! ```
+//! use std::os::unix::net::UnixStream;
+//! use switchover::exec::Engine;
+//! use switchover::step::Side;
+//! use switchover::strategy::{SimConfig, SimRole};
+//! use switchover::switchover::path::UnixPath;
+//! use switchover::switchover::{Deadlines, Destination, Outcome, Source};
+//! use switchover::topology::Topology;
+//! let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+//! let (src, dst) = (SimRole::new(&cfg, Side::Source), SimRole::new(&cfg, Side::Destination));
+//! let (x, y) = UnixStream::pair().unwrap();
+//! let (mut src_path, mut dst_path) = (UnixPath::new(x), UnixPath::new(y));
+//! let (src_engine, dst_engine) = (Engine::new(2), Engine::new(2));
+//! let rollback = src.rollback();
+//! let report = std::thread::scope(|s| {
+//!     s.spawn(|| Destination { setup: &dst.setup, engine: &dst_engine, deadlines: Deadlines::default() }.run(&mut dst_path));
+//!     Source { setup: &src.setup, engine: &src_engine, deadlines: Deadlines::default(), rollback: &rollback }.run(&mut src_path)
+//! });
+//! assert_eq!(report.outcome, Outcome::Completed);
+//! assert_eq!(report.bases_carried, 10);
+//! ```
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +42,24 @@ use crate::exec::{Engine, Progress, RunReport};
 use crate::step::{Side, StepKind, Window};
 
 /// How long each role waits for the other.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchover::exec::Engine;
+/// use switchover::step::Side;
+/// use switchover::strategy::{SimConfig, SimRole};
+/// use switchover::switchover::path::channel_pair;
+/// use switchover::switchover::{Deadlines, Outcome, Source};
+/// use switchover::topology::Topology;
+/// let src = SimRole::new(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.02), Side::Source);
+/// let (mut path, _silent_destination) = channel_pair();
+/// let deadlines = Deadlines { ready: Duration::from_millis(50), ..Deadlines::default() };
+/// let rollback = src.rollback();
+/// let rep = Source { setup: &src.setup, engine: &Engine::new(1), deadlines, rollback: &rollback }.run(&mut path);
+/// // No ready-ack in time: the source never stopped the guest.
+/// assert!(matches!(rep.outcome, Outcome::Aborted { .. }));
+/// assert_eq!(rep.downtime, Duration::ZERO);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
     /// Source: how long to wait for the destination's ready-ack.
@@ -51,6 +95,35 @@ fn report(outcome: Outcome, opened: Instant, downtime: Duration, runs: Vec<RunRe
 }
 
 /// The destination role.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use switchover::exec::Engine;
+/// use switchover::sim::SimSide;
+/// use switchover::state::VringBase;
+/// use switchover::step::Side;
+/// use switchover::strategy::{SimConfig, SimRole};
+/// use switchover::switchover::path::{channel_pair, Message, ReturnPath};
+/// use switchover::switchover::{Deadlines, Destination, Outcome};
+/// use switchover::topology::Topology;
+/// let dst = SimRole::new(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.02), Side::Destination);
+/// let engine = Engine::new(2);
+/// let role = Destination { setup: &dst.setup, engine: &engine, deadlines: Deadlines::default() };
+/// let (mut source, mut b) = channel_pair();
+/// let rep = std::thread::scope(|s| {
+///     let h = s.spawn(move || role.run(&mut b));
+///     // Play the source: wait for the ready-ack, then send every ring's base.
+///     let soon = Instant::now() + Duration::from_secs(5);
+///     assert_eq!(source.recv(soon).unwrap().name(), "ready");
+///     let base = |d: u32, r: u32| VringBase { device: d, ring: r, base: SimSide::guest_base(d, r) };
+///     let topo = dst.setup.plan.topology();
+///     let bases = topo.devices().iter().flat_map(|d| (0..d.rings()).map(move |r| base(d.id.0, r))).collect();
+///     source.send(&Message::State { bases, inflight: vec![] }).unwrap();
+///     assert_eq!(source.recv(soon).unwrap().name(), "running");
+///     h.join().unwrap()
+/// });
+/// assert_eq!((rep.outcome, rep.bases_carried), (Outcome::Completed, 10));
+/// ```
 #[derive(Debug)]
 pub struct Destination<'a> {
     /// Its plan, actions and state.
@@ -63,6 +136,37 @@ pub struct Destination<'a> {
 
 impl Destination<'_> {
     /// Prepares, acks, waits for the state, starts the devices, confirms, cleans up.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use switchover::error::{StepError, StepFailure};
+    /// use switchover::exec::Engine;
+    /// use switchover::step::{Side, Window};
+    /// use switchover::strategy::{SimConfig, SimRole};
+    /// use switchover::switchover::path::{channel_pair, Message, ReturnPath};
+    /// use switchover::switchover::{Deadlines, Destination, Outcome};
+    /// use switchover::topology::Topology;
+    /// let dst = SimRole::new(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.02), Side::Destination);
+    /// let engine = Engine::new(1);
+    /// let role = Destination { setup: &dst.setup, engine: &engine, deadlines: Deadlines::default() };
+    /// let (mut source, mut b) = channel_pair();
+    /// let rep = std::thread::scope(|s| {
+    ///     let h = s.spawn(move || role.run(&mut b));
+    ///     assert_eq!(source.recv(Instant::now() + Duration::from_secs(5)).unwrap().name(), "ready");
+    ///     // The source could not stop its devices: the destination must not start.
+    ///     let cause = StepError {
+    ///         side: Side::Source,
+    ///         device: "net0".into(),
+    ///         ring: Some(0),
+    ///         step: "get_vring_base".into(),
+    ///         failure: StepFailure::Disconnected,
+    ///     };
+    ///     source.send(&Message::Abort { cause }).unwrap();
+    ///     h.join().unwrap()
+    /// });
+    /// assert!(matches!(rep.outcome, Outcome::RolledBack { .. }));
+    /// assert!(rep.phase(Side::Destination, Window::Blackout).is_none()); // never started
+    /// ```
     pub fn run(&self, path: &mut dyn ReturnPath) -> SwitchoverReport {
         let (s, e) = (self.setup, self.engine);
         let side = Side::Destination;
@@ -122,6 +226,28 @@ impl Destination<'_> {
 }
 
 /// The source role.
+///
+/// ```
+/// use switchover::exec::Engine;
+/// use switchover::step::Side;
+/// use switchover::strategy::{SimConfig, SimRole};
+/// use switchover::switchover::path::channel_pair;
+/// use switchover::switchover::{Deadlines, Destination, Outcome, Source};
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+/// let (src, dst) = (SimRole::new(&cfg, Side::Source), SimRole::new(&cfg, Side::Destination));
+/// let (src_engine, dst_engine) = (Engine::new(2), Engine::new(2));
+/// let rollback = src.rollback();
+/// let source = Source { setup: &src.setup, engine: &src_engine, deadlines: Deadlines::default(), rollback: &rollback };
+/// let destination = Destination { setup: &dst.setup, engine: &dst_engine, deadlines: Deadlines::default() };
+/// let (mut a, mut b) = channel_pair();
+/// let (s, d) = std::thread::scope(|sc| {
+///     let h = sc.spawn(move || destination.run(&mut b));
+///     (source.run(&mut a), h.join().unwrap())
+/// });
+/// assert_eq!((s.outcome, d.outcome), (Outcome::Completed, Outcome::Completed));
+/// assert_eq!(s.bases_carried, d.bases_carried);
+/// ```
 pub struct Source<'a> {
     /// Its plan, actions and state.
     pub setup: &'a SideSetup,
@@ -142,6 +268,25 @@ impl std::fmt::Debug for Source<'_> {
 impl Source<'_> {
     /// Prepares, waits for the ready-ack, stops the devices, sends their state,
     /// waits for the destination to run, cleans up — or rolls back.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::exec::Engine;
+    /// use switchover::step::Side;
+    /// use switchover::strategy::{SimConfig, SimRole};
+    /// use switchover::switchover::path::channel_pair;
+    /// use switchover::switchover::{Deadlines, Outcome, Source};
+    /// use switchover::topology::Topology;
+    /// let src = SimRole::new(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.02), Side::Source);
+    /// let (mut path, destination) = channel_pair();
+    /// drop(destination); // the destination went away before its ready-ack
+    /// let rollback = src.rollback();
+    /// let engine = Engine::new(1);
+    /// let source = Source { setup: &src.setup, engine: &engine, deadlines: Deadlines::default(), rollback: &rollback };
+    /// let rep = source.run(&mut path);
+    /// assert!(matches!(&rep.outcome, Outcome::Aborted { cause } if cause.device == "return-path"));
+    /// assert_eq!(rep.downtime, Duration::ZERO);
+    /// ```
     pub fn run(&self, path: &mut dyn ReturnPath) -> SwitchoverReport {
         let (s, e) = (self.setup, self.engine);
         let side = Side::Source;
