@@ -212,6 +212,10 @@ fn real_faults_at_destination_steps_abort_or_roll_back() {
         let _ = check_fault(&cfg, &format!("{kind}:set_mem_table:blk0"), Expect::Aborted);
         let _ = check_fault(&cfg, &format!("{kind}:set_features:net0"), Expect::Aborted);
         let _ = check_fault(&cfg, &format!("{kind}:host_notifier_on:blk1"), Expect::Aborted);
+        let _ = check_fault(&cfg, &format!("{kind}:guest_notifier_on:net0"), Expect::Aborted);
+        let _ = check_fault(&cfg, &format!("{kind}:set_vring_num:blk1"), Expect::Aborted);
+        let _ = check_fault(&cfg, &format!("{kind}:set_vring_addr:net0"), Expect::Aborted);
+        let _ = check_fault(&cfg, &format!("{kind}:set_vring_call:blk0"), Expect::Aborted);
         let _ = check_fault(&cfg, &format!("{kind}:set_vring_base:blk0"), Expect::RolledBack(Side::Destination));
         let _ = check_fault(&cfg, &format!("{kind}:vring_enable:net0"), Expect::RolledBack(Side::Destination));
         let _ = check_fault(&cfg, &format!("{kind}:set_vring_kick:blk1"), Expect::RolledBack(Side::Destination));
