@@ -18,6 +18,15 @@
 //!
 //! Each fault fires once (on the named ring, or on the first ring performing the
 //! step). Rollback runs on [`RealActions::for_rollback`] actions, which inject nothing.
+//!
+//! # Examples
+//!
+//! ```
+//! use switchover::sim::{Fault, FaultKind};
+//! let f: Fault = "crash:get_vring_base:net3".parse().unwrap();
+//! assert_eq!(f.kind, FaultKind::Crash); // the backend is SIGKILLed just before the request
+//! assert_eq!(f.device, "net3");
+//! ```
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,6 +44,42 @@ use crate::step::{Side, Step, StepKind};
 use crate::topology::DeviceId;
 
 /// Performs steps on one real side.
+///
+/// # Examples
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use std::time::Duration;
+/// # use switchover::real::dir::PrivateDir;
+/// # use switchover::real::frontend::BackendKind;
+/// # use switchover::real::mem::GuestMem;
+/// # use switchover::real::side::{RealSide, SideConfig};
+/// # use switchover::state::DeviceState;
+/// # use switchover::step::Side;
+/// # use switchover::topology::{DeviceId, Topology};
+/// # let dir = PrivateDir::new().unwrap();
+/// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+/// # let cfg = SideConfig {
+/// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+/// #     dir: dir.path().to_path_buf(),
+/// #     qsd: None,
+/// #     backends: vec![BackendKind::OwnNet],
+/// #     images: vec![None],
+/// #     deadline: Duration::from_secs(5),
+/// #     qsd_iops: None,
+/// #     hostile: vec![],
+/// # };
+/// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+/// # let state = Arc::new(DeviceState::new(&topo));
+/// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+/// # use switchover::real::actions::RealActions;
+///
+/// use switchover::exec::StepActions;
+/// let actions = RealActions::new(side.clone());
+/// // The rollback hooks read the used index from guest memory.
+/// assert_eq!(actions.recover_base(DeviceId(0), 0), Some(side.mem().used_idx(0)));
+/// assert_eq!(actions.recover_base(DeviceId(0), 9), None);
+/// ```
 #[derive(Debug, Clone)]
 pub struct RealActions {
     side: Arc<RealSide>,
@@ -44,6 +89,40 @@ pub struct RealActions {
 
 impl RealActions {
     /// Actions on `side` (no faults).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    /// # use switchover::real::actions::RealActions;
+    ///
+    /// use switchover::exec::StepActions;
+    /// let actions = RealActions::new(side.clone());
+    /// assert_eq!(actions.recover_base(DeviceId(0), 1), Some(0));
+    /// ```
     pub fn new(side: Arc<RealSide>) -> RealActions {
         RealActions { side, faults: Arc::new(Vec::new()), restart: false }
     }
@@ -54,12 +133,82 @@ impl RealActions {
     /// (qemu-storage-daemon closes it there and then fails on its next completion),
     /// and the rollback plan of a ring that was not lost restarts it with
     /// `SET_VRING_BASE`, `SET_VRING_KICK`, `SET_VRING_ENABLE` only.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    /// # use switchover::real::actions::RealActions;
+    ///
+    /// use switchover::exec::StepActions;
+    /// let rollback = RealActions::for_rollback(side.clone());
+    /// assert!(rollback.reconnect(DeviceId(0))); // a fresh backend for a lost one
+    /// assert_eq!(side.reconnects(), 1);
+    /// ```
     pub fn for_rollback(side: Arc<RealSide>) -> RealActions {
         RealActions { side, faults: Arc::new(Vec::new()), restart: true }
     }
 
     /// Actions on `side` that inject `faults` (those naming a device of the side's
     /// topology; each fires once, on the side whose plan has the step).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    /// # use switchover::real::actions::RealActions;
+    ///
+    /// use switchover::sim::Fault;
+    /// let faults: Vec<Fault> = vec!["hang:get_vring_base:net0".parse().unwrap(), "crash:get_vring_base:blk9".parse().unwrap()];
+    /// // Only the fault on a device of this side's topology (net0) is kept.
+    /// let _actions = RealActions::with_faults(side.clone(), &faults);
+    /// ```
     pub fn with_faults(side: Arc<RealSide>, faults: &[Fault]) -> RealActions {
         let topo = side.topology().clone();
         let faults =
@@ -153,6 +302,17 @@ impl RealActions {
 ///
 /// # Errors
 /// What is impossible about it.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::actions::check_base;
+/// // 5 completed, 9 published: the backend has taken between 5 and 9.
+/// assert_eq!(check_base(7, 5, 9), Ok(7));
+/// assert!(check_base(10, 5, 9).unwrap_err().contains("past the guest's avail index"));
+/// assert!(check_base(4, 5, 9).is_err()); // behind what was completed
+/// assert_eq!(check_base(2, 65534, 3), Ok(2)); // wrapping indices
+/// ```
 pub fn check_base(base: u16, used: u16, avail: u16) -> Result<u16, String> {
     let ahead = base.wrapping_sub(used);
     let published = avail.wrapping_sub(used);

@@ -9,6 +9,15 @@
 //! The frontend listens and the backend connects (no start-up race). The backend
 //! completes every buffer it takes under the vring lock, so `GET_VRING_BASE` never
 //! sees a request in flight.
+//!
+//! # Examples
+//!
+//! ```
+//! use switchover::real::backend::serve;
+//! // A blk backend serves a file: without one it refuses to start.
+//! let e = serve("blk", "/nonexistent/blk0.sock", 1, None).unwrap_err();
+//! assert_eq!(e, "a blk backend needs a file");
+//! ```
 
 use std::fs::File;
 use std::io;
@@ -189,6 +198,14 @@ impl VhostUserBackend for OwnBackend {
 ///
 /// # Errors
 /// Start-up failures (the socket, the file, the daemon).
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::backend::serve;
+/// let e = serve("scsi", "/nonexistent/x.sock", 1, None).unwrap_err();
+/// assert!(e.starts_with("unknown backend kind 'scsi'"), "{e}");
+/// ```
 pub fn serve(kind: &str, sock: &str, queues: usize, file: Option<&Path>) -> Result<(), String> {
     // Die with the parent, whatever happens to it.
     // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number.
@@ -222,6 +239,17 @@ fn serve_inner(kind: &str, sock: &str, queues: usize, file: Option<&Path>) -> Re
 }
 
 /// A child process killed and waited for on drop.
+///
+/// # Examples
+///
+/// ```
+/// use std::process::Command;
+/// use switchover::real::backend::ChildProc;
+/// let p = ChildProc::new("sleeper".into(), Command::new("sleep").arg("30").spawn().unwrap());
+/// let pid = p.pid().unwrap();
+/// drop(p); // ended and reaped
+/// assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+/// ```
 #[derive(Debug)]
 pub struct ChildProc {
     /// What it is (for messages).
@@ -231,21 +259,77 @@ pub struct ChildProc {
 
 impl ChildProc {
     /// Wraps a started child.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use switchover::real::backend::ChildProc;
+    /// let p = ChildProc::new("net0 backend".into(), Command::new("sleep").arg("30").spawn().unwrap());
+    /// assert_eq!(p.what, "net0 backend");
+    /// ```
     pub fn new(what: String, child: Child) -> ChildProc {
         ChildProc { what, child: Some(child) }
     }
 
     /// Its pid.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use switchover::real::backend::ChildProc;
+    /// let child = Command::new("sleep").arg("30").spawn().unwrap();
+    /// let id = child.id();
+    /// let mut p = ChildProc::new("sleeper".into(), child);
+    /// assert_eq!(p.pid(), Some(id));
+    /// p.kill();
+    /// assert_eq!(p.pid(), None);
+    /// ```
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
     /// Whether it has exited (reaps it if so).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use std::time::Duration;
+    /// use switchover::real::backend::ChildProc;
+    /// let mut p = ChildProc::new("true".into(), Command::new("true").spawn().unwrap());
+    /// let status = loop {
+    ///     if let Some(s) = p.exited() {
+    ///         break s;
+    ///     }
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// };
+    /// assert!(status.success());
+    /// ```
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Asks it to end (SIGTERM, and SIGCONT in case it is stopped) without waiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::unix::process::ExitStatusExt;
+    /// use std::process::Command;
+    /// use std::time::Duration;
+    /// use switchover::real::backend::ChildProc;
+    /// let mut p = ChildProc::new("sleeper".into(), Command::new("sleep").arg("30").spawn().unwrap());
+    /// p.term();
+    /// let status = loop {
+    ///     if let Some(s) = p.exited() {
+    ///         break s;
+    ///     }
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// };
+    /// assert_eq!(status.signal(), Some(libc::SIGTERM));
+    /// ```
     pub fn term(&self) {
         if let Some(c) = &self.child {
             // SAFETY: signalling our own, not yet reaped, child by pid.
@@ -257,6 +341,18 @@ impl ChildProc {
     }
 
     /// Kills it (SIGKILL, which also ends a stopped process) and reaps it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use switchover::real::backend::ChildProc;
+    /// let mut p = ChildProc::new("sleeper".into(), Command::new("sleep").arg("30").spawn().unwrap());
+    /// let pid = p.pid().unwrap();
+    /// p.kill(); // SIGKILL, then reaped
+    /// assert_eq!(p.pid(), None);
+    /// assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    /// ```
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -265,6 +361,19 @@ impl ChildProc {
     }
 
     /// Asks it to end (SIGTERM), waits up to `grace`, then kills it; always reaps it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use std::time::{Duration, Instant};
+    /// use switchover::real::backend::ChildProc;
+    /// let mut p = ChildProc::new("sleeper".into(), Command::new("sleep").arg("30").spawn().unwrap());
+    /// let t = Instant::now();
+    /// p.stop(Duration::from_secs(5)); // sleep ends on SIGTERM: no need to wait out the grace
+    /// assert!(t.elapsed() < Duration::from_secs(5));
+    /// assert_eq!(p.pid(), None);
+    /// ```
     pub fn stop(&mut self, grace: Duration) {
         let Some(mut c) = self.child.take() else {
             return;
@@ -300,6 +409,24 @@ impl Drop for ChildProc {
 ///
 /// # Errors
 /// A message naming the device.
+///
+/// # Examples
+///
+/// ```no_run
+/// use switchover::real::backend::spawn_own;
+/// use switchover::real::dir::PrivateDir;
+/// use switchover::real::frontend::{BackendKind, DeviceConn};
+/// let dir = PrivateDir::new().unwrap();
+/// // This crate's binary: the child runs `switchover real __backend blk SOCK 2 IMAGE`.
+/// let exe = std::path::Path::new("target/release/switchover");
+/// let image = dir.join("blk0.img");
+/// std::fs::File::create(&image).unwrap().set_len(1 << 20).unwrap();
+/// let (stream, backend) = spawn_own(exe, dir.path(), "blk0", true, 2, Some(&image), None).unwrap();
+/// assert!(backend.pid().is_some());
+/// assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1); // socket removed, image left
+/// let conn = DeviceConn::connect("blk0", stream, 2, BackendKind::OwnBlk).unwrap();
+/// assert_eq!(conn.rings, 2);
+/// ```
 pub fn spawn_own(
     exe: &Path,
     dir: &Path,
@@ -376,6 +503,14 @@ pub fn spawn_own(
 /// * `flood`: the reply, then unsolicited replies as fast as the socket takes them.
 ///
 /// Only for tests: it exists to check that the frontend survives such a backend.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::backend::HOSTILE_MODES;
+/// assert_eq!(HOSTILE_MODES.len(), 13);
+/// assert!(HOSTILE_MODES.contains(&"base_past_avail"));
+/// ```
 pub const HOSTILE_MODES: &[&str] = &[
     "wrong_type",
     "wrong_size",
@@ -433,6 +568,16 @@ fn send_frame(s: &UnixStream, m: &[u8], fds: &[File]) -> io::Result<()> {
 ///
 /// # Errors
 /// Start-up failures, or an unknown mode.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::backend::serve_hostile;
+/// let e = serve_hostile("explode@get_vring_base", "net", "/nonexistent/x.sock", 1, None).unwrap_err();
+/// assert!(e.starts_with("unknown hostile mode 'explode'"), "{e}");
+/// let e = serve_hostile("swap", "net", "/nonexistent/x.sock", 1, None).unwrap_err();
+/// assert!(e.contains("is not MODE@REQUEST"), "{e}");
+/// ```
 pub fn serve_hostile(spec: &str, kind: &str, sock: &str, queues: usize, file: Option<&Path>) -> Result<(), String> {
     use std::io::Write;
     use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,5 +1,14 @@
 //! `switchover real`: the serial / pool / engine comparison on real components,
 //! printed with the simulation's table and JSON (`"simulated": false`).
+//!
+//! # Examples
+//!
+//! ```
+//! use std::process::ExitCode;
+//! use switchover::real::cli::main;
+//! // Bad arguments: one line on stderr and status 2, before anything is started.
+//! assert_eq!(main(&["--nets".into(), "many".into()]), ExitCode::from(2));
+//! ```
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +74,16 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Whether /dev/kvm can be opened; the reason if not.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::cli::kvm_available;
+/// match kvm_available() {
+///     Ok(()) => assert!(std::path::Path::new("/dev/kvm").exists()),
+///     Err(why) => assert!(why.starts_with("/dev/kvm is not usable"), "{why}"),
+/// }
+/// ```
 pub fn kvm_available() -> Result<(), String> {
     std::fs::OpenOptions::new()
         .read(true)
@@ -75,6 +94,28 @@ pub fn kvm_available() -> Result<(), String> {
 }
 
 /// One line per strategy with what was checked on the real components.
+///
+/// # Examples
+///
+/// ```
+/// # use switchover::real::run::{DiskCheck, RealRun};
+/// # use switchover::strategy::{run, SimConfig, StrategyRun, Strategy};
+/// # use switchover::step::Side;
+/// # use switchover::topology::Topology;
+/// # let real = |run: StrategyRun| RealRun {
+/// #     runs_on: matches!(run.outcome, switchover::switchover::Outcome::Completed).then_some(Side::Destination),
+/// #     run, bases: vec![], post_switchover: Ok(0), blk_rings_verified: 0, second_disable_ioctls: 0,
+/// #     second_disables_refused: 0, leftover_processes: vec![], leftover_dir: false, backends: vec![],
+/// #     reconnects: 0, reconnected: vec![], rollback: None, requests: vec![],
+/// #     disk: DiskCheck::default(), drains: vec![],
+/// # };
+/// # let small = || SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+///
+/// use switchover::real::cli::checks_text;
+/// let text = checks_text(&[real(run(&small(), Strategy::Engine))]);
+/// assert!(text.contains("engine  REAL checks"), "{text}");
+/// assert!(text.contains("socket dir removed"));
+/// ```
 pub fn checks_text(runs: &[RealRun]) -> String {
     let mut out = String::new();
     for r in runs {
@@ -140,6 +181,15 @@ pub fn checks_text(runs: &[RealRun]) -> String {
 }
 
 /// Entry point of `switchover real ARGS`.
+///
+/// # Examples
+///
+/// ```
+/// use std::process::ExitCode;
+/// use switchover::real::cli::main;
+/// assert_eq!(main(&["--blk-backend".into()]), ExitCode::from(2)); // missing value
+/// assert_eq!(main(&["__backend".into(), "net".into()]), ExitCode::from(2)); // usage
+/// ```
 pub fn main(args: &[String]) -> ExitCode {
     if args.first().map(String::as_str) == Some("__backend") && args.get(1).map(String::as_str) == Some("hostile") {
         let (Some(spec), Some(kind), Some(sock), Some(q)) = (args.get(2), args.get(3), args.get(4), args.get(5)) else {

@@ -1,5 +1,16 @@
 //! A private temporary directory (mode 0700) for sockets and disk images, removed
 //! with everything in it when dropped.
+//!
+//! # Examples
+//!
+//! ```
+//! use switchover::real::dir::PrivateDir;
+//! let d = PrivateDir::new().unwrap();
+//! std::fs::write(d.join("blk0.img"), b"data").unwrap();
+//! let p = d.path().to_path_buf();
+//! drop(d);
+//! assert!(!p.exists()); // removed with everything in it
+//! ```
 
 use std::ffi::CString;
 use std::io;
@@ -7,6 +18,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// A private directory under the system temp dir, removed on drop.
+///
+/// # Examples
+///
+/// ```
+/// use std::os::unix::fs::PermissionsExt;
+/// use switchover::real::dir::PrivateDir;
+/// let d = PrivateDir::new().unwrap();
+/// let mode = std::fs::metadata(d.path()).unwrap().permissions().mode();
+/// assert_eq!(mode & 0o777, 0o700);
+/// ```
 #[derive(Debug)]
 pub struct PrivateDir {
     path: PathBuf,
@@ -17,6 +38,16 @@ impl PrivateDir {
     ///
     /// # Errors
     /// The error of `mkdtemp`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::dir::PrivateDir;
+    /// let d = PrivateDir::new().unwrap();
+    /// assert!(d.path().starts_with(std::env::temp_dir()));
+    /// assert!(d.path().file_name().unwrap().to_str().unwrap().starts_with("switchover-real-"));
+    /// assert_ne!(PrivateDir::new().unwrap().path(), d.path());
+    /// ```
     pub fn new() -> io::Result<PrivateDir> {
         let tmpl = std::env::temp_dir().join("switchover-real-XXXXXX");
         let c = CString::new(tmpl.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -31,11 +62,29 @@ impl PrivateDir {
     }
 
     /// Its path.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::dir::PrivateDir;
+    /// let d = PrivateDir::new().unwrap();
+    /// assert!(d.path().is_dir());
+    /// ```
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// A path inside it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::dir::PrivateDir;
+    /// let d = PrivateDir::new().unwrap();
+    /// let sock = d.join("net0.sock");
+    /// assert_eq!(sock.parent(), Some(d.path()));
+    /// assert!(sock.ends_with("net0.sock"));
+    /// ```
     pub fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
@@ -53,6 +102,20 @@ impl Drop for PrivateDir {
 ///
 /// # Errors
 /// The error of bind or chmod.
+///
+/// # Examples
+///
+/// ```
+/// use std::os::unix::fs::PermissionsExt;
+/// use std::os::unix::net::UnixStream;
+/// use switchover::real::dir::{bind_private, PrivateDir};
+/// let d = PrivateDir::new().unwrap();
+/// let sock = d.join("net0.sock");
+/// let listener = bind_private(&sock).unwrap();
+/// assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+/// let _client = UnixStream::connect(&sock).unwrap();
+/// assert!(listener.accept().is_ok());
+/// ```
 pub fn bind_private(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     let l = std::os::unix::net::UnixListener::bind(path)?;
@@ -68,6 +131,15 @@ pub fn bind_private(path: &Path) -> io::Result<std::os::unix::net::UnixListener>
 ///
 /// # Errors
 /// The peer's uid and pid when they differ, or the getsockopt error.
+///
+/// # Examples
+///
+/// ```
+/// use std::os::unix::net::UnixStream;
+/// use switchover::real::dir::check_peer_uid;
+/// let (a, _b) = UnixStream::pair().unwrap(); // both ends are this process
+/// assert_eq!(check_peer_uid(&a), Ok(()));
+/// ```
 pub fn check_peer_uid(s: &std::os::unix::net::UnixStream) -> Result<(), String> {
     use std::os::fd::AsRawFd;
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };

@@ -6,6 +6,20 @@
 //! * net tx rings (odd): one 72-byte packet (virtio-net header + payload);
 //! * blk rings: header, one 512-byte data buffer, status byte (virtio-blk); writes
 //!   put a pattern unique to (ring, request) on sector `ring * 64 + request`.
+//!
+//! # Examples
+//!
+//! ```
+//! use switchover::real::driver::{blk_result, pattern, submit, BlkOp, DriverRing, RingKind};
+//! use switchover::real::mem::GuestMem;
+//! let mem = GuestMem::new(1).unwrap();
+//! let mut r = DriverRing { g: 0, ring: 0, kind: RingKind::Blk, avail: 0 };
+//! submit(&mem, &mut r, BlkOp::Write).unwrap();
+//! assert_eq!(mem.avail_idx(0), 1);
+//! let (status, data) = blk_result(&mem, 0, 0);
+//! assert_eq!(status, 0xff); // not completed: no backend serves this ring
+//! assert_eq!(data, pattern(0, 0));
+//! ```
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -20,6 +34,17 @@ const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 
 /// What kind of ring.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::driver::{submit, BlkOp, DriverRing, RingKind};
+/// use switchover::real::mem::GuestMem;
+/// let mem = GuestMem::new(1).unwrap();
+/// let mut rx = DriverRing { g: 0, ring: 0, kind: RingKind::NetRx, avail: 0 };
+/// // An rx request is one empty buffer; the op only matters on blk rings.
+/// assert_eq!(submit(&mem, &mut rx, BlkOp::Write).unwrap(), GuestMem::slot(0, 0));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RingKind {
     /// Net receive ring.
@@ -31,6 +56,19 @@ pub enum RingKind {
 }
 
 /// A blk request.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::driver::{blk_result, submit, BlkOp, DriverRing, RingKind};
+/// use switchover::real::mem::GuestMem;
+/// let mem = GuestMem::new(1).unwrap();
+/// let mut r = DriverRing { g: 0, ring: 0, kind: RingKind::Blk, avail: 0 };
+/// submit(&mem, &mut r, BlkOp::Write).unwrap();
+/// submit(&mem, &mut r, BlkOp::Read(0)).unwrap(); // reads back what request 0 wrote
+/// assert_eq!(r.avail, 2);
+/// assert_eq!(blk_result(&mem, 0, 1).1, vec![0u8; 512]); // the backend fills it in
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlkOp {
     /// Write the (ring, request) pattern to the request's sector.
@@ -40,6 +78,18 @@ pub enum BlkOp {
 }
 
 /// The driver's view of one ring.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::driver::{submit, BlkOp, DriverRing, RingKind};
+/// use switchover::real::mem::GuestMem;
+/// let mem = GuestMem::new(1).unwrap();
+/// let mut r = DriverRing { g: 0, ring: 1, kind: RingKind::NetTx, avail: u16::MAX };
+/// submit(&mem, &mut r, BlkOp::Write).unwrap();
+/// assert_eq!(r.avail, 0); // the index is free-running and wraps
+/// assert_eq!(mem.avail_idx(0), 0);
+/// ```
 #[derive(Debug, Clone)]
 pub struct DriverRing {
     /// Global ring index.
@@ -53,6 +103,16 @@ pub struct DriverRing {
 }
 
 /// The pattern request `n` of global ring `g` writes.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::driver::pattern;
+/// assert_eq!(pattern(1, 2).len(), 512);
+/// assert_eq!(pattern(1, 2), pattern(1, 2));
+/// assert_ne!(pattern(1, 2), pattern(1, 3));
+/// assert_ne!(pattern(1, 2), pattern(2, 2));
+/// ```
 pub fn pattern(g: u32, n: u16) -> Vec<u8> {
     (0..512u32).map(|i| (i.wrapping_mul(31) ^ g.wrapping_mul(7) ^ u32::from(n).wrapping_mul(13)) as u8).collect()
 }
@@ -61,6 +121,18 @@ pub fn pattern(g: u32, n: u16) -> Vec<u8> {
 ///
 /// # Errors
 /// Guest memory access failed.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::driver::{submit, BlkOp, DriverRing, RingKind};
+/// use switchover::real::mem::GuestMem;
+/// let mem = GuestMem::new(2).unwrap();
+/// let mut tx = DriverRing { g: 1, ring: 1, kind: RingKind::NetTx, avail: 0 };
+/// assert_eq!(submit(&mem, &mut tx, BlkOp::Write).unwrap(), GuestMem::slot(1, 0));
+/// assert_eq!(submit(&mem, &mut tx, BlkOp::Write).unwrap(), GuestMem::slot(1, 1));
+/// assert_eq!((tx.avail, mem.avail_idx(1), mem.avail_idx(0)), (2, 2, 0));
+/// ```
 pub fn submit(mem: &GuestMem, r: &mut DriverRing, op: BlkOp) -> Result<u64, String> {
     let g = r.g;
     let k = r.avail;
@@ -112,6 +184,17 @@ pub fn submit(mem: &GuestMem, r: &mut DriverRing, op: BlkOp) -> Result<u64, Stri
 ///
 /// # Errors
 /// The eventfd write failed.
+///
+/// # Examples
+///
+/// ```no_run
+/// use switchover::real::driver::kick;
+/// use switchover::real::kvm::RealVm;
+/// let vm = RealVm::new(1).unwrap(); // needs /dev/kvm
+/// kick(&vm, 0).unwrap();
+/// assert_eq!(vm.ring(0).unwrap().kick.read().unwrap(), 1);
+/// assert!(kick(&vm, 1).is_err()); // no such ring
+/// ```
 pub fn kick(vm: &RealVm, g: u32) -> Result<(), String> {
     vm.ring(g).ok_or_else(|| format!("no ring {g}"))?.kick.write(1).map_err(|e| format!("ring {g}: kick: {e}"))
 }
@@ -120,6 +203,21 @@ pub fn kick(vm: &RealVm, g: u32) -> Result<(), String> {
 ///
 /// # Errors
 /// Names the rings that did not complete in time.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use switchover::real::driver::{submit, wait_all, BlkOp, DriverRing, RingKind};
+/// use switchover::real::mem::GuestMem;
+/// let mem = GuestMem::new(1).unwrap();
+/// let name = |r: &DriverRing| format!("net0 ring {}", r.ring);
+/// let mut r = DriverRing { g: 0, ring: 1, kind: RingKind::NetTx, avail: 0 };
+/// assert!(wait_all(&mem, &[r.clone()], &name, Duration::ZERO).is_ok()); // nothing published
+/// submit(&mem, &mut r, BlkOp::Write).unwrap(); // no backend completes it
+/// let e = wait_all(&mem, &[r], &name, Duration::from_millis(1)).unwrap_err();
+/// assert!(e.contains("net0 ring 1 (avail 1, used 0)"), "{e}");
+/// ```
 pub fn wait_all(mem: &GuestMem, rings: &[DriverRing], names: &dyn Fn(&DriverRing) -> String, timeout: Duration) -> Result<(), String> {
     let t = Instant::now();
     loop {
@@ -142,6 +240,20 @@ pub fn wait_all(mem: &GuestMem, rings: &[DriverRing], names: &dyn Fn(&DriverRing
 }
 
 /// The status byte and data of the blk request published as number `k` on `g`.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::driver::{blk_result, pattern, submit, BlkOp, DriverRing, RingKind};
+/// use switchover::real::mem::GuestMem;
+/// let mem = GuestMem::new(3).unwrap();
+/// let mut r = DriverRing { g: 2, ring: 0, kind: RingKind::Blk, avail: 0 };
+/// submit(&mem, &mut r, BlkOp::Write).unwrap();
+/// submit(&mem, &mut r, BlkOp::Write).unwrap();
+/// let (status, data) = blk_result(&mem, 2, 1);
+/// assert_eq!(status, 0xff); // VIRTIO_BLK_S_OK (0) once a backend completes it
+/// assert_eq!(data, pattern(2, 1));
+/// ```
 pub fn blk_result(mem: &GuestMem, g: u32, k: u16) -> (u8, Vec<u8>) {
     let slot = GuestMem::slot(g, u64::from(k));
     let mut st = [0u8; 1];

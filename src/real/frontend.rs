@@ -5,6 +5,28 @@
 //! rust-vmm `vhost` Frontend on a clone of the socket, without `NEED_REPLY` (it must
 //! not be set before `REPLY_ACK` is acked). Then the socket is handed to a
 //! split-phase [`Channel`], and every step message carries `NEED_REPLY`.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use switchover::real::backend::spawn_own;
+//! # use switchover::real::dir::PrivateDir;
+//! # use switchover::real::frontend::{BackendKind, DeviceConn};
+//! # use switchover::real::mem::GuestMem;
+//! # use switchover::step::StepKind;
+//! # let dir = PrivateDir::new().unwrap();
+//! # let exe = std::path::Path::new("target/release/switchover"); // runs `switchover real __backend net SOCK 2`
+//! # let (stream, _backend) = spawn_own(exe, dir.path(), "net0", false, 2, None, None).unwrap();
+//! # let conn = DeviceConn::connect("net0", stream, 2, BackendKind::OwnNet).unwrap();
+//! # let mem = GuestMem::new(2).unwrap();
+//! # let deadline = Duration::from_secs(5);
+//!
+//! // Ring 0 set up over the split-phase channel, each message acked (REPLY_ACK).
+//! conn.call_step(&StepKind::SetFeatures, None, 0, 0, None, &mem, deadline).unwrap();
+//! conn.call_step(&StepKind::SetMemTable, None, 0, 0, None, &mem, deadline).unwrap();
+//! conn.call_step(&StepKind::SetVringNum, Some(0), 0, 0, None, &mem, deadline).unwrap();
+//! ```
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -26,6 +48,13 @@ use crate::error::StepFailure;
 use crate::step::StepKind;
 
 /// Who serves a device.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::frontend::BackendKind;
+/// assert_eq!(serde_json::to_string(&BackendKind::OwnBlk).unwrap(), "\"own_blk\"");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendKind {
@@ -39,6 +68,14 @@ pub enum BackendKind {
 
 impl BackendKind {
     /// Short name for reports.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::frontend::BackendKind;
+    /// assert_eq!(BackendKind::OwnNet.name(), "own-net");
+    /// assert_eq!(BackendKind::Qsd.name(), "qemu-storage-daemon");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::OwnNet => "own-net",
@@ -49,6 +86,26 @@ impl BackendKind {
 }
 
 /// A connected device: its control channel and what was negotiated.
+///
+/// # Examples
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # use switchover::real::backend::spawn_own;
+/// # use switchover::real::dir::PrivateDir;
+/// # use switchover::real::frontend::{BackendKind, DeviceConn};
+/// # use switchover::real::mem::GuestMem;
+/// # use switchover::step::StepKind;
+/// # let dir = PrivateDir::new().unwrap();
+/// # let exe = std::path::Path::new("target/release/switchover"); // runs `switchover real __backend net SOCK 2`
+/// # let (stream, _backend) = spawn_own(exe, dir.path(), "net0", false, 2, None, None).unwrap();
+/// # let conn = DeviceConn::connect("net0", stream, 2, BackendKind::OwnNet).unwrap();
+/// # let mem = GuestMem::new(2).unwrap();
+/// # let deadline = Duration::from_secs(5);
+///
+/// assert_eq!((conn.name.as_str(), conn.rings, conn.backend), ("net0", 2, BackendKind::OwnNet));
+/// assert_ne!(conn.features, 0); // VERSION_1 | PROTOCOL_FEATURES
+/// ```
 #[derive(Debug)]
 pub struct DeviceConn {
     /// Device name (`net3`).
@@ -72,6 +129,27 @@ impl DeviceConn {
     ///
     /// # Errors
     /// A message naming the device and the request that failed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use switchover::real::backend::spawn_own;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::{BackendKind, DeviceConn};
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::step::StepKind;
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let exe = std::path::Path::new("target/release/switchover"); // runs `switchover real __backend net SOCK 2`
+    /// # let (stream, _backend) = spawn_own(exe, dir.path(), "net0", false, 2, None, None).unwrap();
+    /// # let conn = DeviceConn::connect("net0", stream, 2, BackendKind::OwnNet).unwrap();
+    /// # let mem = GuestMem::new(2).unwrap();
+    /// # let deadline = Duration::from_secs(5);
+    ///
+    /// // `conn` came from `DeviceConn::connect("net0", stream, 2, BackendKind::OwnNet)`.
+    /// assert_eq!(conn.channel().name(), "net0");
+    /// assert_eq!(conn.channel().in_flight(), 0);
+    /// ```
     pub fn connect(name: &str, stream: UnixStream, rings: u32, backend: BackendKind) -> Result<DeviceConn, String> {
         stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| herr(name, "socket", e))?;
         let clone = stream.try_clone().map_err(|e| herr(name, "socket", e))?;
@@ -107,12 +185,54 @@ impl DeviceConn {
     }
 
     /// The channel.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use switchover::real::backend::spawn_own;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::{BackendKind, DeviceConn};
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::step::StepKind;
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let exe = std::path::Path::new("target/release/switchover"); // runs `switchover real __backend net SOCK 2`
+    /// # let (stream, _backend) = spawn_own(exe, dir.path(), "net0", false, 2, None, None).unwrap();
+    /// # let conn = DeviceConn::connect("net0", stream, 2, BackendKind::OwnNet).unwrap();
+    /// # let mem = GuestMem::new(2).unwrap();
+    /// # let deadline = Duration::from_secs(5);
+    ///
+    /// assert_eq!(conn.channel().name(), "net0");
+    /// assert_eq!(conn.channel().in_flight(), 0);
+    /// ```
     pub fn channel(&self) -> &Arc<Channel> {
         &self.chan
     }
 
     /// Sends the message of step `kind` on `ring` (global ring `g` for addresses);
     /// `value` is the base for `SET_VRING_BASE`, `fd` the eventfd for KICK/CALL.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use switchover::real::backend::spawn_own;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::{BackendKind, DeviceConn};
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::step::StepKind;
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let exe = std::path::Path::new("target/release/switchover"); // runs `switchover real __backend net SOCK 2`
+    /// # let (stream, _backend) = spawn_own(exe, dir.path(), "net0", false, 2, None, None).unwrap();
+    /// # let conn = DeviceConn::connect("net0", stream, 2, BackendKind::OwnNet).unwrap();
+    /// # let mem = GuestMem::new(2).unwrap();
+    /// # let deadline = Duration::from_secs(5);
+    ///
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let on_reply = Box::new(move |r| tx.send(r).unwrap());
+    /// conn.send_step(&StepKind::SetFeatures, None, 0, 0, None, &mem, deadline, on_reply);
+    /// assert!(rx.recv().unwrap().is_ok()); // acked
+    /// ```
     #[allow(clippy::too_many_arguments)] // one argument per field of the message
     pub fn send_step(
         &self,
@@ -185,6 +305,27 @@ impl DeviceConn {
     ///
     /// # Errors
     /// A message naming the device, ring and request.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use switchover::real::backend::spawn_own;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::{BackendKind, DeviceConn};
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::step::StepKind;
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let exe = std::path::Path::new("target/release/switchover"); // runs `switchover real __backend net SOCK 2`
+    /// # let (stream, _backend) = spawn_own(exe, dir.path(), "net0", false, 2, None, None).unwrap();
+    /// # let conn = DeviceConn::connect("net0", stream, 2, BackendKind::OwnNet).unwrap();
+    /// # let mem = GuestMem::new(2).unwrap();
+    /// # let deadline = Duration::from_secs(5);
+    ///
+    /// conn.call_step(&StepKind::SetFeatures, None, 0, 0, None, &mem, deadline).unwrap();
+    /// let e = conn.call_step(&StepKind::DrainInflight, Some(0), 0, 0, None, &mem, deadline).unwrap_err();
+    /// assert!(e.contains("not a vhost-user message"), "{e}");
+    /// ```
     #[allow(clippy::too_many_arguments)] // one argument per field of the message
     pub fn call_step(
         &self,
@@ -217,6 +358,27 @@ impl DeviceConn {
     }
 
     /// Closes the control channel.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use switchover::real::backend::spawn_own;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::{BackendKind, DeviceConn};
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::step::StepKind;
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let exe = std::path::Path::new("target/release/switchover"); // runs `switchover real __backend net SOCK 2`
+    /// # let (stream, _backend) = spawn_own(exe, dir.path(), "net0", false, 2, None, None).unwrap();
+    /// # let conn = DeviceConn::connect("net0", stream, 2, BackendKind::OwnNet).unwrap();
+    /// # let mem = GuestMem::new(2).unwrap();
+    /// # let deadline = Duration::from_secs(5);
+    ///
+    /// conn.close();
+    /// let e = conn.call_step(&StepKind::SetFeatures, None, 0, 0, None, &mem, deadline).unwrap_err();
+    /// assert!(e.starts_with("net0"), "{e}");
+    /// ```
     pub fn close(&self) {
         self.chan.close();
     }

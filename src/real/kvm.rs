@@ -4,6 +4,18 @@
 //! exactly-once [`Notifier`]: win the transition, issue the ioctl, commit or abort.
 //! A refused transition issues nothing (KVM would silently accept a second irqfd
 //! unregister). Ioctls are counted per notifier.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use switchover::real::kvm::RealVm;
+//! let vm = RealVm::new(2).unwrap(); // needs /dev/kvm
+//!
+//! use switchover::real::kvm::Change;
+//! assert_eq!(vm.change(0, true, true).unwrap(), Change::Issued); // KVM_IOEVENTFD assign
+//! assert!(matches!(vm.change(0, true, true).unwrap(), Change::Refused(_))); // nothing issued
+//! assert_eq!(vm.ioctls(0, true), 1);
+//! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
@@ -19,6 +31,20 @@ const DOORBELL_BASE: u64 = 0xd000_0000;
 const GSIS: u32 = 24;
 
 /// One ring's notifiers.
+///
+/// # Examples
+///
+/// ```no_run
+/// use switchover::real::kvm::RealVm;
+/// let vm = RealVm::new(2).unwrap(); // needs /dev/kvm
+///
+/// use switchover::notifier::NotifierState;
+/// let n = vm.ring(1).unwrap();
+/// assert_eq!(n.host.state(), NotifierState::Disabled);
+/// vm.change(1, false, true).unwrap(); // KVM_IRQFD assign
+/// assert_eq!(n.guest.state(), NotifierState::Enabled);
+/// n.call.write(1).unwrap(); // what a backend does to interrupt the guest
+/// ```
 #[derive(Debug)]
 pub struct RingNotifiers {
     /// The kick eventfd (registered as the ioeventfd, passed with `SET_VRING_KICK`).
@@ -36,6 +62,16 @@ pub struct RingNotifiers {
 }
 
 /// What a notifier change did.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::notifier::Refused;
+/// use switchover::real::kvm::Change;
+/// let c = Change::Refused(Refused::AlreadyDisabled);
+/// assert_ne!(c, Change::Issued);
+/// assert_eq!(c, Change::Refused(Refused::AlreadyDisabled));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     /// The ioctl was issued and succeeded.
@@ -45,6 +81,16 @@ pub enum Change {
 }
 
 /// A side's VM.
+///
+/// # Examples
+///
+/// ```no_run
+/// use switchover::real::kvm::RealVm;
+/// let vm = RealVm::new(2).unwrap(); // needs /dev/kvm
+///
+/// assert_eq!(vm.rings(), 2);
+/// assert_eq!(vm.transactions(), (0, 0));
+/// ```
 #[derive(Debug)]
 pub struct RealVm {
     _kvm: Kvm,
@@ -62,6 +108,16 @@ impl RealVm {
     ///
     /// # Errors
     /// A message naming the failing call.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use switchover::real::kvm::RealVm;
+    /// let vm = RealVm::new(2).unwrap(); // needs /dev/kvm
+    ///
+    /// assert_eq!(vm.rings(), 2);
+    /// assert_eq!(vm.ioctls(0, true) + vm.ioctls(0, false), 0); // nothing registered yet
+    /// ```
     pub fn new(rings: usize) -> Result<RealVm, String> {
         let kvm = Kvm::new().map_err(|e| format!("open /dev/kvm: {e}"))?;
         let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
@@ -92,11 +148,30 @@ impl RealVm {
     }
 
     /// Ring `g`'s notifiers.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use switchover::real::kvm::RealVm;
+    /// let vm = RealVm::new(2).unwrap(); // needs /dev/kvm
+    ///
+    /// assert!(vm.ring(1).is_some());
+    /// assert!(vm.ring(2).is_none());
+    /// ```
     pub fn ring(&self, g: u32) -> Option<&RingNotifiers> {
         self.rings.get(g as usize)
     }
 
     /// Number of rings.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use switchover::real::kvm::RealVm;
+    /// let vm = RealVm::new(2).unwrap(); // needs /dev/kvm
+    ///
+    /// assert_eq!(vm.rings(), 2);
+    /// ```
     pub fn rings(&self) -> usize {
         self.rings.len()
     }
@@ -105,6 +180,20 @@ impl RealVm {
     ///
     /// # Errors
     /// The ioctl's error, naming the call.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use switchover::real::kvm::RealVm;
+    /// let vm = RealVm::new(2).unwrap(); // needs /dev/kvm
+    ///
+    /// use switchover::notifier::Refused;
+    /// use switchover::real::kvm::Change;
+    /// assert_eq!(vm.change(0, false, false).unwrap(), Change::Refused(Refused::AlreadyDisabled));
+    /// assert_eq!(vm.change(0, false, true).unwrap(), Change::Issued); // KVM_IRQFD assign
+    /// assert_eq!(vm.change(0, false, false).unwrap(), Change::Issued); // KVM_IRQFD deassign
+    /// assert!(vm.change(9, true, true).is_err()); // no ring 9
+    /// ```
     pub fn change(&self, g: u32, host: bool, on: bool) -> Result<Change, StepFailure> {
         let n = self.ring(g).ok_or_else(|| StepFailure::MissingState { what: format!("no notifiers for ring index {g}") })?;
         let st = if host { &n.host } else { &n.guest };
@@ -142,18 +231,54 @@ impl RealVm {
     }
 
     /// Ioctls issued so far on ring `g`'s host (`true`) or guest notifier.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use switchover::real::kvm::RealVm;
+    /// let vm = RealVm::new(2).unwrap(); // needs /dev/kvm
+    ///
+    /// vm.change(0, true, true).unwrap();
+    /// vm.change(0, true, true).unwrap(); // refused: issues nothing
+    /// assert_eq!(vm.ioctls(0, true), 1);
+    /// assert_eq!(vm.ioctls(0, false), 0);
+    /// ```
     pub fn ioctls(&self, g: u32, host: bool) -> u32 {
         self.ring(g).map(|n| if host { &n.host_ioctls } else { &n.guest_ioctls }.load(Ordering::Acquire)).unwrap_or(0)
     }
 
     /// Opens the memory-map transaction (bookkeeping: KVM has no such batch for
     /// ioeventfds; changes made while it is open are counted against it).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use switchover::real::kvm::RealVm;
+    /// let vm = RealVm::new(2).unwrap(); // needs /dev/kvm
+    ///
+    /// vm.txn_begin();
+    /// vm.change(0, true, true).unwrap();
+    /// vm.change(1, true, true).unwrap();
+    /// vm.txn_commit();
+    /// assert_eq!(vm.transactions(), (1, 2));
+    /// ```
     pub fn txn_begin(&self) {
         self.txn_changes.store(0, Ordering::Release);
         self.txn_open.store(true, Ordering::Release);
     }
 
     /// Commits the transaction.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use switchover::real::kvm::RealVm;
+    /// let vm = RealVm::new(2).unwrap(); // needs /dev/kvm
+    ///
+    /// vm.txn_begin();
+    /// vm.txn_commit();
+    /// assert_eq!(vm.transactions(), (1, 0)); // committed, carrying no change
+    /// ```
     pub fn txn_commit(&self) {
         self.txn_open.store(false, Ordering::Release);
         self.commits.fetch_add(1, Ordering::AcqRel);
@@ -161,6 +286,19 @@ impl RealVm {
     }
 
     /// Transactions committed and notifier changes they carried.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use switchover::real::kvm::RealVm;
+    /// let vm = RealVm::new(2).unwrap(); // needs /dev/kvm
+    ///
+    /// vm.change(0, true, true).unwrap(); // outside a transaction: not counted
+    /// vm.txn_begin();
+    /// vm.change(0, true, false).unwrap();
+    /// vm.txn_commit();
+    /// assert_eq!(vm.transactions(), (1, 1));
+    /// ```
     pub fn transactions(&self) -> (u64, u64) {
         (self.commits.load(Ordering::Acquire), self.carried.load(Ordering::Acquire))
     }

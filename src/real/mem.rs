@@ -5,6 +5,16 @@
 //! Layout: ring `g` (global ring index over the topology) owns a 64 KiB area at
 //! `GPA_BASE + g * RING_AREA`: descriptor table at +0, available ring at +0x1000,
 //! used ring at +0x2000, request buffers (1 KiB slots) from +0x3000.
+//!
+//! # Examples
+//!
+//! ```
+//! use switchover::real::mem::{GuestMem, GPA_BASE, RING_AREA};
+//! assert_eq!(GuestMem::desc(1), GPA_BASE + RING_AREA);
+//! assert_eq!(GuestMem::avail(1), GPA_BASE + RING_AREA + 0x1000);
+//! assert_eq!(GuestMem::used(1), GPA_BASE + RING_AREA + 0x2000);
+//! assert_eq!(GuestMem::slot(1, 0), GPA_BASE + RING_AREA + 0x3000);
+//! ```
 
 use std::fs::File;
 use std::io;
@@ -15,19 +25,71 @@ use vhost::vhost_user::message::VhostUserMemoryRegion;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// Guest-physical address of the first byte of guest memory.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::mem::{GuestMem, GPA_BASE};
+/// let m = GuestMem::new(1).unwrap();
+/// let (region, _fd) = m.region();
+/// assert_eq!({ region.guest_phys_addr }, GPA_BASE); // a packed struct: copy the field
+/// assert_eq!(GuestMem::desc(0), GPA_BASE);
+/// ```
 pub const GPA_BASE: u64 = 0x1_0000_0000;
 /// Ring size (descriptors) of every ring.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::actions::check_base;
+/// use switchover::real::mem::QSIZE;
+/// assert_eq!(QSIZE, 256);
+/// // A base can never be more than a ring's worth of requests past `used`.
+/// assert!(check_base(QSIZE + 1, 0, u16::MAX).is_err());
+/// ```
 pub const QSIZE: u16 = 256;
 /// Bytes of guest memory per ring.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::mem::{GuestMem, RING_AREA};
+/// assert_eq!(GuestMem::desc(3) - GuestMem::desc(2), RING_AREA);
+/// let (region, _fd) = GuestMem::new(4).unwrap().region();
+/// assert_eq!({ region.memory_size }, 4 * RING_AREA);
+/// ```
 pub const RING_AREA: u64 = 0x1_0000;
 /// Offset of the request buffers in a ring's area.
 const DATA_OFF: u64 = 0x3000;
 /// Bytes per request slot.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::mem::{GuestMem, SLOT};
+/// assert_eq!(GuestMem::slot(0, 1) - GuestMem::slot(0, 0), SLOT);
+/// ```
 pub const SLOT: u64 = 1024;
 /// Request slots per ring.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::mem::{GuestMem, SLOTS};
+/// assert_eq!(SLOTS, 52);
+/// assert_eq!(GuestMem::slot(0, SLOTS), GuestMem::slot(0, 0)); // slots are reused round-robin
+/// ```
 pub const SLOTS: u64 = (RING_AREA - DATA_OFF) / SLOT;
 
 /// memfd-backed guest memory.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::mem::GuestMem;
+/// let m = GuestMem::new(2).unwrap();
+/// assert_eq!((m.avail_idx(1), m.used_idx(1)), (0, 0)); // fresh rings are empty
+/// ```
 #[derive(Debug)]
 pub struct GuestMem {
     mem: GuestMemoryMmap<()>,
@@ -41,6 +103,16 @@ impl GuestMem {
     ///
     /// # Errors
     /// memfd or mmap failures.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::mem::{GuestMem, RING_AREA};
+    /// let m = GuestMem::new(3).unwrap();
+    /// let (region, fd) = m.region();
+    /// assert_eq!({ region.memory_size }, 3 * RING_AREA);
+    /// assert!(fd >= 0);
+    /// ```
     pub fn new(rings: usize) -> io::Result<GuestMem> {
         let size = (rings.max(1) as u64) * RING_AREA;
         let name = c"switchover-guest";
@@ -61,44 +133,125 @@ impl GuestMem {
     }
 
     /// The mapping.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::mem::GuestMem;
+    /// use vm_memory::{Bytes, GuestAddress};
+    /// let m = GuestMem::new(1).unwrap();
+    /// m.mem().write_obj(7u16, GuestAddress(GuestMem::avail(0) + 2)).unwrap();
+    /// assert_eq!(m.avail_idx(0), 7);
+    /// ```
     pub fn mem(&self) -> &GuestMemoryMmap<()> {
         &self.mem
     }
 
     /// The one memory region as `SET_MEM_TABLE` describes it, and its fd.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::mem::{GuestMem, GPA_BASE};
+    /// let m = GuestMem::new(1).unwrap();
+    /// let (region, _memfd) = m.region();
+    /// // `VhostUserMemoryRegion` is packed: the braces copy each field out.
+    /// assert_eq!({ region.guest_phys_addr }, GPA_BASE);
+    /// assert_eq!({ region.user_addr }, m.hva(GPA_BASE));
+    /// assert_eq!({ region.mmap_offset }, 0);
+    /// ```
     pub fn region(&self) -> (VhostUserMemoryRegion, RawFd) {
         (VhostUserMemoryRegion::new(GPA_BASE, self.size, self.host_base, 0), self.fd)
     }
 
     /// This process's virtual address of a guest-physical address (what
     /// `SET_VRING_ADDR` carries).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::mem::GuestMem;
+    /// let m = GuestMem::new(1).unwrap();
+    /// assert_eq!(m.hva(GuestMem::avail(0)) - m.hva(GuestMem::desc(0)), 0x1000);
+    /// ```
     pub fn hva(&self, gpa: u64) -> u64 {
         self.host_base + (gpa - GPA_BASE)
     }
 
     /// Descriptor table of ring `g`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::mem::{GuestMem, GPA_BASE, RING_AREA};
+    /// assert_eq!(GuestMem::desc(2), GPA_BASE + 2 * RING_AREA);
+    /// ```
     pub fn desc(g: u32) -> u64 {
         GPA_BASE + u64::from(g) * RING_AREA
     }
     /// Available ring of ring `g`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::mem::GuestMem;
+    /// assert_eq!(GuestMem::avail(5), GuestMem::desc(5) + 0x1000);
+    /// ```
     pub fn avail(g: u32) -> u64 {
         Self::desc(g) + 0x1000
     }
     /// Used ring of ring `g`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::mem::GuestMem;
+    /// assert_eq!(GuestMem::used(5), GuestMem::desc(5) + 0x2000);
+    /// ```
     pub fn used(g: u32) -> u64 {
         Self::desc(g) + 0x2000
     }
     /// Request buffer `slot` of ring `g`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::mem::{GuestMem, SLOT};
+    /// assert_eq!(GuestMem::slot(0, 2), GuestMem::desc(0) + 0x3000 + 2 * SLOT);
+    /// ```
     pub fn slot(g: u32, slot: u64) -> u64 {
         Self::desc(g) + DATA_OFF + (slot % SLOTS) * SLOT
     }
 
     /// The guest's `avail.idx` of ring `g`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::driver::{submit, BlkOp, DriverRing, RingKind};
+    /// use switchover::real::mem::GuestMem;
+    /// let m = GuestMem::new(1).unwrap();
+    /// let mut r = DriverRing { g: 0, ring: 1, kind: RingKind::NetTx, avail: 0 };
+    /// submit(&m, &mut r, BlkOp::Write).unwrap();
+    /// assert_eq!(m.avail_idx(0), 1);
+    /// ```
     pub fn avail_idx(&self, g: u32) -> u16 {
         self.mem.load::<u16>(GuestAddress(Self::avail(g) + 2), Ordering::Acquire).unwrap_or(0)
     }
 
     /// The backend's `used.idx` of ring `g`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::mem::GuestMem;
+    /// use vm_memory::{Bytes, GuestAddress};
+    /// let m = GuestMem::new(1).unwrap();
+    /// assert_eq!(m.used_idx(0), 0);
+    /// // What a backend does when it completes three requests:
+    /// m.mem().write_obj(3u16, GuestAddress(GuestMem::used(0) + 2)).unwrap();
+    /// assert_eq!(m.used_idx(0), 3);
+    /// ```
     pub fn used_idx(&self, g: u32) -> u16 {
         self.mem.load::<u16>(GuestAddress(Self::used(g) + 2), Ordering::Acquire).unwrap_or(0)
     }

@@ -19,6 +19,17 @@
 //! * [`actions`] — [`crate::exec::StepActions`] on a real side;
 //! * [`run`] — the serial / pool / engine comparison on real components;
 //! * [`cli`] — `switchover real`.
+//!
+//! # Examples
+//!
+//! ```
+//! use switchover::real::{BlkBackend, RealConfig};
+//! let cfg = RealConfig::new("target/release/switchover".into());
+//! assert_eq!(cfg.blk_backend, BlkBackend::Mixed);
+//! let t = cfg.topology().unwrap();
+//! assert_eq!(t.devices().len(), 16); // 8 nets, 8 blks
+//! assert_eq!(cfg.backends(&t).len(), 16);
+//! ```
 
 pub mod actions;
 pub mod backend;

@@ -5,6 +5,16 @@
 //!
 //! It does not wait for requests in flight in `GET_VRING_BASE`: the frontend drains
 //! the ring first (the `drain_inflight` step).
+//!
+//! # Examples
+//!
+//! ```
+//! use switchover::real::qsd;
+//! match qsd::find() {
+//!     Some(bin) => assert!(bin.is_file()),
+//!     None => println!("qemu-storage-daemon is not installed: own blk backends serve every blk"),
+//! }
+//! ```
 
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -15,6 +25,15 @@ use std::time::{Duration, Instant};
 use super::backend::ChildProc;
 
 /// Where qemu-storage-daemon is, if it is installed.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::qsd;
+/// // QEMU_STORAGE_DAEMON overrides the PATH search; a missing file is not found.
+/// std::env::set_var("QEMU_STORAGE_DAEMON", "/nonexistent/qemu-storage-daemon");
+/// assert_eq!(qsd::find(), None);
+/// ```
 pub fn find() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("QEMU_STORAGE_DAEMON") {
         let p = PathBuf::from(p);
@@ -29,6 +48,22 @@ pub fn find() -> Option<PathBuf> {
 ///
 /// # Errors
 /// A message naming the device, with the daemon's own last words.
+///
+/// # Examples
+///
+/// ```no_run
+/// use switchover::real::dir::PrivateDir;
+/// use switchover::real::frontend::{BackendKind, DeviceConn};
+/// use switchover::real::qsd;
+/// let dir = PrivateDir::new().unwrap();
+/// let image = dir.join("blk0.img");
+/// std::fs::File::create(&image).unwrap().set_len(1 << 20).unwrap();
+/// let bin = qsd::find().expect("qemu-storage-daemon is installed");
+/// let (stream, daemon) = qsd::spawn(&bin, dir.path(), "blk0", &image, 2, None).unwrap();
+/// assert!(daemon.pid().is_some());
+/// let conn = DeviceConn::connect("blk0", stream, 2, BackendKind::Qsd).unwrap();
+/// assert_eq!(conn.backend, BackendKind::Qsd);
+/// ```
 pub fn spawn(bin: &Path, dir: &Path, name: &str, image: &Path, queues: u32, iops: Option<u32>) -> Result<(UnixStream, ChildProc), String> {
     let sock = dir.join(format!("{name}-qsd.sock"));
     let log = dir.join(format!("{name}-qsd.log"));

@@ -1,6 +1,17 @@
 //! The serial / pool / engine comparison on REAL components: for each strategy a
 //! fresh pair of sides (backend processes, VMs, connections) on fresh guest memory,
 //! the same topology, the same guest traffic, then the same checks.
+//!
+//! # Examples
+//!
+//! ```
+//! use switchover::real::frontend::BackendKind;
+//! use switchover::real::{BlkBackend, RealConfig};
+//! let mut cfg = RealConfig::new("target/release/switchover".into());
+//! (cfg.nets, cfg.blks, cfg.blk_backend) = (1, 2, BlkBackend::Own);
+//! let t = cfg.topology().unwrap();
+//! assert_eq!(cfg.backends(&t), vec![BackendKind::OwnNet, BackendKind::OwnBlk, BackendKind::OwnBlk]);
+//! ```
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +37,19 @@ use crate::switchover::{run_in_process, Outcome, SideSetup};
 use crate::topology::{Device, DeviceId, DeviceKind, Topology};
 
 /// Which backend serves the blk devices.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::frontend::BackendKind;
+/// use switchover::real::{BlkBackend, RealConfig};
+/// let mut cfg = RealConfig::new("target/release/switchover".into());
+/// (cfg.nets, cfg.blks, cfg.blk_backend) = (1, 2, BlkBackend::Mixed);
+/// cfg.qsd = Some("/usr/bin/qemu-storage-daemon".into());
+/// let t = cfg.topology().unwrap();
+/// // blk0 on qemu-storage-daemon, blk1 on the own backend.
+/// assert_eq!(cfg.backends(&t), vec![BackendKind::OwnNet, BackendKind::Qsd, BackendKind::OwnBlk]);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlkBackend {
     /// The project's own blk backend.
@@ -38,6 +62,14 @@ pub enum BlkBackend {
 
 impl BlkBackend {
     /// Parses `own`, `qsd` or `mixed`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::BlkBackend;
+    /// assert_eq!(BlkBackend::parse("qsd"), Some(BlkBackend::Qsd));
+    /// assert_eq!(BlkBackend::parse("nvme"), None);
+    /// ```
     pub fn parse(s: &str) -> Option<BlkBackend> {
         match s {
             "own" => Some(BlkBackend::Own),
@@ -49,6 +81,16 @@ impl BlkBackend {
 }
 
 /// A real run's configuration.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::RealConfig;
+/// let mut cfg = RealConfig::new("target/release/switchover".into());
+/// (cfg.nets, cfg.queue_pairs, cfg.blks, cfg.queues) = (2, 1, 1, 1);
+/// let t = cfg.topology().unwrap();
+/// assert_eq!(t.total_rings(), 5); // a queue pair is an rx and a tx ring
+/// ```
 #[derive(Debug, Clone)]
 pub struct RealConfig {
     /// Net devices.
@@ -86,6 +128,15 @@ pub struct RealConfig {
 }
 
 /// A fault caused on a real source backend just before the window opens.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::{RealConfig, RealFault};
+/// let mut cfg = RealConfig::new("target/release/switchover".into());
+/// cfg.fault = Some(RealFault::Kill("net3".into()));
+/// assert_ne!(cfg.fault, Some(RealFault::Hang("net3".into())));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RealFault {
     /// Kill the named device's backend process (its socket closes).
@@ -97,6 +148,17 @@ pub enum RealFault {
 impl RealConfig {
     /// The default real topology for a 2-core host: 8 nets × 8 queue pairs, 8 blks ×
     /// 4 queues, half of the blks on qemu-storage-daemon; 4 workers; 5 s deadlines.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::real::{qsd, BlkBackend, RealConfig};
+    /// let cfg = RealConfig::new("target/release/switchover".into());
+    /// assert_eq!((cfg.nets, cfg.queue_pairs, cfg.blks, cfg.queues), (8, 8, 8, 4));
+    /// assert_eq!((cfg.workers, cfg.deadline, cfg.blk_backend), (4, Duration::from_secs(5), BlkBackend::Mixed));
+    /// assert_eq!(cfg.qsd, qsd::find());
+    /// ```
     pub fn new(exe: PathBuf) -> RealConfig {
         RealConfig {
             nets: 8,
@@ -120,11 +182,34 @@ impl RealConfig {
     ///
     /// # Errors
     /// Sizes the topology rejects.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::RealConfig;
+    /// let mut cfg = RealConfig::new("target/release/switchover".into());
+    /// (cfg.nets, cfg.queue_pairs, cfg.blks, cfg.queues) = (1, 2, 1, 3);
+    /// let t = cfg.topology().unwrap();
+    /// assert_eq!(t.device_by_name("net0").unwrap().rings(), 4);
+    /// assert_eq!(t.device_by_name("blk0").unwrap().rings(), 3);
+    /// ```
     pub fn topology(&self) -> Result<Topology, String> {
         Topology::builder().name("real").net(self.nets, self.queue_pairs).blk(self.blks, self.queues).build().map_err(|e| e.to_string())
     }
 
     /// The backend of each device of `t`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchover::real::frontend::BackendKind;
+    /// use switchover::real::{BlkBackend, RealConfig};
+    /// let mut cfg = RealConfig::new("target/release/switchover".into());
+    /// (cfg.nets, cfg.blks, cfg.blk_backend, cfg.qsd) = (1, 2, BlkBackend::Qsd, None);
+    /// let t = cfg.topology().unwrap();
+    /// // Without qemu-storage-daemon, the own blk backend serves every blk device.
+    /// assert_eq!(cfg.backends(&t), vec![BackendKind::OwnNet, BackendKind::OwnBlk, BackendKind::OwnBlk]);
+    /// ```
     pub fn backends(&self, t: &Topology) -> Vec<BackendKind> {
         let mut blk_i = 0;
         t.devices()
@@ -151,6 +236,19 @@ impl RealConfig {
 
 /// Expected costs of real steps (medians probed on this machine kind); they only
 /// order the engine's ready steps and give the lower-bound estimate.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::run::RealCosts;
+/// use switchover::recipe::CostModel;
+/// use switchover::step::{Server, StepKind};
+/// use switchover::topology::Topology;
+/// let t = Topology::preset("small").unwrap();
+/// let d = &t.devices()[0];
+/// assert!(RealCosts.cost(d, &StepKind::SetMemTable) > RealCosts.cost(d, &StepKind::HostNotifierOn));
+/// assert_eq!(RealCosts.host_notifier_server(), Some(Server::VmIoeventfd));
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RealCosts;
 
@@ -175,6 +273,16 @@ impl CostModel for RealCosts {
 }
 
 /// One ring's vring base across the switchover.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::run::RingBase;
+/// let b = RingBase { device: "net0".into(), ring: 1, expected: 12, read: Some(12), set: Some(12) };
+/// assert_eq!(b.read, b.set); // preserved across the switchover
+/// let j = serde_json::to_value(&b).unwrap();
+/// assert_eq!(j["expected"], 12);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RingBase {
     /// Device name.
@@ -191,6 +299,28 @@ pub struct RingBase {
 }
 
 /// What one real strategy run did and what was checked.
+///
+/// # Examples
+///
+/// ```
+/// # use switchover::real::run::{DiskCheck, RealRun};
+/// # use switchover::strategy::{run, SimConfig, StrategyRun, Strategy};
+/// # use switchover::step::Side;
+/// # use switchover::topology::Topology;
+/// # let real = |run: StrategyRun| RealRun {
+/// #     runs_on: matches!(run.outcome, switchover::switchover::Outcome::Completed).then_some(Side::Destination),
+/// #     run, bases: vec![], post_switchover: Ok(0), blk_rings_verified: 0, second_disable_ioctls: 0,
+/// #     second_disables_refused: 0, leftover_processes: vec![], leftover_dir: false, backends: vec![],
+/// #     reconnects: 0, reconnected: vec![], rollback: None, requests: vec![],
+/// #     disk: DiskCheck::default(), drains: vec![],
+/// # };
+/// # let small = || SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+///
+/// let mut r = real(run(&small(), Strategy::Engine));
+/// assert!(r.checks_ok());
+/// r.leftover_processes.push(4242); // a backend outlived the run
+/// assert!(!r.checks_ok());
+/// ```
 #[derive(Debug, Clone)]
 pub struct RealRun {
     /// The run, in the simulation's format (`simulated: false`).
@@ -232,6 +362,15 @@ pub struct RealRun {
 }
 
 /// One ring's request count at the end of a run.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::run::RingRequests;
+/// let r = RingRequests { device: "blk0".into(), ring: 0, published: 9, completed: 9 };
+/// assert_eq!(r.published, r.completed); // nothing lost, nothing completed twice
+/// assert_eq!(serde_json::to_value(&r).unwrap()["device"], "blk0");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RingRequests {
     /// Device name.
@@ -245,6 +384,15 @@ pub struct RingRequests {
 }
 
 /// The guest's block writes against the image files.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::run::DiskCheck;
+/// let d = DiskCheck { submitted: 4, acknowledged: 3, on_disk: 3, missing: vec![] };
+/// assert!(d.on_disk == d.acknowledged && d.missing.is_empty());
+/// assert_eq!(DiskCheck::default().submitted, 0);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DiskCheck {
     /// Writes the guest submitted (before the stop, in flight at the stop, after).
@@ -258,6 +406,16 @@ pub struct DiskCheck {
 }
 
 /// What the `drain_inflight` steps cost on one kind of blk backend (REAL).
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::frontend::BackendKind;
+/// use switchover::real::run::DrainCost;
+/// let c = DrainCost { backend: BackendKind::Qsd.name().into(), steps: 4, total_ms: 0.8, max_ms: 0.3 };
+/// assert!(c.max_ms <= c.total_ms);
+/// assert_eq!(serde_json::to_value(&c).unwrap()["backend"], "qemu-storage-daemon");
+/// ```
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DrainCost {
     /// Backend kind name.
@@ -272,6 +430,28 @@ pub struct DrainCost {
 
 impl RealRun {
     /// Whether every check passed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use switchover::real::run::{DiskCheck, RealRun};
+    /// # use switchover::strategy::{run, SimConfig, StrategyRun, Strategy};
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::Topology;
+    /// # let real = |run: StrategyRun| RealRun {
+    /// #     runs_on: matches!(run.outcome, switchover::switchover::Outcome::Completed).then_some(Side::Destination),
+    /// #     run, bases: vec![], post_switchover: Ok(0), blk_rings_verified: 0, second_disable_ioctls: 0,
+    /// #     second_disables_refused: 0, leftover_processes: vec![], leftover_dir: false, backends: vec![],
+    /// #     reconnects: 0, reconnected: vec![], rollback: None, requests: vec![],
+    /// #     disk: DiskCheck::default(), drains: vec![],
+    /// # };
+    /// # let small = || SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+    ///
+    /// let mut r = real(run(&small(), Strategy::Engine));
+    /// assert!(r.checks_ok());
+    /// r.leftover_dir = true;
+    /// assert!(!r.checks_ok());
+    /// ```
     pub fn checks_ok(&self) -> bool {
         self.run.vring_bases_preserved
             && self.post_switchover.is_ok()
@@ -285,6 +465,28 @@ impl RealRun {
 
     /// Whether the run ended as a strategy without rollback must end after an
     /// injected fault (failed, the guest nowhere), with nothing left behind.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use switchover::real::run::{DiskCheck, RealRun};
+    /// # use switchover::strategy::{run, SimConfig, StrategyRun, Strategy};
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::Topology;
+    /// # let real = |run: StrategyRun| RealRun {
+    /// #     runs_on: matches!(run.outcome, switchover::switchover::Outcome::Completed).then_some(Side::Destination),
+    /// #     run, bases: vec![], post_switchover: Ok(0), blk_rings_verified: 0, second_disable_ioctls: 0,
+    /// #     second_disables_refused: 0, leftover_processes: vec![], leftover_dir: false, backends: vec![],
+    /// #     reconnects: 0, reconnected: vec![], rollback: None, requests: vec![],
+    /// #     disk: DiskCheck::default(), drains: vec![],
+    /// # };
+    /// # let small = || SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+    ///
+    /// let faulty = small().faults(vec!["error:get_vring_base:net1".parse().unwrap()]);
+    /// let serial = real(run(&faulty, Strategy::Serial));
+    /// assert!(serial.failed_without_rollback_ok()); // failed, nothing left behind
+    /// assert!(!real(run(&small(), Strategy::Serial)).failed_without_rollback_ok());
+    /// ```
     pub fn failed_without_rollback_ok(&self) -> bool {
         matches!(self.run.outcome, Outcome::Failed { .. })
             && self.run.strategy != Strategy::Engine
@@ -294,6 +496,30 @@ impl RealRun {
     }
 
     /// Whether every ring completed exactly the requests the guest published.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use switchover::real::run::{DiskCheck, RealRun};
+    /// # use switchover::strategy::{run, SimConfig, StrategyRun, Strategy};
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::Topology;
+    /// # let real = |run: StrategyRun| RealRun {
+    /// #     runs_on: matches!(run.outcome, switchover::switchover::Outcome::Completed).then_some(Side::Destination),
+    /// #     run, bases: vec![], post_switchover: Ok(0), blk_rings_verified: 0, second_disable_ioctls: 0,
+    /// #     second_disables_refused: 0, leftover_processes: vec![], leftover_dir: false, backends: vec![],
+    /// #     reconnects: 0, reconnected: vec![], rollback: None, requests: vec![],
+    /// #     disk: DiskCheck::default(), drains: vec![],
+    /// # };
+    /// # let small = || SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+    ///
+    /// use switchover::real::run::RingRequests;
+    /// let mut r = real(run(&small(), Strategy::Engine));
+    /// r.requests.push(RingRequests { device: "net0".into(), ring: 0, published: 5, completed: 5 });
+    /// assert!(r.requests_exact());
+    /// r.requests[0].completed = 6; // completed twice
+    /// assert!(!r.requests_exact());
+    /// ```
     pub fn requests_exact(&self) -> bool {
         self.runs_on.is_none() || self.requests.iter().all(|r| r.published == r.completed)
     }
@@ -323,6 +549,14 @@ fn ring_kinds(topo: &Topology) -> Vec<DriverRing> {
 
 /// Requests the guest submits on global ring `g` before the switchover (1..=23,
 /// different on neighbouring rings).
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::run::pre_requests;
+/// assert!((0..64).all(|g| (1..=23).contains(&pre_requests(g))));
+/// assert_ne!(pre_requests(0), pre_requests(1));
+/// ```
 pub fn pre_requests(g: u32) -> u16 {
     1 + ((g * 7 + 3) % 23) as u16
 }
@@ -332,6 +566,19 @@ pub fn pre_requests(g: u32) -> u16 {
 /// # Errors
 /// Set-up failures (a backend that does not start, /dev/kvm missing, …), naming
 /// the device; failures during the switchover are reported in the run instead.
+///
+/// # Examples
+///
+/// ```no_run
+/// use switchover::real::{run_strategy, BlkBackend, RealConfig};
+/// use switchover::strategy::Strategy;
+/// // Needs /dev/kvm; this crate's binary runs the own backends.
+/// let mut cfg = RealConfig::new("target/release/switchover".into());
+/// (cfg.nets, cfg.queue_pairs, cfg.blks, cfg.queues, cfg.blk_backend) = (1, 1, 1, 1, BlkBackend::Own);
+/// let r = run_strategy(&cfg, Strategy::Engine).unwrap();
+/// assert!(r.checks_ok(), "{:?}", r.run.failure);
+/// assert!(!r.run.simulated);
+/// ```
 pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, String> {
     let topo = Arc::new(cfg.topology()?);
     let dir = PrivateDir::new().map_err(|e| format!("private directory: {e}"))?;

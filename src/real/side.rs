@@ -1,5 +1,41 @@
 //! One side's real world: a KVM VM, a vhost-user connection and backend process per
 //! device, the shared guest memory, and the state captured or applied.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use std::time::Duration;
+//! # use switchover::real::dir::PrivateDir;
+//! # use switchover::real::frontend::BackendKind;
+//! # use switchover::real::mem::GuestMem;
+//! # use switchover::real::side::{RealSide, SideConfig};
+//! # use switchover::state::DeviceState;
+//! # use switchover::step::Side;
+//! # use switchover::topology::{DeviceId, Topology};
+//! # let dir = PrivateDir::new().unwrap();
+//! # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+//! # let cfg = SideConfig {
+//! #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+//! #     dir: dir.path().to_path_buf(),
+//! #     qsd: None,
+//! #     backends: vec![BackendKind::OwnNet],
+//! #     images: vec![None],
+//! #     deadline: Duration::from_secs(5),
+//! #     qsd_iops: None,
+//! #     hostile: vec![],
+//! # };
+//! # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+//! # let state = Arc::new(DeviceState::new(&topo));
+//! # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+//!
+//! side.start_watchdog();
+//! side.bring_up(Duration::from_secs(5)).unwrap(); // a running source: rings at base 0
+//! assert_eq!(side.sent_base(0), None);
+//! assert_eq!(side.vm().ioctls(0, true), 1); // ioeventfd registered once
+//! side.shutdown();
+//! assert!(side.pids().is_empty());
+//! ```
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -23,6 +59,28 @@ use crate::topology::{DeviceId, DeviceKind, Topology};
 const NONE: u32 = u32::MAX;
 
 /// How to start one side's backends.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use switchover::real::dir::PrivateDir;
+/// use switchover::real::frontend::BackendKind;
+/// use switchover::real::side::SideConfig;
+/// let dir = PrivateDir::new().unwrap();
+/// let image = dir.join("blk0.img");
+/// let cfg = SideConfig {
+///     exe: "target/release/switchover".into(),
+///     dir: dir.path().to_path_buf(),
+///     qsd: None,
+///     backends: vec![BackendKind::OwnNet, BackendKind::OwnBlk],
+///     images: vec![None, Some(image)],
+///     deadline: Duration::from_secs(5),
+///     qsd_iops: None,
+///     hostile: vec![],
+/// };
+/// assert_eq!(cfg.backends.len(), cfg.images.len()); // one entry per device
+/// ```
 #[derive(Debug, Clone)]
 pub struct SideConfig {
     /// The binary to run own backends with (`EXE real __backend ...`).
@@ -46,6 +104,38 @@ pub struct SideConfig {
 }
 
 /// One side.
+///
+/// # Examples
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use std::time::Duration;
+/// # use switchover::real::dir::PrivateDir;
+/// # use switchover::real::frontend::BackendKind;
+/// # use switchover::real::mem::GuestMem;
+/// # use switchover::real::side::{RealSide, SideConfig};
+/// # use switchover::state::DeviceState;
+/// # use switchover::step::Side;
+/// # use switchover::topology::{DeviceId, Topology};
+/// # let dir = PrivateDir::new().unwrap();
+/// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+/// # let cfg = SideConfig {
+/// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+/// #     dir: dir.path().to_path_buf(),
+/// #     qsd: None,
+/// #     backends: vec![BackendKind::OwnNet],
+/// #     images: vec![None],
+/// #     deadline: Duration::from_secs(5),
+/// #     qsd_iops: None,
+/// #     hostile: vec![],
+/// # };
+/// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+/// # let state = Arc::new(DeviceState::new(&topo));
+/// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+///
+/// assert_eq!(side.side(), Side::Source);
+/// assert_eq!(side.pids().len(), 1); // one backend process per device
+/// ```
 pub struct RealSide {
     side: Side,
     topo: Arc<Topology>,
@@ -75,6 +165,39 @@ impl RealSide {
     ///
     /// # Errors
     /// A message naming the device that failed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// // `side` came from `RealSide::connect(&cfg, Side::Source, &topo, mem, state)`.
+    /// assert_eq!(side.vm().rings(), 2);
+    /// assert!(side.device(DeviceId(0)).is_some());
+    /// ```
     pub fn connect(
         cfg: &SideConfig,
         side: Side,
@@ -120,6 +243,38 @@ impl RealSide {
 
     /// Starts the watchdog that turns a hung backend into an error (shuts the socket
     /// down once its oldest request is past its deadline).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// side.start_watchdog(); // a hung backend's oldest request now fails at its deadline
+    /// side.bring_up(Duration::from_secs(5)).unwrap();
+    /// ```
     pub fn start_watchdog(self: &Arc<Self>) {
         let me = Arc::downgrade(self);
         let stop = self.stop.clone();
@@ -146,6 +301,38 @@ impl RealSide {
     ///
     /// # Errors
     /// A message naming the device, ring and request.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// side.bring_up(Duration::from_secs(5)).unwrap();
+    /// assert_eq!(side.vm().ioctls(0, true) + side.vm().ioctls(0, false), 2);
+    /// ```
     pub fn bring_up(&self, deadline: Duration) -> Result<(), String> {
         for d in self.topo.devices() {
             let c = self.devices[d.id.0 as usize].read().clone();
@@ -168,40 +355,325 @@ impl RealSide {
     }
 
     /// The side.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// assert_eq!(side.side(), Side::Source);
+    /// ```
     pub fn side(&self) -> Side {
         self.side
     }
     /// The topology.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// assert_eq!(side.topology().total_rings(), 2);
+    /// ```
     pub fn topology(&self) -> &Arc<Topology> {
         &self.topo
     }
     /// The guest memory.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// assert_eq!(side.mem().used_idx(0), 0);
+    /// ```
     pub fn mem(&self) -> &Arc<GuestMem> {
         &self.mem
     }
     /// The VM.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// assert_eq!(side.vm().rings(), side.topology().total_rings() as usize);
+    /// ```
     pub fn vm(&self) -> &RealVm {
         &self.vm
     }
     /// A device's connection (the current one: [`RealSide::reconnect`] replaces it).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// let conn = side.device(DeviceId(0)).unwrap();
+    /// assert_eq!(conn.backend, BackendKind::OwnNet);
+    /// assert!(side.device(DeviceId(1)).is_none());
+    /// ```
     pub fn device(&self, d: DeviceId) -> Option<Arc<DeviceConn>> {
         self.devices.get(d.0 as usize).map(|c| c.read().clone())
     }
     /// The side's state.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// side.state().set_base(DeviceId(0), 1, 4);
+    /// assert_eq!(side.state().base(DeviceId(0), 1), Some(4));
+    /// ```
     pub fn state(&self) -> &Arc<DeviceState> {
         &self.state
     }
     /// Global index of ring `r` of device `d`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// assert_eq!(side.global(DeviceId(0), 1), 1);
+    /// ```
     pub fn global(&self, d: DeviceId, r: u32) -> u32 {
         self.first_ring.get(d.0 as usize).copied().unwrap_or(0) + r
     }
     /// Records the base a `SET_VRING_BASE` carried to the backend (acked).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// side.record_sent_base(1, 9);
+    /// assert_eq!(side.sent_base(1), Some(9));
+    /// ```
     pub fn record_sent_base(&self, g: u32, base: u16) {
         if let Some(s) = self.sent_bases.get(g as usize) {
             s.store(u32::from(base), Ordering::Release);
         }
     }
     /// The base set on ring `g`, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// assert_eq!(side.sent_base(0), None);
+    /// side.record_sent_base(0, 3);
+    /// assert_eq!(side.sent_base(0), Some(3));
+    /// ```
     pub fn sent_base(&self, g: u32) -> Option<u16> {
         let v = self.sent_bases.get(g as usize)?.load(Ordering::Acquire);
         (v != NONE).then_some(v as u16)
@@ -211,6 +683,39 @@ impl RealSide {
     ///
     /// # Errors
     /// No such device or process.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// side.signal_backend(DeviceId(0), libc::SIGSTOP).unwrap(); // the backend hangs
+    /// side.signal_backend(DeviceId(0), libc::SIGCONT).unwrap();
+    /// assert!(side.signal_backend(DeviceId(7), libc::SIGCONT).is_err());
+    /// ```
     pub fn signal_backend(&self, d: DeviceId, sig: i32) -> Result<(), String> {
         let pid =
             self.procs.lock().get(d.0 as usize).and_then(ChildProc::pid).ok_or_else(|| format!("device {} has no backend process", d.0))?;
@@ -222,21 +727,151 @@ impl RealSide {
     }
 
     /// Pids of the backend processes still owned.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// assert_eq!(side.pids().len(), 1);
+    /// side.shutdown();
+    /// assert!(side.pids().is_empty());
+    /// ```
     pub fn pids(&self) -> Vec<u32> {
         self.procs.lock().iter().filter_map(ChildProc::pid).collect()
     }
 
     /// Pid of device `d`'s backend process.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// let pid = side.backend_pid(DeviceId(0)).unwrap();
+    /// assert_eq!(side.pids(), vec![pid]);
+    /// ```
     pub fn backend_pid(&self, d: DeviceId) -> Option<u32> {
         self.procs.lock().get(d.0 as usize).and_then(ChildProc::pid)
     }
 
     /// How many backends [`RealSide::reconnect`] replaced.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// assert_eq!(side.reconnects(), 0);
+    /// side.reconnect(DeviceId(0)).unwrap();
+    /// assert_eq!(side.reconnects(), 1);
+    /// ```
     pub fn reconnects(&self) -> u32 {
         self.reconnects.load(Ordering::Acquire)
     }
 
     /// The devices whose backends [`RealSide::reconnect`] replaced.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// side.reconnect(DeviceId(0)).unwrap();
+    /// assert_eq!(side.reconnected(), vec![DeviceId(0)]);
+    /// ```
     pub fn reconnected(&self) -> Vec<DeviceId> {
         self.reconnected.lock().clone()
     }
@@ -252,6 +887,40 @@ impl RealSide {
     ///
     /// # Errors
     /// The new backend did not start or the handshake failed (naming the device).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// let old = side.backend_pid(DeviceId(0)).unwrap();
+    /// side.reconnect(DeviceId(0)).unwrap(); // a fresh backend, handshake done
+    /// assert_ne!(side.backend_pid(DeviceId(0)), Some(old));
+    /// side.bring_up(Duration::from_secs(5)).unwrap(); // the caller restarts the rings
+    /// ```
     pub fn reconnect(&self, d: DeviceId) -> Result<(), String> {
         let dev = self.topo.devices().get(d.0 as usize).ok_or_else(|| format!("no device {}", d.0))?.clone();
         // Kill and reap the old process first, so a stopped backend cannot wake up
@@ -288,11 +957,74 @@ impl RealSide {
     /// backend reached on that ring, provided nothing is in flight on it (every
     /// request it took was completed, in order). Requests published after it were
     /// not completed and are served again by whoever the ring is started on.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// assert_eq!(side.used_index(DeviceId(0), 1), side.mem().used_idx(side.global(DeviceId(0), 1)));
+    /// ```
     pub fn used_index(&self, d: DeviceId, r: u32) -> u16 {
         self.mem.used_idx(self.global(d, r))
     }
 
     /// Closes every control channel and stops every backend process (waited for).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use switchover::real::dir::PrivateDir;
+    /// # use switchover::real::frontend::BackendKind;
+    /// # use switchover::real::mem::GuestMem;
+    /// # use switchover::real::side::{RealSide, SideConfig};
+    /// # use switchover::state::DeviceState;
+    /// # use switchover::step::Side;
+    /// # use switchover::topology::{DeviceId, Topology};
+    /// # let dir = PrivateDir::new().unwrap();
+    /// # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+    /// # let cfg = SideConfig {
+    /// #     exe: "target/release/switchover".into(), // this crate's binary runs the own backends
+    /// #     dir: dir.path().to_path_buf(),
+    /// #     qsd: None,
+    /// #     backends: vec![BackendKind::OwnNet],
+    /// #     images: vec![None],
+    /// #     deadline: Duration::from_secs(5),
+    /// #     qsd_iops: None,
+    /// #     hostile: vec![],
+    /// # };
+    /// # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+    /// # let state = Arc::new(DeviceState::new(&topo));
+    /// # let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+    ///
+    /// side.shutdown();
+    /// assert!(side.pids().is_empty()); // every backend stopped and reaped
+    /// ```
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
         if let Some(h) = self.watchdog.lock().take() {

@@ -15,6 +15,17 @@
 //!   [`StepFailure::Disconnected`]; if the oldest request passes its deadline,
 //!   [`Channel::check_deadline`] shuts the socket down so the reader wakes up and
 //!   fails everything queued with a time-out, and nothing hangs.
+//!
+//! # Examples
+//!
+//! ```
+//! use switchover::real::wire::{parse_replies, Reply};
+//! use vhost::vhost_user::message::FrontendReq;
+//! let get_base = u32::from(FrontendReq::GET_VRING_BASE);
+//! // One reply frame: request, flags (REPLY | version 1), body size, then ring 0, base 5.
+//! let frame: Vec<u8> = [get_base, 0x5, 8, 0, 5].iter().flat_map(|v| v.to_le_bytes()).collect();
+//! assert_eq!(parse_replies(&frame, &[(get_base, Some(0))]), (vec![Reply::State(0, 5)], None));
+//! ```
 
 use std::collections::VecDeque;
 use std::io;
@@ -33,6 +44,16 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 use crate::error::StepFailure;
 
 /// A reply's body.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::wire::{validate_reply, Reply};
+/// use vhost::vhost_user::message::FrontendReq;
+/// let set_features = u32::from(FrontendReq::SET_FEATURES);
+/// // A REPLY_ACK with status 0 (success).
+/// assert_eq!(validate_reply(set_features, None, set_features, 0x5, &[0; 8]), Ok(Reply::U64(0)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
     /// The `u64` of a `REPLY_ACK` (0 = success) or of a `GET_*` returning a u64.
@@ -42,6 +63,17 @@ pub enum Reply {
 }
 
 /// What runs when a request's reply (or failure) arrives.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::error::StepFailure;
+/// use switchover::real::wire::{OnReply, Reply};
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// let on_reply: OnReply = Box::new(move |r| tx.send(r).unwrap());
+/// on_reply(Err(StepFailure::Disconnected));
+/// assert_eq!(rx.recv().unwrap(), Err::<Reply, _>(StepFailure::Disconnected));
+/// ```
 pub type OnReply = Box<dyn FnOnce(Result<Reply, StepFailure>) + Send + 'static>;
 
 struct Pending {
@@ -60,6 +92,32 @@ struct Inner {
 }
 
 /// One device's control channel with requests in flight.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::os::unix::net::UnixStream;
+/// use std::time::Duration;
+/// use switchover::real::wire::{Channel, Reply};
+/// use vhost::vhost_user::message::FrontendReq;
+/// let (front, mut backend) = UnixStream::pair().unwrap();
+/// let ch = Channel::start("net0", front).unwrap();
+/// // A backend that answers GET_VRING_BASE for ring 1 with base 7.
+/// let b = std::thread::spawn(move || {
+///     let mut req = [0u8; 20]; // 12-byte header, 8-byte vring state
+///     backend.read_exact(&mut req).unwrap();
+///     let code = u32::from(FrontendReq::GET_VRING_BASE);
+///     let reply: Vec<u8> = [code, 0x5, 8, 1, 7].iter().flat_map(|v| v.to_le_bytes()).collect();
+///     backend.write_all(&reply).unwrap();
+///     backend
+/// });
+/// let ring1 = [1u32.to_le_bytes(), 0u32.to_le_bytes()].concat();
+/// let r = ch.call(FrontendReq::GET_VRING_BASE, &ring1, &[], Duration::from_secs(5));
+/// assert_eq!(r, Ok(Reply::State(1, 7)));
+/// let _backend = b.join().unwrap();
+/// ch.close();
+/// ```
 pub struct Channel {
     name: String,
     inner: Mutex<Inner>,
@@ -86,6 +144,17 @@ impl Channel {
     ///
     /// # Errors
     /// Cloning the socket or spawning the reader failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// use switchover::real::wire::Channel;
+    /// let (front, _backend) = UnixStream::pair().unwrap();
+    /// let ch = Channel::start("blk0", front).unwrap();
+    /// assert_eq!(ch.in_flight(), 0);
+    /// ch.close();
+    /// ```
     pub fn start(name: &str, stream: UnixStream) -> io::Result<Arc<Channel>> {
         let rd = stream.try_clone()?;
         let ctl = stream.try_clone()?;
@@ -103,12 +172,39 @@ impl Channel {
     }
 
     /// The device's name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// use switchover::real::wire::Channel;
+    /// let (front, _backend) = UnixStream::pair().unwrap();
+    /// assert_eq!(Channel::start("blk0", front).unwrap().name(), "blk0");
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Sends one request; `on_reply` runs when its reply (or failure) arrives.
     /// SET requests carry `NEED_REPLY` (REPLY_ACK is negotiated) and get an ack.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    /// use switchover::error::StepFailure;
+    /// use switchover::real::wire::Channel;
+    /// use vhost::vhost_user::message::FrontendReq;
+    /// let (front, backend) = UnixStream::pair().unwrap();
+    /// let ch = Channel::start("net0", front).unwrap();
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let enable_ring0 = [0u8; 8];
+    /// ch.send(FrontendReq::SET_VRING_ENABLE, &enable_ring0, &[], Duration::from_secs(5), Box::new(move |r| tx.send(r).unwrap()));
+    /// assert_eq!(ch.in_flight(), 1);
+    /// drop(backend); // the backend goes away without answering
+    /// assert_eq!(rx.recv().unwrap(), Err(StepFailure::Disconnected));
+    /// ```
     pub fn send(&self, req: FrontendReq, body: &[u8], fds: &[RawFd], deadline: Duration, on_reply: OnReply) {
         let code: u32 = req.into();
         let flags =
@@ -154,6 +250,28 @@ impl Channel {
     ///
     /// # Errors
     /// The failure of the request.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    /// use switchover::real::wire::{Channel, Reply};
+    /// use vhost::vhost_user::message::FrontendReq;
+    /// let (front, mut backend) = UnixStream::pair().unwrap();
+    /// let ch = Channel::start("net0", front).unwrap();
+    /// let b = std::thread::spawn(move || {
+    ///     let mut req = [0u8; 20];
+    ///     backend.read_exact(&mut req).unwrap();
+    ///     let ack: Vec<u8> = [u32::from(FrontendReq::SET_VRING_ENABLE), 0x5, 8, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    ///     backend.write_all(&ack).unwrap(); // REPLY_ACK, status 0
+    ///     backend
+    /// });
+    /// let r = ch.call(FrontendReq::SET_VRING_ENABLE, &[0u8; 8], &[], Duration::from_secs(5));
+    /// assert_eq!(r, Ok(Reply::U64(0)));
+    /// let _backend = b.join().unwrap();
+    /// ```
     pub fn call(&self, req: FrontendReq, body: &[u8], fds: &[RawFd], deadline: Duration) -> Result<Reply, StepFailure> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(
@@ -176,12 +294,45 @@ impl Channel {
     }
 
     /// Requests in flight.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    /// use switchover::real::wire::Channel;
+    /// use vhost::vhost_user::message::FrontendReq;
+    /// let (front, _backend) = UnixStream::pair().unwrap(); // a backend that never answers
+    /// let ch = Channel::start("net0", front).unwrap();
+    /// for ring in 0u32..3 {
+    ///     let body = [ring.to_le_bytes(), 1u32.to_le_bytes()].concat();
+    ///     ch.send(FrontendReq::SET_VRING_ENABLE, &body, &[], Duration::from_secs(5), Box::new(|_| ()));
+    /// }
+    /// assert_eq!(ch.in_flight(), 3);
+    /// ```
     pub fn in_flight(&self) -> usize {
         self.inner.lock().pending.len()
     }
 
     /// If the oldest request is past its deadline, shuts the socket down: the reader
     /// then fails every queued request (the backend is hung). Returns whether it did.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::{Duration, Instant};
+    /// use switchover::error::StepFailure;
+    /// use switchover::real::wire::Channel;
+    /// use vhost::vhost_user::message::FrontendReq;
+    /// let (front, _backend) = UnixStream::pair().unwrap(); // a backend that never answers
+    /// let ch = Channel::start("net0", front).unwrap();
+    /// assert!(!ch.check_deadline(Instant::now())); // nothing pending
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// ch.send(FrontendReq::GET_VRING_BASE, &[0u8; 8], &[], Duration::ZERO, Box::new(move |r| tx.send(r).unwrap()));
+    /// assert!(ch.check_deadline(Instant::now()));
+    /// assert_eq!(rx.recv().unwrap(), Err(StepFailure::Timeout { after: Duration::ZERO }));
+    /// ```
     pub fn check_deadline(&self, now: Instant) -> bool {
         let g = self.inner.lock();
         match g.pending.front() {
@@ -195,6 +346,22 @@ impl Channel {
     }
 
     /// Closes the socket (the backend sees the frontend go away) and joins the reader.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    /// use switchover::error::StepFailure;
+    /// use switchover::real::wire::Channel;
+    /// use vhost::vhost_user::message::FrontendReq;
+    /// let (front, _backend) = UnixStream::pair().unwrap();
+    /// let ch = Channel::start("net0", front).unwrap();
+    /// ch.close();
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// ch.send(FrontendReq::SET_VRING_ENABLE, &[0u8; 8], &[], Duration::from_secs(5), Box::new(move |r| tx.send(r).unwrap()));
+    /// assert_eq!(rx.recv().unwrap(), Err(StepFailure::Disconnected)); // failed at once
+    /// ```
     pub fn close(&self) {
         let _ = self.ctl.shutdown(Shutdown::Both);
         if let Some(h) = self.reader.lock().take() {
@@ -320,6 +487,21 @@ fn reply_name(code: u32) -> String {
 /// Checks a well-framed reply against the request it answers (`p`): same request,
 /// REPLY flag and protocol version 1, and for `GET_VRING_BASE` the ring asked
 /// about and a 16-bit index. `Err` is what was wrong.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::wire::{validate_reply, Reply};
+/// use vhost::vhost_user::message::FrontendReq;
+/// let get_base = u32::from(FrontendReq::GET_VRING_BASE);
+/// let body: [u8; 8] = [2u32.to_le_bytes(), 9u32.to_le_bytes()].concat().try_into().unwrap();
+/// assert_eq!(validate_reply(get_base, Some(2), get_base, 0x5, &body), Ok(Reply::State(2, 9)));
+/// let e = validate_reply(get_base, Some(1), get_base, 0x5, &body).unwrap_err();
+/// assert!(e.contains("answered for ring 2"), "{e}");
+/// assert!(validate_reply(get_base, Some(2), get_base, 0x1, &body).is_err()); // REPLY flag missing
+/// let set_features = u32::from(FrontendReq::SET_FEATURES);
+/// assert!(validate_reply(set_features, None, get_base, 0x5, &body).is_err()); // wrong request
+/// ```
 pub fn validate_reply(p_code: u32, p_ring: Option<u32>, code: u32, flags: u32, body: &[u8; 8]) -> Result<Reply, String> {
     if code != p_code {
         return Err(format!(
@@ -350,6 +532,20 @@ pub fn validate_reply(p_code: u32, p_ring: Option<u32>, code: u32, flags: u32, b
 /// Parses a byte stream of replies against `expected` requests (code, ring) the
 /// way the reader does, without a socket: for tests that throw arbitrary bytes at
 /// it. Returns the replies accepted and, if the stream was given up, why.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::real::wire::{parse_replies, Reply};
+/// use vhost::vhost_user::message::FrontendReq;
+/// let enable = u32::from(FrontendReq::SET_VRING_ENABLE);
+/// let ack: Vec<u8> = [enable, 0x5, 8, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+/// let twice = [ack.clone(), ack.clone()].concat();
+/// let (ok, err) = parse_replies(&twice, &[(enable, None)]);
+/// assert_eq!(ok, vec![Reply::U64(0)]);
+/// assert!(err.unwrap().starts_with("unsolicited")); // a duplicated reply is refused
+/// assert_eq!(parse_replies(&ack[..7], &[(enable, None)]).1.as_deref(), Some("partial header"));
+/// ```
 pub fn parse_replies(bytes: &[u8], expected: &[(u32, Option<u32>)]) -> (Vec<Reply>, Option<String>) {
     let mut out = Vec::new();
     let mut rest = bytes;
