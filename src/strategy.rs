@@ -28,7 +28,7 @@ use crate::recipe::{build, rollback, RecipeOptions};
 use crate::sim::{Fault, IoLedger, IoSummary, KvmModel, Profile, SimActions, SimSide};
 use crate::state::DeviceState;
 use crate::step::{ExecMode, Server, Side, Step, Window};
-use crate::switchover::{run_in_process, Outcome, SideSetup};
+use crate::switchover::{run_in_process, Outcome, RollbackFn, SideSetup};
 use crate::topology::Topology;
 
 /// Default scale of the simulated profile: a `rfc-huge` run takes a few seconds.
@@ -557,61 +557,17 @@ pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
     let lower_bound =
         LowerBound2 { src: src_plan.lower_bound(Window::Blackout, lanes), dst: dst_plan.lower_bound(Window::Blackout, lanes) };
 
-    let mut steps = Vec::new();
-    let mut phases = Vec::new();
-    let (outcome, downtime) = match strategy {
-        Strategy::Serial | Strategy::Pool => {
-            let opened = Instant::now();
-            let workers = if strategy == Strategy::Serial { 0 } else { cfg.workers.max(1) };
-            let (src_out, t_src) = run_chains(&src_plan, &*src_act, workers, opened);
-            phases.push((Side::Source, Window::Blackout, t_src));
-            steps.extend(src_out.0);
-            let mut failure = src_out.1;
-            if failure.is_none() {
-                dst_state.import(&src_state.export());
-                dst_state.hand_over(&src_state.inflight());
-                let (dst_out, t_dst) = run_chains(&dst_plan, &*dst_act, workers, opened);
-                phases.push((Side::Destination, Window::Blackout, t_dst));
-                steps.extend(dst_out.0);
-                failure = dst_out.1;
-            }
-            let downtime = opened.elapsed();
-            // Today's VMMs have no rollback: a failure leaves the VM stopped.
-            let outcome = match failure {
-                None => Outcome::Completed,
-                Some(cause) => Outcome::Failed {
-                    rollback: StepError { failure: StepFailure::Other { message: "no rollback in this strategy".into() }, ..cause.clone() },
-                    cause,
-                },
-            };
-            (outcome, downtime)
-        }
-        Strategy::Engine => {
-            let src_engine = Engine::new(cfg.workers);
-            let dst_engine = Engine::new(cfg.workers);
-            let src = SideSetup { plan: src_plan.clone(), actions: src_act.clone(), state: src_state.clone() };
-            let dst = SideSetup { plan: dst_plan.clone(), actions: dst_act.clone(), state: dst_state.clone() };
-            let side = src_side.clone();
-            let profile = cfg.profile.clone();
-            let rb_opts = opts.clone();
-            let rb = move |plan: &Plan, p: &Progress, lost: &[crate::topology::DeviceId]| -> crate::switchover::RollbackPlan {
-                let rp = Arc::new(rollback(plan, p, lost, &rb_opts, &profile).ok()?);
-                let act: Arc<dyn StepActions> = Arc::new(SimActions::new(side.clone(), rp.len()).without_faults());
-                Some((rp, act))
-            };
-            let rep = run_in_process(&src, &dst, &src_engine, &dst_engine, &rb);
-            for r in &rep.runs {
-                let plan = if r.side == Side::Source { &src_plan } else { &dst_plan };
-                phases.push((r.side, r.window, r.wall));
-                steps.extend(timed(plan, r, rep.window_opened, false));
-            }
-            if let Some((plan, r)) = &rep.rollback {
-                phases.push((Side::Source, Window::Blackout, r.wall));
-                steps.extend(timed(plan, r, rep.window_opened, true));
-            }
-            (rep.outcome, rep.downtime)
-        }
+    let src = SideSetup { plan: src_plan.clone(), actions: src_act.clone(), state: src_state.clone() };
+    let dst = SideSetup { plan: dst_plan.clone(), actions: dst_act.clone(), state: dst_state.clone() };
+    let side = src_side.clone();
+    let profile = cfg.profile.clone();
+    let rb_opts = opts.clone();
+    let rb = move |plan: &Plan, p: &Progress, lost: &[crate::topology::DeviceId]| -> crate::switchover::RollbackPlan {
+        let rp = Arc::new(rollback(plan, p, lost, &rb_opts, &profile).ok()?);
+        let act: Arc<dyn StepActions> = Arc::new(SimActions::new(side.clone(), rp.len()).without_faults());
+        Some((rp, act))
     };
+    let Executed { outcome, downtime, mut steps, phases, .. } = execute(strategy, cfg.workers, &src, &dst, &rb);
     let failure = outcome.cause().cloned();
     // Check what matters: where the guest now runs, every ring has the base the
     // guest had reached.
@@ -665,6 +621,84 @@ pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
         lower_bound,
         io,
     }
+}
+
+/// What a strategy did to the two sides, before any check of the result.
+#[derive(Debug)]
+pub struct Executed {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Window opening to the destination running (or the source resumed).
+    pub downtime: Duration,
+    /// Every step that ran, times relative to the window's opening.
+    pub steps: Vec<TimedStep>,
+    /// Duration of each phase that ran.
+    pub phases: Vec<(Side, Window, Duration)>,
+    /// How long the source's rollback took, if there was one.
+    pub rollback: Option<Duration>,
+}
+
+/// Runs `strategy` over two prepared sides, simulated or real: `serial`
+/// (`workers` ignored) and `pool` run each device's chain with every step inside the
+/// window and no rollback, as today's VMMs do; `engine` runs the two roles, each
+/// on its own engine of `workers` workers, with `rollback`.
+///
+/// # Examples
+///
+/// ```
+/// use switchover::strategy::{execute, SimConfig, SimRole, Strategy};
+/// use switchover::step::Side;
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+/// let (src, dst) = (SimRole::new(&cfg, Side::Source), SimRole::new(&cfg, Side::Destination));
+/// let rb = src.rollback();
+/// let e = execute(Strategy::Engine, 2, &src.setup, &dst.setup, &rb);
+/// assert_eq!(e.outcome.name(), "completed");
+/// assert!(e.downtime > std::time::Duration::ZERO);
+/// ```
+pub fn execute(strategy: Strategy, workers: usize, src: &SideSetup, dst: &SideSetup, rollback: &RollbackFn<'_>) -> Executed {
+    let mut steps = Vec::new();
+    let mut phases = Vec::new();
+    if strategy == Strategy::Engine {
+        let src_engine = Engine::new(workers);
+        let dst_engine = Engine::new(workers);
+        let rep = run_in_process(src, dst, &src_engine, &dst_engine, rollback);
+        for r in &rep.runs {
+            let plan = if r.side == Side::Source { &src.plan } else { &dst.plan };
+            phases.push((r.side, r.window, r.wall));
+            steps.extend(timed(plan, r, rep.window_opened, false));
+        }
+        let mut rollback_wall = None;
+        if let Some((plan, r)) = &rep.rollback {
+            rollback_wall = Some(r.wall);
+            phases.push((Side::Source, Window::Blackout, r.wall));
+            steps.extend(timed(plan, r, rep.window_opened, true));
+        }
+        return Executed { outcome: rep.outcome, downtime: rep.downtime, steps, phases, rollback: rollback_wall };
+    }
+    let opened = Instant::now();
+    let lanes = if strategy == Strategy::Serial { 0 } else { workers.max(1) };
+    let ((src_steps, mut failure), t_src) = run_chains(&src.plan, &*src.actions, lanes, opened);
+    phases.push((Side::Source, Window::Blackout, t_src));
+    steps.extend(src_steps);
+    if failure.is_none() {
+        dst.state.import(&src.state.export());
+        dst.state.hand_over(&src.state.inflight());
+        let ((dst_steps, f), t_dst) = run_chains(&dst.plan, &*dst.actions, lanes, opened);
+        phases.push((Side::Destination, Window::Blackout, t_dst));
+        steps.extend(dst_steps);
+        failure = f;
+    }
+    let downtime = opened.elapsed();
+    // Today's VMMs have no rollback: a failure leaves the VM stopped.
+    let outcome = match failure {
+        None => Outcome::Completed,
+        Some(cause) => Outcome::Failed {
+            rollback: StepError { failure: StepFailure::Other { message: "no rollback in this strategy".into() }, ..cause.clone() },
+            cause,
+        },
+    };
+    Executed { outcome, downtime, steps, phases, rollback: None }
 }
 
 /// The steps of an engine run as [`TimedStep`]s, times relative to `opened`.

@@ -15,12 +15,13 @@
 
 #![cfg(feature = "real")]
 
+mod real_common;
+
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use switchover::error::StepFailure;
-use switchover::real::cli::kvm_available;
 use switchover::real::{run_strategy, BlkBackend, RealConfig, RealRun};
 use switchover::step::Side;
 use switchover::strategy::Strategy;
@@ -32,12 +33,8 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const DEADLINE: Duration = Duration::from_millis(400);
 
 fn config() -> Option<RealConfig> {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIPPED: /dev/kvm is absent on this machine; real-component tests need KVM");
+    if !real_common::kvm_or_skip() {
         return None;
-    }
-    if let Err(e) = kvm_available() {
-        panic!("{e}");
     }
     let mut c = RealConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_switchover")));
     // net0 (4 queue pairs: 8 rings, so several requests are in flight at once) and

@@ -11,11 +11,12 @@
 
 #![cfg(feature = "real")]
 
+mod real_common;
+
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use switchover::real::cli::kvm_available;
 use switchover::real::frontend::BackendKind;
 use switchover::real::{run_strategy, BlkBackend, RealConfig, RealRun};
 use switchover::sim::Fault;
@@ -27,12 +28,8 @@ use switchover::switchover::Outcome;
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn config() -> Option<RealConfig> {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIPPED: /dev/kvm is absent on this machine; real-component tests need KVM");
+    if !real_common::kvm_or_skip() {
         return None;
-    }
-    if let Err(e) = kvm_available() {
-        panic!("{e}");
     }
     let mut c = RealConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_switchover")));
     // net0 (2 queue pairs, own backend), blk0 (2 queues, qemu-storage-daemon), blk1

@@ -8,22 +8,19 @@
 
 #![cfg(feature = "real")]
 
+mod real_common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use switchover::real::cli::kvm_available;
 use switchover::real::frontend::BackendKind;
 use switchover::real::{run_strategy, BlkBackend, RealConfig, RealFault, RealRun};
 use switchover::strategy::Strategy;
 use switchover::switchover::Outcome;
 
 fn config(nets: u32, qp: u32, blks: u32, queues: u32, blk: BlkBackend) -> Option<RealConfig> {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIPPED: /dev/kvm is absent on this machine; real-component tests need KVM");
+    if !real_common::kvm_or_skip() {
         return None;
-    }
-    if let Err(e) = kvm_available() {
-        panic!("{e}");
     }
     let mut c = RealConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_switchover")));
     c.nets = nets;

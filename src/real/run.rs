@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::actions::RealActions;
 use super::dir::PrivateDir;
@@ -25,15 +25,14 @@ use super::kvm::Change;
 use super::mem::GuestMem;
 use super::qsd;
 use super::side::{RealSide, SideConfig};
-use crate::error::{StepError, StepFailure};
-use crate::exec::{Engine, Progress, StepActions};
+use crate::exec::{Progress, StepActions};
 use crate::plan::Plan;
 use crate::recipe::{build, rollback, CostModel, RecipeOptions};
 use crate::sim::IoSummary;
 use crate::state::DeviceState;
 use crate::step::{Server, Side, StepKind, Window};
-use crate::strategy::{run_chains, timed, LowerBound2, Strategy, StrategyRun};
-use crate::switchover::{run_in_process, Outcome, SideSetup};
+use crate::strategy::{execute, Executed, LowerBound2, Strategy, StrategyRun};
+use crate::switchover::{Outcome, SideSetup};
 use crate::topology::{Device, DeviceId, DeviceKind, Topology};
 
 /// Which backend serves the blk devices.
@@ -684,64 +683,18 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Str
         LowerBound2 { src: src_plan.lower_bound(Window::Blackout, lanes), dst: dst_plan.lower_bound(Window::Blackout, lanes) };
     let src_act = Arc::new(RealActions::with_faults(src.clone(), &cfg.inject));
     let dst_act = Arc::new(RealActions::with_faults(dst.clone(), &cfg.inject));
-    let mut steps = Vec::new();
-    let mut phases = Vec::new();
-    let mut rollback_wall = None;
-    let (outcome, downtime, rolled_back) = match strategy {
-        Strategy::Serial | Strategy::Pool => {
-            let workers = if strategy == Strategy::Serial { 0 } else { cfg.workers.max(1) };
-            let opened = Instant::now();
-            let (src_out, t_src) = run_chains(&src_plan, &*src_act, workers, opened);
-            phases.push((Side::Source, Window::Blackout, t_src));
-            steps.extend(src_out.0);
-            let mut failure = src_out.1;
-            if failure.is_none() {
-                dst_state.import(&src_state.export());
-                let (dst_out, t_dst) = run_chains(&dst_plan, &*dst_act, workers, opened);
-                phases.push((Side::Destination, Window::Blackout, t_dst));
-                steps.extend(dst_out.0);
-                failure = dst_out.1;
-            }
-            let downtime = opened.elapsed();
-            let outcome = match failure {
-                None => Outcome::Completed,
-                Some(cause) => Outcome::Failed {
-                    rollback: StepError { failure: StepFailure::Other { message: "no rollback in this strategy".into() }, ..cause.clone() },
-                    cause,
-                },
-            };
-            (outcome, downtime, false)
-        }
-        Strategy::Engine => {
-            let src_engine = Engine::new(cfg.workers);
-            let dst_engine = Engine::new(cfg.workers);
-            let s = SideSetup { plan: src_plan.clone(), actions: src_act.clone(), state: src_state.clone() };
-            let d = SideSetup { plan: dst_plan.clone(), actions: dst_act.clone(), state: dst_state.clone() };
-            let rb_side = src.clone();
-            let rb_opts = opts.clone();
-            let rb = move |plan: &Plan, p: &Progress, lost: &[DeviceId]| -> Option<(Arc<Plan>, Arc<dyn StepActions>)> {
-                let rp = Arc::new(rollback(plan, p, lost, &rb_opts, &RealCosts).ok()?);
-                let act: Arc<dyn StepActions> = Arc::new(RealActions::for_rollback(rb_side.clone()));
-                Some((rp, act))
-            };
-            let rep = run_in_process(&s, &d, &src_engine, &dst_engine, &rb);
-            for r in &rep.runs {
-                let plan = if r.side == Side::Source { &src_plan } else { &dst_plan };
-                phases.push((r.side, r.window, r.wall));
-                steps.extend(timed(plan, r, rep.window_opened, false));
-            }
-            let rolled = rep.rollback.is_some();
-            if let Some((plan, r)) = &rep.rollback {
-                rollback_wall = Some(r.wall);
-                phases.push((Side::Source, Window::Blackout, r.wall));
-                steps.extend(timed(plan, r, rep.window_opened, true));
-            }
-            (rep.outcome, rep.downtime, rolled)
-        }
+    let s = SideSetup { plan: src_plan.clone(), actions: src_act.clone(), state: src_state.clone() };
+    let d = SideSetup { plan: dst_plan.clone(), actions: dst_act.clone(), state: dst_state.clone() };
+    let rb_side = src.clone();
+    let rb_opts = opts.clone();
+    let rb = move |plan: &Plan, p: &Progress, lost: &[DeviceId]| -> crate::switchover::RollbackPlan {
+        let rp = Arc::new(rollback(plan, p, lost, &rb_opts, &RealCosts).ok()?);
+        let act: Arc<dyn StepActions> = Arc::new(RealActions::for_rollback(rb_side.clone()));
+        Some((rp, act))
     };
+    let Executed { outcome, downtime, mut steps, phases, rollback: rollback_wall } = execute(strategy, cfg.workers, &s, &d, &rb);
     let failure = outcome.cause().cloned();
     let completed = matches!(outcome, Outcome::Completed | Outcome::CompletedWithCleanupErrors { .. });
-    let _ = rolled_back;
     // Exactly one side runs the guest: the destination once it confirmed, the
     // source when it was never stopped (aborted) or was restarted (rolled back).
     let runs_on = match &outcome {
