@@ -90,6 +90,15 @@ fn unexpected(side: Side, waiting_for: &str, got: &Message) -> StepError {
     }
 }
 
+/// Runs one window of a side's plan and keeps its report; returns the window's
+/// first failure and how long it took.
+fn run_window(s: &SideSetup, e: &Engine, w: Window, p: &mut Progress, runs: &mut Vec<RunReport>) -> (Option<StepError>, Duration) {
+    let r = e.run(&s.plan, w, s.actions.clone(), p);
+    let out = (r.failure.clone(), r.wall);
+    runs.push(r);
+    out
+}
+
 fn report(outcome: Outcome, opened: Instant, downtime: Duration, runs: Vec<RunReport>) -> SwitchoverReport {
     SwitchoverReport { outcome, downtime, window_opened: opened, runs, rollback: None, bases_carried: 0 }
 }
@@ -172,9 +181,7 @@ impl Destination<'_> {
         let side = Side::Destination;
         let mut p = Progress::new(&s.plan);
         let mut runs = Vec::new();
-        let r = e.run(&s.plan, Window::Prepare, s.actions.clone(), &mut p);
-        let (failed, wall) = (r.failure.clone(), r.wall);
-        runs.push(r);
+        let (failed, wall) = run_window(s, e, Window::Prepare, &mut p, &mut runs);
         if let Some(cause) = failed {
             let _ = path.send(&Message::NotReady { cause: cause.clone() });
             return report(Outcome::Aborted { cause }, Instant::now(), Duration::ZERO, runs);
@@ -197,9 +204,7 @@ impl Destination<'_> {
         };
         let opened = Instant::now();
         s.state.import(&bases);
-        let r = e.run(&s.plan, Window::Blackout, s.actions.clone(), &mut p);
-        let (failed, wall) = (r.failure.clone(), r.wall);
-        runs.push(r);
+        let (failed, wall) = run_window(s, e, Window::Blackout, &mut p, &mut runs);
         if let Some(cause) = failed {
             // This side will not run the guest: say so, so that the source resumes it.
             let _ = path.send(&Message::StartFailed { cause: cause.clone() });
@@ -212,9 +217,7 @@ impl Destination<'_> {
             tracing::warn!(error = %err, "could not confirm running to the source");
         }
         let downtime = opened.elapsed();
-        let r = e.run(&s.plan, Window::Cleanup, s.actions.clone(), &mut p);
-        let cleanup = r.failure.clone();
-        runs.push(r);
+        let (cleanup, _) = run_window(s, e, Window::Cleanup, &mut p, &mut runs);
         let outcome = match cleanup {
             None => Outcome::Completed,
             Some(cause) => Outcome::CompletedWithCleanupErrors { cause },
@@ -292,9 +295,7 @@ impl Source<'_> {
         let side = Side::Source;
         let mut p = Progress::new(&s.plan);
         let mut runs = Vec::new();
-        let r = e.run(&s.plan, Window::Prepare, s.actions.clone(), &mut p);
-        let failed = r.failure.clone();
-        runs.push(r);
+        let (failed, _) = run_window(s, e, Window::Prepare, &mut p, &mut runs);
         if let Some(cause) = failed {
             let _ = path.send(&Message::Abort { cause: cause.clone() });
             return report(Outcome::Aborted { cause }, Instant::now(), Duration::ZERO, runs);
@@ -311,9 +312,7 @@ impl Source<'_> {
         }
         // The destination is ready: open the window.
         let opened = Instant::now();
-        let r = e.run(&s.plan, Window::Blackout, s.actions.clone(), &mut p);
-        let failed = r.failure.clone();
-        runs.push(r);
+        let (failed, _) = run_window(s, e, Window::Blackout, &mut p, &mut runs);
         if let Some(cause) = failed {
             let _ = path.send(&Message::Abort { cause: cause.clone() });
             return self.roll_back(cause, &p, opened, runs, 0);
@@ -340,9 +339,7 @@ impl Source<'_> {
             }
         }
         let downtime = opened.elapsed();
-        let r = e.run(&s.plan, Window::Cleanup, s.actions.clone(), &mut p);
-        let cleanup = r.failure.clone();
-        runs.push(r);
+        let (cleanup, _) = run_window(s, e, Window::Cleanup, &mut p, &mut runs);
         let outcome = match cleanup {
             None => Outcome::Completed,
             Some(cause) => Outcome::CompletedWithCleanupErrors { cause },
