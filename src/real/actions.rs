@@ -245,21 +245,9 @@ impl RealActions {
             FaultKind::Crash => libc::SIGKILL,
             FaultKind::Error => return,
         };
+        // signal_backend waits until the signal took effect (see there).
         if let Err(e) = self.side.signal_backend(step.device, sig) {
             tracing::warn!(error = %e, "fault injection");
-        }
-        let Some(pid) = self.side.backend_pid(step.device) else { return };
-        let t = Instant::now();
-        // A signal reaches a multi-threaded process asynchronously: wait until it
-        // took effect before the request is written. Crash: the process is gone
-        // (its socket closes); hang: every thread is stopped, so none can still
-        // pick the request up.
-        let done = || match kind {
-            FaultKind::Crash => !process_running(pid),
-            _ => all_threads_stopped(pid),
-        };
-        while t.elapsed() < Duration::from_millis(500) && !done() {
-            std::thread::sleep(Duration::from_micros(100));
         }
     }
 
@@ -325,27 +313,6 @@ pub fn check_base(base: u16, used: u16, avail: u16) -> Result<u16, String> {
         ));
     }
     Ok(base)
-}
-
-/// Whether `pid` is still running (not a zombie, not gone).
-fn process_running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(st) => st.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])).unwrap_or(false),
-        Err(_) => false,
-    }
-}
-
-/// Whether every thread of `pid` is stopped (`T`) or gone.
-fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return true;
-    };
-    tasks.flatten().all(|t| {
-        std::fs::read_to_string(t.path().join("stat"))
-            .ok()
-            .and_then(|st| st.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with(['T', 't', 'Z', 'X'])))
-            .unwrap_or(true)
-    })
 }
 
 impl StepActions for RealActions {

@@ -723,6 +723,19 @@ impl RealSide {
         unsafe {
             libc::kill(pid as i32, sig);
         }
+        // A signal reaches a multi-threaded process asynchronously: wait (up to
+        // 500 ms) until it took effect, so that no request sent after this returns
+        // can still be picked up. SIGKILL: the process is gone (its socket closes);
+        // SIGSTOP: every thread is stopped.
+        let done = || match sig {
+            libc::SIGKILL => !process_running(pid),
+            libc::SIGSTOP => all_threads_stopped(pid),
+            _ => true,
+        };
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(500) && !done() {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
         Ok(())
     }
 
@@ -1074,4 +1087,25 @@ fn start_backend(
     // On error, `p` is dropped: the backend is stopped.
     let conn = DeviceConn::connect(&format!("{tag} {}", d.name), stream, d.rings(), kind)?;
     Ok((conn, p))
+}
+
+/// Whether `pid` is still running (not a zombie, not gone).
+fn process_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(st) => st.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Whether every thread of `pid` is stopped (`T`) or gone.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|st| st.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with(['T', 't', 'Z', 'X'])))
+            .unwrap_or(true)
+    })
 }
