@@ -242,7 +242,12 @@ fn real_cli_inject_crash_reports_rolled_back_naming_the_device() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(v["outcome"], "rolled_back", "{v}");
     assert_eq!(v["cause"]["device"], "net3", "{v}");
-    assert_eq!(v["cause"]["step"], "get_vring_base", "{v}");
+    // The backend is killed as net3's first get_vring_base is sent; a vring_disable
+    // of net3 still in flight on the same socket fails with it, and either answer
+    // can arrive first: the cause is net3's closed channel during its stop.
+    let step = v["cause"]["step"].as_str().unwrap_or_default();
+    assert!(step == "get_vring_base" || step == "vring_disable", "{v}");
+    assert!(v["cause"]["message"].as_str().unwrap_or_default().ends_with("backend closed its control channel"), "{v}");
     assert_eq!(v["simulated"], false);
     assert_eq!(v["real"]["checks"]["engine"]["runs_on"], "source", "{v}");
     assert_eq!(v["real"]["checks"]["engine"]["reconnects"], 1, "{v}");
