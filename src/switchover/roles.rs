@@ -99,8 +99,32 @@ fn run_window(s: &SideSetup, e: &Engine, w: Window, p: &mut Progress, runs: &mut
     out
 }
 
-fn report(outcome: Outcome, opened: Instant, downtime: Duration, runs: Vec<RunReport>) -> SwitchoverReport {
-    SwitchoverReport { outcome, downtime, window_opened: opened, runs, rollback: None, bases_carried: 0 }
+fn report(outcome: Outcome, opened: Instant, downtime: Duration, runs: Vec<RunReport>, carried: usize) -> SwitchoverReport {
+    SwitchoverReport { outcome, downtime, window_opened: opened, runs, rollback: None, bases_carried: carried }
+}
+
+/// The report of a switchover whose window never opened (nothing was stopped).
+fn not_opened(outcome: Outcome, runs: Vec<RunReport>) -> SwitchoverReport {
+    report(outcome, Instant::now(), Duration::ZERO, runs, 0)
+}
+
+/// The guest runs on the destination: the window closed at `downtime`; run the
+/// side's cleanup window, outside it, and report.
+fn clean_up(
+    s: &SideSetup,
+    e: &Engine,
+    p: &mut Progress,
+    mut runs: Vec<RunReport>,
+    opened: Instant,
+    downtime: Duration,
+    carried: usize,
+) -> SwitchoverReport {
+    let (cleanup, _) = run_window(s, e, Window::Cleanup, p, &mut runs);
+    let outcome = match cleanup {
+        None => Outcome::Completed,
+        Some(cause) => Outcome::CompletedWithCleanupErrors { cause },
+    };
+    report(outcome, opened, downtime, runs, carried)
 }
 
 /// The destination role.
@@ -184,23 +208,19 @@ impl Destination<'_> {
         let (failed, wall) = run_window(s, e, Window::Prepare, &mut p, &mut runs);
         if let Some(cause) = failed {
             let _ = path.send(&Message::NotReady { cause: cause.clone() });
-            return report(Outcome::Aborted { cause }, Instant::now(), Duration::ZERO, runs);
+            return not_opened(Outcome::Aborted { cause }, runs);
         }
         if let Err(err) = path.send(&Message::Ready { prepare_ms: wall.as_secs_f64() * 1e3 }) {
-            return report(Outcome::Aborted { cause: path_error(side, "send ready", &err) }, Instant::now(), Duration::ZERO, runs);
+            return not_opened(Outcome::Aborted { cause: path_error(side, "send ready", &err) }, runs);
         }
         let bases = match path.recv(Instant::now() + self.deadlines.state) {
             Ok(Message::State { bases, inflight }) => {
                 s.state.hand_over(&inflight);
                 bases
             }
-            Ok(Message::Abort { cause }) => return report(Outcome::RolledBack { cause }, Instant::now(), Duration::ZERO, runs),
-            Ok(other) => {
-                return report(Outcome::Aborted { cause: unexpected(side, "state", &other) }, Instant::now(), Duration::ZERO, runs)
-            }
-            Err(err) => {
-                return report(Outcome::Aborted { cause: path_error(side, "wait for state", &err) }, Instant::now(), Duration::ZERO, runs)
-            }
+            Ok(Message::Abort { cause }) => return not_opened(Outcome::RolledBack { cause }, runs),
+            Ok(other) => return not_opened(Outcome::Aborted { cause: unexpected(side, "state", &other) }, runs),
+            Err(err) => return not_opened(Outcome::Aborted { cause: path_error(side, "wait for state", &err) }, runs),
         };
         let opened = Instant::now();
         s.state.import(&bases);
@@ -208,23 +228,14 @@ impl Destination<'_> {
         if let Some(cause) = failed {
             // This side will not run the guest: say so, so that the source resumes it.
             let _ = path.send(&Message::StartFailed { cause: cause.clone() });
-            let mut rep = report(Outcome::RolledBack { cause }, opened, opened.elapsed(), runs);
-            rep.bases_carried = bases.len();
-            return rep;
+            return report(Outcome::RolledBack { cause }, opened, opened.elapsed(), runs, bases.len());
         }
         if let Err(err) = path.send(&Message::Running { blackout_ms: wall.as_secs_f64() * 1e3 }) {
             // The guest runs here regardless; the source, not hearing, stays stopped.
             tracing::warn!(error = %err, "could not confirm running to the source");
         }
         let downtime = opened.elapsed();
-        let (cleanup, _) = run_window(s, e, Window::Cleanup, &mut p, &mut runs);
-        let outcome = match cleanup {
-            None => Outcome::Completed,
-            Some(cause) => Outcome::CompletedWithCleanupErrors { cause },
-        };
-        let mut rep = report(outcome, opened, downtime, runs);
-        rep.bases_carried = bases.len();
-        rep
+        clean_up(s, e, &mut p, runs, opened, downtime, bases.len())
     }
 }
 
@@ -298,17 +309,13 @@ impl Source<'_> {
         let (failed, _) = run_window(s, e, Window::Prepare, &mut p, &mut runs);
         if let Some(cause) = failed {
             let _ = path.send(&Message::Abort { cause: cause.clone() });
-            return report(Outcome::Aborted { cause }, Instant::now(), Duration::ZERO, runs);
+            return not_opened(Outcome::Aborted { cause }, runs);
         }
         match path.recv(Instant::now() + self.deadlines.ready) {
             Ok(Message::Ready { .. }) => {}
-            Ok(Message::NotReady { cause }) => return report(Outcome::Aborted { cause }, Instant::now(), Duration::ZERO, runs),
-            Ok(other) => {
-                return report(Outcome::Aborted { cause: unexpected(side, "ready", &other) }, Instant::now(), Duration::ZERO, runs)
-            }
-            Err(err) => {
-                return report(Outcome::Aborted { cause: path_error(side, "wait for ready", &err) }, Instant::now(), Duration::ZERO, runs)
-            }
+            Ok(Message::NotReady { cause }) => return not_opened(Outcome::Aborted { cause }, runs),
+            Ok(other) => return not_opened(Outcome::Aborted { cause: unexpected(side, "ready", &other) }, runs),
+            Err(err) => return not_opened(Outcome::Aborted { cause: path_error(side, "wait for ready", &err) }, runs),
         }
         // The destination is ready: open the window.
         let opened = Instant::now();
@@ -327,26 +334,15 @@ impl Source<'_> {
             Ok(Message::Running { .. }) => {}
             Ok(Message::StartFailed { cause }) => return self.roll_back(cause, &p, opened, runs, carried),
             Ok(other) => {
-                let mut rep = report(Outcome::InDoubt { cause: unexpected(side, "running", &other) }, opened, opened.elapsed(), runs);
-                rep.bases_carried = carried;
-                return rep;
+                return report(Outcome::InDoubt { cause: unexpected(side, "running", &other) }, opened, opened.elapsed(), runs, carried)
             }
             Err(err) => {
-                let mut rep =
-                    report(Outcome::InDoubt { cause: path_error(side, "wait for running", &err) }, opened, opened.elapsed(), runs);
-                rep.bases_carried = carried;
-                return rep;
+                let cause = path_error(side, "wait for running", &err);
+                return report(Outcome::InDoubt { cause }, opened, opened.elapsed(), runs, carried);
             }
         }
         let downtime = opened.elapsed();
-        let (cleanup, _) = run_window(s, e, Window::Cleanup, &mut p, &mut runs);
-        let outcome = match cleanup {
-            None => Outcome::Completed,
-            Some(cause) => Outcome::CompletedWithCleanupErrors { cause },
-        };
-        let mut rep = report(outcome, opened, downtime, runs);
-        rep.bases_carried = carried;
-        rep
+        clean_up(s, e, &mut p, runs, opened, downtime, carried)
     }
 
     /// All or nothing: restart the source with the state read from it. Backends of
