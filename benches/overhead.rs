@@ -30,10 +30,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use switchover::exec::{Completion, Engine, Progress, StepActions};
+use switchover::ids::{DeviceId, Side, StepId, Window};
 use switchover::plan::{Plan, PlanBuilder, StepSpec};
 use switchover::resource::Resource;
-use switchover::step::{Side, Step, StepId, StepKind, Window};
-use switchover::topology::{DeviceId, Topology};
+use switchover::step::{Step, StepKind};
+use switchover::topology::Topology;
 
 use common::{machine, save, table, Samples};
 
@@ -216,7 +217,7 @@ fn bench(c: &mut Criterion) {
         });
         for (declared, plan) in &plans {
             for &workers in &engine_workers {
-                let engine = Engine::new(workers);
+                let mut engine = Engine::new(workers);
                 let nothing = Arc::new(Nothing::default());
                 let actions: Arc<dyn StepActions> = Arc::new(NothingActions(nothing.clone()));
                 let name = engine_name(workers, *declared);

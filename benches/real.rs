@@ -1,7 +1,7 @@
 //! Downtime of `serial`, `pool` and `engine` on REAL components: vhost-user backends
 //! (the project's own net and blk backends as child processes, and
 //! qemu-storage-daemon for half of the blk devices when it is installed) over Unix
-//! sockets, and KVM ioeventfd/irqfd notifiers, through `switchover::real::run_strategy`.
+//! sockets, and KVM ioeventfd/irqfd notifiers, through `switchover_testbed::run_strategy`.
 //!
 //! Each criterion iteration is one whole real switchover on fresh components (backend
 //! processes, VMs, guest memory, guest traffic, then the run's checks); the value
@@ -13,18 +13,17 @@
 //! pass everywhere):
 //!
 //! * `/dev/kvm` exists and opens read-write;
-//! * the crate is built with its `real` feature (the default);
-//! * the `switchover` binary of the same build exists: the real runner starts it as
-//!   the backend process (`switchover real __backend …`). `cargo bench` builds it
-//!   (`CARGO_BIN_EXE_switchover`); otherwise it is looked for next to the benchmark's
-//!   own directory (`target/release/switchover`): `cargo build --release` makes it.
+//!
+//! The rig starts its backend processes as `EXE real __backend …`; here EXE is this
+//! benchmark's own executable, whose `main` hands such a command line to the
+//! `switchover` command's code (`switchover_cli::main`) before criterion sees it.
 
 mod common;
 
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
-use switchover::strategy::Strategy;
+use switchover_baseline::Strategy;
 
 use common::{machine, ms, save, table, Samples};
 
@@ -53,20 +52,11 @@ fn entry() -> Result<Box<dyn RealEntry>, String> {
     wired::entry()
 }
 
-#[cfg(not(feature = "real"))]
 mod wired {
-    pub fn entry() -> Result<Box<dyn super::RealEntry>, String> {
-        Err("switchover was built without its `real` feature".into())
-    }
-}
-
-#[cfg(feature = "real")]
-mod wired {
-    use std::path::{Path, PathBuf};
     use std::time::Duration;
 
-    use switchover::real::{run_strategy, BlkBackend, RealConfig};
-    use switchover::strategy::Strategy;
+    use switchover_baseline::Strategy;
+    use switchover_testbed::{run_strategy, BlkBackend, RealConfig};
 
     /// The real topology of this benchmark: small enough that 3 × ~30 switchovers
     /// (each with its own backend processes and VMs) take well under a minute.
@@ -76,33 +66,13 @@ mod wired {
     const QUEUES: u32 = 2;
     const WORKERS: usize = 4;
 
-    /// The `switchover` binary of this build (it serves as the backend process).
-    fn exe() -> Result<PathBuf, String> {
-        if let Some(p) = option_env!("CARGO_BIN_EXE_switchover") {
-            let p = PathBuf::from(p);
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-        // target/<profile>/deps/real-<hash> → target/<profile>/switchover
-        let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-        let p = me.parent().and_then(Path::parent).map(|d| d.join("switchover"));
-        match p {
-            Some(p) if p.is_file() => Ok(p),
-            Some(p) => Err(format!(
-                "the switchover binary (it runs the backend processes) is not at {}; build it with `cargo build --release`",
-                p.display()
-            )),
-            None => Err(format!("cannot find the switchover binary next to {}", me.display())),
-        }
-    }
-
     struct Real {
         cfg: RealConfig,
     }
 
     pub fn entry() -> Result<Box<dyn super::RealEntry>, String> {
-        let mut cfg = RealConfig::new(exe()?);
+        let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        let mut cfg = RealConfig::new(me);
         cfg.nets = NETS;
         cfg.queue_pairs = QUEUE_PAIRS;
         cfg.blks = BLKS;
@@ -132,17 +102,17 @@ mod wired {
         }
 
         fn switchover(&self, strategy: Strategy) -> Result<(Duration, Duration), String> {
-            let r = run_strategy(&self.cfg, strategy)?;
-            if let Some(f) = &r.run.failure {
+            let r = run_strategy(&self.cfg, strategy).map_err(|e| e.to_string())?;
+            if let Some(f) = r.run.outcome.cause() {
                 return Err(format!("switchover failed: {f}"));
             }
             if !r.checks_ok() {
                 return Err(format!(
                     "checks failed: bases preserved {}, post-switchover {:?}, second-disable ioctls {}, double ioctls {}, requests exact {}, missing writes {}, leftover processes {}, leftover dir {}",
-                    r.run.vring_bases_preserved,
+                    r.run.checks.vring_bases_preserved,
                     r.post_switchover,
                     r.second_disable_ioctls,
-                    r.run.double_ioctls,
+                    r.run.checks.double_ioctls,
                     r.requests_exact(),
                     r.disk.missing.len(),
                     r.leftover_processes.len(),
@@ -232,7 +202,12 @@ fn bench(c: &mut Criterion, real: &dyn RealEntry) {
     }
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
+    // Started by the rig as a backend process: serve, as `switchover real __backend` does.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("real") {
+        return switchover_cli::main(args);
+    }
     match entry() {
         Err(reason) => println!("real: skipped: {reason}"),
         Ok(real) => {
@@ -241,4 +216,5 @@ fn main() {
             c.final_summary();
         }
     }
+    std::process::ExitCode::SUCCESS
 }

@@ -18,16 +18,18 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
+use switchover::ids::{Side, Window};
 use switchover::plan::Limiter;
-use switchover::step::{Server, Side, Window};
-use switchover::strategy::{run, SimConfig, Strategy, StrategyRun};
+use switchover::step::Server;
 use switchover::topology::Topology;
+use switchover_baseline::{timed_steps, Strategy, StrategyRun, DEFAULT_WORKERS};
+use switchover_sim::{run, SimConfig};
 
 use common::{machine, ms, save, table, test_mode, Samples};
 
 /// Profile scale for this benchmark.
 const SCALE: f64 = 0.05;
-const WORKERS: usize = switchover::strategy::DEFAULT_WORKERS;
+const WORKERS: usize = DEFAULT_WORKERS;
 const QP_PER_DEVICE: u32 = 4;
 const POINTS: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
 const STRATEGIES: [Strategy; 2] = [Strategy::Serial, Strategy::Engine];
@@ -81,11 +83,11 @@ fn record(axis: Axis, s: Strategy, n: u32, r: &StrategyRun) {
     S.add(g, s.name(), &p, ms(r.downtime));
     if s == Strategy::Engine {
         S.add(g, "bound", &p, ms(r.lower_bound.total()));
-        let src_blackout = r.phases.iter().find(|(side, w, _)| *side == Side::Source && *w == Window::Blackout).map(|x| x.2);
+        let src_blackout = r.phase(Side::Source, Window::Blackout);
         if let (Some((_, busy)), Some(ph)) = (r.lower_bound.src.busiest_server, src_blackout) {
             S.add(g, "channel-share", &p, busy.as_secs_f64() / ph.as_secs_f64().max(1e-9));
         }
-        let blackout_steps = r.steps.iter().filter(|t| t.window == Window::Blackout).count();
+        let blackout_steps = timed_steps(r).iter().filter(|t| t.window == Window::Blackout).count();
         S.add(g, "blackout-steps", &p, blackout_steps as f64);
         S.add(
             g,
@@ -107,7 +109,7 @@ fn bench_axis(c: &mut Criterion, axis: Axis) {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         let r = run(cfg, s);
-                        assert!(r.failure.is_none() && r.vring_bases_preserved, "{} completed", s.name());
+                        assert!(r.outcome.cause().is_none() && r.checks.vring_bases_preserved, "{} completed", s.name());
                         record(axis, s, n, &r);
                         let mut limits = LIMITS.lock().unwrap();
                         if s == Strategy::Engine && n == *POINTS.last().unwrap() && !limits.iter().any(|l| l.starts_with(axis.group())) {

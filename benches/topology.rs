@@ -13,15 +13,16 @@ mod common;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
-use switchover::strategy::{run, SimConfig, Strategy};
 use switchover::topology::Topology;
+use switchover_baseline::Strategy;
+use switchover_sim::{run, SimConfig};
 
 use common::{machine, ms, save, table, Samples};
 
 /// Profile scale for this benchmark (the CLI default is 0.5; 0.1 keeps a serial
 /// switchover under a second).
 const SCALE: f64 = 0.1;
-const WORKERS: usize = switchover::strategy::DEFAULT_WORKERS;
+const WORKERS: usize = switchover_baseline::DEFAULT_WORKERS;
 const GROUP: &str = "topology";
 const PARAM: &str = "rfc-huge";
 
@@ -45,7 +46,11 @@ fn bench(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let r = run(cfg, s);
-                    assert!(r.failure.is_none() && r.vring_bases_preserved, "{} switchover completed with every vring base", s.name());
+                    assert!(
+                        r.outcome.cause().is_none() && r.checks.vring_bases_preserved,
+                        "{} switchover completed with every vring base",
+                        s.name()
+                    );
                     total += r.downtime;
                     DOWNTIME.add(GROUP, s.name(), PARAM, ms(r.downtime));
                     BOUND.add(GROUP, s.name(), PARAM, ms(r.lower_bound.total()));

@@ -17,30 +17,26 @@
 //!
 //! The executor never *waits* for a footprint: it acquires a step's whole footprint
 //! at once, under its scheduler lock, or does not start the step. So step footprints
-//! cannot deadlock whatever the order. The ranks bind code that takes locks itself
-//! while a step runs ([`RankedMutex`]) and document why the caller lane, and only it,
-//! may need the big lock: rank 0 is outermost, so no lane that holds anything else
-//! may ever ask for it, which is the deadlock of the 2021 thread-pool attempt.
+//! cannot deadlock whatever the order. The ranks order the footprint (a step's
+//! resources are interned and held in rank order) and say why the caller lane, and
+//! only it, may need the big lock: rank 0 is outermost, so no lane that holds
+//! anything else may ever ask for it, which is the deadlock of the 2021 thread-pool
+//! attempt. A plan whose step holds the big lock without being caller-affine is
+//! refused when it is built ([`crate::plan::PlanError::CallerOnly`]).
+//!
+//! The crates' own locks do not nest: each is held around one data structure and
+//! released before a completion is delivered, so no lock order between them exists
+//! to break. (The engine's scheduler lock is the only lock a completion takes.)
 //!
 //! # Examples
 //!
 //! ```
-//! use switchover::lock_order::{RankedMutex, ResourceKind};
-//! let dev = RankedMutex::new(ResourceKind::Device, 0, "net0");
-//! let ring = RankedMutex::new(ResourceKind::Vring, 3, 7u16);
-//! let d = dev.lock().unwrap();      // rank 2
-//! let r = ring.lock().unwrap();     // rank 3 after rank 2: allowed
-//! assert_eq!(*r, 7);
-//! drop((r, d));
-//! let r = ring.lock().unwrap();
-//! assert!(dev.lock().is_err());     // rank 2 while holding rank 3: refused
-//! drop(r);
+//! use switchover::lock_order::ResourceKind;
+//! assert!(ResourceKind::BigLock.caller_only());
+//! assert!(ResourceKind::BigLock < ResourceKind::Device && ResourceKind::Device < ResourceKind::Vring);
 //! ```
 
-use std::cell::RefCell;
 use std::fmt;
-
-use crate::sync::{Mutex, MutexGuard};
 
 /// Every kind of resource a step can touch, in lock order (see the module docs).
 ///
@@ -50,8 +46,7 @@ use crate::sync::{Mutex, MutexGuard};
 /// assert_eq!(ResourceKind::KvmIoeventfd.rank(), 8);
 /// assert_eq!(ResourceKind::GuestNotifier.to_string(), "guest_notifier");
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ResourceKind {
     /// The caller's big lock; held only by the caller lane.
     BigLock,
@@ -137,138 +132,5 @@ impl ResourceKind {
 impl fmt::Display for ResourceKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// A lock taken out of order.
-///
-/// ```
-/// use switchover::lock_order::{RankedMutex, ResourceKind};
-/// let ring = RankedMutex::new(ResourceKind::Vring, 1, ());
-/// let dev = RankedMutex::new(ResourceKind::Device, 0, ());
-/// let _r = ring.lock().unwrap();
-/// let e = dev.lock().unwrap_err();
-/// assert_eq!((e.wanted, e.held, e.held_index), (ResourceKind::Device, ResourceKind::Vring, 1));
-/// assert_eq!(e.to_string(), "lock order violation: acquiring device#0 while holding vring#1");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("lock order violation: acquiring {wanted}#{wanted_index} while holding {held}#{held_index}")]
-pub struct LockOrderError {
-    /// The kind asked for.
-    pub wanted: ResourceKind,
-    /// Its index.
-    pub wanted_index: u32,
-    /// The innermost kind already held.
-    pub held: ResourceKind,
-    /// Its index.
-    pub held_index: u32,
-}
-
-crate::sync::thread_local! {
-    static HELD: RefCell<Vec<(ResourceKind, u32)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A mutex with a place in the lock order; acquiring it out of order is refused
-/// with [`LockOrderError`] instead of risking a deadlock.
-///
-/// Locks must be taken in strictly increasing `(rank, index)` order on each thread.
-/// Step code a VMM writes for its own device kinds uses these for its own state.
-///
-/// ```
-/// use switchover::lock_order::{RankedMutex, ResourceKind};
-/// let a = RankedMutex::new(ResourceKind::Vring, 0, ());
-/// let b = RankedMutex::new(ResourceKind::Vring, 1, ());
-/// let ga = a.lock().unwrap();
-/// let gb = b.lock().unwrap();
-/// drop((gb, ga));
-/// ```
-#[derive(Debug)]
-pub struct RankedMutex<T> {
-    kind: ResourceKind,
-    index: u32,
-    inner: Mutex<T>,
-}
-
-/// Guard of a [`RankedMutex`]; releases the rank on drop.
-///
-/// ```
-/// use switchover::lock_order::{RankedMutex, ResourceKind};
-/// let m = RankedMutex::new(ResourceKind::Custom, 0, vec![1]);
-/// {
-///     let mut g = m.lock().unwrap();
-///     g.push(2); // DerefMut to the protected value
-/// }
-/// // Dropping the guard released the rank: the lock can be taken again.
-/// assert_eq!(*m.lock().unwrap(), [1, 2]);
-/// ```
-#[derive(Debug)]
-pub struct RankedGuard<'a, T> {
-    key: (ResourceKind, u32),
-    guard: MutexGuard<'a, T>,
-}
-
-impl<T> RankedMutex<T> {
-    /// Creates a ranked mutex of `kind` with a tie-breaking `index`.
-    ///
-    /// ```
-    /// use switchover::lock_order::{RankedMutex, ResourceKind};
-    /// let m = RankedMutex::new(ResourceKind::Custom, 0, 5u32);
-    /// assert_eq!(*m.lock().unwrap(), 5);
-    /// ```
-    pub fn new(kind: ResourceKind, index: u32, value: T) -> Self {
-        RankedMutex { kind, index, inner: Mutex::new(value) }
-    }
-
-    /// Acquires the lock if this thread holds nothing at or after it in the order.
-    ///
-    /// # Errors
-    /// [`LockOrderError`] when a lock of greater or equal `(rank, index)` is held.
-    ///
-    /// ```
-    /// use switchover::lock_order::{RankedMutex, ResourceKind};
-    /// let m = RankedMutex::new(ResourceKind::Device, 0, ());
-    /// let g = m.lock().unwrap();
-    /// assert!(m.lock().is_err()); // re-entry is an order violation, not a deadlock
-    /// drop(g);
-    /// ```
-    pub fn lock(&self) -> Result<RankedGuard<'_, T>, LockOrderError> {
-        let key = (self.kind, self.index);
-        HELD.with(|h| {
-            let h = h.borrow();
-            match h.last() {
-                Some(&(k, i)) if (k, i) >= key => {
-                    Err(LockOrderError { wanted: self.kind, wanted_index: self.index, held: k, held_index: i })
-                }
-                _ => Ok(()),
-            }
-        })?;
-        let guard = self.inner.lock();
-        HELD.with(|h| h.borrow_mut().push(key));
-        Ok(RankedGuard { key, guard })
-    }
-}
-
-impl<T> std::ops::Deref for RankedGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.guard
-    }
-}
-
-impl<T> std::ops::DerefMut for RankedGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.guard
-    }
-}
-
-impl<T> Drop for RankedGuard<'_, T> {
-    fn drop(&mut self) {
-        let key = self.key;
-        HELD.with(|h| {
-            let mut h = h.borrow_mut();
-            if let Some(pos) = h.iter().rposition(|&k| k == key) {
-                h.remove(pos);
-            }
-        });
     }
 }

@@ -31,8 +31,7 @@ use crate::sync::{AtomicU8, Ordering};
 /// t.commit();
 /// assert_eq!(n.state(), NotifierState::Enabled);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotifierState {
     /// Not registered with KVM.
     Disabled = 0,
@@ -63,7 +62,7 @@ impl NotifierState {
 /// assert_eq!(n.begin_disable().unwrap_err(), Refused::AlreadyDisabled);
 /// assert_eq!(Refused::InTransition.to_string(), "another thread is changing it");
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// Someone already disabled it.
     #[error("already disabled")]

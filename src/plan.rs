@@ -12,8 +12,9 @@
 //! use std::time::Duration;
 //! use switchover::plan::{PlanBuilder, StepSpec};
 //! use switchover::resource::Resource;
-//! use switchover::step::{Side, StepKind, Window};
-//! use switchover::topology::{DeviceId, Topology};
+//! use switchover::ids::{DeviceId, Side, Window};
+//! use switchover::step::StepKind;
+//! use switchover::topology::Topology;
 //!
 //! let topo = Arc::new(Topology::preset("single-net").unwrap());
 //! let mut b = PlanBuilder::new(topo, Side::Source);
@@ -31,17 +32,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ids::DeviceId;
+use crate::ids::{Affinity, Side, StepId, Window};
 use crate::lock_order::ResourceKind;
 use crate::resource::{Resource, ResourceId};
-use crate::step::{Affinity, ExecMode, Server, Side, Step, StepId, StepKind, Window};
-use crate::topology::{DeviceId, Topology};
+use crate::step::{ExecMode, Server, Step, StepKind};
+use crate::topology::Topology;
 
 /// Default per-step deadline.
 ///
 /// ```
 /// use switchover::plan::{PlanBuilder, StepSpec, DEFAULT_DEADLINE};
-/// use switchover::step::{Side, StepId, StepKind, Window};
-/// use switchover::topology::{DeviceId, Topology};
+/// use switchover::ids::{DeviceId, Side, StepId, Window};
+/// use switchover::step::StepKind;
+/// use switchover::topology::Topology;
 /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
 /// b.add(StepSpec::new(DeviceId(0), StepKind::VringDisable, Window::Blackout));
 /// assert_eq!(b.build().unwrap().step(StepId(0)).deadline, DEFAULT_DEADLINE);
@@ -53,8 +57,9 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 /// ```
 /// use switchover::plan::{PlanBuilder, StepSpec};
 /// use switchover::resource::Resource;
-/// use switchover::step::{Server, Side, StepKind, Window};
-/// use switchover::topology::{DeviceId, Topology};
+/// use switchover::step::{Server, StepKind};
+/// use switchover::ids::{DeviceId, Side, Window};
+/// use switchover::topology::Topology;
 /// let d = DeviceId(0);
 /// let spec = StepSpec::new(d, StepKind::GetVringBase, Window::Blackout)
 ///     .ring(1)
@@ -86,8 +91,9 @@ impl StepSpec {
     ///
     /// ```
     /// use switchover::plan::{PlanBuilder, StepSpec};
-    /// use switchover::step::{Affinity, ExecMode, Side, StepKind, Window};
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::{Affinity, DeviceId, Side, Window};
+    /// use switchover::step::{ExecMode, StepKind};
+    /// use switchover::topology::Topology;
     /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
     /// let id = b.add(StepSpec::new(DeviceId(0), StepKind::HostNotifierOff, Window::Cleanup));
     /// let plan = b.build().unwrap();
@@ -114,8 +120,9 @@ impl StepSpec {
     ///
     /// ```
     /// use switchover::plan::{PlanBuilder, StepSpec};
-    /// use switchover::step::{Side, StepKind, Window};
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::{DeviceId, Side, Window};
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Topology;
     /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
     /// let id = b.add(StepSpec::new(DeviceId(0), StepKind::VringDisable, Window::Blackout).ring(1));
     /// assert_eq!(b.build().unwrap().step(id).ring, Some(1));
@@ -128,8 +135,9 @@ impl StepSpec {
     ///
     /// ```
     /// use switchover::plan::{PlanBuilder, StepSpec};
-    /// use switchover::step::{Affinity, Side, StepKind, Window};
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::{Affinity, DeviceId, Side, Window};
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Topology;
     /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
     /// let id = b.add(StepSpec::new(DeviceId(0), StepKind::MemTxnBegin, Window::Cleanup).affinity(Affinity::Caller));
     /// assert_eq!(b.build().unwrap().step(id).affinity, Affinity::Caller);
@@ -142,8 +150,9 @@ impl StepSpec {
     ///
     /// ```
     /// use switchover::plan::{PlanBuilder, StepSpec};
-    /// use switchover::step::{ExecMode, Server, Side, StepKind, Window};
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::step::{ExecMode, Server, StepKind};
+    /// use switchover::ids::{DeviceId, Side, Window};
+    /// use switchover::topology::Topology;
     /// let d = DeviceId(0);
     /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
     /// let id = b.add(StepSpec::new(d, StepKind::GetVringBase, Window::Blackout).split(Server::Channel(d)));
@@ -159,8 +168,9 @@ impl StepSpec {
     ///
     /// ```
     /// use switchover::plan::{PlanBuilder, StepSpec};
-    /// use switchover::step::{ExecMode, Server, Side, StepKind, Window};
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::step::{ExecMode, Server, StepKind};
+    /// use switchover::ids::{DeviceId, Side, Window};
+    /// use switchover::topology::Topology;
     /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Destination);
     /// let spec = StepSpec::new(DeviceId(0), StepKind::HostNotifierOn, Window::Prepare).serialised_on(Server::VmIoeventfd);
     /// let id = b.add(spec);
@@ -177,8 +187,9 @@ impl StepSpec {
     /// ```
     /// use std::time::Duration;
     /// use switchover::plan::{PlanBuilder, StepSpec};
-    /// use switchover::step::{Side, StepKind, Window};
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::{DeviceId, Side, Window};
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Topology;
     /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
     /// let id = b.add(StepSpec::new(DeviceId(0), StepKind::VringDisable, Window::Blackout).cost(Duration::from_micros(7)));
     /// let plan = b.build().unwrap();
@@ -194,8 +205,9 @@ impl StepSpec {
     /// ```
     /// use std::time::Duration;
     /// use switchover::plan::{PlanBuilder, StepSpec};
-    /// use switchover::step::{Side, StepKind, Window};
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::{DeviceId, Side, Window};
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Topology;
     /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
     /// let id = b.add(StepSpec::new(DeviceId(0), StepKind::VringDisable, Window::Blackout).deadline(Duration::from_secs(2)));
     /// assert_eq!(b.build().unwrap().step(id).deadline, Duration::from_secs(2));
@@ -209,8 +221,9 @@ impl StepSpec {
     /// ```
     /// use switchover::plan::{PlanBuilder, StepSpec};
     /// use switchover::resource::Resource;
-    /// use switchover::step::{Side, StepKind, Window};
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::{DeviceId, Side, Window};
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Topology;
     /// let d = DeviceId(0);
     /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
     /// let x = b.add(StepSpec::new(d, StepKind::VringDisable, Window::Blackout).footprint(&[Resource::vring(d, 0)]));
@@ -228,8 +241,9 @@ impl StepSpec {
     ///
     /// ```
     /// use switchover::plan::{PlanBuilder, StepSpec};
-    /// use switchover::step::{Side, StepKind, Window};
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::{DeviceId, Side, Window};
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Topology;
     /// let d = DeviceId(0);
     /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
     /// let a = b.add(StepSpec::new(d, StepKind::VringDisable, Window::Blackout));
@@ -248,8 +262,9 @@ impl StepSpec {
 ///
 /// ```
 /// use switchover::plan::{PlanBuilder, PlanError, StepSpec};
-/// use switchover::step::{Side, StepKind, Window};
-/// use switchover::topology::{DeviceId, Topology};
+/// use switchover::ids::{DeviceId, Side, Window};
+/// use switchover::step::StepKind;
+/// use switchover::topology::Topology;
 /// let d = DeviceId(0);
 /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Source);
 /// let late = b.add(StepSpec::new(d, StepKind::VringDisable, Window::Cleanup));
@@ -259,49 +274,71 @@ impl StepSpec {
 /// assert!(e.to_string().starts_with("net0 get_vring_base: runs in blackout"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlanError {
     /// A step runs in an earlier window than one of its predecessors.
-    #[error("{device} {step}: runs in {window} but its predecessor {pred} runs later, in {pred_window}")]
+    #[error("{at}: runs in {window} but its predecessor {pred_kind} runs later, in {pred_window}")]
     WindowOrder {
-        /// Device name.
-        device: String,
-        /// Step kind name.
-        step: String,
+        /// The step.
+        at: StepAt,
         /// Its window.
-        window: &'static str,
-        /// The predecessor's kind name.
-        pred: String,
+        window: Window,
+        /// The predecessor.
+        pred: StepId,
+        /// The predecessor's kind.
+        pred_kind: StepKind,
         /// The predecessor's window.
-        pred_window: &'static str,
+        pred_window: Window,
     },
     /// A step that is not caller-affine touches a caller-only resource.
-    #[error("{device} {step}: touches {resource}, which only the caller lane may hold; make it caller-affine")]
+    #[error("{at}: touches {resource}, which only the caller lane may hold; make it caller-affine")]
     CallerOnly {
-        /// Device name.
-        device: String,
-        /// Step kind name.
-        step: String,
+        /// The step.
+        at: StepAt,
         /// The resource.
-        resource: String,
+        resource: Resource,
     },
     /// A caller-affine step is split-phase.
-    #[error("{device} {step}: caller-affine steps must be blocking")]
+    #[error("{at}: caller-affine steps must be blocking")]
     CallerSplit {
-        /// Device name.
-        device: String,
-        /// Step kind name.
-        step: String,
+        /// The step.
+        at: StepAt,
     },
     /// A predecessor id that does not exist yet.
-    #[error("{device} {step}: predecessor {pred} is not an earlier step")]
+    #[error("{at}: predecessor {} is not an earlier step", pred.0)]
     BadPred {
-        /// Device name.
-        device: String,
-        /// Step kind name.
-        step: String,
+        /// The step.
+        at: StepAt,
         /// The bad id.
-        pred: u32,
+        pred: StepId,
     },
+}
+
+/// Where in a plan a [`PlanError`] is: the step, its device (id and name) and kind.
+///
+/// ```
+/// use switchover::ids::{DeviceId, StepId};
+/// use switchover::plan::StepAt;
+/// use switchover::step::StepKind;
+/// let at = StepAt { step: StepId(4), device: DeviceId(0), device_name: "net0".into(), kind: StepKind::GetVringBase };
+/// assert_eq!(at.to_string(), "net0 get_vring_base");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepAt {
+    /// The step's id.
+    pub step: StepId,
+    /// Its device.
+    pub device: DeviceId,
+    /// The device's name.
+    pub device_name: String,
+    /// What the step does.
+    pub kind: StepKind,
+}
+
+impl std::fmt::Display for StepAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.device_name, self.kind)
+    }
 }
 
 /// Adds steps one by one; ids are assigned in order, and predecessors must already
@@ -309,8 +346,9 @@ pub enum PlanError {
 ///
 /// ```
 /// use switchover::plan::{PlanBuilder, StepSpec};
-/// use switchover::step::{Side, StepKind, Window};
-/// use switchover::topology::{DeviceId, Topology};
+/// use switchover::ids::{DeviceId, Side, Window};
+/// use switchover::step::StepKind;
+/// use switchover::topology::Topology;
 /// let mut b = PlanBuilder::new(Topology::preset("single-blk").unwrap().into(), Side::Source);
 /// let first = b.add(StepSpec::new(DeviceId(0), StepKind::DrainInflight, Window::Blackout).ring(0));
 /// let second = b.add(StepSpec::new(DeviceId(0), StepKind::GetVringBase, Window::Blackout).ring(0).after(&[first]));
@@ -329,7 +367,7 @@ impl PlanBuilder {
     ///
     /// ```
     /// use switchover::plan::PlanBuilder;
-    /// use switchover::step::Side;
+    /// use switchover::ids::Side;
     /// use switchover::topology::Topology;
     /// let b = PlanBuilder::new(Topology::preset("small").unwrap().into(), Side::Destination);
     /// let plan = b.build().unwrap();
@@ -344,8 +382,9 @@ impl PlanBuilder {
     ///
     /// ```
     /// use switchover::plan::{PlanBuilder, StepSpec};
-    /// use switchover::step::{Side, StepId, StepKind, Window};
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::{DeviceId, Side, StepId, Window};
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Topology;
     /// let mut b = PlanBuilder::new(Topology::preset("small").unwrap().into(), Side::Source);
     /// let id = b.add(StepSpec::new(DeviceId(1), StepKind::VringDisable, Window::Blackout));
     /// assert_eq!(id, StepId(0));
@@ -360,8 +399,9 @@ impl PlanBuilder {
     ///
     /// ```
     /// use switchover::plan::{PlanBuilder, StepSpec};
-    /// use switchover::step::{Side, StepKind, Window};
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::{DeviceId, Side, Window};
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Topology;
     /// let mut b = PlanBuilder::new(Topology::preset("small").unwrap().into(), Side::Source);
     /// assert_eq!(b.len(), 0);
     /// b.add(StepSpec::new(DeviceId(0), StepKind::VringDisable, Window::Blackout));
@@ -375,8 +415,9 @@ impl PlanBuilder {
     ///
     /// ```
     /// use switchover::plan::{PlanBuilder, StepSpec};
-    /// use switchover::step::{Side, StepKind, Window};
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::{DeviceId, Side, Window};
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Topology;
     /// let mut b = PlanBuilder::new(Topology::preset("small").unwrap().into(), Side::Source);
     /// assert!(b.is_empty());
     /// b.add(StepSpec::new(DeviceId(0), StepKind::VringDisable, Window::Blackout));
@@ -394,8 +435,9 @@ impl PlanBuilder {
     /// ```
     /// use switchover::plan::{PlanBuilder, PlanError, StepSpec};
     /// use switchover::resource::Resource;
-    /// use switchover::step::{Side, StepKind, Window};
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::{DeviceId, Side, Window};
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Topology;
     /// let mut b = PlanBuilder::new(Topology::preset("small").unwrap().into(), Side::Source);
     /// // Only caller-affine steps may hold the big lock.
     /// b.add(StepSpec::new(DeviceId(0), StepKind::MemTxnBegin, Window::Cleanup).footprint(&[Resource::BIG_LOCK]));
@@ -411,32 +453,37 @@ impl PlanBuilder {
         let mut preds = Csr::default();
         let mut footprint = Csr::default();
         for (i, s) in self.specs.iter().enumerate() {
-            let dname = || topo.device(s.device).name.clone();
+            let at = || StepAt {
+                step: StepId(i as u32),
+                device: s.device,
+                device_name: topo.device(s.device).name.clone(),
+                kind: s.kind.clone(),
+            };
             let mut p: Vec<u32> = s.after.iter().map(|x| x.0).collect();
             p.sort_unstable();
             p.dedup();
             for &q in &p {
                 if q as usize >= i {
-                    return Err(PlanError::BadPred { device: dname(), step: s.kind.name().into(), pred: q });
+                    return Err(PlanError::BadPred { at: at(), pred: StepId(q) });
                 }
                 let pw = self.specs[q as usize].window;
                 if pw > s.window {
                     return Err(PlanError::WindowOrder {
-                        device: dname(),
-                        step: s.kind.name().into(),
-                        window: s.window.name(),
-                        pred: self.specs[q as usize].kind.name().into(),
-                        pred_window: pw.name(),
+                        at: at(),
+                        window: s.window,
+                        pred: StepId(q),
+                        pred_kind: self.specs[q as usize].kind.clone(),
+                        pred_window: pw,
                     });
                 }
             }
             if s.affinity == Affinity::Caller && s.mode == ExecMode::Split {
-                return Err(PlanError::CallerSplit { device: dname(), step: s.kind.name().into() });
+                return Err(PlanError::CallerSplit { at: at() });
             }
             let mut f: Vec<u32> = Vec::with_capacity(s.footprint.len());
             for r in &s.footprint {
                 if r.kind.caller_only() && s.affinity != Affinity::Caller {
-                    return Err(PlanError::CallerOnly { device: dname(), step: s.kind.name().into(), resource: r.to_string() });
+                    return Err(PlanError::CallerOnly { at: at(), resource: *r });
                 }
                 f.push(resources.binary_search(r).expect("interned") as u32);
             }
@@ -513,7 +560,7 @@ impl Csr {
 /// ```
 /// use std::sync::Arc;
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Side, Window};
+/// use switchover::ids::{Side, Window};
 /// use switchover::topology::Topology;
 /// let topo = Arc::new(Topology::preset("small").unwrap());
 /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -551,7 +598,7 @@ impl Plan {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::Side;
+    /// use switchover::ids::Side;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -565,7 +612,7 @@ impl Plan {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::Side;
+    /// use switchover::ids::Side;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Destination, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -580,7 +627,7 @@ impl Plan {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::Side;
+    /// use switchover::ids::Side;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -594,7 +641,7 @@ impl Plan {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::{Side, StepId};
+    /// use switchover::ids::{Side, StepId};
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -609,7 +656,8 @@ impl Plan {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::{Side, StepKind};
+    /// use switchover::ids::Side;
+    /// use switchover::step::StepKind;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -625,7 +673,7 @@ impl Plan {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::Side;
+    /// use switchover::ids::Side;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("single-blk").unwrap());
     /// assert!(!build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap().is_empty());
@@ -638,7 +686,8 @@ impl Plan {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::{Side, StepKind};
+    /// use switchover::ids::Side;
+    /// use switchover::step::StepKind;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("single-net").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -654,7 +703,7 @@ impl Plan {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::Side;
+    /// use switchover::ids::Side;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -670,7 +719,7 @@ impl Plan {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::Side;
+    /// use switchover::ids::Side;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -689,7 +738,8 @@ impl Plan {
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
     /// use switchover::resource::Resource;
-    /// use switchover::step::{Side, StepKind};
+    /// use switchover::ids::Side;
+    /// use switchover::step::StepKind;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("single-net").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -706,7 +756,7 @@ impl Plan {
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
     /// use switchover::resource::ResourceId;
-    /// use switchover::step::Side;
+    /// use switchover::ids::Side;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -722,7 +772,7 @@ impl Plan {
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
     /// use switchover::resource::ResourceId;
-    /// use switchover::step::Side;
+    /// use switchover::ids::Side;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -738,11 +788,21 @@ impl Plan {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, RecipeOptions};
-    /// use switchover::sim::Profile;
-    /// use switchover::step::Side;
+    /// use switchover::ids::Side;
     /// use switchover::topology::Topology;
+    /// use std::time::Duration;
+    /// use switchover::recipe::CostModel;
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Device;
+    /// /// Control-channel messages take 50 µs; everything else 5 µs.
+    /// struct Costs;
+    /// impl CostModel for Costs {
+    ///     fn cost(&self, _device: &Device, kind: &StepKind) -> Duration {
+    ///         Duration::from_micros(if kind.is_message() { 50 } else { 5 })
+    ///     }
+    /// }
     /// let topo = Arc::new(Topology::preset("small").unwrap());
-    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &Profile::rfc_original(1.0)).unwrap();
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &Costs).unwrap();
     /// // A step's remaining path is at least its own cost plus any successor's.
     /// for s in plan.steps() {
     ///     for n in plan.succs(s.id) {
@@ -758,11 +818,21 @@ impl Plan {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, RecipeOptions};
-    /// use switchover::sim::Profile;
-    /// use switchover::step::Side;
+    /// use switchover::ids::Side;
     /// use switchover::topology::Topology;
+    /// use std::time::Duration;
+    /// use switchover::recipe::CostModel;
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Device;
+    /// /// Control-channel messages take 50 µs; everything else 5 µs.
+    /// struct Costs;
+    /// impl CostModel for Costs {
+    ///     fn cost(&self, _device: &Device, kind: &StepKind) -> Duration {
+    ///         Duration::from_micros(if kind.is_message() { 50 } else { 5 })
+    ///     }
+    /// }
     /// let topo = Arc::new(Topology::preset("small").unwrap());
-    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &Profile::rfc_original(1.0)).unwrap();
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &Costs).unwrap();
     /// let most_urgent = plan.at_rank(0);
     /// assert_eq!(plan.rank(most_urgent), 0);
     /// assert!(plan.steps().iter().all(|s| plan.priority(s.id) <= plan.priority(most_urgent)));
@@ -775,7 +845,7 @@ impl Plan {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::Side;
+    /// use switchover::ids::Side;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -791,7 +861,8 @@ impl Plan {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::{Side, StepKind};
+    /// use switchover::ids::Side;
+    /// use switchover::step::StepKind;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("single-net").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -816,7 +887,7 @@ impl Plan {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::Side;
+    /// use switchover::ids::Side;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -832,7 +903,8 @@ impl Plan {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::{Side, StepKind, Window};
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::step::StepKind;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Destination, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -849,7 +921,7 @@ impl Plan {
     /// use std::sync::Arc;
     /// use switchover::lock_order::ResourceKind;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::Side;
+    /// use switchover::ids::Side;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -868,13 +940,25 @@ impl Plan {
     ///
     /// ```
     /// use switchover::recipe::{build, RecipeOptions};
-    /// use switchover::sim::Profile;
-    /// use switchover::step::{Side, Window};
+    /// use switchover::ids::{Side, Window};
     /// use switchover::topology::Topology;
+    /// use std::time::Duration;
+    /// use switchover::recipe::CostModel;
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Device;
+    /// /// Control-channel messages take 50 µs; everything else 5 µs.
+    /// struct Costs;
+    /// impl CostModel for Costs {
+    ///     fn cost(&self, _device: &Device, kind: &StepKind) -> Duration {
+    ///         Duration::from_micros(if kind.is_message() { 50 } else { 5 })
+    ///     }
+    /// }
     /// let t = std::sync::Arc::new(Topology::preset("rfc-huge").unwrap());
-    /// let p = build(&t, Side::Source, &RecipeOptions::engine(), &Profile::rfc_original(1.0)).unwrap();
+    /// let p = build(&t, Side::Source, &RecipeOptions::engine(), &Costs).unwrap();
     /// let lb = p.lower_bound(Window::Blackout, 9);
     /// assert!(lb.bound >= lb.chain);
+    /// // The longest chain: a blk ring's `vring_disable`, `drain_inflight`, `get_vring_base`.
+    /// assert_eq!(lb.chain, Duration::from_micros(50 + 5 + 50));
     /// ```
     pub fn lower_bound(&self, w: Window, lanes: usize) -> LowerBound {
         let mut finish = vec![0u64; self.steps.len()];
@@ -929,15 +1013,14 @@ impl Plan {
 /// use std::sync::Arc;
 /// use switchover::plan::Limiter;
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Side, Window};
+/// use switchover::ids::{Side, Window};
 /// use switchover::topology::Topology;
 /// let topo = Arc::new(Topology::preset("small").unwrap());
 /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
 /// // With no costs nothing limits the window.
 /// assert_eq!(plan.lower_bound(Window::Blackout, 4).limiter, Limiter::Nothing);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limiter {
     /// The window is empty.
     Nothing,
@@ -954,17 +1037,27 @@ pub enum Limiter {
 /// ```
 /// use std::sync::Arc;
 /// use switchover::recipe::{build, RecipeOptions};
-/// use switchover::sim::Profile;
-/// use switchover::step::{Side, Window};
+/// use switchover::ids::{Side, Window};
 /// use switchover::topology::Topology;
+/// use std::time::Duration;
+/// use switchover::recipe::CostModel;
+/// use switchover::step::StepKind;
+/// use switchover::topology::Device;
+/// /// Control-channel messages take 50 µs; everything else 5 µs.
+/// struct Costs;
+/// impl CostModel for Costs {
+///     fn cost(&self, _device: &Device, kind: &StepKind) -> Duration {
+///         Duration::from_micros(if kind.is_message() { 50 } else { 5 })
+///     }
+/// }
 /// let topo = Arc::new(Topology::preset("small").unwrap());
-/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &Profile::rfc_original(1.0)).unwrap();
+/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &Costs).unwrap();
 /// let lb = plan.lower_bound(Window::Blackout, 3);
 /// assert_eq!(lb.bound, lb.chain.max(lb.blocking_per_lane).max(lb.busiest_server.map_or(Default::default(), |s| s.1)));
 /// // More lanes never raise the bound.
 /// assert!(plan.lower_bound(Window::Blackout, 8).bound <= lb.bound);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LowerBound {
     /// Longest dependency chain.
     pub chain: Duration,

@@ -26,12 +26,11 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use switchover::recipe::{build, RecipeOptions};
-//! use switchover::sim::Profile;
-//! use switchover::step::{Side, Window};
+//! use switchover::ids::{Side, Window};
+//! use switchover::recipe::{build, NoCosts, RecipeOptions};
 //! use switchover::topology::Topology;
 //! let t = Arc::new(Topology::preset("rfc-huge").unwrap());
-//! let p = build(&t, Side::Source, &RecipeOptions::engine(), &Profile::rfc_original(1.0)).unwrap();
+//! let p = build(&t, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
 //! // Only the per-ring stop messages (and the blk drains) stay in the blackout window.
 //! assert_eq!(p.in_window(Window::Blackout).filter(|s| s.kind.is_message()).count(), 2 * 1120);
 //! assert!(p.in_window(Window::Blackout).all(|s| s.kind.is_message() || s.kind.name() == "drain_inflight"));
@@ -41,17 +40,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ids::DeviceId;
+use crate::ids::{Affinity, Side, StepId, Window};
 use crate::plan::{Plan, PlanBuilder, PlanError, StepSpec, DEFAULT_DEADLINE};
 use crate::resource::Resource;
-use crate::step::{Affinity, Server, Side, StepId, StepKind, Window};
-use crate::topology::{Device, DeviceId, DeviceKind, Topology};
+use crate::step::{Server, StepKind};
+use crate::topology::{Device, DeviceKind, Topology};
 
 /// Where steps go.
 ///
 /// ```
 /// use std::sync::Arc;
 /// use switchover::recipe::{build, NoCosts, RecipeOptions, WindowPolicy};
-/// use switchover::step::{Side, Window};
+/// use switchover::ids::{Side, Window};
 /// use switchover::topology::Topology;
 /// let topo = Arc::new(Topology::preset("small").unwrap());
 /// let opts = RecipeOptions::baseline();
@@ -59,8 +60,7 @@ use crate::topology::{Device, DeviceId, DeviceKind, Topology};
 /// let plan = build(&topo, Side::Source, &opts, &NoCosts).unwrap();
 /// assert!(plan.steps().iter().all(|s| s.window == Window::Blackout));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowPolicy {
     /// Only what must happen while the guest is frozen is in the blackout window.
     Minimal,
@@ -68,15 +68,55 @@ pub enum WindowPolicy {
     AllInBlackout,
 }
 
+/// What happens to a blk ring's requests still in flight when the source stops.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::ids::Side;
+/// use switchover::recipe::{build, BlkPolicy, NoCosts, RecipeOptions};
+/// use switchover::step::StepKind;
+/// use switchover::topology::Topology;
+/// let topo = Arc::new(Topology::preset("single-blk").unwrap());
+/// let drain = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+/// assert!(drain.steps().iter().any(|s| s.kind == StepKind::DrainInflight));
+/// let opts = RecipeOptions { blk_policy: BlkPolicy::HandOver, ..RecipeOptions::engine() };
+/// let hand_over = build(&topo, Side::Source, &opts, &NoCosts).unwrap();
+/// assert!(!hand_over.steps().iter().any(|s| s.kind == StepKind::DrainInflight));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlkPolicy {
+    /// Wait for them (with the drain's deadline) before reading the ring's base.
+    Drain,
+    /// Read the base at once and carry them to the destination, which resubmits them
+    /// (vhost-user's inflight-fd mechanism).
+    HandOver,
+}
+
+impl BlkPolicy {
+    /// `drain` or `hand-over`.
+    ///
+    /// ```
+    /// use switchover::recipe::BlkPolicy;
+    /// assert_eq!(BlkPolicy::HandOver.name(), "hand-over");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            BlkPolicy::Drain => "drain",
+            BlkPolicy::HandOver => "hand-over",
+        }
+    }
+}
+
 /// Options for [`build`].
 ///
 /// ```
 /// use std::sync::Arc;
-/// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Side, StepKind};
+/// use switchover::recipe::{build, BlkPolicy, NoCosts, RecipeOptions};
+/// use switchover::ids::Side;
+/// use switchover::step::StepKind;
 /// use switchover::topology::Topology;
 /// let topo = Arc::new(Topology::preset("single-blk").unwrap());
-/// let opts = RecipeOptions { drain_blk: false, ..RecipeOptions::engine() };
+/// let opts = RecipeOptions { blk_policy: BlkPolicy::HandOver, ..RecipeOptions::engine() };
 /// let plan = build(&topo, Side::Source, &opts, &NoCosts).unwrap();
 /// assert!(!plan.steps().iter().any(|s| s.kind == StepKind::DrainInflight));
 /// ```
@@ -86,8 +126,9 @@ pub struct RecipeOptions {
     pub policy: WindowPolicy,
     /// Batch all notifier changes of a side into one memory-map transaction.
     pub batch_notifiers: bool,
-    /// Add a `drain_inflight` step before each blk ring's `get_vring_base`.
-    pub drain_blk: bool,
+    /// Requests in flight on blk rings: drained (a `drain_inflight` step before each
+    /// ring's `get_vring_base`) or handed over.
+    pub blk_policy: BlkPolicy,
     /// Deadline of every step.
     pub deadline: Duration,
     /// Deadline of each blk ring's drain (how long to wait for requests in flight).
@@ -99,11 +140,12 @@ impl RecipeOptions {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use switchover::recipe::{build, NoCosts, RecipeOptions, WindowPolicy};
-    /// use switchover::step::{Side, StepKind};
+    /// use switchover::recipe::{build, BlkPolicy, NoCosts, RecipeOptions, WindowPolicy};
+    /// use switchover::ids::Side;
+    /// use switchover::step::StepKind;
     /// use switchover::topology::Topology;
     /// let opts = RecipeOptions::engine();
-    /// assert_eq!((opts.policy, opts.batch_notifiers, opts.drain_blk), (WindowPolicy::Minimal, true, true));
+    /// assert_eq!((opts.policy, opts.batch_notifiers, opts.blk_policy), (WindowPolicy::Minimal, true, BlkPolicy::Drain));
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Source, &opts, &NoCosts).unwrap();
     /// // One memory transaction for all devices' notifiers.
@@ -113,7 +155,7 @@ impl RecipeOptions {
         RecipeOptions {
             policy: WindowPolicy::Minimal,
             batch_notifiers: true,
-            drain_blk: true,
+            blk_policy: BlkPolicy::Drain,
             deadline: DEFAULT_DEADLINE,
             drain_deadline: DEFAULT_DEADLINE,
         }
@@ -123,7 +165,8 @@ impl RecipeOptions {
     /// ```
     /// use std::sync::Arc;
     /// use switchover::recipe::{build, NoCosts, RecipeOptions, WindowPolicy};
-    /// use switchover::step::{Side, StepKind};
+    /// use switchover::ids::Side;
+    /// use switchover::step::StepKind;
     /// use switchover::topology::Topology;
     /// let opts = RecipeOptions::baseline();
     /// assert_eq!((opts.policy, opts.batch_notifiers), (WindowPolicy::AllInBlackout, false));
@@ -135,7 +178,7 @@ impl RecipeOptions {
         RecipeOptions {
             policy: WindowPolicy::AllInBlackout,
             batch_notifiers: false,
-            drain_blk: true,
+            blk_policy: BlkPolicy::Drain,
             deadline: DEFAULT_DEADLINE,
             drain_deadline: DEFAULT_DEADLINE,
         }
@@ -148,7 +191,8 @@ impl RecipeOptions {
 /// use std::sync::Arc;
 /// use std::time::Duration;
 /// use switchover::recipe::{build, CostModel, RecipeOptions};
-/// use switchover::step::{Side, StepKind, Window};
+/// use switchover::ids::{Side, Window};
+/// use switchover::step::StepKind;
 /// use switchover::topology::{Device, Topology};
 ///
 /// /// Every control-channel message costs 1 ms; nothing else costs anything.
@@ -171,26 +215,52 @@ pub trait CostModel {
     /// Expected service time of `kind` on `device`.
     ///
     /// ```
+    /// use std::time::Duration;
     /// use switchover::recipe::{CostModel, NoCosts};
-    /// use switchover::sim::Profile;
     /// use switchover::step::StepKind;
-    /// use switchover::topology::Topology;
+    /// use switchover::topology::{Device, Topology};
+    /// /// A backend whose ring stop takes 1.3 ms per ring, more on a wide device.
+    /// struct PerRing;
+    /// impl CostModel for PerRing {
+    ///     fn cost(&self, device: &Device, kind: &StepKind) -> Duration {
+    ///         match kind {
+    ///             StepKind::GetVringBase => Duration::from_micros(1300 + 10 * u64::from(device.rings())),
+    ///             _ => Duration::ZERO,
+    ///         }
+    ///     }
+    /// }
     /// let t = Topology::preset("rfc-huge").unwrap();
     /// let net = t.device_by_name("net0").unwrap();
-    /// assert!(Profile::rfc_original(1.0).cost(net, &StepKind::GetVringBase) > std::time::Duration::ZERO);
-    /// assert_eq!(NoCosts.cost(net, &StepKind::GetVringBase), std::time::Duration::ZERO);
+    /// assert!(PerRing.cost(net, &StepKind::GetVringBase) > Duration::ZERO);
+    /// assert_eq!(NoCosts.cost(net, &StepKind::GetVringBase), Duration::ZERO);
     /// ```
     fn cost(&self, device: &Device, kind: &StepKind) -> Duration;
     /// The server that serialises host-notifier changes, if the model has one
     /// (a VM's ioeventfd lock in KVM).
     ///
     /// ```
-    /// use switchover::recipe::{CostModel, NoCosts};
-    /// use switchover::sim::{KvmModel, Profile};
-    /// use switchover::step::Server;
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use switchover::ids::Side;
+    /// use switchover::recipe::{build, CostModel, NoCosts, RecipeOptions};
+    /// use switchover::step::{Server, StepKind};
+    /// use switchover::topology::{Device, Topology};
+    /// /// KVM with one ioeventfd lock per VM: host-notifier changes queue on it.
+    /// struct PerVmIoeventfd;
+    /// impl CostModel for PerVmIoeventfd {
+    ///     fn cost(&self, _device: &Device, _kind: &StepKind) -> Duration {
+    ///         Duration::from_micros(20)
+    ///     }
+    ///     fn host_notifier_server(&self) -> Option<Server> {
+    ///         Some(Server::VmIoeventfd)
+    ///     }
+    /// }
     /// assert_eq!(NoCosts.host_notifier_server(), None);
-    /// let p = Profile::rfc_original(1.0).with_kvm(KvmModel::PerVmIoeventfd);
-    /// assert_eq!(p.host_notifier_server(), Some(Server::VmIoeventfd));
+    /// assert_eq!(PerVmIoeventfd.host_notifier_server(), Some(Server::VmIoeventfd));
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Destination, &RecipeOptions::engine(), &PerVmIoeventfd).unwrap();
+    /// let on = plan.steps().iter().find(|s| s.kind == StepKind::HostNotifierOn).unwrap();
+    /// assert_eq!(on.server, Some(Server::VmIoeventfd));
     /// ```
     fn host_notifier_server(&self) -> Option<Server> {
         None
@@ -203,7 +273,7 @@ pub trait CostModel {
 /// ```
 /// use std::sync::Arc;
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Side, Window};
+/// use switchover::ids::{Side, Window};
 /// use switchover::topology::Topology;
 /// let topo = Arc::new(Topology::preset("small").unwrap());
 /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -293,7 +363,8 @@ impl Ctx<'_> {
 /// ```
 /// use std::sync::Arc;
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Side, StepKind, Window};
+/// use switchover::ids::{Side, Window};
+/// use switchover::step::StepKind;
 /// use switchover::topology::Topology;
 /// let topo = Arc::new(Topology::preset("small").unwrap());
 /// let src = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -379,7 +450,7 @@ fn source_vhost(c: &mut Ctx<'_>, dev: &Device, begin: Option<StepId>, host_offs:
         }
         for r in 0..rings {
             let mut pred = if minimal { dis.clone() } else { last.clone() };
-            if c.opts.drain_blk {
+            if c.opts.blk_policy == BlkPolicy::Drain {
                 let dev_c = c.topo.device(d).clone();
                 let s = c.b.add(
                     StepSpec::new(d, StepKind::DrainInflight, Window::Blackout)
@@ -482,7 +553,8 @@ fn generic(c: &mut Ctx<'_>, dev: &Device, side: Side) -> Result<(), PlanError> {
             after.extend(last);
         }
         let mut fp = vec![Resource::device(dev.id)];
-        if gs.affinity == Affinity::Caller {
+        if gs.big_lock {
+            // Refused by the plan builder unless the step is caller-affine.
             fp.push(Resource::BIG_LOCK);
         }
         let kind = StepKind::Custom(Arc::from(gs.name.as_str()));
@@ -515,7 +587,7 @@ fn generic(c: &mut Ctx<'_>, dev: &Device, side: Side) -> Result<(), PlanError> {
 /// use std::sync::Arc;
 /// use switchover::exec::Progress;
 /// use switchover::recipe::{build, rollback, NoCosts, RecipeOptions};
-/// use switchover::step::Side;
+/// use switchover::ids::Side;
 /// use switchover::topology::Topology;
 /// let t = Arc::new(Topology::preset("single-blk").unwrap());
 /// let src = build(&t, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();

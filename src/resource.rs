@@ -5,7 +5,7 @@
 //!
 //! ```
 //! use switchover::resource::Resource;
-//! use switchover::topology::DeviceId;
+//! use switchover::ids::DeviceId;
 //! let r = Resource::vring(DeviceId(3), 5);
 //! assert_eq!(r.to_string(), "vring(dev3#5)");
 //! assert!(Resource::BIG_LOCK < r); // the big lock is outermost
@@ -13,21 +13,21 @@
 
 use std::fmt;
 
+use crate::ids::DeviceId;
 use crate::lock_order::ResourceKind;
-use crate::topology::DeviceId;
 
 /// A lockable resource. Ordered by lock order: kind rank, then device, then index.
 ///
 /// ```
 /// use switchover::lock_order::ResourceKind;
 /// use switchover::resource::Resource;
-/// use switchover::topology::DeviceId;
+/// use switchover::ids::DeviceId;
 /// let r = Resource::host_notifier(DeviceId(1), 2);
 /// assert_eq!((r.kind, r.device, r.index), (ResourceKind::HostNotifier, Some(DeviceId(1)), 2));
 /// // Ordered by lock order: the vring (rank 3) before its host notifier (rank 4).
 /// assert!(Resource::vring(DeviceId(9), 0) < r);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Resource {
     /// Its kind (and so its rank).
     pub kind: ResourceKind,
@@ -59,7 +59,7 @@ impl Resource {
     ///
     /// ```
     /// use switchover::resource::Resource;
-    /// use switchover::topology::DeviceId;
+    /// use switchover::ids::DeviceId;
     /// let r = Resource::device(DeviceId(2));
     /// assert_eq!(r.to_string(), "device(dev2#0)");
     /// assert!(r < Resource::vring(DeviceId(0), 0)); // devices rank before rings
@@ -71,7 +71,7 @@ impl Resource {
     ///
     /// ```
     /// use switchover::resource::Resource;
-    /// use switchover::topology::DeviceId;
+    /// use switchover::ids::DeviceId;
     /// assert!(Resource::vring(DeviceId(0), 1) < Resource::vring(DeviceId(0), 2));
     /// assert_ne!(Resource::vring(DeviceId(0), 1), Resource::vring(DeviceId(1), 1));
     /// ```
@@ -82,7 +82,7 @@ impl Resource {
     ///
     /// ```
     /// use switchover::resource::Resource;
-    /// use switchover::topology::DeviceId;
+    /// use switchover::ids::DeviceId;
     /// assert_eq!(Resource::host_notifier(DeviceId(0), 3).to_string(), "host_notifier(dev0#3)");
     /// ```
     pub fn host_notifier(d: DeviceId, ring: u32) -> Resource {
@@ -92,7 +92,7 @@ impl Resource {
     ///
     /// ```
     /// use switchover::resource::Resource;
-    /// use switchover::topology::DeviceId;
+    /// use switchover::ids::DeviceId;
     /// let d = DeviceId(0);
     /// assert!(Resource::host_notifier(d, 0) < Resource::guest_notifier(d, 0));
     /// assert_eq!(Resource::guest_notifier(d, 3).to_string(), "guest_notifier(dev0#3)");
@@ -104,7 +104,7 @@ impl Resource {
     ///
     /// ```
     /// use switchover::resource::Resource;
-    /// use switchover::topology::DeviceId;
+    /// use switchover::ids::DeviceId;
     /// assert_eq!(Resource::custom(None, 7).to_string(), "custom");
     /// assert_eq!(Resource::custom(Some(DeviceId(4)), 7).to_string(), "custom(dev4#7)");
     /// ```
@@ -128,7 +128,7 @@ impl fmt::Display for Resource {
 /// use std::sync::Arc;
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
 /// use switchover::resource::ResourceId;
-/// use switchover::step::Side;
+/// use switchover::ids::Side;
 /// use switchover::topology::Topology;
 /// let topo = Arc::new(Topology::preset("small").unwrap());
 /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();

@@ -7,7 +7,8 @@
 //!
 //! ```
 //! use switchover::state::DeviceState;
-//! use switchover::topology::{DeviceId, Topology};
+//! use switchover::ids::DeviceId;
+//! use switchover::topology::Topology;
 //! let t = Topology::preset("small").unwrap();
 //! let s = DeviceState::new(&t);
 //! assert_eq!(s.base(DeviceId(0), 1), None);
@@ -16,8 +17,9 @@
 //! assert_eq!(s.captured(), 1);
 //! ```
 
+use crate::ids::DeviceId;
 use crate::sync::{AtomicU32, Ordering};
-use crate::topology::{DeviceId, Topology};
+use crate::topology::Topology;
 
 const NONE: u32 = u32::MAX;
 
@@ -26,7 +28,8 @@ const NONE: u32 = u32::MAX;
 ///
 /// ```
 /// use switchover::state::{DeviceState, InflightReq};
-/// use switchover::topology::{DeviceId, Topology};
+/// use switchover::ids::DeviceId;
+/// use switchover::topology::Topology;
 /// let t = Topology::preset("small").unwrap();
 /// let s = DeviceState::new(&t);
 /// s.set_base(DeviceId(2), 0, 17);
@@ -45,13 +48,14 @@ pub struct DeviceState {
 ///
 /// ```
 /// use switchover::state::{DeviceState, InflightReq};
-/// use switchover::topology::{DeviceId, Topology};
+/// use switchover::ids::DeviceId;
+/// use switchover::topology::Topology;
 /// let s = DeviceState::new(&Topology::preset("small").unwrap());
 /// let req = InflightReq { device: 3, ring: 0, id: 42 };
 /// s.hand_over(&[req]);
 /// assert_eq!(s.take_inflight(DeviceId(3), 0), [req]);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InflightReq {
     /// Device index.
     pub device: u32,
@@ -65,13 +69,14 @@ pub struct InflightReq {
 ///
 /// ```
 /// use switchover::state::{DeviceState, VringBase};
-/// use switchover::topology::{DeviceId, Topology};
+/// use switchover::ids::DeviceId;
+/// use switchover::topology::Topology;
 /// let t = Topology::preset("small").unwrap();
 /// let src = DeviceState::new(&t);
 /// src.set_base(DeviceId(0), 3, 99);
 /// assert_eq!(src.export(), [VringBase { device: 0, ring: 3, base: 99 }]);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VringBase {
     /// Device index.
     pub device: u32,
@@ -86,7 +91,8 @@ impl DeviceState {
     ///
     /// ```
     /// use switchover::state::DeviceState;
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::DeviceId;
+    /// use switchover::topology::Topology;
     /// let s = DeviceState::new(&Topology::preset("small").unwrap());
     /// assert_eq!(s.captured(), 0);
     /// assert!(s.export().is_empty() && s.inflight().is_empty());
@@ -116,7 +122,8 @@ impl DeviceState {
     ///
     /// ```
     /// use switchover::state::DeviceState;
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::DeviceId;
+    /// use switchover::topology::Topology;
     /// let s = DeviceState::new(&Topology::preset("small").unwrap());
     /// s.set_base(DeviceId(1), 2, 7);
     /// s.set_base(DeviceId(1), 2, 8); // a later read replaces the earlier one
@@ -134,7 +141,8 @@ impl DeviceState {
     ///
     /// ```
     /// use switchover::state::DeviceState;
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::DeviceId;
+    /// use switchover::topology::Topology;
     /// let s = DeviceState::new(&Topology::preset("small").unwrap());
     /// s.set_base(DeviceId(2), 0, 0);
     /// assert_eq!(s.base(DeviceId(2), 0), Some(0)); // zero is a base like any other
@@ -149,7 +157,8 @@ impl DeviceState {
     ///
     /// ```
     /// use switchover::state::DeviceState;
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::DeviceId;
+    /// use switchover::topology::Topology;
     /// let t = Topology::preset("small").unwrap();
     /// let s = DeviceState::new(&t);
     /// for d in t.devices() {
@@ -167,7 +176,8 @@ impl DeviceState {
     ///
     /// ```
     /// use switchover::state::DeviceState;
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::DeviceId;
+    /// use switchover::topology::Topology;
     /// let s = DeviceState::new(&Topology::preset("small").unwrap());
     /// s.set_base(DeviceId(1), 0, 5);
     /// s.set_base(DeviceId(0), 2, 6);
@@ -220,7 +230,8 @@ impl DeviceState {
     ///
     /// ```
     /// use switchover::state::{DeviceState, InflightReq};
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::DeviceId;
+    /// use switchover::topology::Topology;
     /// let s = DeviceState::new(&Topology::preset("small").unwrap());
     /// let (a, b) = (InflightReq { device: 2, ring: 0, id: 1 }, InflightReq { device: 3, ring: 0, id: 2 });
     /// s.hand_over(&[a, b]);
@@ -239,7 +250,8 @@ impl DeviceState {
     ///
     /// ```
     /// use switchover::state::DeviceState;
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::DeviceId;
+    /// use switchover::topology::Topology;
     /// let t = Topology::preset("small").unwrap();
     /// let (src, dst) = (DeviceState::new(&t), DeviceState::new(&t));
     /// src.set_base(DeviceId(1), 3, 1234);

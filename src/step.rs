@@ -3,7 +3,8 @@
 //! # Examples
 //!
 //! ```
-//! use switchover::step::{StepKind, Window};
+//! use switchover::step::StepKind;
+//! use switchover::ids::Window;
 //! assert_eq!(StepKind::GetVringBase.name(), "get_vring_base");
 //! assert_eq!(StepKind::parse("get_vring_base"), Some(StepKind::GetVringBase));
 //! assert!(Window::Prepare < Window::Blackout);
@@ -13,108 +14,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::topology::DeviceId;
-
-/// Which end of the migration runs a step.
-///
-/// ```
-/// use switchover::step::Side;
-/// assert_eq!(Side::Destination.short(), "dst");
-/// assert!(Side::Source < Side::Destination);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Side {
-    /// The VM being migrated away from: stops its devices.
-    Source,
-    /// The VM being migrated to: starts its devices.
-    Destination,
-}
-
-impl Side {
-    /// `src` or `dst`.
-    ///
-    /// ```
-    /// assert_eq!(switchover::step::Side::Source.short(), "src");
-    /// ```
-    pub fn short(self) -> &'static str {
-        match self {
-            Side::Source => "src",
-            Side::Destination => "dst",
-        }
-    }
-}
-
-/// When a step may run, relative to the guest being frozen.
-///
-/// ```
-/// use switchover::step::Window;
-/// assert!(Window::Blackout < Window::Cleanup);
-/// assert_eq!(Window::Prepare.name(), "prepare");
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Window {
-    /// May run while the guest still runs on the source.
-    Prepare,
-    /// Must run while the guest is frozen: this is the downtime.
-    Blackout,
-    /// May run once the destination runs the guest.
-    Cleanup,
-}
-
-impl Window {
-    /// All windows in time order.
-    ///
-    /// ```
-    /// use switchover::step::Window;
-    /// let names: Vec<_> = Window::ALL.iter().map(|w| w.name()).collect();
-    /// assert_eq!(names, ["prepare", "blackout", "cleanup"]);
-    /// ```
-    pub const ALL: [Window; 3] = [Window::Prepare, Window::Blackout, Window::Cleanup];
-
-    /// Lower-case name.
-    ///
-    /// ```
-    /// assert_eq!(switchover::step::Window::Cleanup.name(), "cleanup");
-    /// ```
-    pub fn name(self) -> &'static str {
-        match self {
-            Window::Prepare => "prepare",
-            Window::Blackout => "blackout",
-            Window::Cleanup => "cleanup",
-        }
-    }
-}
-
-/// Which lanes may run a step.
-///
-/// ```
-/// use std::sync::Arc;
-/// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Affinity, Side, StepKind};
-/// use switchover::topology::Topology;
-/// let topo = Arc::new(Topology::preset("small").unwrap());
-/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
-/// // The memory-map transaction needs the caller's big lock: caller lane only.
-/// let begin = plan.steps().iter().find(|s| s.kind == StepKind::MemTxnBegin).unwrap();
-/// assert_eq!(begin.affinity, Affinity::Caller);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Affinity {
-    /// Any worker of the pool, or the caller lane.
-    Any,
-    /// Only the caller's thread (it holds the caller's big lock); workers never run it.
-    Caller,
-}
+use crate::ids::{Affinity, DeviceId, Side, StepId, Window};
 
 /// How a step's action reports completion.
 ///
 /// ```
 /// use std::sync::Arc;
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{ExecMode, Side, StepKind};
+/// use switchover::step::{ExecMode, StepKind};
+/// use switchover::ids::Side;
 /// use switchover::topology::Topology;
 /// let topo = Arc::new(Topology::preset("small").unwrap());
 /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -128,8 +36,7 @@ pub enum Affinity {
 ///     }
 /// }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ExecMode {
     /// The action does its work on the lane that starts it and completes before returning.
     Blocking,
@@ -298,21 +205,6 @@ impl fmt::Display for StepKind {
     }
 }
 
-/// Index of a step in its plan.
-///
-/// ```
-/// use std::sync::Arc;
-/// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Side, StepId};
-/// use switchover::topology::Topology;
-/// let topo = Arc::new(Topology::preset("small").unwrap());
-/// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
-/// assert_eq!(plan.step(StepId(3)).id, StepId(3));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[repr(transparent)]
-pub struct StepId(pub u32);
-
 /// A serialised server that performs a step's work one request at a time (a backend's
 /// control channel, a VM's ioeventfd lock). Not a lock the scheduler takes: requests
 /// queue there in order. Used for the lower bound and the report.
@@ -320,15 +212,15 @@ pub struct StepId(pub u32);
 /// ```
 /// use std::sync::Arc;
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Server, Side, StepKind};
+/// use switchover::step::{Server, StepKind};
+/// use switchover::ids::Side;
 /// use switchover::topology::Topology;
 /// let topo = Arc::new(Topology::preset("small").unwrap());
 /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
 /// let get = plan.steps().iter().find(|s| s.kind == StepKind::GetVringBase).unwrap();
 /// assert_eq!(get.server, Some(Server::Channel(get.device)));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Server {
     /// The control channel of a device's backend.
     Channel(DeviceId),
@@ -341,7 +233,7 @@ pub enum Server {
 /// ```
 /// use std::sync::Arc;
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Side, Window};
+/// use switchover::ids::{Side, Window};
 /// use switchover::topology::Topology;
 /// let topo = Arc::new(Topology::preset("single-net").unwrap());
 /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();

@@ -1,4 +1,5 @@
-//! What a VM has: its devices, their kinds and queues; presets and TOML files.
+//! What a VM has: its devices, their kinds and queues; presets and a builder.
+//! (The TOML file format lives with the CLI, `switchover-cli`.)
 //!
 //! Devices are named by kind and index (`net0`…`net15`, `blk0`…`blk23`); errors and
 //! reports use those names.
@@ -14,22 +15,9 @@
 //! ```
 
 use std::fmt;
-use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use crate::step::{Affinity, Side, Window};
-
-/// Index of a device in its [`Topology`].
-///
-/// ```
-/// use switchover::topology::{DeviceId, Topology};
-/// let t = Topology::preset("small").unwrap();
-/// assert_eq!(t.device_by_name("blk1").unwrap().id, DeviceId(3));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-pub struct DeviceId(pub u32);
+use crate::ids::{Affinity, DeviceId, Side, Window};
 
 /// The kind of a device.
 ///
@@ -39,8 +27,7 @@ pub struct DeviceId(pub u32);
 /// assert_eq!(t.devices()[0].kind, DeviceKind::Net);
 /// assert_eq!(DeviceKind::Generic("vfio".into()).to_string(), "vfio");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DeviceKind {
     /// vhost-user net: each queue pair is two rings (rx, tx).
     Net,
@@ -75,13 +62,13 @@ impl fmt::Display for DeviceKind {
 /// One step of a generic device kind, as a VMM declares it.
 ///
 /// ```
-/// use switchover::step::{Affinity, Side, Window};
+/// use switchover::ids::{Affinity, Side, Window};
 /// use switchover::topology::GenericStep;
 /// let s = GenericStep::new("load_state", Side::Destination, Window::Prepare)
 ///     .cost(std::time::Duration::from_millis(40));
 /// assert_eq!(s.affinity, Affinity::Any);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenericStep {
     /// Step name, unique within the device kind; reports show it.
     pub name: String,
@@ -95,25 +82,29 @@ pub struct GenericStep {
     pub after: Vec<String>,
     /// Expected duration (drives priorities; the simulated backend sleeps this long).
     pub cost: Duration,
+    /// Whether the step needs the VMM's big lock: it then holds
+    /// [`crate::resource::Resource::BIG_LOCK`], and must be caller-affine, or the plan
+    /// is refused ([`crate::plan::PlanError::CallerOnly`]).
+    pub big_lock: bool,
 }
 
 impl GenericStep {
     /// A step with no predecessors, any-lane affinity and zero cost.
     ///
     /// ```
-    /// use switchover::step::{Affinity, Side, Window};
+    /// use switchover::ids::{Affinity, Side, Window};
     /// use switchover::topology::GenericStep;
     /// let s = GenericStep::new("stop", Side::Source, Window::Blackout);
     /// assert_eq!((s.affinity, s.cost, s.after.len()), (Affinity::Any, std::time::Duration::ZERO, 0));
     /// ```
     pub fn new(name: &str, side: Side, window: Window) -> Self {
-        GenericStep { name: name.into(), side, window, affinity: Affinity::Any, after: vec![], cost: Duration::ZERO }
+        GenericStep { name: name.into(), side, window, affinity: Affinity::Any, after: vec![], cost: Duration::ZERO, big_lock: false }
     }
     /// Sets the expected cost.
     ///
     /// ```
     /// use std::time::Duration;
-    /// use switchover::step::{Side, Window};
+    /// use switchover::ids::{Side, Window};
     /// use switchover::topology::GenericStep;
     /// let s = GenericStep::new("attach", Side::Destination, Window::Prepare).cost(Duration::from_millis(30));
     /// assert_eq!(s.cost, Duration::from_millis(30));
@@ -125,7 +116,7 @@ impl GenericStep {
     /// Sets the affinity.
     ///
     /// ```
-    /// use switchover::step::{Affinity, Side, Window};
+    /// use switchover::ids::{Affinity, Side, Window};
     /// use switchover::topology::GenericStep;
     /// let s = GenericStep::new("unplug", Side::Source, Window::Cleanup).affinity(Affinity::Caller);
     /// assert_eq!(s.affinity, Affinity::Caller);
@@ -134,10 +125,31 @@ impl GenericStep {
         self.affinity = a;
         self
     }
+    /// Declares that the step needs the VMM's big lock (see [`GenericStep::big_lock`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::ids::{Affinity, Side, Window};
+    /// use switchover::plan::PlanError;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::topology::{GenericStep, Topology};
+    /// let locked_any = GenericStep::new("publish", Side::Source, Window::Blackout).needs_big_lock();
+    /// let t = Arc::new(Topology::builder().generic(1, "vbd", vec![locked_any]).build().unwrap());
+    /// // Needs the big lock but may run on a worker: refused when the plan is built.
+    /// let e = build(&t, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap_err();
+    /// assert!(matches!(e, PlanError::CallerOnly { .. }));
+    /// let ok = GenericStep::new("publish", Side::Source, Window::Blackout).needs_big_lock().affinity(Affinity::Caller);
+    /// let t = Arc::new(Topology::builder().generic(1, "vbd", vec![ok]).build().unwrap());
+    /// assert!(build(&t, Side::Source, &RecipeOptions::engine(), &NoCosts).is_ok());
+    /// ```
+    pub fn needs_big_lock(mut self) -> Self {
+        self.big_lock = true;
+        self
+    }
     /// Adds a predecessor by name.
     ///
     /// ```
-    /// use switchover::step::{Side, Window};
+    /// use switchover::ids::{Side, Window};
     /// use switchover::topology::GenericStep;
     /// let s = GenericStep::new("activate", Side::Destination, Window::Blackout).after("attach");
     /// assert_eq!(s.after, ["attach"]);
@@ -157,7 +169,7 @@ impl GenericStep {
 /// assert_eq!((d.kind.clone(), d.queues, d.rings()), (DeviceKind::Net, 2, 4));
 /// assert!(d.steps.is_empty());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
     /// Its id (index in the topology).
     pub id: DeviceId,
@@ -198,6 +210,7 @@ impl Device {
 /// assert_eq!(e.to_string(), "device blk0: queues is 0");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TopologyError {
     /// No preset of that name.
     #[error("unknown preset '{name}' (known: {known})")]
@@ -206,22 +219,6 @@ pub enum TopologyError {
         name: String,
         /// The known names, comma separated.
         known: String,
-    },
-    /// The file could not be read.
-    #[error("cannot read topology file {path}: {reason}")]
-    Read {
-        /// The path.
-        path: String,
-        /// The OS error.
-        reason: String,
-    },
-    /// The TOML is malformed or has unknown keys.
-    #[error("bad topology file {path}: {reason}")]
-    Parse {
-        /// The path.
-        path: String,
-        /// What the parser said, with line and column.
-        reason: String,
     },
     /// A device entry is invalid.
     #[error("device {device}: {reason}")]
@@ -243,7 +240,7 @@ pub enum TopologyError {
 /// let t = Topology::preset("small").unwrap();
 /// assert_eq!(t.summary(), "small: 2 net × 2 qp, 2 blk × 1 q (10 rings)");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     name: String,
     devices: Vec<Device>,
@@ -300,71 +297,6 @@ impl Topology {
         b.build()
     }
 
-    /// Parses a topology from TOML text (see `docs/integrating.md` for the format).
-    ///
-    /// # Errors
-    /// [`TopologyError::Parse`] for malformed TOML or unknown keys,
-    /// [`TopologyError::Invalid`] for zero counts or queues.
-    ///
-    /// ```
-    /// use switchover::topology::Topology;
-    /// let t = Topology::from_toml_str("[[device]]\nkind = \"blk\"\ncount = 2\nqueues = 4\n", "inline").unwrap();
-    /// assert_eq!(t.devices().len(), 2);
-    /// assert!(Topology::from_toml_str("[[device]]\nkind = \"blk\"\nqueues = 0\n", "x").is_err());
-    /// assert!(Topology::from_toml_str("[[device]]\nkind = \"blk\"\nqeues = 1\n", "x").is_err());
-    /// assert!(Topology::from_toml_str("[[device]]\nkind = \"net\"\ncount = 4000000000\n", "x").is_err());
-    /// ```
-    pub fn from_toml_str(text: &str, origin: &str) -> Result<Topology, TopologyError> {
-        let file: TomlFile =
-            toml::from_str(text).map_err(|e| TopologyError::Parse { path: origin.into(), reason: one_line(&e.to_string()) })?;
-        let mut b = Topology::builder().name(file.name.as_deref().unwrap_or(origin));
-        for (i, d) in file.device.into_iter().enumerate() {
-            let group = format!("#{} in {origin}", i + 1);
-            let count = d.count.unwrap_or(1);
-            match d.kind.as_str() {
-                "net" => {
-                    reject_extra(&group, &d, &["queues", "name", "step"])?;
-                    b = b.net(count, d.queue_pairs.unwrap_or(1));
-                }
-                "blk" => {
-                    reject_extra(&group, &d, &["queue_pairs", "name", "step"])?;
-                    b = b.blk(count, d.queues.unwrap_or(1));
-                }
-                "generic" => {
-                    reject_extra(&group, &d, &["queues", "queue_pairs"])?;
-                    let name = d.name.clone().ok_or_else(|| TopologyError::Invalid {
-                        device: group.clone(),
-                        reason: "a generic device needs `name` (its kind name)".into(),
-                    })?;
-                    let steps = d.step.iter().map(|s| s.to_step(&group)).collect::<Result<Vec<_>, _>>()?;
-                    b = b.generic(count, &name, steps);
-                }
-                other => {
-                    return Err(TopologyError::Invalid {
-                        device: group,
-                        reason: format!("unknown kind '{other}' (expected net, blk or generic)"),
-                    })
-                }
-            }
-        }
-        b.build()
-    }
-
-    /// Reads a topology from a TOML file.
-    ///
-    /// # Errors
-    /// [`TopologyError::Read`] if the file cannot be read, else as [`Topology::from_toml_str`].
-    ///
-    /// ```
-    /// use switchover::topology::Topology;
-    /// assert!(Topology::from_toml_file(std::path::Path::new("/nonexistent.toml")).is_err());
-    /// ```
-    pub fn from_toml_file(path: &Path) -> Result<Topology, TopologyError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| TopologyError::Read { path: shown.clone(), reason: e.to_string() })?;
-        Topology::from_toml_str(&text, &shown)
-    }
-
     /// The topology's name (the preset or file it came from).
     ///
     /// ```
@@ -390,7 +322,8 @@ impl Topology {
     /// A device by id.
     ///
     /// ```
-    /// use switchover::topology::{DeviceId, Topology};
+    /// use switchover::ids::DeviceId;
+    /// use switchover::topology::Topology;
     /// let t = Topology::preset("small").unwrap();
     /// assert_eq!(t.device(DeviceId(2)).name, "blk0");
     /// ```
@@ -498,7 +431,7 @@ impl TopologyBuilder {
     /// Adds `count` devices of a VMM-defined kind `kind` with the given steps.
     ///
     /// ```
-    /// use switchover::step::{Side, Window};
+    /// use switchover::ids::{Side, Window};
     /// use switchover::topology::{GenericStep, Topology};
     /// let t = Topology::builder()
     ///     .generic(1, "vfio", vec![GenericStep::new("stop", Side::Source, Window::Blackout)])
@@ -513,13 +446,19 @@ impl TopologyBuilder {
     /// Validates and builds.
     ///
     /// # Errors
-    /// [`TopologyError::Invalid`] for zero counts, zero queues, bad generic steps;
-    /// [`TopologyError::Empty`] for no devices.
+    /// [`TopologyError::Invalid`] for zero queues, too many queues or devices, bad
+    /// generic steps (even in a group of no devices); [`TopologyError::Empty`] for
+    /// no devices at all.
     ///
     /// ```
     /// use switchover::topology::{Topology, TopologyError};
     /// assert!(Topology::builder().net(1, 1).build().is_ok());
-    /// assert!(matches!(Topology::builder().net(0, 1).build(), Err(TopologyError::Invalid { .. })));
+    /// // A group of no devices is allowed (a VM without nets), as long as one device remains.
+    /// let no_nets = Topology::builder().net(0, 1).blk(1, 1).build().unwrap();
+    /// assert_eq!(no_nets.devices().len(), 1);
+    /// assert!(matches!(Topology::builder().net(0, 1).build(), Err(TopologyError::Empty)));
+    /// // Its settings are still checked.
+    /// assert!(matches!(Topology::builder().net(0, 0).blk(1, 1).build(), Err(TopologyError::Invalid { .. })));
     /// assert!(matches!(Topology::builder().net(1, 300).build(), Err(TopologyError::Invalid { .. })));
     /// ```
     pub fn build(self) -> Result<Topology, TopologyError> {
@@ -535,9 +474,8 @@ impl TopologyBuilder {
                 }
             };
             let group = format!("{prefix}{}", *idx);
-            if count == 0 {
-                return Err(TopologyError::Invalid { device: group, reason: "count is 0".into() });
-            }
+            // A group of no devices is allowed (a VM without nets, say); its
+            // settings are still checked. A topology with no device at all is not.
             if devices.len() as u64 + u64::from(count) > u64::from(MAX_DEVICES) {
                 return Err(TopologyError::Invalid { device: group, reason: format!("more than {MAX_DEVICES} devices in all") });
             }
@@ -587,100 +525,6 @@ fn validate_generic(group: &str, steps: &[GenericStep]) -> Result<(), TopologyEr
                     reason: format!("step '{}' is after '{a}', which is not an earlier step of the same side", s.name),
                 });
             }
-        }
-    }
-    Ok(())
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TomlFile {
-    name: Option<String>,
-    #[serde(default)]
-    device: Vec<TomlDevice>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TomlDevice {
-    kind: String,
-    count: Option<u32>,
-    queues: Option<u32>,
-    queue_pairs: Option<u32>,
-    name: Option<String>,
-    #[serde(default)]
-    step: Vec<TomlStep>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TomlStep {
-    name: String,
-    side: String,
-    window: String,
-    #[serde(default)]
-    after: Vec<String>,
-    affinity: Option<String>,
-    cost_ms: Option<f64>,
-}
-
-impl TomlStep {
-    fn to_step(&self, group: &str) -> Result<GenericStep, TopologyError> {
-        let bad = |what: &str, v: &str| TopologyError::Invalid {
-            device: group.into(),
-            reason: format!("step '{}': unknown {what} '{v}'", self.name),
-        };
-        let side = match self.side.as_str() {
-            "source" => Side::Source,
-            "destination" => Side::Destination,
-            v => return Err(bad("side", v)),
-        };
-        let window = match self.window.as_str() {
-            "prepare" => Window::Prepare,
-            "blackout" => Window::Blackout,
-            "cleanup" => Window::Cleanup,
-            v => return Err(bad("window", v)),
-        };
-        let affinity = match self.affinity.as_deref().unwrap_or("any") {
-            "any" => Affinity::Any,
-            "caller" => Affinity::Caller,
-            v => return Err(bad("affinity", v)),
-        };
-        let ms = self.cost_ms.unwrap_or(0.0);
-        if !(0.0..=600_000.0).contains(&ms) {
-            return Err(TopologyError::Invalid {
-                device: group.into(),
-                reason: format!("step '{}': cost_ms {ms} out of range", self.name),
-            });
-        }
-        Ok(GenericStep {
-            name: self.name.clone(),
-            side,
-            window,
-            affinity,
-            after: self.after.clone(),
-            cost: Duration::from_secs_f64(ms / 1000.0),
-        })
-    }
-}
-
-fn reject_extra(group: &str, d: &TomlDevice, not_for_kind: &[&str]) -> Result<(), TopologyError> {
-    let present = [
-        ("queues", d.queues.is_some()),
-        ("queue_pairs", d.queue_pairs.is_some()),
-        ("name", d.name.is_some()),
-        ("step", !d.step.is_empty()),
-    ];
-    for (key, is) in present {
-        if is && not_for_kind.contains(&key) {
-            return Err(TopologyError::Invalid {
-                device: group.into(),
-                reason: format!("key '{key}' does not apply to kind '{}'", d.kind),
-            });
         }
     }
     Ok(())

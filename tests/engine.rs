@@ -8,18 +8,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{check_invariants, dependents, Recorder};
+use common::{check_invariants, dependents, Recorder, TestCosts};
 use proptest::prelude::*;
 use switchover::error::StepFailure;
 use switchover::exec::{Completion, Engine, FailurePolicy, Progress, StepActions, StepOutcome, Threads};
+use switchover::ids::{Affinity, DeviceId, Side, StepId, Window};
 use switchover::plan::{Plan, PlanBuilder, StepSpec};
 use switchover::recipe::{build, RecipeOptions};
 use switchover::resource::Resource;
-use switchover::sim::Profile;
-use switchover::step::{Affinity, Server, Side, Step, StepKind, Window};
-use switchover::topology::{DeviceId, Topology};
+use switchover::step::{Server, Step, StepKind};
+use switchover::topology::Topology;
 
-fn run_all(engine: &Engine, plan: &Arc<Plan>, actions: Arc<dyn StepActions>) -> (Progress, Vec<switchover::exec::RunReport>) {
+fn run_all(engine: &mut Engine, plan: &Arc<Plan>, actions: Arc<dyn StepActions>) -> (Progress, Vec<switchover::exec::RunReport>) {
     let mut p = Progress::new(plan);
     let reports = Window::ALL.iter().map(|w| engine.run(plan, *w, actions.clone(), &mut p)).collect();
     (p, reports)
@@ -30,10 +30,10 @@ fn vhost_recipes_run_every_step_once_in_order() {
     let topo = Arc::new(Topology::preset("medium").unwrap());
     for side in [Side::Source, Side::Destination] {
         for opts in [RecipeOptions::engine(), RecipeOptions::baseline()] {
-            let plan = Arc::new(build(&topo, side, &opts, &Profile::rfc_original(1.0)).unwrap());
+            let plan = Arc::new(build(&topo, side, &opts, &TestCosts).unwrap());
             let rec = Recorder::new(plan.len(), HashSet::new(), Duration::ZERO);
-            let engine = Engine::new(3);
-            let (p, reports) = run_all(&engine, &plan, rec.clone());
+            let mut engine = Engine::new(3);
+            let (p, reports) = run_all(&mut engine, &plan, rec.clone());
             assert!(reports.iter().all(|r| r.failure.is_none()));
             assert!(p.all_done(), "{side:?}: not every step done");
             let seen = rec.seen();
@@ -57,7 +57,7 @@ fn vhost_recipes_run_every_step_once_in_order() {
 #[test]
 fn engine_plan_keeps_only_stop_and_start_messages_in_the_window() {
     let topo = Arc::new(Topology::preset("rfc-huge").unwrap());
-    let prof = Profile::rfc_original(1.0);
+    let prof = TestCosts;
     let src = build(&topo, Side::Source, &RecipeOptions::engine(), &prof).unwrap();
     let dst = build(&topo, Side::Destination, &RecipeOptions::engine(), &prof).unwrap();
     for s in src.in_window(Window::Blackout) {
@@ -81,16 +81,18 @@ fn engine_plan_keeps_only_stop_and_start_messages_in_the_window() {
 #[test]
 fn failing_step_is_named_and_its_dependents_never_start() {
     let topo = Arc::new(Topology::preset("small").unwrap());
-    let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &Profile::rfc_original(1.0)).unwrap());
+    let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &TestCosts).unwrap());
     let victim =
         plan.steps().iter().find(|s| s.kind == StepKind::GetVringBase && plan.device_name(s.id) == "net1" && s.ring == Some(2)).unwrap().id;
     for policy in [FailurePolicy::StopAll, FailurePolicy::ContinueIndependent] {
         let rec = Recorder::new(plan.len(), HashSet::from([victim.0]), Duration::from_micros(50));
-        let engine = Engine::with_spawner(2, policy, &Threads);
-        let (p, reports) = run_all(&engine, &plan, rec.clone());
+        let mut engine = Engine::with_spawner(2, policy, &Threads);
+        let (p, reports) = run_all(&mut engine, &plan, rec.clone());
         let failure = reports[1].failure.clone().expect("blackout reports the failure");
-        assert_eq!(failure.device, "net1");
-        assert_eq!(failure.step, "get_vring_base");
+        assert_eq!(&*failure.device_name, "net1");
+        assert_eq!(failure.device, plan.step(victim).device);
+        assert_eq!(failure.kind, StepKind::GetVringBase);
+        assert_eq!(failure.step, victim);
         assert_eq!(failure.ring, Some(2));
         assert_eq!(failure.side, Side::Source);
         assert!(matches!(failure.failure, StepFailure::Injected { .. }));
@@ -99,7 +101,7 @@ fn failing_step_is_named_and_its_dependents_never_start() {
         let seen = rec.seen();
         for d in dependents(&plan, victim) {
             assert_eq!(seen[d as usize].starts, 0, "dependent {d} of the failed step started");
-            assert_eq!(p.outcome(switchover::step::StepId(d)), StepOutcome::NotRun);
+            assert_eq!(p.outcome(StepId(d)), StepOutcome::NotRun);
         }
         check_invariants(&plan, &seen, std::thread::current().id());
         if policy == FailurePolicy::ContinueIndependent {
@@ -133,15 +135,16 @@ fn a_step_without_answer_times_out_and_the_run_ends() {
     let topo = Arc::new(Topology::preset("small").unwrap());
     let mut opts = RecipeOptions::engine();
     opts.deadline = Duration::from_millis(100);
-    let plan = Arc::new(build(&topo, Side::Source, &opts, &Profile::rfc_original(1.0)).unwrap());
+    let plan = Arc::new(build(&topo, Side::Source, &opts, &TestCosts).unwrap());
     let actions = Arc::new(Silent { device: DeviceId(2), held: std::sync::Mutex::new(Vec::new()) });
-    let engine = Engine::new(2);
+    let mut engine = Engine::new(2);
     let mut p = Progress::new(&plan);
     let t0 = std::time::Instant::now();
     let r = engine.run(&plan, Window::Blackout, actions.clone(), &mut p);
     assert!(t0.elapsed() < Duration::from_secs(5), "the run must end soon after the deadline");
     let f = r.failure.expect("time-out reported");
-    assert_eq!(f.device, "blk0");
+    assert_eq!(&*f.device_name, "blk0");
+    assert_eq!(f.device, DeviceId(2));
     assert!(matches!(f.failure, StepFailure::Timeout { .. }), "{f}");
     // A late answer is ignored.
     for c in actions.held.lock().unwrap().drain(..) {
@@ -159,19 +162,49 @@ fn dropped_completion_fails_the_step_instead_of_hanging() {
         }
     }
     let topo = Arc::new(Topology::preset("single-blk").unwrap());
-    let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &Profile::rfc_original(1.0)).unwrap());
-    let engine = Engine::new(1);
+    let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &TestCosts).unwrap());
+    let mut engine = Engine::new(1);
     let mut p = Progress::new(&plan);
     let r = engine.run(&plan, Window::Blackout, Arc::new(Dropper), &mut p);
     assert_eq!(r.failure.unwrap().failure, StepFailure::Abandoned);
 }
 
 #[test]
+fn a_panicking_action_fails_its_step_and_the_engine_stays_usable() {
+    /// Panics starting one step; answers every other at once.
+    struct PanicsOn(StepId);
+    impl StepActions for PanicsOn {
+        fn start(&self, step: &Step, done: Completion) {
+            assert!(step.id != self.0, "backend state corrupt");
+            done.complete(Ok(()));
+        }
+    }
+    let topo = Arc::new(Topology::preset("small").unwrap());
+    let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &TestCosts).unwrap());
+    let victim = plan.in_window(Window::Blackout).find(|s| s.kind == StepKind::GetVringBase).unwrap().id;
+    // With no worker the caller lane runs it; with workers, most likely a worker.
+    for workers in [0, 2] {
+        let mut engine = Engine::new(workers);
+        let mut p = Progress::new(&plan);
+        let r = engine.run(&plan, Window::Blackout, Arc::new(PanicsOn(victim)), &mut p);
+        let f = r.failure.expect("the panic fails the step");
+        assert_eq!(f.step, victim);
+        assert!(matches!(&f.failure, StepFailure::Panicked { message } if message.contains("backend state corrupt")), "{f}");
+        assert_eq!(p.outcome(victim), StepOutcome::Failed);
+        // The engine (its workers and the caller lane) still runs plans.
+        let rec = Recorder::new(plan.len(), HashSet::new(), Duration::ZERO);
+        let (p, reports) = run_all(&mut engine, &plan, rec.clone());
+        assert!(reports.iter().all(|r| r.ok()) && p.all_done(), "{workers} workers");
+        check_invariants(&plan, &rec.seen(), std::thread::current().id());
+    }
+}
+
+#[test]
 fn rerunning_a_window_is_idempotent() {
     let topo = Arc::new(Topology::preset("small").unwrap());
-    let plan = Arc::new(build(&topo, Side::Destination, &RecipeOptions::engine(), &Profile::rfc_original(1.0)).unwrap());
+    let plan = Arc::new(build(&topo, Side::Destination, &RecipeOptions::engine(), &TestCosts).unwrap());
     let rec = Recorder::new(plan.len(), HashSet::new(), Duration::ZERO);
-    let engine = Engine::new(2);
+    let mut engine = Engine::new(2);
     let mut p = Progress::new(&plan);
     engine.run(&plan, Window::Prepare, rec.clone(), &mut p);
     let again = engine.run(&plan, Window::Prepare, rec.clone(), &mut p);
@@ -215,7 +248,7 @@ fn to_plan(steps: &[RandStep]) -> Arc<Plan> {
         }
         let mut spec = StepSpec::new(DeviceId(0), StepKind::Custom(format!("s{i}").into()), Window::ALL[s.window as usize])
             .footprint(&fp)
-            .after(&s.preds.iter().map(|&p| switchover::step::StepId(p as u32)).collect::<Vec<_>>());
+            .after(&s.preds.iter().map(|&p| StepId(p as u32)).collect::<Vec<_>>());
         if s.caller {
             spec = spec.affinity(Affinity::Caller);
         }
@@ -235,8 +268,8 @@ proptest! {
         let plan = to_plan(&steps);
         let fail_set: HashSet<u32> = fail.iter().map(|&f| f as u32).collect();
         let rec = Recorder::new(plan.len(), fail_set, Duration::from_micros(20));
-        let engine = Engine::new(workers);
-        let (p, reports) = run_all(&engine, &plan, rec.clone());
+        let mut engine = Engine::new(workers);
+        let (p, reports) = run_all(&mut engine, &plan, rec.clone());
         let seen = rec.seen();
         check_invariants(&plan, &seen, std::thread::current().id());
         match fail {
@@ -246,15 +279,17 @@ proptest! {
                 prop_assert!(reports.iter().all(|r| r.failure.is_none()));
             }
             Some(f) => {
-                let fid = switchover::step::StepId(f as u32);
+                let fid = StepId(f as u32);
                 for d in dependents(&plan, fid) {
                     prop_assert_eq!(seen[d as usize].starts, 0);
                 }
                 if seen[f].starts == 1 {
                     let failures: Vec<_> = reports.iter().flat_map(|r| r.failures.iter()).collect();
                     prop_assert_eq!(failures.len(), 1);
-                    prop_assert_eq!(&failures[0].step, &format!("s{f}"));
-                    prop_assert_eq!(&failures[0].device, "net0");
+                    prop_assert_eq!(failures[0].step, fid);
+                    prop_assert_eq!(&failures[0].kind, &StepKind::Custom(format!("s{f}").into()));
+                    prop_assert_eq!(&*failures[0].device_name, "net0");
+                    prop_assert_eq!(failures[0].device, DeviceId(0));
                     prop_assert_eq!(p.outcome(fid), StepOutcome::Failed);
                 } else {
                     // It can only have been skipped because an earlier failure... there is none:

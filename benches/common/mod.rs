@@ -19,10 +19,19 @@ pub fn list_mode() -> bool {
     std::env::args().any(|a| a == "--list")
 }
 
-/// `$CARGO_TARGET_DIR/criterion/summary` (or `target/criterion/summary`), created.
+/// The target directory this benchmark was built in: the nearest ancestor of its
+/// executable that holds cargo's `CACHEDIR.TAG` (cargo runs a benchmark in its
+/// package's directory, `benches/`, so a relative `target` would be the wrong one),
+/// else `$CARGO_TARGET_DIR`, else `target`.
+pub fn target_dir() -> PathBuf {
+    let built_in =
+        std::env::current_exe().ok().and_then(|exe| exe.ancestors().find(|d| d.join("CACHEDIR.TAG").is_file()).map(PathBuf::from));
+    built_in.or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("target"))
+}
+
+/// `<target dir>/criterion/summary` (beside criterion's own reports), created.
 pub fn summary_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target"));
-    let dir = target.join("criterion").join("summary");
+    let dir = target_dir().join("criterion").join("summary");
     let _ = std::fs::create_dir_all(&dir);
     dir
 }

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchover::real::wire::parse_replies;
+use switchover_vhost::reply::parse_replies;
 
 fuzz_target!(|data: &[u8]| {
     // The first byte says how many requests are pending; each takes 5 bytes

@@ -3,11 +3,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchover::topology::{DeviceKind, Topology, MAX_DEVICES};
+use switchover::topology::{DeviceKind, MAX_DEVICES};
+use switchover_cli::topology_file::from_toml_str;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Ok(t) = Topology::from_toml_str(text, "fuzz") {
+    if let Ok(t) = from_toml_str(text, "fuzz") {
         assert!(!t.devices().is_empty());
         assert!(t.devices().len() <= MAX_DEVICES as usize);
         for d in t.devices() {

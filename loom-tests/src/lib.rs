@@ -1,7 +1,8 @@
 //! Shared pieces of the loom models of the switchover engine.
 //!
 //! The models compile the real `switchover` crate with `--cfg loom`, so its
-//! `sync` module hands the engine loom's `Mutex`, `Condvar`, atomics and threads.
+//! (private) `sync` module hands the engine loom's `Mutex`, `Condvar`, atomics and
+//! threads. The models themselves use `loom::sync` directly.
 //! Everything here is for building small plans and step actions that record what
 //! the engine did, with loom atomics, so that loom checks the recording too.
 //!
@@ -16,10 +17,11 @@ use std::time::{Duration, Instant};
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use switchover::error::StepFailure;
 use switchover::exec::{Completion, StepActions};
+use switchover::ids::{Affinity, DeviceId, Side, StepId, Window};
 use switchover::plan::{Plan, PlanBuilder, StepSpec};
 use switchover::resource::Resource;
-use switchover::step::{Affinity, Side, Step, StepId, StepKind, Window};
-use switchover::topology::{DeviceId, Topology};
+use switchover::step::{Step, StepKind};
+use switchover::topology::Topology;
 
 /// Explores `f` exhaustively within `preemption_bound` preemptions per execution
 /// (no permutation or time cap, whatever `LOOM_MAX_PERMUTATIONS` /

@@ -1,7 +1,7 @@
 //! Model 2: the executor's completion protocol (`src/exec/`) on small DAGs.
 //!
-//! The real `Engine` (its worker pool spawned as loom threads through
-//! `switchover::sync::spawn`) runs small plans; the calling thread is the caller
+//! The real `Engine` (its worker pool spawned as loom threads by the default
+//! `Threads` spawner, through the core's private `sync` module) runs small plans; the calling thread is the caller
 //! lane. Steps answer inline or hand their `Completion` to a new loom thread
 //! (split-phase). The recorder uses relaxed atomics, so only the engine's own
 //! locking can order a step after its predecessors.
@@ -19,14 +19,14 @@
 use std::sync::Arc as StdArc;
 
 use switchover::exec::{Engine, Progress, StepActions};
+use switchover::ids::{StepId, Window};
 use switchover::plan::Plan;
-use switchover::step::{StepId, Window};
 use switchover_loom_tests::{check, plan, spec, spec_in, Recorder};
 
 /// Runs `plan` (one window) on an engine with `workers` workers and checks the
 /// protocol; `threaded` steps complete from a spawned thread.
 fn run_all(plan: &StdArc<Plan>, workers: usize, threaded: &[usize]) {
-    let engine = Engine::new(workers);
+    let mut engine = Engine::new(workers);
     let actions = StdArc::new(Recorder::new(plan, threaded));
     let rec = actions.rec.clone();
     let mut progress = Progress::new(plan);
@@ -113,7 +113,7 @@ fn fan_out_fan_in_one_worker() {
 /// step of the second window runs after its predecessor of the first.
 #[test]
 fn two_windows_reuse_the_pool() {
-    use switchover::step::Window::{Blackout, Prepare};
+    use switchover::ids::Window::{Blackout, Prepare};
     check("m2 two windows on one engine, 1 worker", 3, || {
         let p = plan(vec![
             spec_in("a", 0, Prepare),
@@ -121,7 +121,7 @@ fn two_windows_reuse_the_pool() {
             spec("c", 2).after(&[StepId(0)]),
             spec("d", 3).after(&[StepId(1), StepId(2)]),
         ]);
-        let engine = Engine::new(1);
+        let mut engine = Engine::new(1);
         let actions = StdArc::new(Recorder::new(&p, &[1, 3]));
         let rec = actions.rec.clone();
         let mut progress = Progress::new(&p);

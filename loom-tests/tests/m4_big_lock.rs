@@ -6,8 +6,9 @@
 //! (caller-affine, footprint big lock + memory transaction) → two host-notifier
 //! steps on the workers → `memtxn_commit` (caller-affine), plus an independent
 //! ring step. A caller-affine step does not lock again: the lane that runs it
-//! already holds the lock, which the action checks (it runs on the caller's
-//! thread, and `try_lock` from there fails because the lock is held).
+//! already holds the lock, which the action checks (the engine hands it to
+//! `StepActions::start_on_caller` with the caller-lane token, it runs on the
+//! caller's thread, and `try_lock` from there fails because the lock is held).
 //!
 //! Proves, within the bound: the run terminates in every interleaving, every step
 //! runs once after its predecessors, caller-affine steps run only on the caller's
@@ -28,13 +29,13 @@ use std::collections::VecDeque;
 use std::sync::Arc as StdArc;
 
 use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread::ThreadId;
-use switchover::exec::{Completion, Engine, Progress, StepActions};
+use switchover::exec::{CallerLane, Completion, Engine, Progress, StepActions};
+use switchover::ids::{Affinity, DeviceId, Side, StepId, Window};
 use switchover::plan::{PlanBuilder, PlanError, StepSpec};
 use switchover::resource::Resource;
-use switchover::step::{Affinity, Side, Step, StepId, StepKind, Window};
-use switchover::sync::{Arc, Condvar, Mutex};
-use switchover::topology::DeviceId;
+use switchover::step::{Step, StepKind};
 use switchover_loom_tests::{check, expect_loom_deadlock, plan, topology, Recorder};
 
 fn step(kind: StepKind, fp: &[Resource]) -> StepSpec {
@@ -54,11 +55,14 @@ struct BigLockActions {
 
 impl StepActions for BigLockActions {
     fn start(&self, step: &Step, done: Completion) {
-        if step.affinity == Affinity::Caller {
-            assert_eq!(loom::thread::current().id(), self.caller, "a caller-affine step ran on a worker");
-            assert!(self.big.try_lock().is_none(), "the caller lane must be holding the big lock");
-            self.on_caller.fetch_add(1, Ordering::Relaxed);
-        }
+        assert_eq!(step.affinity, Affinity::Any, "a caller-affine step was started off the caller lane");
+        self.inner.start(step, done);
+    }
+    fn start_on_caller(&self, step: &Step, _lane: &CallerLane, done: Completion) {
+        assert_eq!(step.affinity, Affinity::Caller);
+        assert_eq!(loom::thread::current().id(), self.caller, "a caller-affine step ran on a worker");
+        assert!(self.big.try_lock().is_err(), "the caller lane must be holding the big lock");
+        self.on_caller.fetch_add(1, Ordering::Relaxed);
         self.inner.start(step, done);
     }
 }
@@ -74,7 +78,7 @@ fn caller_lane_runs_big_lock_steps_while_holding_it() {
             txn(StepKind::MemTxnCommit).after(&[StepId(1), StepId(2)]),
             step(StepKind::VringDisable, &[Resource::vring(DeviceId(0), 0)]).ring(0),
         ]);
-        let engine = Engine::new(2);
+        let mut engine = Engine::new(2);
         let actions = StdArc::new(BigLockActions {
             inner: Recorder::new(&p, &[]),
             big: Mutex::new(0),
@@ -83,7 +87,7 @@ fn caller_lane_runs_big_lock_steps_while_holding_it() {
         });
         let rec = actions.inner.rec.clone();
         let mut progress = Progress::new(&p);
-        let mut held = actions.big.lock(); // migration_completion(): the BQL is taken
+        let mut held = actions.big.lock().unwrap(); // migration_completion(): the BQL is taken
         let r = engine.run(&p, Window::Blackout, actions.clone(), &mut progress);
         *held += 1;
         drop(held);
@@ -92,7 +96,7 @@ fn caller_lane_runs_big_lock_steps_while_holding_it() {
         for i in 0..p.len() {
             assert_eq!(rec.starts(i), 1, "step {i}");
         }
-        assert_eq!(*actions.big.lock(), 1);
+        assert_eq!(*actions.big.lock().unwrap(), 1);
     });
 }
 
@@ -122,28 +126,28 @@ fn naive_pool() {
         loom::thread::spawn(move || {
             for _ in 0..2 {
                 let job = {
-                    let mut q = pool.jobs.lock();
+                    let mut q = pool.jobs.lock().unwrap();
                     loop {
                         if let Some(j) = q.pop_front() {
                             break j;
                         }
-                        pool.jobs_cv.wait(&mut q);
+                        q = pool.jobs_cv.wait(q).unwrap();
                     }
                 };
                 if job {
-                    *big.lock() += 1; // prepare_mmio_access(): BQL not held here → lock it
+                    *big.lock().unwrap() += 1; // prepare_mmio_access(): BQL not held here → lock it
                 }
-                *pool.done.lock() += 1;
+                *pool.done.lock().unwrap() += 1;
                 pool.done_cv.notify_all();
             }
         })
     };
-    let held = big.lock(); // migration_completion()
-    pool.jobs.lock().extend([false, true]);
+    let held = big.lock().unwrap(); // migration_completion()
+    pool.jobs.lock().unwrap().extend([false, true]);
     pool.jobs_cv.notify_all();
-    let mut d = pool.done.lock();
+    let mut d = pool.done.lock().unwrap();
     while *d < 2 {
-        pool.done_cv.wait(&mut d);
+        d = pool.done_cv.wait(d).unwrap();
     }
     drop(d);
     drop(held);
@@ -170,7 +174,7 @@ struct LocksBigLock {
 
 impl StepActions for LocksBigLock {
     fn start(&self, _step: &Step, done: Completion) {
-        *self.big.lock() += 1;
+        *self.big.lock().unwrap() += 1;
         done.complete(Ok(()));
     }
 }
@@ -185,10 +189,10 @@ fn engine_with_undeclared_big_lock_step_deadlocks() {
 fn child_engine_undeclared_big_lock() {
     check("m4 engine, big-lock step left Affinity::Any", 2, || {
         let p = plan(vec![step(StepKind::MemTxnBegin, &[Resource::MEMORY_TRANSACTION])]);
-        let engine = Engine::new(1);
+        let mut engine = Engine::new(1);
         let actions = StdArc::new(LocksBigLock { big: Mutex::new(0) });
         let mut progress = Progress::new(&p);
-        let held = actions.big.lock();
+        let held = actions.big.lock().unwrap();
         let _ = engine.run(&p, Window::Blackout, actions.clone(), &mut progress);
         drop(held);
     });

@@ -23,12 +23,13 @@ use std::time::Duration;
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use switchover::error::StepFailure;
 use switchover::exec::{Completion, Engine, FailurePolicy, Progress, StepActions, StepOutcome, Threads};
+use switchover::ids::{DeviceId, Side, StepId, Window};
 use switchover::plan::{Plan, StepSpec};
 use switchover::recipe::{build, rollback, NoCosts, RecipeOptions};
 use switchover::resource::Resource;
 use switchover::state::DeviceState;
-use switchover::step::{Side, Step, StepId, StepKind, Window};
-use switchover::topology::{DeviceId, Topology};
+use switchover::step::{Step, StepKind};
+use switchover::topology::Topology;
 use switchover_loom_tests::{check, plan, Recorder};
 
 fn msg(kind: StepKind, ring: u32, fp: Resource) -> StepSpec {
@@ -44,7 +45,7 @@ fn failure_model(policy: FailurePolicy) {
         msg(StepKind::GetVringBase, 1, Resource::vring(d, 1)).after(&[StepId(2)]),
         msg(StepKind::GuestNotifierOff, 1, Resource::guest_notifier(d, 1)).after(&[StepId(3)]),
     ]);
-    let engine = Engine::with_spawner(1, policy, &Threads);
+    let mut engine = Engine::with_spawner(1, policy, &Threads);
     let fail = StepFailure::Backend { message: "EIO".into() };
     let actions = StdArc::new(Recorder::new(&p, &[1, 3]).failing(3, fail.clone()));
     let rec = actions.rec.clone();
@@ -56,7 +57,8 @@ fn failure_model(policy: FailurePolicy) {
     assert_eq!(progress.outcome(StepId(3)), StepOutcome::Failed);
     assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
     let f = r.failure.as_ref().expect("failure reported");
-    assert_eq!((f.device.as_str(), f.ring, f.step.as_str(), &f.failure), ("net0", Some(1), "get_vring_base", &fail));
+    assert_eq!((&*f.device_name, f.ring, &f.kind, &f.failure), ("net0", Some(1), &StepKind::GetVringBase, &fail));
+    assert_eq!((f.side, f.device, f.step), (Side::Source, DeviceId(0), StepId(3)));
     let started: usize = (0..p.len()).map(|i| rec.starts(i)).sum();
     assert_eq!(r.records.len(), started, "report and recorder disagree on what started");
     for i in 0..p.len() {
@@ -175,12 +177,12 @@ fn rollback_model(fail: (StepKind, u32)) {
     let topo = StdArc::new(Topology::builder().name("rb").net(1, 1).build().expect("topology"));
     let opts = RecipeOptions { deadline: Duration::MAX, ..RecipeOptions::engine() };
     let src = source_plan(&topo, &opts);
-    let engine = Engine::new(1);
+    let mut engine = Engine::new(1);
     let backend = StdArc::new(Backend::new(&topo, Some(fail.clone()), Some((StepKind::GetVringBase, 0))));
     let mut progress = Progress::new(&src);
     let r = engine.run(&src, Window::Blackout, StdArc::new(BackendActions(backend.clone())), &mut progress);
     assert_eq!(r.failures.len(), 1);
-    assert_eq!(r.failure.as_ref().map(|f| (f.step.clone(), f.ring)), Some((fail.0.name().to_string(), Some(fail.1))));
+    assert_eq!(r.failure.as_ref().map(|f| (f.kind.clone(), f.ring)), Some((fail.0.clone(), Some(fail.1))));
 
     let rb = StdArc::new(rollback(&src, &progress, &[], &opts, &NoCosts).expect("rollback plan"));
     let mut rbp = Progress::new(&rb);

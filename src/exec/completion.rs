@@ -3,7 +3,7 @@
 use std::cell::{Cell, RefCell};
 
 use crate::error::StepFailure;
-use crate::step::StepId;
+use crate::ids::StepId;
 use crate::sync::Arc;
 
 use super::Shared;
@@ -118,7 +118,13 @@ fn deliver(t: Target, r: Result<(), StepFailure>) {
 impl Drop for Completion {
     fn drop(&mut self) {
         if let Some(t) = self.target.take() {
-            deliver(t, Err(StepFailure::Abandoned));
+            // Dropped by unwinding: the code holding it panicked before answering.
+            let f = if std::thread::panicking() {
+                StepFailure::Panicked { message: "the thread holding its completion panicked".into() }
+            } else {
+                StepFailure::Abandoned
+            };
+            deliver(t, Err(f));
         }
     }
 }

@@ -18,9 +18,9 @@
 //! ```
 //! use std::sync::Arc;
 //! use switchover::exec::{Completion, Engine, Progress, StepActions};
-//! use switchover::recipe::{build, RecipeOptions};
-//! use switchover::sim::Profile;
-//! use switchover::step::{Side, Step, Window};
+//! use switchover::ids::{Side, Window};
+//! use switchover::recipe::{build, NoCosts, RecipeOptions};
+//! use switchover::step::Step;
 //! use switchover::topology::Topology;
 //!
 //! struct Nothing;
@@ -30,8 +30,8 @@
 //!     }
 //! }
 //! let topo = Arc::new(Topology::preset("small").unwrap());
-//! let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &Profile::rfc_original(1.0)).unwrap());
-//! let engine = Engine::new(2);
+//! let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+//! let mut engine = Engine::new(2);
 //! let mut progress = Progress::new(&plan);
 //! for w in Window::ALL {
 //!     let r = engine.run(&plan, w, Arc::new(Nothing), &mut progress);
@@ -40,6 +40,7 @@
 //! assert!(progress.all_done());
 //! ```
 
+mod caller;
 mod clock;
 mod completion;
 mod ready;
@@ -48,12 +49,14 @@ mod sched;
 use std::sync::Arc as StdArc;
 use std::time::{Duration, Instant};
 
+pub use caller::CallerLane;
 pub use completion::Completion;
 pub use sched::{Lane, CALLER};
 
 use crate::error::{StepError, StepFailure};
+use crate::ids::{Affinity, DeviceId, Side, StepId, Window};
 use crate::plan::Plan;
-use crate::step::{Side, Step, StepId, Window};
+use crate::step::Step;
 use crate::sync::{Arc, Condvar, Mutex};
 use sched::{Sched, Woken};
 
@@ -66,7 +69,8 @@ use sched::{Sched, Woken};
 /// use std::sync::Arc;
 /// use switchover::exec::{Completion, Engine, Progress, StepActions};
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{ExecMode, Side, Step, Window};
+/// use switchover::step::{ExecMode, Step};
+/// use switchover::ids::{Side, Window};
 /// use switchover::topology::Topology;
 ///
 /// /// Answers blocking steps at once and split-phase ones from another thread, as a
@@ -99,7 +103,8 @@ pub trait StepActions: Send + Sync + 'static {
     /// use switchover::error::StepFailure;
     /// use switchover::exec::{Completion, Engine, Progress, StepActions};
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::{Side, Step, StepKind, Window};
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::step::{Step, StepKind};
     /// use switchover::topology::Topology;
     ///
     /// /// Every `get_vring_base` fails; everything else succeeds.
@@ -116,9 +121,62 @@ pub trait StepActions: Send + Sync + 'static {
     /// let topo = Arc::new(Topology::preset("single-net").unwrap());
     /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
     /// let r = Engine::new(1).run(&plan, Window::Blackout, Arc::new(NoBase), &mut Progress::new(&plan));
-    /// assert_eq!(r.failure.unwrap().step, "get_vring_base");
+    /// let failure = r.failure.unwrap();
+    /// assert_eq!(failure.kind, StepKind::GetVringBase);
+    /// assert_eq!(plan.step(failure.step).kind, StepKind::GetVringBase);
     /// ```
     fn start(&self, step: &Step, done: Completion);
+
+    /// Starts a caller-affine step ([`Affinity::Caller`]) on the thread that called
+    /// [`Engine::run`] — the one that holds the VMM's big lock. `lane` proves it:
+    /// only the engine makes a [`CallerLane`], only on that thread, and it cannot
+    /// be sent to another. VMM code that needs its big lock can ask for
+    /// `&CallerLane`. By default, the same as [`StepActions::start`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::thread::ThreadId;
+    /// use parking_lot::Mutex;
+    /// use switchover::exec::{CallerLane, Completion, Engine, Progress, StepActions};
+    /// use switchover::ids::{Affinity, Side, Window};
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::Step;
+    /// use switchover::topology::Topology;
+    ///
+    /// /// The VMM's big lock, reachable only with the caller-lane token.
+    /// struct Vmm {
+    ///     on_caller: Mutex<Vec<ThreadId>>,
+    /// }
+    /// impl Vmm {
+    ///     fn commit_memory_map(&self, _lane: &CallerLane) {
+    ///         self.on_caller.lock().push(std::thread::current().id());
+    ///     }
+    /// }
+    /// impl StepActions for Vmm {
+    ///     fn start(&self, step: &Step, done: Completion) {
+    ///         assert_eq!(step.affinity, Affinity::Any); // caller-affine steps never come here
+    ///         done.complete(Ok(()));
+    ///     }
+    ///     fn start_on_caller(&self, _step: &Step, lane: &CallerLane, done: Completion) {
+    ///         self.commit_memory_map(lane);
+    ///         done.complete(Ok(()));
+    ///     }
+    /// }
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+    /// let vmm = Arc::new(Vmm { on_caller: Mutex::new(vec![]) });
+    /// let (mut engine, mut progress) = (Engine::new(2), Progress::new(&plan));
+    /// for w in Window::ALL {
+    ///     assert!(engine.run(&plan, w, vmm.clone(), &mut progress).ok());
+    /// }
+    /// // The memory transaction's begin and commit (cleanup, after the notifiers
+    /// // the blackout window unblocks) ran on this thread.
+    /// assert_eq!(*vmm.on_caller.lock(), [std::thread::current().id(); 2]);
+    /// ```
+    fn start_on_caller(&self, step: &Step, lane: &CallerLane, done: Completion) {
+        let _ = lane;
+        self.start(step, done)
+    }
 
     /// Brings back the backend of a device whose control channel was lost (crashed,
     /// hung, closed): a new backend process or connection, with no ring state. Used by
@@ -127,7 +185,7 @@ pub trait StepActions: Send + Sync + 'static {
     /// ```
     /// use switchover::exec::{Completion, StepActions};
     /// use switchover::step::Step;
-    /// use switchover::topology::DeviceId;
+    /// use switchover::ids::DeviceId;
     /// struct Inline;
     /// impl StepActions for Inline {
     ///     fn start(&self, _step: &Step, done: Completion) {
@@ -146,7 +204,7 @@ pub trait StepActions: Send + Sync + 'static {
     /// assert!(!Inline.reconnect(DeviceId(0))); // by default a lost backend stays lost
     /// assert!(Restartable.reconnect(DeviceId(0)));
     /// ```
-    fn reconnect(&self, _device: crate::topology::DeviceId) -> bool {
+    fn reconnect(&self, _device: DeviceId) -> bool {
         false
     }
 
@@ -156,7 +214,7 @@ pub trait StepActions: Send + Sync + 'static {
     /// ```
     /// use switchover::exec::{Completion, StepActions};
     /// use switchover::step::Step;
-    /// use switchover::topology::DeviceId;
+    /// use switchover::ids::DeviceId;
     /// struct Inline;
     /// impl StepActions for Inline {
     ///     fn start(&self, _step: &Step, done: Completion) {
@@ -175,7 +233,7 @@ pub trait StepActions: Send + Sync + 'static {
     /// assert_eq!(Inline.recover_base(DeviceId(0), 1), None);
     /// assert_eq!(FromGuestMemory.recover_base(DeviceId(0), 1), Some(101));
     /// ```
-    fn recover_base(&self, _device: crate::topology::DeviceId, _ring: u32) -> Option<u16> {
+    fn recover_base(&self, _device: DeviceId, _ring: u32) -> Option<u16> {
         None
     }
 }
@@ -187,7 +245,8 @@ pub trait StepActions: Send + Sync + 'static {
 /// use switchover::error::StepFailure;
 /// use switchover::exec::{Completion, Engine, FailurePolicy, Progress, StepActions, StepOutcome, Threads};
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Side, Step, StepKind, Window};
+/// use switchover::ids::{Side, Window};
+/// use switchover::step::{Step, StepKind};
 /// use switchover::topology::Topology;
 ///
 /// /// Ring 0's `get_vring_base` fails.
@@ -201,7 +260,7 @@ pub trait StepActions: Send + Sync + 'static {
 /// let topo = Arc::new(Topology::preset("single-net").unwrap());
 /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
 /// assert_eq!(FailurePolicy::default(), FailurePolicy::StopAll);
-/// let engine = Engine::with_spawner(0, FailurePolicy::ContinueIndependent, &Threads);
+/// let mut engine = Engine::with_spawner(0, FailurePolicy::ContinueIndependent, &Threads);
 /// let mut p = Progress::new(&plan);
 /// let r = engine.run(&plan, Window::Blackout, Arc::new(FailRing0), &mut p);
 /// assert_eq!(r.failures.len(), 1);
@@ -209,8 +268,7 @@ pub trait StepActions: Send + Sync + 'static {
 /// let ring1 = plan.in_window(Window::Blackout).find(|s| s.kind == StepKind::GetVringBase && s.ring == Some(1)).unwrap();
 /// assert_eq!(p.outcome(ring1.id), StepOutcome::Done);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FailurePolicy {
     /// Start nothing new; let running steps finish; end the run (for all-or-nothing
     /// switchover with rollback).
@@ -227,7 +285,8 @@ pub enum FailurePolicy {
 /// use switchover::error::StepFailure;
 /// use switchover::exec::{Completion, Engine, Progress, StepActions, StepOutcome};
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Side, Step, Window};
+/// use switchover::ids::{Side, Window};
+/// use switchover::step::Step;
 /// use switchover::topology::Topology;
 /// struct Fail;
 /// impl StepActions for Fail {
@@ -243,8 +302,7 @@ pub enum FailurePolicy {
 /// // Nothing ran in cleanup, nor after the failure.
 /// assert!(p.with(StepOutcome::NotRun).count() > 0);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepOutcome {
     /// Not run (yet, or because a predecessor failed or the run stopped).
     NotRun,
@@ -256,6 +314,23 @@ pub enum StepOutcome {
     TimedOut,
 }
 
+impl StepOutcome {
+    /// Snake-case name.
+    ///
+    /// ```
+    /// use switchover::exec::StepOutcome;
+    /// assert_eq!(StepOutcome::TimedOut.name(), "timed_out");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            StepOutcome::NotRun => "not_run",
+            StepOutcome::Done => "done",
+            StepOutcome::Failed => "failed",
+            StepOutcome::TimedOut => "timed_out",
+        }
+    }
+}
+
 /// Outcomes of a plan's steps across windows. A step already `Done` is never run
 /// again, so re-running a window after a partial failure is idempotent.
 ///
@@ -263,7 +338,8 @@ pub enum StepOutcome {
 /// use std::sync::Arc;
 /// use switchover::exec::{Completion, Engine, Progress, StepActions};
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Side, Step, Window};
+/// use switchover::ids::{Side, Window};
+/// use switchover::step::Step;
 /// use switchover::topology::Topology;
 /// struct Inline;
 /// impl StepActions for Inline {
@@ -273,7 +349,7 @@ pub enum StepOutcome {
 /// }
 /// let topo = Arc::new(Topology::preset("small").unwrap());
 /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
-/// let engine = Engine::new(1);
+/// let mut engine = Engine::new(1);
 /// let mut p = Progress::new(&plan);
 /// let first = engine.run(&plan, Window::Blackout, Arc::new(Inline), &mut p);
 /// assert_eq!(first.records.len(), plan.in_window(Window::Blackout).count());
@@ -293,7 +369,7 @@ impl Progress {
     /// use std::sync::Arc;
     /// use switchover::exec::{Progress, StepOutcome};
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::Side;
+    /// use switchover::ids::Side;
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -310,7 +386,7 @@ impl Progress {
     /// use std::sync::Arc;
     /// use switchover::exec::{Progress, StepOutcome};
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::{Side, StepId};
+    /// use switchover::ids::{Side, StepId};
     /// use switchover::topology::Topology;
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
@@ -328,7 +404,8 @@ impl Progress {
     /// use std::sync::Arc;
     /// use switchover::exec::{Completion, Engine, Progress, StepActions};
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::{Side, Step, Window};
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::step::Step;
     /// use switchover::topology::Topology;
     /// struct Inline;
     /// impl StepActions for Inline {
@@ -338,7 +415,7 @@ impl Progress {
     /// }
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = Arc::new(build(&topo, Side::Destination, &RecipeOptions::engine(), &NoCosts).unwrap());
-    /// let (engine, mut p) = (Engine::new(1), Progress::new(&plan));
+    /// let (mut engine, mut p) = (Engine::new(1), Progress::new(&plan));
     /// engine.run(&plan, Window::Prepare, Arc::new(Inline), &mut p);
     /// assert!(!p.all_done()); // the blackout window has not run yet
     /// engine.run(&plan, Window::Blackout, Arc::new(Inline), &mut p);
@@ -354,7 +431,8 @@ impl Progress {
     /// use std::sync::Arc;
     /// use switchover::exec::{Completion, Engine, Progress, StepActions, StepOutcome};
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::{Side, Step, Window};
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::step::Step;
     /// use switchover::topology::Topology;
     /// struct Inline;
     /// impl StepActions for Inline {
@@ -380,7 +458,8 @@ impl Progress {
 /// use std::sync::Arc;
 /// use switchover::exec::{Completion, Engine, Progress, StepActions, StepOutcome};
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Side, Step, Window};
+/// use switchover::ids::{Side, Window};
+/// use switchover::step::Step;
 /// use switchover::topology::Topology;
 /// struct Inline;
 /// impl StepActions for Inline {
@@ -397,7 +476,7 @@ impl Progress {
 ///     assert!((rec.lane as usize) < r.lanes);
 /// }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepRecord {
     /// The step.
     pub step: StepId,
@@ -417,7 +496,8 @@ pub struct StepRecord {
 /// use std::sync::Arc;
 /// use switchover::exec::{Completion, Engine, Progress, StepActions};
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Side, Step, Window};
+/// use switchover::ids::{Side, Window};
+/// use switchover::step::Step;
 /// use switchover::topology::Topology;
 /// struct Inline;
 /// impl StepActions for Inline {
@@ -459,7 +539,8 @@ impl RunReport {
     /// use switchover::error::StepFailure;
     /// use switchover::exec::{Completion, Engine, Progress, StepActions};
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::{Side, Step, Window};
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::step::Step;
     /// use switchover::topology::Topology;
     /// /// Never answers: dropping the completion fails the step as abandoned.
     /// struct Drops;
@@ -610,13 +691,15 @@ struct LaneCtx<'a> {
     actions: &'a dyn StepActions,
     lane: Lane,
     clock: clock::Clock,
+    /// Present on the caller lane only.
+    caller: Option<&'a CallerLane>,
 }
 
 /// Starts each step of a batch on this lane, stamping its real start (and inline end).
 fn run_batch(cx: &LaneCtx<'_>, batch: &mut Vec<StepId>, done: &mut Vec<Started>) {
     for id in batch.drain(..) {
         let t0 = cx.clock.now();
-        let inline = start_step(cx.shared, cx.epoch, cx.plan, cx.actions, id, cx.lane).map(|r| (r, cx.clock.now()));
+        let inline = start_step(cx.shared, cx.epoch, cx.plan, cx.actions, id, cx.lane, cx.caller).map(|r| (r, cx.clock.now()));
         done.push((id, t0, inline));
     }
 }
@@ -681,7 +764,8 @@ impl Shared {
 /// use std::sync::Arc;
 /// use switchover::exec::{Completion, Engine, Progress, StepActions, CALLER};
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Affinity, Side, Step, Window};
+/// use switchover::ids::{Affinity, Side, Window};
+/// use switchover::step::Step;
 /// use switchover::topology::Topology;
 /// struct Inline;
 /// impl StepActions for Inline {
@@ -691,7 +775,7 @@ impl Shared {
 /// }
 /// let topo = Arc::new(Topology::preset("small").unwrap());
 /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
-/// let engine = Engine::new(2); // started before the window opens
+/// let mut engine = Engine::new(2); // started before the window opens
 /// let r = engine.run(&plan, Window::Cleanup, Arc::new(Inline), &mut Progress::new(&plan));
 /// // Caller-affine steps (the memory transaction) ran on the calling thread.
 /// for rec in &r.records {
@@ -755,7 +839,8 @@ impl Engine {
     /// use switchover::error::StepFailure;
     /// use switchover::exec::{Completion, Engine, FailurePolicy, Progress, StepActions, StepOutcome};
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::{Side, Step, StepKind, Window};
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::step::{Step, StepKind};
     /// use switchover::topology::Topology;
     /// struct FailDisable;
     /// impl StepActions for FailDisable {
@@ -784,7 +869,8 @@ impl Engine {
     /// use std::sync::Arc;
     /// use switchover::exec::{Completion, Engine, Progress, StepActions};
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::{Side, Step, Window};
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::step::Step;
     /// use switchover::topology::Topology;
     /// struct Inline;
     /// impl StepActions for Inline {
@@ -794,7 +880,7 @@ impl Engine {
     /// }
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
-    /// let engine = Engine::new(3);
+    /// let mut engine = Engine::new(3);
     /// let r = engine.run(&plan, Window::Blackout, Arc::new(Inline), &mut Progress::new(&plan));
     /// assert_eq!(r.lanes, engine.workers() + 1); // plus the caller lane
     /// ```
@@ -810,7 +896,8 @@ impl Engine {
     /// use std::sync::Arc;
     /// use switchover::exec::{Completion, Engine, Progress, StepActions};
     /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-    /// use switchover::step::{Side, Step, Window};
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::step::Step;
     /// use switchover::topology::Topology;
     /// struct Inline;
     /// impl StepActions for Inline {
@@ -820,7 +907,7 @@ impl Engine {
     /// }
     /// let topo = Arc::new(Topology::preset("small").unwrap());
     /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
-    /// let engine = Engine::new(1);
+    /// let mut engine = Engine::new(1);
     /// let mut progress = Progress::new(&plan);
     /// let r = engine.run(&plan, Window::Blackout, Arc::new(Inline), &mut progress);
     /// assert!(r.ok());
@@ -829,7 +916,7 @@ impl Engine {
     /// ran.sort();
     /// assert_eq!(ran, plan.in_window(Window::Blackout).map(|s| s.id).collect::<Vec<_>>());
     /// ```
-    pub fn run(&self, plan: &StdArc<Plan>, window: Window, actions: StdArc<dyn StepActions>, progress: &mut Progress) -> RunReport {
+    pub fn run(&mut self, plan: &StdArc<Plan>, window: Window, actions: StdArc<dyn StepActions>, progress: &mut Progress) -> RunReport {
         let span = tracing::info_span!("window", side = plan.side().short(), window = window.name());
         let _g = span.enter();
         let clock = clock::Clock::start();
@@ -837,7 +924,9 @@ impl Engine {
         let epoch;
         {
             let mut st = self.shared.state.lock();
-            assert!(st.run.is_none(), "Engine::run is not reentrant");
+            // `&mut self` keeps a second run from starting while this one runs; a
+            // run left behind by a panic outside any action is superseded (its
+            // late answers carry an old epoch and are ignored).
             st.epoch += 1;
             epoch = st.epoch;
             let sched = Sched::new(plan, window, self.policy, progress);
@@ -845,6 +934,7 @@ impl Engine {
         }
         self.shared.workers_cv.notify_all();
         // The caller lane.
+        let caller = CallerLane::here();
         let mut batch = Vec::with_capacity(BATCH);
         let mut answers = Vec::with_capacity(BATCH);
         let mut st = self.shared.state.lock();
@@ -862,7 +952,7 @@ impl Engine {
                 let clock = run.clock;
                 drop(st);
                 run_batch(
-                    &LaneCtx { shared: &self.shared, epoch, plan, actions: &*actions, lane: CALLER, clock },
+                    &LaneCtx { shared: &self.shared, epoch, plan, actions: &*actions, lane: CALLER, clock, caller: Some(&caller) },
                     &mut batch,
                     &mut answers,
                 );
@@ -882,17 +972,7 @@ impl Engine {
         drop(st);
         let wall = t0.elapsed();
         run.sched.settle(plan, progress);
-        let mk_err = |id: StepId, f: &StepFailure| {
-            let s = plan.step(id);
-            StepError {
-                side: plan.side(),
-                device: plan.device_name(id).to_string(),
-                ring: s.ring,
-                step: s.kind.name().to_string(),
-                failure: f.clone(),
-            }
-        };
-        let failures: Vec<StepError> = run.sched.failures.iter().map(|(id, f)| mk_err(*id, f)).collect();
+        let failures: Vec<StepError> = run.sched.failures.iter().map(|(id, f)| StepError::new(plan, *id, f.clone())).collect();
         let records = plan
             .in_window(window)
             .filter(|s| run.sched.was_started(s.id))
@@ -923,6 +1003,10 @@ impl Engine {
 
 /// Starts a step on this lane; returns its answer if it answered before `start`
 /// returned (the lane then records it and takes its next step under one lock).
+///
+/// A panic in the action is caught here: the step fails as
+/// [`StepFailure::Panicked`] (unless it had already answered) and the lane goes on,
+/// so neither a worker nor the caller's run is lost to it.
 fn start_step(
     shared: &Arc<Shared>,
     epoch: u64,
@@ -930,12 +1014,42 @@ fn start_step(
     actions: &dyn StepActions,
     id: StepId,
     lane: Lane,
+    caller: Option<&CallerLane>,
 ) -> Option<Result<(), StepFailure>> {
     let step = plan.step(id);
     tracing::trace!(step = id.0, kind = step.kind.name(), device = plan.device_name(id), lane, "start");
     completion::begin_inline(shared, epoch, id);
-    actions.start(step, Completion::engine(shared.clone(), epoch, id));
-    completion::end_inline()
+    let done = Completion::engine(shared.clone(), epoch, id);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match (caller, step.affinity) {
+        (Some(token), Affinity::Caller) => actions.start_on_caller(step, token, done),
+        _ => actions.start(step, done),
+    }));
+    let answer = completion::end_inline();
+    match r {
+        Ok(()) => answer,
+        Err(payload) => {
+            let message = panic_message(&*payload);
+            tracing::error!(step = id.0, kind = step.kind.name(), device = plan.device_name(id), %message, "step action panicked");
+            match answer {
+                // It panicked before answering: the dropped completion answered
+                // "panicked" inline; give that answer the panic's message.
+                Some(Err(StepFailure::Panicked { .. })) | None => Some(Err(StepFailure::Panicked { message })),
+                // It answered, then panicked: the answer stands.
+                Some(a) => Some(a),
+            }
+        }
+    }
+}
+
+/// The message of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_string()
+    }
 }
 
 fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
@@ -967,7 +1081,7 @@ fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
         };
         drop(st);
         let (_, plan, actions) = cached.as_ref().expect("cached");
-        run_batch(&LaneCtx { shared, epoch, plan, actions: &**actions, lane, clock }, &mut batch, &mut answers);
+        run_batch(&LaneCtx { shared, epoch, plan, actions: &**actions, lane, clock, caller: None }, &mut batch, &mut answers);
         st = shared.state.lock();
         shared.record_batch(&mut st, epoch, &mut answers);
     }

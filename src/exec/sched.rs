@@ -9,8 +9,8 @@ use super::clock::Stamp;
 use super::ready::ReadySet;
 use super::{FailurePolicy, Progress, StepOutcome};
 use crate::error::StepFailure;
+use crate::ids::{Affinity, StepId, Window};
 use crate::plan::Plan;
-use crate::step::{Affinity, StepId, Window};
 
 /// The lane a step was started on: 0 is the caller, 1.. are workers.
 ///
@@ -18,7 +18,8 @@ use crate::step::{Affinity, StepId, Window};
 /// use std::sync::Arc;
 /// use switchover::exec::{Completion, Engine, Progress, StepActions};
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Side, Step, Window};
+/// use switchover::ids::{Side, Window};
+/// use switchover::step::Step;
 /// use switchover::topology::Topology;
 /// struct Inline;
 /// impl StepActions for Inline {
@@ -28,7 +29,7 @@ use crate::step::{Affinity, StepId, Window};
 /// }
 /// let topo = Arc::new(Topology::preset("small").unwrap());
 /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
-/// let engine = Engine::new(2);
+/// let mut engine = Engine::new(2);
 /// let r = engine.run(&plan, Window::Blackout, Arc::new(Inline), &mut Progress::new(&plan));
 /// assert!(r.records.iter().all(|x| usize::from(x.lane) <= engine.workers()));
 /// ```
@@ -40,7 +41,8 @@ pub type Lane = u16;
 /// use std::sync::Arc;
 /// use switchover::exec::{Completion, Engine, Progress, StepActions, CALLER};
 /// use switchover::recipe::{build, NoCosts, RecipeOptions};
-/// use switchover::step::{Side, Step, Window};
+/// use switchover::ids::{Side, Window};
+/// use switchover::step::Step;
 /// use switchover::topology::Topology;
 /// struct Inline;
 /// impl StepActions for Inline {

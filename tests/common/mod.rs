@@ -9,8 +9,32 @@ use std::time::{Duration, Instant};
 
 use switchover::error::StepFailure;
 use switchover::exec::{Completion, StepActions};
+use switchover::ids::StepId;
 use switchover::plan::Plan;
-use switchover::step::{ExecMode, Step, StepId};
+use switchover::recipe::CostModel;
+use switchover::step::{ExecMode, Step, StepKind};
+use switchover::topology::Device;
+
+/// Expected costs that differ by step kind (in the proportions of a vhost-user
+/// backend: ring stops and the memory table dominate), so plans have real
+/// priorities and the engine's longest-path-first order matters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TestCosts;
+
+impl CostModel for TestCosts {
+    fn cost(&self, _device: &Device, kind: &StepKind) -> Duration {
+        let us = match kind {
+            StepKind::GetVringBase => 1300,
+            StepKind::SetMemTable => 900,
+            StepKind::DrainInflight => 400,
+            StepKind::MemTxnCommit => 300,
+            k if k.is_notifier() => 60,
+            k if k.is_message() => 120,
+            _ => 10,
+        };
+        Duration::from_micros(us)
+    }
+}
 
 /// What one step did, as seen by the actions (independently of the engine's records).
 #[derive(Debug, Clone)]
@@ -89,7 +113,7 @@ pub fn check_invariants(plan: &Plan, seen: &[Seen], caller: ThreadId) {
             let pe = seen[p.0 as usize].end.unwrap_or_else(|| panic!("step {} started before predecessor {} ended", s.id.0, p.0));
             assert!(pe <= st, "step {} started before predecessor {} finished", s.id.0, p.0);
         }
-        if s.affinity == switchover::step::Affinity::Caller {
+        if s.affinity == switchover::ids::Affinity::Caller {
             assert_eq!(me.thread, Some(caller), "caller-affine step {} ran off the caller's thread", s.id.0);
         }
     }

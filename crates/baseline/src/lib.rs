@@ -1,0 +1,537 @@
+//! Today's ways of stopping and starting devices at switchover, beside the engine,
+//! on the same plans and the same [`StepActions`](switchover::exec::StepActions):
+//!
+//! * `serial` — QEMU: one device after another, every step inside the window, each
+//!   request waited for before the next;
+//! * `pool` — the 2021 RFC: one task per device on a thread pool, every step inside
+//!   the window;
+//! * `engine` — the `switchover` engine: the minimal-window plan, both roles.
+//!
+//! Every strategy leaves the same record: the core's per-window
+//! [`RunReport`] of each step's lane, start, end and
+//! outcome, kept with the plan it ran ([`WindowRun`]). Everything else is a view
+//! built from those after the window: [`timed_steps`] here, tables and pictures in
+//! the `switchover-report` crate.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::sync::Arc;
+//! use switchover::exec::{Completion, StepActions};
+//! use switchover::ids::Side;
+//! use switchover::recipe::{build, NoCosts, RecipeOptions};
+//! use switchover::roles::SideSetup;
+//! use switchover::state::DeviceState;
+//! use switchover::step::Step;
+//! use switchover::topology::Topology;
+//! use switchover_baseline::{execute, Strategy};
+//!
+//! struct Inline;
+//! impl StepActions for Inline {
+//!     fn start(&self, _step: &Step, done: Completion) {
+//!         done.complete(Ok(()));
+//!     }
+//! }
+//! let topo = Arc::new(Topology::preset("small").unwrap());
+//! let setup = |side, opts: &RecipeOptions| SideSetup {
+//!     plan: Arc::new(build(&topo, side, opts, &NoCosts).unwrap()),
+//!     actions: Arc::new(Inline),
+//!     state: Arc::new(DeviceState::new(&topo)),
+//! };
+//! let no_rollback = |_: &_, _: &_, _: &_| None;
+//! for s in Strategy::ALL {
+//!     let opts = s.recipe();
+//!     let e = execute(s, 2, &setup(Side::Source, &opts), &setup(Side::Destination, &opts), &no_rollback);
+//!     assert_eq!(e.outcome.name(), "completed", "{}", s.name());
+//!     assert!(e.windows.iter().all(|w| w.report.ok()));
+//! }
+//! ```
+
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub)]
+
+mod chains;
+mod steps;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchover::exec::{Engine, RunReport};
+use switchover::ids::{Side, Window};
+use switchover::plan::{LowerBound, Plan};
+use switchover::recipe::RecipeOptions;
+use switchover::roles::{run_in_process, Outcome, RollbackFn, SideSetup};
+
+pub use chains::{run_chains, run_one};
+pub use steps::{timed_steps, TimedStep};
+
+/// Default number of workers (the engine's caller lane is one more).
+///
+/// ```
+/// assert_eq!(switchover_baseline::DEFAULT_WORKERS, 8);
+/// ```
+pub const DEFAULT_WORKERS: usize = 8;
+
+/// A way of running a switchover.
+///
+/// ```
+/// use switchover_baseline::Strategy;
+/// assert_eq!(Strategy::Serial.lanes(8), 1);
+/// assert_eq!(Strategy::Pool.lanes(8), 8);
+/// assert_eq!(Strategy::Engine.lanes(8), 9); // workers + the caller lane
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Strategy {
+    /// One device after another, everything in the window.
+    Serial,
+    /// One task per device on a pool, everything in the window.
+    Pool,
+    /// The `switchover` engine.
+    Engine,
+}
+
+impl Strategy {
+    /// All of them, in report order.
+    ///
+    /// ```
+    /// use switchover_baseline::Strategy;
+    /// let names: Vec<_> = Strategy::ALL.iter().map(|s| s.name()).collect();
+    /// assert_eq!(names, ["serial", "pool", "engine"]);
+    /// ```
+    pub const ALL: [Strategy; 3] = [Strategy::Serial, Strategy::Pool, Strategy::Engine];
+
+    /// Lower-case name.
+    ///
+    /// ```
+    /// use switchover_baseline::Strategy;
+    /// assert_eq!(Strategy::Engine.name(), "engine");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Serial => "serial",
+            Strategy::Pool => "pool",
+            Strategy::Engine => "engine",
+        }
+    }
+
+    /// The strategy of this name.
+    ///
+    /// ```
+    /// use switchover_baseline::Strategy;
+    /// assert_eq!(Strategy::parse("pool"), Some(Strategy::Pool));
+    /// assert_eq!(Strategy::parse("fast"), None);
+    /// ```
+    pub fn parse(name: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The recipe options its plans are built with: today's VMMs put every step
+    /// in the window; the engine only what must be there.
+    ///
+    /// ```
+    /// use switchover::recipe::WindowPolicy;
+    /// use switchover_baseline::Strategy;
+    /// assert_eq!(Strategy::Serial.recipe().policy, WindowPolicy::AllInBlackout);
+    /// assert_eq!(Strategy::Engine.recipe().policy, WindowPolicy::Minimal);
+    /// ```
+    pub fn recipe(self) -> RecipeOptions {
+        match self {
+            Strategy::Serial | Strategy::Pool => RecipeOptions::baseline(),
+            Strategy::Engine => RecipeOptions::engine(),
+        }
+    }
+
+    /// How many lanes run steps with `workers` workers.
+    ///
+    /// ```
+    /// use switchover_baseline::Strategy;
+    /// assert_eq!(Strategy::Pool.lanes(0), 1); // a pool has at least one thread
+    /// ```
+    pub fn lanes(self, workers: usize) -> usize {
+        match self {
+            Strategy::Serial => 1,
+            Strategy::Pool => workers.max(1),
+            Strategy::Engine => workers + 1,
+        }
+    }
+}
+
+/// One window one side ran: the plan and the engine's record of it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::exec::{Completion, Engine, Progress, StepActions};
+/// use switchover::ids::{Side, Window};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::step::Step;
+/// use switchover::topology::Topology;
+/// use switchover_baseline::WindowRun;
+/// struct Inline;
+/// impl StepActions for Inline {
+///     fn start(&self, _step: &Step, done: Completion) {
+///         done.complete(Ok(()));
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("single-net").unwrap());
+/// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+/// let report = Engine::new(1).run(&plan, Window::Blackout, Arc::new(Inline), &mut Progress::new(&plan));
+/// let w = WindowRun { plan, report, rollback: false };
+/// assert_eq!((w.side(), w.window()), (Side::Source, Window::Blackout));
+/// ```
+#[derive(Debug, Clone)]
+pub struct WindowRun {
+    /// The plan it ran.
+    pub plan: Arc<Plan>,
+    /// The engine's record: each started step's lane, start, end and outcome.
+    pub report: RunReport,
+    /// Whether it was the source's rollback.
+    pub rollback: bool,
+}
+
+impl WindowRun {
+    /// The side.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use switchover::exec::{Completion, Engine, Progress, StepActions};
+    /// # use switchover::ids::{Side, Window};
+    /// # use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// # use switchover::step::Step;
+    /// # use switchover::topology::Topology;
+    /// # use switchover_baseline::WindowRun;
+    /// # struct Inline;
+    /// # impl StepActions for Inline { fn start(&self, _s: &Step, d: Completion) { d.complete(Ok(())) } }
+    /// # let topo = Arc::new(Topology::preset("single-net").unwrap());
+    /// let plan = Arc::new(build(&topo, Side::Destination, &RecipeOptions::engine(), &NoCosts).unwrap());
+    /// let report = Engine::new(0).run(&plan, Window::Prepare, Arc::new(Inline), &mut Progress::new(&plan));
+    /// assert_eq!(WindowRun { plan, report, rollback: false }.side(), Side::Destination);
+    /// ```
+    pub fn side(&self) -> Side {
+        self.report.side
+    }
+    /// The window.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use switchover::exec::{Completion, Engine, Progress, StepActions};
+    /// # use switchover::ids::{Side, Window};
+    /// # use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// # use switchover::step::Step;
+    /// # use switchover::topology::Topology;
+    /// # use switchover_baseline::WindowRun;
+    /// # struct Inline;
+    /// # impl StepActions for Inline { fn start(&self, _s: &Step, d: Completion) { d.complete(Ok(())) } }
+    /// # let topo = Arc::new(Topology::preset("single-net").unwrap());
+    /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+    /// let report = Engine::new(0).run(&plan, Window::Cleanup, Arc::new(Inline), &mut Progress::new(&plan));
+    /// assert_eq!(WindowRun { plan, report, rollback: false }.window(), Window::Cleanup);
+    /// ```
+    pub fn window(&self) -> Window {
+        self.report.window
+    }
+}
+
+/// What a strategy did to the two sides, before any check of the result.
+#[derive(Debug)]
+pub struct Executed {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Window opening to the destination running (or the source resumed).
+    pub downtime: Duration,
+    /// When the window opened (the origin of every report's times).
+    pub window_opened: Instant,
+    /// Every window each side ran, the rollback included, in the order they started.
+    pub windows: Vec<WindowRun>,
+}
+
+/// Runs `strategy` over two prepared sides, simulated or real: `serial`
+/// (`workers` ignored) and `pool` run each device's chain with every step inside the
+/// window and no rollback, as today's VMMs do; `engine` runs the two roles, each
+/// on its own engine of `workers` workers, with `rollback`.
+///
+/// The sides' plans must have been built with [`Strategy::recipe`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::error::StepFailure;
+/// use switchover::exec::{Completion, StepActions};
+/// use switchover::ids::Side;
+/// use switchover::recipe::{build, NoCosts};
+/// use switchover::roles::{Outcome, SideSetup};
+/// use switchover::state::DeviceState;
+/// use switchover::step::{Step, StepKind};
+/// use switchover::topology::Topology;
+/// use switchover_baseline::{execute, Strategy};
+/// /// net1's base cannot be read.
+/// struct FailNet1;
+/// impl StepActions for FailNet1 {
+///     fn start(&self, step: &Step, done: Completion) {
+///         let fail = step.kind == StepKind::GetVringBase && step.device.0 == 1;
+///         done.complete(if fail { Err(StepFailure::Disconnected) } else { Ok(()) });
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let setup = |side| SideSetup {
+///     plan: Arc::new(build(&topo, side, &Strategy::Serial.recipe(), &NoCosts).unwrap()),
+///     actions: Arc::new(FailNet1),
+///     state: Arc::new(DeviceState::new(&topo)),
+/// };
+/// let e = execute(Strategy::Serial, 0, &setup(Side::Source), &setup(Side::Destination), &|_: &_, _: &_, _: &_| None);
+/// // Today's VMMs have no rollback: the VM stays stopped.
+/// assert!(matches!(&e.outcome, Outcome::Failed { cause, .. } if cause.device_name() == Some("net1")));
+/// ```
+pub fn execute(strategy: Strategy, workers: usize, src: &SideSetup, dst: &SideSetup, rollback: &RollbackFn<'_>) -> Executed {
+    if strategy == Strategy::Engine {
+        let mut src_engine = Engine::new(workers);
+        let mut dst_engine = Engine::new(workers);
+        let rep = run_in_process(src, dst, &mut src_engine, &mut dst_engine, rollback);
+        let mut windows: Vec<WindowRun> = rep
+            .runs
+            .into_iter()
+            .map(|report| {
+                let plan = if report.side == Side::Source { src.plan.clone() } else { dst.plan.clone() };
+                WindowRun { plan, report, rollback: false }
+            })
+            .collect();
+        if let Some((plan, report)) = rep.rollback {
+            windows.push(WindowRun { plan, report, rollback: true });
+        }
+        return Executed { outcome: rep.outcome, downtime: rep.downtime, window_opened: rep.window_opened, windows };
+    }
+    let opened = Instant::now();
+    let lanes = if strategy == Strategy::Serial { 0 } else { workers.max(1) };
+    let mut windows = Vec::new();
+    let src_run = run_chains(&src.plan, &*src.actions, lanes);
+    let mut failure = src_run.failure.clone();
+    windows.push(WindowRun { plan: src.plan.clone(), report: src_run, rollback: false });
+    if failure.is_none() {
+        dst.state.import(&src.state.export());
+        dst.state.hand_over(&src.state.inflight());
+        let dst_run = run_chains(&dst.plan, &*dst.actions, lanes);
+        failure = dst_run.failure.clone();
+        windows.push(WindowRun { plan: dst.plan.clone(), report: dst_run, rollback: false });
+    }
+    let downtime = opened.elapsed();
+    // Today's VMMs have no rollback: a failure leaves the VM stopped.
+    let outcome = match failure {
+        None => Outcome::Completed,
+        Some(cause) => Outcome::Failed { rollback: None, cause: cause.into() },
+    };
+    Executed { outcome, downtime, window_opened: opened, windows }
+}
+
+/// The lower bound of a strategy's downtime, per side.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use switchover::ids::{DeviceId, Side, Window};
+/// use switchover::plan::{PlanBuilder, StepSpec};
+/// use switchover::step::StepKind;
+/// use switchover::topology::Topology;
+/// use switchover_baseline::LowerBound2;
+/// let topo: Arc<Topology> = Topology::preset("single-net").unwrap().into();
+/// let plan = |side| {
+///     let mut b = PlanBuilder::new(topo.clone(), side);
+///     b.add(StepSpec::new(DeviceId(0), StepKind::VringDisable, Window::Blackout).cost(Duration::from_millis(2)));
+///     b.build().unwrap()
+/// };
+/// let lb = LowerBound2::of(&plan(Side::Source), &plan(Side::Destination), 4);
+/// assert_eq!(lb.total(), Duration::from_millis(4));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LowerBound2 {
+    /// Source side.
+    pub src: LowerBound,
+    /// Destination side.
+    pub dst: LowerBound,
+}
+
+impl LowerBound2 {
+    /// The bound of both sides' blackout windows with `lanes` lanes.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use switchover::ids::Side;
+    /// # use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// # use switchover::topology::Topology;
+    /// # use switchover_baseline::LowerBound2;
+    /// let t = Arc::new(Topology::preset("small").unwrap());
+    /// let (s, d) = (build(&t, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap(), build(&t, Side::Destination, &RecipeOptions::engine(), &NoCosts).unwrap());
+    /// assert!(LowerBound2::of(&s, &d, 2).total().is_zero()); // no costs, no bound
+    /// ```
+    pub fn of(src: &Plan, dst: &Plan, lanes: usize) -> LowerBound2 {
+        LowerBound2 { src: src.lower_bound(Window::Blackout, lanes), dst: dst.lower_bound(Window::Blackout, lanes) }
+    }
+    /// Sum of the two sides (they run one after the other).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use switchover::ids::Side;
+    /// # use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// # use switchover::topology::Topology;
+    /// # use switchover_baseline::LowerBound2;
+    /// # let t = Arc::new(Topology::preset("small").unwrap());
+    /// # let (s, d) = (build(&t, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap(), build(&t, Side::Destination, &RecipeOptions::engine(), &NoCosts).unwrap());
+    /// let lb = LowerBound2::of(&s, &d, 2);
+    /// assert_eq!(lb.total(), lb.src.bound + lb.dst.bound);
+    /// ```
+    pub fn total(&self) -> Duration {
+        self.src.bound + self.dst.bound
+    }
+}
+
+/// What became of the guest's block requests in flight at the stop: each must
+/// complete exactly once where the guest runs.
+///
+/// ```
+/// use switchover_baseline::IoSummary;
+/// let s = IoSummary { submitted: 3, completed_once: 3, ..IoSummary::default() };
+/// assert!(s.exact());
+/// assert!(!IoSummary { lost: 1, ..s }.exact());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoSummary {
+    /// Requests the guest submitted.
+    pub submitted: u64,
+    /// Completed exactly once where the guest now runs.
+    pub completed_once: u64,
+    /// Completed twice (on both sides).
+    pub completed_twice: u64,
+    /// Handed over but never completed, or otherwise lost.
+    pub lost: u64,
+    /// Never completed anywhere.
+    pub never: u64,
+    /// Of those completed once: handed over and completed on the destination.
+    pub handed_over: u64,
+}
+
+impl IoSummary {
+    /// Every request completed exactly once, none lost.
+    ///
+    /// ```
+    /// use switchover_baseline::IoSummary;
+    /// assert!(IoSummary::default().exact()); // nothing submitted, nothing owed
+    /// ```
+    pub fn exact(&self) -> bool {
+        self.completed_once == self.submitted && self.completed_twice == 0 && self.lost == 0 && self.never == 0
+    }
+}
+
+/// What the run's own checks found, where the guest runs after it.
+///
+/// ```
+/// use switchover_baseline::Checks;
+/// let c = Checks::default();
+/// assert!(c.vring_bases_preserved && c.base_mismatches.is_empty());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checks {
+    /// Every base read on the source reached the destination (completed), or the
+    /// source runs again with every base it read (rolled back).
+    pub vring_bases_preserved: bool,
+    /// Rings whose final base differs from the guest's (device, ring, have, want).
+    pub base_mismatches: Vec<(String, u32, Option<u16>, u16)>,
+    /// Notifiers whose ioctl was issued more than once in this run.
+    pub double_ioctls: usize,
+    /// Memory transactions committed and notifier changes they carried (both sides).
+    pub transactions: (u64, u64),
+    /// What became of the guest's block requests in flight at the stop.
+    pub io: IoSummary,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Checks { vring_bases_preserved: true, base_mismatches: vec![], double_ioctls: 0, transactions: (0, 0), io: IoSummary::default() }
+    }
+}
+
+/// What one strategy did, and what its checks found.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::exec::{Completion, StepActions};
+/// use switchover::ids::{Side, Window};
+/// use switchover::recipe::{build, NoCosts};
+/// use switchover::roles::{Outcome, SideSetup};
+/// use switchover::state::DeviceState;
+/// use switchover::step::Step;
+/// use switchover::topology::Topology;
+/// use switchover_baseline::{execute, Checks, LowerBound2, Strategy, StrategyRun};
+/// struct Inline;
+/// impl StepActions for Inline {
+///     fn start(&self, _step: &Step, done: Completion) {
+///         done.complete(Ok(()));
+///     }
+/// }
+/// let (topo, s, workers) = (Arc::new(Topology::preset("small").unwrap()), Strategy::Engine, 2);
+/// let setup = |side| SideSetup {
+///     plan: Arc::new(build(&topo, side, &s.recipe(), &NoCosts).unwrap()),
+///     actions: Arc::new(Inline),
+///     state: Arc::new(DeviceState::new(&topo)),
+/// };
+/// let (src, dst) = (setup(Side::Source), setup(Side::Destination));
+/// let e = execute(s, workers, &src, &dst, &|_: &_, _: &_, _: &_| None);
+/// let bound = LowerBound2::of(&src.plan, &dst.plan, s.lanes(workers));
+/// let r = StrategyRun::new(s, false, e, s.lanes(workers), bound, Checks::default());
+/// assert_eq!(r.outcome, Outcome::Completed);
+/// assert_eq!(r.phases().len(), 6); // three windows on each side
+/// assert!(r.phase(Side::Destination, Window::Blackout).unwrap() <= r.downtime);
+/// assert!(r.rollback().is_none());
+/// assert_eq!(r.steps_started(), src.plan.len() + dst.plan.len()); // every step, once
+/// ```
+#[derive(Debug, Clone)]
+pub struct StrategyRun {
+    /// The strategy.
+    pub strategy: Strategy,
+    /// Whether the backends were simulated (every figure is then labelled so).
+    pub simulated: bool,
+    /// Window opening to the destination running (or the source resumed).
+    pub downtime: Duration,
+    /// When the window opened.
+    pub window_opened: Instant,
+    /// Every window each side ran, the rollback included.
+    pub windows: Vec<WindowRun>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Lanes (workers + caller, or 1 for serial).
+    pub lanes: usize,
+    /// Lower bound on the blackout (src + dst) from the plans run.
+    pub lower_bound: LowerBound2,
+    /// The checks.
+    pub checks: Checks,
+}
+
+impl StrategyRun {
+    /// A run from what [`execute`] returned, with its checks.
+    pub fn new(strategy: Strategy, simulated: bool, e: Executed, lanes: usize, lower_bound: LowerBound2, checks: Checks) -> StrategyRun {
+        StrategyRun {
+            strategy,
+            simulated,
+            downtime: e.downtime,
+            window_opened: e.window_opened,
+            windows: e.windows,
+            outcome: e.outcome,
+            lanes,
+            lower_bound,
+            checks,
+        }
+    }
+    /// Duration of each window that ran (the rollback as the source's blackout).
+    pub fn phases(&self) -> Vec<(Side, Window, Duration)> {
+        self.windows.iter().map(|w| (w.side(), w.window(), w.report.wall)).collect()
+    }
+    /// Duration of one side's window, if it ran (not the rollback).
+    pub fn phase(&self, side: Side, window: Window) -> Option<Duration> {
+        self.windows.iter().find(|w| !w.rollback && w.side() == side && w.window() == window).map(|w| w.report.wall)
+    }
+    /// How long the rollback took, if there was one.
+    pub fn rollback(&self) -> Option<Duration> {
+        self.windows.iter().find(|w| w.rollback).map(|w| w.report.wall)
+    }
+    /// Number of steps started, over every window.
+    pub fn steps_started(&self) -> usize {
+        self.windows.iter().map(|w| w.report.records.len()).sum()
+    }
+}

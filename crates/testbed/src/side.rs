@@ -1,0 +1,405 @@
+//! One side's real world: a KVM VM and its notifiers, a vhost-user backend process
+//! and [`Frontend`] per device, guest memory, and the state captured or applied.
+//! It is the rig's VMM: it implements the frontend crate's [`VhostDevices`].
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use std::time::Duration;
+//! # use switchover_testbed::dir::PrivateDir;
+//! # use switchover_testbed::mem::GuestMem;
+//! # use switchover_testbed::side::{BackendKind, RealSide, SideConfig};
+//! # use switchover::state::DeviceState;
+//! # use switchover::ids::{DeviceId, Side};
+//! # use switchover::topology::Topology;
+//! # let dir = PrivateDir::new().unwrap();
+//! # let topo = Arc::new(Topology::builder().name("doc").net(1, 1).build().unwrap());
+//! # let cfg = SideConfig {
+//! #     exe: "target/release/switchover".into(), // the CLI binary runs the own backends
+//! #     dir: dir.path().to_path_buf(),
+//! #     qsd: None,
+//! #     backends: vec![BackendKind::OwnNet],
+//! #     images: vec![None],
+//! #     deadline: Duration::from_secs(5),
+//! #     qsd_iops: None,
+//! #     hostile: vec![],
+//! # };
+//! # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
+//! # let state = Arc::new(DeviceState::new(&topo));
+//! let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+//! side.bring_up(Duration::from_secs(5)).unwrap(); // a running source: rings at base 0
+//! assert_eq!(side.notifiers().ioctls(DeviceId(0), 0, true), 1); // ioeventfd registered once
+//! side.shutdown();
+//! assert!(side.pids().is_empty());
+//! ```
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use switchover::ids::{DeviceId, Side};
+use switchover::state::DeviceState;
+use switchover::topology::{Device, DeviceKind, Topology};
+use switchover_vhost::actions::VhostDevices;
+use switchover_vhost::frontend::{Frontend, FrontendConfig};
+use switchover_vhost::kvm::{KvmNotifiers, KvmVm, RingSlot};
+use switchover_vhost::memory::VringConfig;
+use switchover_vhost::sink::NotifierSink;
+
+use crate::backend::{spawn_own, ChildProc};
+use crate::error::RigError;
+use crate::mem::GuestMem;
+use crate::qsd;
+
+/// MMIO address of the first ring's doorbell; ring `g`'s is 4 bytes further each.
+pub const DOORBELL_BASE: u64 = 0xd000_0000;
+/// GSIs of the in-kernel irqchip the rings' irqfds share.
+const GSIS: u32 = 24;
+
+/// Who serves a device.
+///
+/// ```
+/// use switchover_testbed::side::BackendKind;
+/// assert_eq!(BackendKind::OwnNet.name(), "own-net");
+/// assert_eq!(BackendKind::Qsd.name(), "qemu-storage-daemon");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The project's own vhost-user net backend.
+    OwnNet,
+    /// The project's own vhost-user blk backend.
+    OwnBlk,
+    /// qemu-storage-daemon's vhost-user-blk export.
+    Qsd,
+}
+
+impl BackendKind {
+    /// Short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::OwnNet => "own-net",
+            BackendKind::OwnBlk => "own-blk",
+            BackendKind::Qsd => "qemu-storage-daemon",
+        }
+    }
+}
+
+/// How to start a side's backends.
+#[derive(Debug, Clone)]
+pub struct SideConfig {
+    /// The binary that runs the own backends (`switchover real __backend ...`).
+    pub exe: PathBuf,
+    /// The private directory for sockets and images.
+    pub dir: PathBuf,
+    /// qemu-storage-daemon, if installed.
+    pub qsd: Option<PathBuf>,
+    /// The backend of each device, by device id.
+    pub backends: Vec<BackendKind>,
+    /// The image of each blk device, by device id.
+    pub images: Vec<Option<PathBuf>>,
+    /// Deadline of each request outside a plan (bring-up).
+    pub deadline: Duration,
+    /// Throttle qemu-storage-daemon to this many IOPS.
+    pub qsd_iops: Option<u32>,
+    /// Devices whose backend misbehaves on purpose: (device name, MODE@REQUEST).
+    pub hostile: Vec<(String, String)>,
+}
+
+/// One side of the rig.
+pub struct RealSide {
+    side: Side,
+    topo: Arc<Topology>,
+    mem: Arc<GuestMem>,
+    _vm: KvmVm,
+    notifiers: Arc<KvmNotifiers>,
+    cfg: SideConfig,
+    devices: Vec<RwLock<Arc<Frontend>>>,
+    first_ring: Vec<u32>,
+    state: Arc<DeviceState>,
+    procs: Mutex<Vec<ChildProc>>,
+    reconnects: AtomicU32,
+    reconnected: Mutex<Vec<DeviceId>>,
+}
+
+impl std::fmt::Debug for RealSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RealSide").field("side", &self.side).field("devices", &self.devices.len()).finish()
+    }
+}
+
+impl RealSide {
+    /// Creates the side's VM and notifiers, starts a backend per device and
+    /// connects to it (handshake done; nothing set up on its rings yet).
+    ///
+    /// # Errors
+    /// [`RigError`]: KVM, a backend that does not start, a failed handshake.
+    pub fn connect(
+        cfg: &SideConfig,
+        side: Side,
+        topo: &Arc<Topology>,
+        mem: Arc<GuestMem>,
+        state: Arc<DeviceState>,
+    ) -> Result<RealSide, RigError> {
+        let vm = KvmVm::new()?;
+        let mut first_ring = Vec::new();
+        let mut slots = Vec::new();
+        let mut n = 0;
+        for d in topo.devices() {
+            first_ring.push(n);
+            for r in 0..d.rings() {
+                let g = n + r;
+                slots.push(RingSlot { device: d.id, ring: r, doorbell: DOORBELL_BASE + 4 * u64::from(g), gsi: g % GSIS });
+            }
+            n += d.rings();
+        }
+        let notifiers = Arc::new(KvmNotifiers::new(vm.fd().clone(), slots).map_err(RigError::io("eventfd"))?);
+        let mut procs = Vec::new();
+        let mut devices = Vec::new();
+        for d in topo.devices() {
+            // On error, `procs` is dropped: every backend started so far is stopped.
+            let hostile = cfg.hostile.iter().find(|(n, _)| *n == d.name).map(|(_, m)| m.as_str());
+            let (fe, p) = start_backend(cfg, side, d, hostile)?;
+            procs.push(p);
+            devices.push(RwLock::new(Arc::new(fe)));
+        }
+        Ok(RealSide {
+            side,
+            topo: topo.clone(),
+            mem,
+            _vm: vm,
+            notifiers,
+            cfg: cfg.clone(),
+            devices,
+            first_ring,
+            state,
+            procs: Mutex::new(procs),
+            reconnects: AtomicU32::new(0),
+            reconnected: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Starts every ring of every device with base 0, as a running source does
+    /// (notifiers registered, features, memory, ring set-up, kick, call, enable).
+    ///
+    /// # Errors
+    /// The request or registration that failed, naming device and ring.
+    pub fn bring_up(&self, deadline: Duration) -> Result<(), RigError> {
+        for d in self.topo.devices() {
+            let fe = self.devices[d.id.0 as usize].read().clone();
+            let name = fe.name().to_string();
+            fe.set_features(fe.features(), deadline).wait().map_err(RigError::step(format!("{name} set_features")))?;
+            fe.set_mem_table(&[self.mem.region()], deadline).wait().map_err(RigError::step(format!("{name} set_mem_table")))?;
+            for r in 0..d.rings() {
+                let at = |what: &str| format!("{name} ring {r} {what}");
+                let n = &self.notifiers;
+                n.host_notifier(d.id, r, true).map_err(RigError::step(at("host_notifier_on")))?;
+                n.guest_notifier(d.id, r, true).map_err(RigError::step(at("guest_notifier_on")))?;
+                let v = self.ring_config(d.id, r);
+                let hva = |gpa| self.mem.host_addr(gpa);
+                let kick = n.kick_fd(d.id, r).ok_or_else(|| RigError::Config(at("no kick eventfd")))?;
+                let call = n.call_fd(d.id, r).ok_or_else(|| RigError::Config(at("no call eventfd")))?;
+                let pending = [
+                    fe.set_vring_num(r, v.size, deadline),
+                    fe.set_vring_addr(r, hva(v.desc), hva(v.used), hva(v.avail), deadline),
+                    fe.set_vring_base(r, 0, deadline),
+                    fe.set_vring_kick(r, kick, deadline),
+                    fe.set_vring_call(r, call, deadline),
+                    fe.set_vring_enable(r, true, deadline),
+                ];
+                for p in pending {
+                    p.wait().map_err(RigError::step(at("start")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Which side it is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+    /// The topology.
+    pub fn topology(&self) -> &Arc<Topology> {
+        &self.topo
+    }
+    /// Guest memory.
+    pub fn mem(&self) -> &Arc<GuestMem> {
+        &self.mem
+    }
+    /// The side's KVM notifiers.
+    pub fn notifiers(&self) -> &Arc<KvmNotifiers> {
+        &self.notifiers
+    }
+    /// The side's device state.
+    pub fn state(&self) -> &Arc<DeviceState> {
+        &self.state
+    }
+    /// The global index of a device's ring (its place in guest memory).
+    pub fn global(&self, d: DeviceId, r: u32) -> u32 {
+        self.first_ring.get(d.0 as usize).copied().unwrap_or(0) + r
+    }
+    fn ring_config(&self, d: DeviceId, r: u32) -> VringConfig {
+        GuestMem::vring(self.global(d, r))
+    }
+
+    /// Sends `sig` to a device's backend process and waits (up to 500 ms) until it
+    /// took effect: SIGKILL, the process is gone (its socket closes); SIGSTOP,
+    /// every thread is stopped. A signal reaches a multi-threaded process
+    /// asynchronously, so without the wait a request sent afterwards could still
+    /// be picked up.
+    ///
+    /// # Errors
+    /// The device has no backend process.
+    pub fn signal_backend(&self, d: DeviceId, sig: i32) -> Result<(), RigError> {
+        let pid = self
+            .procs
+            .lock()
+            .get(d.0 as usize)
+            .and_then(ChildProc::pid)
+            .ok_or_else(|| RigError::Config(format!("device {} has no backend process", d.0)))?;
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc::kill(pid as i32, sig);
+        }
+        let done = || match sig {
+            libc::SIGKILL => !process_running(pid),
+            libc::SIGSTOP => all_threads_stopped(pid),
+            _ => true,
+        };
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_millis(500) && !done() {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        Ok(())
+    }
+
+    /// Pids of the backend processes still running.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.lock().iter().filter_map(ChildProc::pid).collect()
+    }
+    /// The pid of a device's backend.
+    pub fn backend_pid(&self, d: DeviceId) -> Option<u32> {
+        self.procs.lock().get(d.0 as usize).and_then(ChildProc::pid)
+    }
+    /// How many backends were replaced.
+    pub fn reconnects(&self) -> u32 {
+        self.reconnects.load(Ordering::Acquire)
+    }
+    /// The devices whose backends were replaced.
+    pub fn reconnected(&self) -> Vec<DeviceId> {
+        self.reconnected.lock().clone()
+    }
+
+    /// Replaces a device's backend: kills the old process, starts a new one and
+    /// connects to it (no ring state).
+    ///
+    /// # Errors
+    /// Starting or connecting the new backend failed.
+    pub fn replace_backend(&self, d: DeviceId) -> Result<(), RigError> {
+        let dev = self.topo.devices().get(d.0 as usize).ok_or_else(|| RigError::Config(format!("no device {}", d.0)))?.clone();
+        // Kill and reap the old process first, so a stopped backend cannot wake up
+        // and serve the shared rings next to the new one.
+        if let Some(p) = self.procs.lock().get_mut(d.0 as usize) {
+            p.kill();
+        }
+        self.devices[d.0 as usize].read().close();
+        let label = format!("{}-{}", self.side.short(), dev.name);
+        let _ = std::fs::remove_file(self.cfg.dir.join(format!("{label}-qsd.sock")));
+        let (fe, p) = start_backend(&self.cfg, self.side, &dev, None)?;
+        let old_proc = std::mem::replace(&mut self.procs.lock()[d.0 as usize], p);
+        drop(old_proc);
+        let old = std::mem::replace(&mut *self.devices[d.0 as usize].write(), Arc::new(fe));
+        drop(old);
+        self.reconnects.fetch_add(1, Ordering::AcqRel);
+        self.reconnected.lock().push(d);
+        Ok(())
+    }
+
+    /// The used ring's index of a device's ring, in guest memory.
+    pub fn used_index(&self, d: DeviceId, r: u32) -> u16 {
+        self.mem.used_idx(self.global(d, r))
+    }
+
+    /// Closes every connection and stops every backend process (idempotent).
+    pub fn shutdown(&self) {
+        for d in &self.devices {
+            d.read().close();
+        }
+        let mut procs = std::mem::take(&mut *self.procs.lock());
+        // Own backends end when their frontend goes; qemu-storage-daemon needs SIGTERM.
+        for p in &procs {
+            p.term();
+        }
+        for p in &mut procs {
+            p.stop(Duration::from_secs(2));
+        }
+    }
+}
+
+impl VhostDevices for RealSide {
+    fn frontend(&self, device: DeviceId) -> Option<Arc<Frontend>> {
+        self.devices.get(device.0 as usize).map(|c| c.read().clone())
+    }
+    fn vring(&self, device: DeviceId, ring: u32) -> Option<VringConfig> {
+        (ring < self.topo.devices().get(device.0 as usize)?.rings()).then(|| self.ring_config(device, ring))
+    }
+    fn reconnect(&self, device: DeviceId) -> bool {
+        match self.replace_backend(device) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconnect failed");
+                false
+            }
+        }
+    }
+}
+
+impl Drop for RealSide {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn start_backend(cfg: &SideConfig, side: Side, d: &Device, hostile: Option<&str>) -> Result<(Frontend, ChildProc), RigError> {
+    let kind = cfg.backends.get(d.id.0 as usize).copied().ok_or_else(|| RigError::Config(format!("{}: no backend chosen", d.name)))?;
+    let image = cfg.images.get(d.id.0 as usize).cloned().flatten();
+    let tag = side.short();
+    let label = format!("{tag}-{}", d.name);
+    let (stream, p) = match (kind, &d.kind) {
+        (BackendKind::OwnNet, DeviceKind::Net) => spawn_own(&cfg.exe, &cfg.dir, &label, false, d.rings(), None, hostile)?,
+        (BackendKind::OwnBlk, DeviceKind::Blk) => spawn_own(&cfg.exe, &cfg.dir, &label, true, d.rings(), image.as_deref(), hostile)?,
+        (BackendKind::Qsd, DeviceKind::Blk) => {
+            let bin = cfg.qsd.as_ref().ok_or_else(|| RigError::Config(format!("{}: qemu-storage-daemon is not installed", d.name)))?;
+            let img = image.as_ref().ok_or_else(|| RigError::Config(format!("{}: no image", d.name)))?;
+            qsd::spawn(bin, &cfg.dir, &label, img, d.rings(), cfg.qsd_iops)?
+        }
+        (k, dk) => return Err(RigError::Config(format!("{}: a {} backend cannot serve a {dk} device", d.name, k.name()))),
+    };
+    // On error, `p` is dropped: the backend is stopped.
+    let fcfg =
+        FrontendConfig { resend_addr_after_base: kind == BackendKind::Qsd, ..FrontendConfig::new(&format!("{tag} {}", d.name), d.rings()) };
+    let fe = Frontend::connect(stream, &fcfg)?;
+    Ok((fe, p))
+}
+
+fn process_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(st) => st.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|st| st.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with(['T', 't', 'Z', 'X'])))
+            .unwrap_or(true)
+    })
+}

@@ -1,0 +1,279 @@
+//! One device's vhost-user frontend: the handshake, then typed requests that keep
+//! many round trips in flight.
+//!
+//! The handshake (`SET_OWNER`, `GET_FEATURES`, `GET_PROTOCOL_FEATURES`,
+//! `SET_PROTOCOL_FEATURES` with `REPLY_ACK`, `GET_QUEUE_NUM`) is done with the
+//! rust-vmm `vhost` crate's `Frontend` on a clone of the socket, without
+//! `NEED_REPLY` (it must not be set before `REPLY_ACK` is acked). Then the socket is
+//! handed to a pipelined [`Channel`], and every request carries `NEED_REPLY`: each
+//! call returns a [`Pending`] reply at once, so one thread keeps every ring's
+//! request to this backend in flight.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # use std::os::unix::net::UnixStream;
+//! # use std::time::Duration;
+//! use switchover_vhost::frontend::{Frontend, FrontendConfig};
+//! let stream = UnixStream::connect("/run/vhost-user-blk0.sock").unwrap();
+//! let fe = Frontend::connect(stream, &FrontendConfig::new("blk0", 4)).unwrap();
+//! let deadline = Duration::from_millis(500);
+//! // Every ring's base in flight at once, then collected.
+//! let pending: Vec<_> = (0..4).map(|r| fe.get_vring_base(r, deadline)).collect();
+//! let bases: Vec<u16> = pending.into_iter().map(|p| p.wait().unwrap()).collect();
+//! # drop(bases);
+//! ```
+
+use std::os::fd::RawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchover::error::StepFailure;
+use vhost::vhost_user::message::{
+    FrontendReq, VhostUserMemory, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserU64, VhostUserVirtioFeatures,
+    VhostUserVringAddr, VhostUserVringAddrFlags, VhostUserVringState,
+};
+use vhost::vhost_user::{Frontend as VhostFrontend, VhostUserFrontend};
+use vhost::VhostBackend;
+use vm_memory::ByteValued;
+
+use crate::channel::{Channel, Pending};
+use crate::memory::MemoryRegion;
+use crate::reply::Reply;
+
+/// `VIRTIO_F_VERSION_1`.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// What the VMM asks of a backend at the handshake.
+///
+/// ```
+/// use switchover_vhost::frontend::FrontendConfig;
+/// let c = FrontendConfig::new("net0", 8);
+/// assert_eq!((c.name.as_str(), c.queues), ("net0", 8));
+/// assert!(!c.resend_addr_after_base);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendConfig {
+    /// The device's name, for errors.
+    pub name: String,
+    /// Rings the device needs.
+    pub queues: u32,
+    /// Virtio features to ack, if the backend offers them (`VERSION_1` and
+    /// `PROTOCOL_FEATURES` are required and always acked).
+    pub features: u64,
+    /// The backend reads a ring's used index only at `SET_VRING_ADDR`
+    /// (libvhost-user, e.g. qemu-storage-daemon): after `SET_VRING_BASE`, send the
+    /// ring's address again so that it sees the used index of final memory.
+    pub resend_addr_after_base: bool,
+}
+
+impl FrontendConfig {
+    /// `queues` rings, no virtio features beyond the required ones.
+    pub fn new(name: &str, queues: u32) -> FrontendConfig {
+        FrontendConfig { name: name.into(), queues, features: 0, resend_addr_after_base: false }
+    }
+}
+
+/// The handshake failed.
+///
+/// ```
+/// use switchover_vhost::frontend::ConnectError;
+/// let e = ConnectError::Missing { device: "blk0".into(), what: "REPLY_ACK".into() };
+/// assert_eq!(e.to_string(), "blk0: the backend does not offer REPLY_ACK");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// A handshake request failed.
+    #[error("{device}: vhost-user {op}")]
+    Vhost {
+        /// The device.
+        device: String,
+        /// The request.
+        op: &'static str,
+        /// Why.
+        #[source]
+        source: vhost::Error,
+    },
+    /// The socket could not be set up.
+    #[error("{device}: {op}")]
+    Io {
+        /// The device.
+        device: String,
+        /// What was done.
+        op: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backend lacks something the frontend needs.
+    #[error("{device}: the backend does not offer {what}")]
+    Missing {
+        /// The device.
+        device: String,
+        /// What it lacks.
+        what: String,
+    },
+}
+
+/// One device's connection to its vhost-user backend.
+#[derive(Debug)]
+pub struct Frontend {
+    name: String,
+    queues: u32,
+    features: u64,
+    protocol: VhostUserProtocolFeatures,
+    resend_addr_after_base: bool,
+    chan: Arc<Channel>,
+}
+
+impl Frontend {
+    /// Does the handshake on a connected socket and takes it over.
+    ///
+    /// # Errors
+    /// [`ConnectError`]: the backend lacks `VERSION_1`, `PROTOCOL_FEATURES`,
+    /// `REPLY_ACK` or enough queues, or a request failed.
+    pub fn connect(stream: UnixStream, cfg: &FrontendConfig) -> Result<Frontend, ConnectError> {
+        let name = cfg.name.clone();
+        let io = |op: &'static str| {
+            let device = name.clone();
+            move |source| ConnectError::Io { device, op, source }
+        };
+        let vh = |op: &'static str| {
+            let device = name.clone();
+            move |source| ConnectError::Vhost { device, op, source }
+        };
+        let missing = |what: String| ConnectError::Missing { device: name.clone(), what };
+        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io("socket read timeout"))?;
+        let clone = stream.try_clone().map_err(io("clone socket"))?;
+        let (features, protocol);
+        {
+            let mut fe = VhostFrontend::from_stream(clone, u64::from(cfg.queues));
+            fe.set_owner().map_err(vh("SET_OWNER"))?;
+            let offered = fe.get_features().map_err(vh("GET_FEATURES"))?;
+            let pf_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+            if offered & pf_bit == 0 {
+                return Err(missing("PROTOCOL_FEATURES".into()));
+            }
+            if offered & VIRTIO_F_VERSION_1 == 0 {
+                return Err(missing("VERSION_1".into()));
+            }
+            features = pf_bit | VIRTIO_F_VERSION_1 | (cfg.features & offered);
+            let pf = fe.get_protocol_features().map_err(vh("GET_PROTOCOL_FEATURES"))?;
+            if !pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                return Err(missing(format!("REPLY_ACK (protocol features {:#x})", pf.bits())));
+            }
+            protocol = pf & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK);
+            fe.set_protocol_features(protocol).map_err(vh("SET_PROTOCOL_FEATURES"))?;
+            if protocol.contains(VhostUserProtocolFeatures::MQ) {
+                let q = fe.get_queue_num().map_err(vh("GET_QUEUE_NUM"))?;
+                if q < u64::from(cfg.queues) {
+                    return Err(missing(format!("{} queues (it has {q})", cfg.queues)));
+                }
+            } else if cfg.queues > 1 {
+                return Err(missing(format!("MQ ({} queues needed)", cfg.queues)));
+            }
+        }
+        stream.set_read_timeout(None).map_err(io("socket read timeout"))?;
+        let chan = Channel::start(&name, stream).map_err(io("start the reply reader"))?;
+        Ok(Frontend { name, queues: cfg.queues, features, protocol, resend_addr_after_base: cfg.resend_addr_after_base, chan })
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Rings.
+    pub fn queues(&self) -> u32 {
+        self.queues
+    }
+    /// The virtio features acked (sent with `SET_FEATURES`).
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+    /// The protocol features acked.
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.protocol
+    }
+    /// Whether `SET_VRING_ADDR` follows `SET_VRING_BASE` (see [`FrontendConfig`]).
+    pub fn resend_addr_after_base(&self) -> bool {
+        self.resend_addr_after_base
+    }
+    /// The pipelined channel underneath.
+    pub fn channel(&self) -> &Arc<Channel> {
+        &self.chan
+    }
+
+    fn acked(&self, req: FrontendReq, body: &[u8], fds: &[RawFd], deadline: Duration) -> Pending<()> {
+        self.chan.request(req, body, fds, deadline).map(|r| r.map(|_| ()))
+    }
+
+    /// `SET_FEATURES`.
+    pub fn set_features(&self, features: u64, deadline: Duration) -> Pending<()> {
+        self.acked(FrontendReq::SET_FEATURES, VhostUserU64::new(features).as_slice(), &[], deadline)
+    }
+
+    /// `SET_MEM_TABLE` with every region's fd.
+    pub fn set_mem_table(&self, regions: &[MemoryRegion], deadline: Duration) -> Pending<()> {
+        let mut body = VhostUserMemory::new(regions.len() as u32).as_slice().to_vec();
+        for r in regions {
+            body.extend_from_slice(VhostUserMemoryRegion::new(r.guest_addr, r.size, r.user_addr, r.fd_offset).as_slice());
+        }
+        let fds: Vec<RawFd> = regions.iter().map(|r| r.fd).collect();
+        self.acked(FrontendReq::SET_MEM_TABLE, &body, &fds, deadline)
+    }
+
+    /// `SET_VRING_NUM`.
+    pub fn set_vring_num(&self, ring: u32, num: u16, deadline: Duration) -> Pending<()> {
+        self.acked(FrontendReq::SET_VRING_NUM, VhostUserVringState::new(ring, u32::from(num)).as_slice(), &[], deadline)
+    }
+
+    /// `SET_VRING_ADDR` with the VMM's addresses of the descriptor table, used
+    /// ring and available ring.
+    pub fn set_vring_addr(&self, ring: u32, desc_hva: u64, used_hva: u64, avail_hva: u64, deadline: Duration) -> Pending<()> {
+        let a = VhostUserVringAddr::new(ring, VhostUserVringAddrFlags::empty(), desc_hva, used_hva, avail_hva, 0);
+        self.acked(FrontendReq::SET_VRING_ADDR, a.as_slice(), &[], deadline)
+    }
+
+    /// `SET_VRING_BASE`.
+    pub fn set_vring_base(&self, ring: u32, base: u16, deadline: Duration) -> Pending<()> {
+        self.acked(FrontendReq::SET_VRING_BASE, VhostUserVringState::new(ring, u32::from(base)).as_slice(), &[], deadline)
+    }
+
+    /// `GET_VRING_BASE`: stops the ring; its reply is the ring's next avail index
+    /// (checked to name the ring asked about and to fit 16 bits).
+    pub fn get_vring_base(&self, ring: u32, deadline: Duration) -> Pending<u16> {
+        self.chan.request(FrontendReq::GET_VRING_BASE, VhostUserVringState::new(ring, 0).as_slice(), &[], deadline).map(|r| match r? {
+            Reply::State(_, num) => Ok(num as u16),
+            Reply::U64(_) => Err(StepFailure::Garbage { what: "GET_VRING_BASE answered without a vring state".into() }),
+        })
+    }
+
+    /// `SET_VRING_KICK` with the ring's kick eventfd.
+    pub fn set_vring_kick(&self, ring: u32, fd: RawFd, deadline: Duration) -> Pending<()> {
+        self.acked(FrontendReq::SET_VRING_KICK, VhostUserU64::new(u64::from(ring)).as_slice(), &[fd], deadline)
+    }
+
+    /// `SET_VRING_CALL` with the ring's call eventfd.
+    pub fn set_vring_call(&self, ring: u32, fd: RawFd, deadline: Duration) -> Pending<()> {
+        self.acked(FrontendReq::SET_VRING_CALL, VhostUserU64::new(u64::from(ring)).as_slice(), &[fd], deadline)
+    }
+
+    /// `SET_VRING_ENABLE`.
+    pub fn set_vring_enable(&self, ring: u32, on: bool, deadline: Duration) -> Pending<()> {
+        self.acked(FrontendReq::SET_VRING_ENABLE, VhostUserVringState::new(ring, u32::from(on)).as_slice(), &[], deadline)
+    }
+
+    /// Closes the connection (the backend sees the frontend go away); requests in
+    /// flight fail as disconnected.
+    pub fn close(&self) {
+        self.chan.close();
+    }
+}
+
+impl Drop for Frontend {
+    fn drop(&mut self) {
+        self.chan.close();
+    }
+}

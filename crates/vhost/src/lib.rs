@@ -1,0 +1,44 @@
+//! # switchover-vhost
+//!
+//! A vhost-user frontend that keeps many requests in flight per backend, with a
+//! deadline on every request and every reply validated, and the `switchover`
+//! core's [`StepActions`](switchover::exec::StepActions) on top of it.
+//!
+//! rust-vmm's `vhost` `Frontend` holds one lock across each request and its
+//! reply, so a VMM can have one round trip in flight per backend and waits
+//! forever on a backend that never answers. Here a device's socket, after the
+//! handshake, is driven by a [`channel::Channel`]: requests are written from any
+//! thread and return a [`channel::Pending`] reply at once; one reader thread per
+//! device completes them in order; a watchdog turns a request past its deadline
+//! into a time-out; every reply is checked against the rules of the trust model
+//! ([`reply`]) before it is believed.
+//!
+//! A VMM plugs in its own world through three traits: its guest memory
+//! ([`memory::GuestMemory`]), its notifiers ([`sink::NotifierSink`]; KVM
+//! ioeventfds and irqfds in [`kvm`], feature `kvm`), and its devices' connections
+//! and ring layouts ([`actions::VhostDevices`]). [`actions::VhostActions`] then
+//! performs every vhost-user step of a switchover plan.
+//!
+//! * [`frontend`] — one device: the handshake, then typed requests in `vhost`'s
+//!   vocabulary (`get_vring_base(ring)` returns a pending base);
+//! * [`channel`] — the pipelined socket, [`channel::Pending`] replies, deadlines;
+//! * [`reply`] — the reply rules;
+//! * [`memory`], [`sink`] — what the VMM supplies;
+//! * [`actions`] — the core's `StepActions` on top;
+//! * [`kvm`] — KVM notifiers as a sink.
+//!
+//! See `examples/vmm.rs` for a whole integration: a VMM of its own with its own
+//! memory and eventfds, real qemu-storage-daemon backends, and a switchover
+//! between two roles.
+
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub)]
+
+pub mod actions;
+pub mod channel;
+pub mod frontend;
+#[cfg(feature = "kvm")]
+pub mod kvm;
+pub mod memory;
+pub mod reply;
+pub mod sink;
