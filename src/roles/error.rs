@@ -133,7 +133,7 @@ impl std::fmt::Display for PathOp {
     }
 }
 
-/// The kind of a [`Message`], without its contents (for errors and logs).
+/// The kind of a [`Message`](super::Message), without its contents (for errors and logs).
 ///
 /// ```
 /// use switchover::roles::MessageKind;
@@ -142,17 +142,17 @@ impl std::fmt::Display for PathOp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum MessageKind {
-    /// [`Message::Ready`].
+    /// [`Message::Ready`](super::Message::Ready).
     Ready,
-    /// [`Message::NotReady`].
+    /// [`Message::NotReady`](super::Message::NotReady).
     NotReady,
-    /// [`Message::State`].
+    /// [`Message::State`](super::Message::State).
     State,
-    /// [`Message::Abort`].
+    /// [`Message::Abort`](super::Message::Abort).
     Abort,
-    /// [`Message::Running`].
+    /// [`Message::Running`](super::Message::Running).
     Running,
-    /// [`Message::StartFailed`].
+    /// [`Message::StartFailed`](super::Message::StartFailed).
     StartFailed,
 }
 
@@ -184,7 +184,7 @@ impl fmt::Display for MessageKind {
     }
 }
 
-/// A frame that is not a well-formed [`Message`].
+/// A frame that is not a well-formed [`Message`](super::Message).
 ///
 /// ```
 /// use switchover::roles::message::Message;

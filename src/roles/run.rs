@@ -770,7 +770,7 @@ impl Source<'_> {
 }
 
 /// Runs a whole switchover with both roles in this process, each on its own engine
-/// and thread (as two VMMs would), joined by an in-process [`path::ChannelPath`].
+/// and thread (as two VMMs would), joined by an in-process [`super::path::ChannelPath`].
 /// The report holds both sides' runs; downtime is the source's measure.
 ///
 /// ```

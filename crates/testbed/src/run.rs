@@ -120,7 +120,7 @@ pub struct RealConfig {
     /// Block writes per blk ring left in flight when the window opens (1..=24).
     pub inflight: u16,
     /// Faults injected at steps (`KIND:STEP:DEVICE[:RING]`, see
-    /// [`super::actions`]), on whichever side runs the step.
+    /// [`crate::rig`]), on whichever side runs the step.
     pub inject: Vec<switchover_sim::Fault>,
     /// Tests only: devices served by the hostile test backend, as (side, device
     /// name, `MODE@REQUEST`); see [`super::backend::HOSTILE_MODES`]. Own backends
