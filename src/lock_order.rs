@@ -7,13 +7,13 @@
 //! |---|---|---|---|
 //! | 0 | [`ResourceKind::BigLock`] | the caller's own big lock (QEMU's BQL, a VMM's device-manager lock) | only the caller lane, which already holds it |
 //! | 1 | [`ResourceKind::MemoryTransaction`] | the memory-map transaction that batches notifier changes | caller lane (begin/commit need the big lock) |
-//! | 2 | [`ResourceKind::Device`] | a whole device (feature and memory-table setup) | any lane |
-//! | 3 | [`ResourceKind::Vring`] | one virtqueue of a device | any lane |
-//! | 4 | [`ResourceKind::HostNotifier`] | a ring's ioeventfd (guest → backend kick) | any lane |
-//! | 5 | [`ResourceKind::GuestNotifier`] | a ring's irqfd (backend → guest interrupt) | any lane |
-//! | 6 | [`ResourceKind::Custom`] | a resource a VMM declares for its own device kind | any lane |
-//! | 7 | [`ResourceKind::ControlChannel`] | the send half of a backend's control socket (leaf) | any lane, never while waiting |
-//! | 8 | [`ResourceKind::KvmIoeventfd`] | a VM's ioeventfd list in KVM (leaf; serialises per VM) | any lane, only around one ioctl |
+//! | 2 | [`ResourceKind::Routing`] | the VM's interrupt routing table (MSI routes) | caller lane (the commit needs the big lock) |
+//! | 3 | [`ResourceKind::DirtyLog`] | the dirty log the backends share, and the RAM pass that reads it | any lane |
+//! | 4 | [`ResourceKind::Device`] | a whole device (feature and memory-table setup) | any lane |
+//! | 5 | [`ResourceKind::Vring`] | one virtqueue of a device | any lane |
+//! | 6 | [`ResourceKind::HostNotifier`] | a ring's ioeventfd (guest → backend kick) | any lane |
+//! | 7 | [`ResourceKind::GuestNotifier`] | a ring's irqfd (backend → guest interrupt) | any lane |
+//! | 8 | [`ResourceKind::Custom`] | a resource a VMM declares for its own device kind | any lane |
 //!
 //! The executor never *waits* for a footprint: it acquires a step's whole footprint
 //! at once, under its scheduler lock, or does not start the step. So step footprints
@@ -43,7 +43,7 @@ use std::fmt;
 /// ```
 /// use switchover::lock_order::ResourceKind;
 /// assert!(ResourceKind::BigLock < ResourceKind::Device); // outermost first
-/// assert_eq!(ResourceKind::KvmIoeventfd.rank(), 8);
+/// assert_eq!(ResourceKind::Custom.rank(), 8);
 /// assert_eq!(ResourceKind::GuestNotifier.to_string(), "guest_notifier");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,6 +52,10 @@ pub enum ResourceKind {
     BigLock,
     /// The memory-map transaction that batches all notifier changes of one side.
     MemoryTransaction,
+    /// The VM's interrupt routing table.
+    Routing,
+    /// The dirty log shared by the backends, and the RAM pass that reads it.
+    DirtyLog,
     /// A whole device.
     Device,
     /// One virtqueue.
@@ -62,10 +66,6 @@ pub enum ResourceKind {
     GuestNotifier,
     /// A resource declared by a VMM for its own device kind.
     Custom,
-    /// The send half of a backend's control channel (leaf).
-    ControlChannel,
-    /// A VM's ioeventfd list in KVM (leaf).
-    KvmIoeventfd,
 }
 
 impl ResourceKind {
@@ -78,13 +78,13 @@ impl ResourceKind {
     pub const ALL: [ResourceKind; 9] = [
         ResourceKind::BigLock,
         ResourceKind::MemoryTransaction,
+        ResourceKind::Routing,
+        ResourceKind::DirtyLog,
         ResourceKind::Device,
         ResourceKind::Vring,
         ResourceKind::HostNotifier,
         ResourceKind::GuestNotifier,
         ResourceKind::Custom,
-        ResourceKind::ControlChannel,
-        ResourceKind::KvmIoeventfd,
     ];
 
     /// The rank: a lower rank is acquired first.
@@ -118,13 +118,13 @@ impl ResourceKind {
         match self {
             ResourceKind::BigLock => "big_lock",
             ResourceKind::MemoryTransaction => "memory_transaction",
+            ResourceKind::Routing => "routing",
+            ResourceKind::DirtyLog => "dirty_log",
             ResourceKind::Device => "device",
             ResourceKind::Vring => "vring",
             ResourceKind::HostNotifier => "host_notifier",
             ResourceKind::GuestNotifier => "guest_notifier",
             ResourceKind::Custom => "custom",
-            ResourceKind::ControlChannel => "control_channel",
-            ResourceKind::KvmIoeventfd => "kvm_ioeventfd",
         }
     }
 }

@@ -689,11 +689,11 @@ impl Plan {
     /// use switchover::ids::Side;
     /// use switchover::step::StepKind;
     /// use switchover::topology::Topology;
-    /// let topo = Arc::new(Topology::preset("single-net").unwrap());
+    /// let topo = Arc::new(Topology::preset("single-blk").unwrap());
     /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
     /// let get = plan.steps().iter().find(|s| s.kind == StepKind::GetVringBase).unwrap();
-    /// // A ring's base is read only after the ring was disabled.
-    /// assert!(plan.preds(get.id).iter().any(|p| plan.step(*p).kind == StepKind::VringDisable));
+    /// // A blk ring's base is read only after its requests were drained.
+    /// assert!(plan.preds(get.id).iter().any(|p| plan.step(*p).kind == StepKind::DrainInflight));
     /// ```
     pub fn preds(&self, id: StepId) -> &[StepId] {
         ids(self.preds.get(id.0 as usize))
@@ -957,8 +957,9 @@ impl Plan {
     /// let p = build(&t, Side::Source, &RecipeOptions::engine(), &Costs).unwrap();
     /// let lb = p.lower_bound(Window::Blackout, 9);
     /// assert!(lb.bound >= lb.chain);
-    /// // The longest chain: a blk ring's `vring_disable`, `drain_inflight`, `get_vring_base`.
-    /// assert_eq!(lb.chain, Duration::from_micros(50 + 5 + 50));
+    /// // The longest chain: a blk ring's `vring_disable`, `drain_inflight`,
+    /// // `get_vring_base`, then the log sync and the final RAM pass.
+    /// assert_eq!(lb.chain, Duration::from_micros(50 + 5 + 50 + 5 + 5));
     /// ```
     pub fn lower_bound(&self, w: Window, lanes: usize) -> LowerBound {
         let mut finish = vec![0u64; self.steps.len()];

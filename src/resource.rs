@@ -55,6 +55,23 @@ impl Resource {
     /// ```
     pub const MEMORY_TRANSACTION: Resource = Resource { kind: ResourceKind::MemoryTransaction, device: None, index: 0 };
 
+    /// The VM's interrupt routing table.
+    ///
+    /// ```
+    /// use switchover::resource::Resource;
+    /// assert!(Resource::MEMORY_TRANSACTION < Resource::ROUTING);
+    /// assert_eq!(Resource::ROUTING.to_string(), "routing");
+    /// ```
+    pub const ROUTING: Resource = Resource { kind: ResourceKind::Routing, device: None, index: 0 };
+    /// The dirty log the backends share, and the RAM pass that reads it.
+    ///
+    /// ```
+    /// use switchover::resource::Resource;
+    /// assert!(Resource::ROUTING < Resource::DIRTY_LOG);
+    /// assert_eq!(Resource::DIRTY_LOG.to_string(), "dirty_log");
+    /// ```
+    pub const DIRTY_LOG: Resource = Resource { kind: ResourceKind::DirtyLog, device: None, index: 0 };
+
     /// A whole device.
     ///
     /// ```

@@ -1,7 +1,9 @@
 //! Device state captured on the source while the guest is frozen: the vring bases
-//! (each ring's `last_avail_idx`). This is the data that must never be lost: every
-//! base read on the source must reach the destination, or the source must be
-//! restarted with it.
+//! (each ring's `last_avail_idx`), the block requests handed over, and each
+//! device's VMM-owned state (opaque bytes: its virtio configuration, MSI-X table,
+//! inflight region, the state of a VMM-defined kind) with its configuration
+//! generation. This is the data that must never be lost: every base read on the
+//! source must reach the destination, or the source must be restarted with it.
 //!
 //! # Examples
 //!
@@ -41,6 +43,32 @@ pub struct DeviceState {
     offsets: Vec<u32>,
     bases: Vec<AtomicU32>,
     inflight: std::sync::Mutex<Vec<InflightReq>>,
+    blobs: std::sync::Mutex<Vec<Option<DeviceBlob>>>,
+}
+
+/// One device's VMM-owned state, opaque to the library, with the generation of
+/// its configuration: the VMM bumps it whenever the guest changes the device's
+/// features, rings, queue enables or resets, MSI-X entries, BARs or active queue
+/// pairs. The destination compares the generation it staged in prepare with the
+/// one that arrives in the window ([`crate::step::StepKind::Reconcile`]).
+///
+/// ```
+/// use switchover::state::{DeviceBlob, DeviceState};
+/// use switchover::ids::DeviceId;
+/// use switchover::topology::Topology;
+/// let s = DeviceState::new(&Topology::preset("small").unwrap());
+/// s.set_blob(DeviceBlob { device: 1, generation: 3, bytes: vec![1, 2, 3] });
+/// assert_eq!(s.blob(DeviceId(1)).unwrap().generation, 3);
+/// assert_eq!(s.blobs().len(), 1);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceBlob {
+    /// Device index.
+    pub device: u32,
+    /// Its configuration generation.
+    pub generation: u64,
+    /// Its state, as the VMM encodes it.
+    pub bytes: Vec<u8>,
 }
 
 /// A block request still in flight when its ring stopped, handed over to the
@@ -106,7 +134,12 @@ impl DeviceState {
             n += d.rings();
         }
         offsets.push(n);
-        DeviceState { offsets, bases: (0..n).map(|_| AtomicU32::new(NONE)).collect(), inflight: std::sync::Mutex::new(Vec::new()) }
+        DeviceState {
+            offsets,
+            bases: (0..n).map(|_| AtomicU32::new(NONE)).collect(),
+            inflight: std::sync::Mutex::new(Vec::new()),
+            blobs: std::sync::Mutex::new(vec![None; t.devices().len()]),
+        }
     }
 
     fn slot(&self, d: DeviceId, ring: u32) -> Option<&AtomicU32> {
@@ -262,5 +295,51 @@ impl DeviceState {
         for b in bases {
             self.set_base(DeviceId(b.device), b.ring, b.base);
         }
+    }
+
+    /// Records a device's VMM-owned state (a device outside the topology is ignored).
+    ///
+    /// ```
+    /// use switchover::state::{DeviceBlob, DeviceState};
+    /// use switchover::ids::DeviceId;
+    /// use switchover::topology::Topology;
+    /// let s = DeviceState::new(&Topology::preset("single-net").unwrap());
+    /// s.set_blob(DeviceBlob { device: 0, generation: 1, bytes: vec![] });
+    /// s.set_blob(DeviceBlob { device: 0, generation: 2, bytes: vec![9] }); // replaces
+    /// s.set_blob(DeviceBlob { device: 7, generation: 1, bytes: vec![] }); // no such device
+    /// assert_eq!(s.blob(DeviceId(0)).unwrap().bytes, [9]);
+    /// assert_eq!(s.blobs().len(), 1);
+    /// ```
+    pub fn set_blob(&self, blob: DeviceBlob) {
+        let mut v = self.blobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(slot) = v.get_mut(blob.device as usize) {
+            *slot = Some(blob);
+        }
+    }
+
+    /// A device's VMM-owned state, if recorded.
+    ///
+    /// ```
+    /// use switchover::state::DeviceState;
+    /// use switchover::ids::DeviceId;
+    /// use switchover::topology::Topology;
+    /// assert!(DeviceState::new(&Topology::preset("small").unwrap()).blob(DeviceId(0)).is_none());
+    /// ```
+    pub fn blob(&self, d: DeviceId) -> Option<DeviceBlob> {
+        self.blobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(d.0 as usize).cloned().flatten()
+    }
+
+    /// Every device's recorded VMM-owned state, by device.
+    ///
+    /// ```
+    /// use switchover::state::{DeviceBlob, DeviceState};
+    /// use switchover::topology::Topology;
+    /// let s = DeviceState::new(&Topology::preset("small").unwrap());
+    /// s.set_blob(DeviceBlob { device: 3, generation: 1, bytes: vec![] });
+    /// s.set_blob(DeviceBlob { device: 0, generation: 1, bytes: vec![] });
+    /// assert_eq!(s.blobs().iter().map(|b| b.device).collect::<Vec<_>>(), [0, 3]);
+    /// ```
+    pub fn blobs(&self) -> Vec<DeviceBlob> {
+        self.blobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().flatten().cloned().collect()
     }
 }

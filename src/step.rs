@@ -91,6 +91,40 @@ pub enum StepKind {
     MemTxnBegin,
     /// Commit the memory-map transaction: one update for all devices (caller lane).
     MemTxnCommit,
+    /// Source, prepare: start dirty logging on a device's backend (`SET_FEATURES`
+    /// with `VHOST_F_LOG_ALL`, `SET_LOG_BASE`, each ring's `SET_VRING_ADDR` with the
+    /// log flag), so its writes to guest memory reach the destination.
+    LogStart,
+    /// Source, blackout: collect the dirty log after every ring sharing it was
+    /// stopped (the backends' last used-ring and data writes are in it then).
+    LogSync,
+    /// Source, blackout: the final RAM pass, copying what the log sync found dirty;
+    /// the destination's RAM is final once it ends.
+    FinalPass,
+    /// Destination, blackout: compare a device's configuration staged in prepare
+    /// with the one that arrived in the window; redo what changed (features, ring
+    /// geometry, doorbells, vectors, active queue pairs). An unchanged device pays nothing.
+    Reconcile,
+    /// Destination, blackout: one routing-table commit (`KVM_SET_GSI_ROUTING`) with
+    /// the MSI message of every vector of every device, from the loaded MSI-X tables
+    /// (caller lane: the routing table is the VMM's).
+    RouteCommit,
+    /// Destination, blackout: signal a started ring's call and kick it once (an
+    /// interrupt raised before its route existed is lost; requests already in the
+    /// ring are picked up).
+    RingNotify,
+    /// Destination, blackout: one round trip to a backend that does not acknowledge
+    /// requests (no `REPLY_ACK`), to see that it is alive after its fire-and-forget
+    /// start messages.
+    Probe,
+    /// Source, blackout: flush a blk device's image and give it up (inactivate), after
+    /// its rings were drained and stopped.
+    StorageInactivate,
+    /// Destination, blackout: take a blk device's image (activate) before its first kick.
+    StorageActivate,
+    /// Source, rollback: take the image back before the guest resumes; the guest
+    /// resumes only if this succeeded.
+    StorageReactivate,
     /// A step of a VMM-defined device kind.
     Custom(Arc<str>),
 }
@@ -103,7 +137,7 @@ impl StepKind {
     /// assert!(StepKind::BUILTIN.iter().all(|k| StepKind::parse(k.name()) == Some(k.clone())));
     /// assert!(!StepKind::BUILTIN.iter().any(|k| matches!(k, StepKind::Custom(_))));
     /// ```
-    pub const BUILTIN: [StepKind; 17] = [
+    pub const BUILTIN: [StepKind; 27] = [
         StepKind::VringDisable,
         StepKind::DrainInflight,
         StepKind::GetVringBase,
@@ -121,6 +155,16 @@ impl StepKind {
         StepKind::VringEnable,
         StepKind::MemTxnBegin,
         StepKind::MemTxnCommit,
+        StepKind::LogStart,
+        StepKind::LogSync,
+        StepKind::FinalPass,
+        StepKind::Reconcile,
+        StepKind::RouteCommit,
+        StepKind::RingNotify,
+        StepKind::Probe,
+        StepKind::StorageInactivate,
+        StepKind::StorageActivate,
+        StepKind::StorageReactivate,
     ];
 
     /// Snake-case name, as used by `--inject KIND:STEP:DEVICE` and reports.
@@ -149,6 +193,16 @@ impl StepKind {
             StepKind::VringEnable => "vring_enable",
             StepKind::MemTxnBegin => "memtxn_begin",
             StepKind::MemTxnCommit => "memtxn_commit",
+            StepKind::LogStart => "log_start",
+            StepKind::LogSync => "log_sync",
+            StepKind::FinalPass => "final_pass",
+            StepKind::Reconcile => "reconcile",
+            StepKind::RouteCommit => "route_commit",
+            StepKind::RingNotify => "ring_notify",
+            StepKind::Probe => "probe",
+            StepKind::StorageInactivate => "storage_inactivate",
+            StepKind::StorageActivate => "storage_activate",
+            StepKind::StorageReactivate => "storage_reactivate",
             StepKind::Custom(n) => n,
         }
     }
@@ -164,7 +218,8 @@ impl StepKind {
         StepKind::BUILTIN.iter().find(|k| k.name() == name).cloned()
     }
 
-    /// Whether this kind is a vhost-user message on the backend's control channel.
+    /// Whether this kind is performed as requests on the backend's control channel
+    /// (one vhost-user message, or a few in a row for `log_start`, `reconcile`).
     ///
     /// ```
     /// use switchover::step::StepKind;
@@ -184,6 +239,9 @@ impl StepKind {
                 | StepKind::SetVringBase
                 | StepKind::SetVringKick
                 | StepKind::VringEnable
+                | StepKind::LogStart
+                | StepKind::Reconcile
+                | StepKind::Probe
         )
     }
 

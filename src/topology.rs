@@ -86,6 +86,13 @@ pub struct GenericStep {
     /// [`crate::resource::Resource::BIG_LOCK`], and must be caller-affine, or the plan
     /// is refused ([`crate::plan::PlanError::CallerOnly`]).
     pub big_lock: bool,
+    /// The step (of the same device and side, declared with
+    /// [`GenericStep::rollback_only`]) that undoes this one when the switchover rolls
+    /// back after this step ran: a device stopped in the window is resumed, a daemon
+    /// paused is unpaused. Rollback runs undo steps in reverse dependency order.
+    pub undo: Option<String>,
+    /// An undo step: run only by a rollback, never in a window of the switchover.
+    pub rollback_only: bool,
 }
 
 impl GenericStep {
@@ -98,7 +105,17 @@ impl GenericStep {
     /// assert_eq!((s.affinity, s.cost, s.after.len()), (Affinity::Any, std::time::Duration::ZERO, 0));
     /// ```
     pub fn new(name: &str, side: Side, window: Window) -> Self {
-        GenericStep { name: name.into(), side, window, affinity: Affinity::Any, after: vec![], cost: Duration::ZERO, big_lock: false }
+        GenericStep {
+            name: name.into(),
+            side,
+            window,
+            affinity: Affinity::Any,
+            after: vec![],
+            cost: Duration::ZERO,
+            big_lock: false,
+            undo: None,
+            rollback_only: false,
+        }
     }
     /// Sets the expected cost.
     ///
@@ -145,6 +162,33 @@ impl GenericStep {
     pub fn needs_big_lock(mut self) -> Self {
         self.big_lock = true;
         self
+    }
+    /// Names the step that undoes this one in a rollback (see [`GenericStep::undo`]).
+    ///
+    /// ```
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::topology::{GenericStep, Topology};
+    /// let stop = GenericStep::new("stop", Side::Source, Window::Blackout).undone_by("resume");
+    /// let resume = GenericStep::rollback_only("resume", Side::Source);
+    /// assert!(Topology::builder().generic(1, "vfio", vec![stop.clone(), resume]).build().is_ok());
+    /// // An undo that names no rollback-only step is refused.
+    /// assert!(Topology::builder().generic(1, "vfio", vec![stop]).build().is_err());
+    /// ```
+    pub fn undone_by(mut self, name: &str) -> Self {
+        self.undo = Some(name.into());
+        self
+    }
+    /// An undo step of `side`: run only when a switchover rolls back (in the
+    /// rollback's window, the guest still frozen), after the steps it undoes.
+    ///
+    /// ```
+    /// use switchover::ids::Side;
+    /// use switchover::topology::GenericStep;
+    /// let s = GenericStep::rollback_only("unpause", Side::Source);
+    /// assert!(s.rollback_only);
+    /// ```
+    pub fn rollback_only(name: &str, side: Side) -> Self {
+        GenericStep { rollback_only: true, ..GenericStep::new(name, side, Window::Blackout) }
     }
     /// Adds a predecessor by name.
     ///
@@ -353,6 +397,38 @@ impl Topology {
         self.devices.iter().map(Device::rings).sum()
     }
 
+    /// A fingerprint of the devices (kinds, names, queues, the steps of generic
+    /// kinds): two sides of one migration have the same; the roles refuse a
+    /// message about another topology. FNV-1a, stable across builds.
+    ///
+    /// ```
+    /// use switchover::topology::Topology;
+    /// let a = Topology::preset("small").unwrap();
+    /// assert_eq!(a.fingerprint(), Topology::preset("small").unwrap().fingerprint());
+    /// assert_ne!(a.fingerprint(), Topology::preset("medium").unwrap().fingerprint());
+    /// ```
+    pub fn fingerprint(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            h ^= 0xff; // a separator, so that ("ab", "c") differs from ("a", "bc")
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        };
+        for d in &self.devices {
+            eat(d.kind.prefix().as_bytes());
+            eat(d.name.as_bytes());
+            eat(&d.queues.to_le_bytes());
+            for st in &d.steps {
+                eat(st.name.as_bytes());
+                eat(&[st.side as u8, st.window as u8, u8::from(st.rollback_only)]);
+            }
+        }
+        h
+    }
+
     /// A one-line summary, e.g. `rfc-huge: 16 net × 32 qp, 24 blk × 4 q`.
     ///
     /// ```
@@ -517,9 +593,23 @@ fn validate_generic(group: &str, steps: &[GenericStep]) -> Result<(), TopologyEr
         if steps[..i].iter().any(|o| o.name == s.name && o.side == s.side) {
             return Err(TopologyError::Invalid { device: group.into(), reason: format!("step '{}' declared twice", s.name) });
         }
+        if s.rollback_only && (!s.after.is_empty() || s.undo.is_some()) {
+            return Err(TopologyError::Invalid {
+                device: group.into(),
+                reason: format!("undo step '{}' can neither wait for other steps nor be undone", s.name),
+            });
+        }
+        if let Some(u) = &s.undo {
+            if !steps.iter().any(|o| &o.name == u && o.side == s.side && o.rollback_only) {
+                return Err(TopologyError::Invalid {
+                    device: group.into(),
+                    reason: format!("step '{}' is undone by '{u}', which is not an undo step (rollback only) of the same side", s.name),
+                });
+            }
+        }
         for a in &s.after {
             // Predecessors must be declared earlier on the same side: no cycles possible.
-            if !steps[..i].iter().any(|o| &o.name == a && o.side == s.side) {
+            if !steps[..i].iter().any(|o| &o.name == a && o.side == s.side && !o.rollback_only) {
                 return Err(TopologyError::Invalid {
                     device: group.into(),
                     reason: format!("step '{}' is after '{a}', which is not an earlier step of the same side", s.name),

@@ -61,11 +61,55 @@ fn engine_plan_keeps_only_stop_and_start_messages_in_the_window() {
     let src = build(&topo, Side::Source, &RecipeOptions::engine(), &prof).unwrap();
     let dst = build(&topo, Side::Destination, &RecipeOptions::engine(), &prof).unwrap();
     for s in src.in_window(Window::Blackout) {
-        assert!(matches!(s.kind, StepKind::VringDisable | StepKind::GetVringBase | StepKind::DrainInflight), "{} in src blackout", s.kind);
+        assert!(
+            matches!(
+                s.kind,
+                StepKind::VringDisable
+                    | StepKind::GetVringBase
+                    | StepKind::DrainInflight
+                    | StepKind::StorageInactivate
+                    | StepKind::LogSync
+                    | StepKind::FinalPass
+            ),
+            "{} in src blackout",
+            s.kind
+        );
+        // A net ring is not disabled before its base is read (a disabled started
+        // net ring must discard TX).
+        if s.kind == StepKind::VringDisable {
+            assert_eq!(topo.device(s.device).kind, switchover::topology::DeviceKind::Blk, "net ring disabled before GET_VRING_BASE");
+        }
     }
     for s in dst.in_window(Window::Blackout) {
-        assert!(matches!(s.kind, StepKind::SetVringBase | StepKind::SetVringKick | StepKind::VringEnable), "{} in dst blackout", s.kind);
+        assert!(
+            matches!(
+                s.kind,
+                StepKind::SetVringBase
+                    | StepKind::SetVringKick
+                    | StepKind::VringEnable
+                    | StepKind::Reconcile
+                    | StepKind::RouteCommit
+                    | StepKind::RingNotify
+                    | StepKind::StorageActivate
+            ),
+            "{} in dst blackout",
+            s.kind
+        );
+        // Enabled before kicked.
+        if s.kind == StepKind::SetVringKick {
+            let enabled_first = dst.preds(s.id).iter().any(|p| dst.step(*p).kind == StepKind::VringEnable && dst.step(*p).ring == s.ring);
+            assert!(enabled_first, "kick before enable");
+        }
     }
+    // One routing-table commit, before every kick; the log is synced after every
+    // base was read, and the final pass follows it.
+    let route = dst.steps().iter().filter(|s| s.kind == StepKind::RouteCommit).collect::<Vec<_>>();
+    assert_eq!(route.len(), 1);
+    assert!(dst.steps().iter().filter(|s| s.kind == StepKind::SetVringKick).all(|k| dst.preds(k.id).contains(&route[0].id)));
+    let sync = src.steps().iter().find(|s| s.kind == StepKind::LogSync).unwrap();
+    assert_eq!(src.preds(sync.id).len(), src.steps().iter().filter(|s| s.kind == StepKind::GetVringBase).count());
+    let pass = src.steps().iter().find(|s| s.kind == StepKind::FinalPass).unwrap();
+    assert_eq!(src.preds(pass.id), [sync.id]);
     // Notifier changes of all devices go through one memory transaction per side.
     for plan in [&src, &dst] {
         let begins = plan.steps().iter().filter(|s| s.kind == StepKind::MemTxnBegin).count();

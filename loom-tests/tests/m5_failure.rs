@@ -7,12 +7,14 @@
 //! reported once and names device, ring and step, no started step is left
 //! without an outcome, and under `ContinueIndependent` ring 0 still finishes.
 //!
-//! (b) Rollback: the real source plan of `recipe::build` (one net, two rings) runs
+//! (b) Rollback: the real source plan of `recipe::build` (one blk, two rings,
+//! in-flight requests handed over: disable then `get_vring_base` per ring) runs
 //! its blackout window against a model backend (per-ring enabled/started flags,
 //! bases captured into the real `DeviceState`); one step fails; then the real
 //! `recipe::rollback` plan runs on the same engine. Proves, within the bound: the
-//! rollback restarts exactly the rings whose base was read (with that base), every
-//! ring ends started and enabled, and the rollback run itself fails nothing.
+//! rollback restarts exactly the rings whose base was read (with that base, the
+//! ring's size and addresses set again first), every ring ends started and
+//! enabled, and the rollback run itself fails nothing.
 //!
 //! Does not prove: time-outs, lost backends (reconnect), or the destination side.
 #![cfg(loom)]
@@ -25,7 +27,7 @@ use switchover::error::StepFailure;
 use switchover::exec::{Completion, Engine, FailurePolicy, Progress, StepActions, StepOutcome, Threads};
 use switchover::ids::{DeviceId, Side, StepId, Window};
 use switchover::plan::{Plan, StepSpec};
-use switchover::recipe::{build, rollback, NoCosts, RecipeOptions};
+use switchover::recipe::{build, rollback, BlkPolicy, NoCosts, RecipeOptions};
 use switchover::resource::Resource;
 use switchover::state::DeviceState;
 use switchover::step::{Step, StepKind};
@@ -93,6 +95,8 @@ struct Backend {
     enabled: Vec<AtomicBool>,
     started: Vec<AtomicBool>,
     restored: Vec<AtomicUsize>, // 0: none, else base + 1
+    /// Size and addresses set again on a stopped ring (what a restart needs).
+    configured: Vec<AtomicBool>,
     fail: Option<(StepKind, u32)>,
     /// Answer this (kind, ring) from a replier thread.
     threaded: Option<(StepKind, u32)>,
@@ -106,6 +110,7 @@ impl Backend {
             enabled: (0..n).map(|_| AtomicBool::new(true)).collect(),
             started: (0..n).map(|_| AtomicBool::new(true)).collect(),
             restored: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            configured: (0..n).map(|_| AtomicBool::new(false)).collect(),
             fail,
             threaded,
         }
@@ -125,7 +130,17 @@ impl Backend {
                 self.enabled[i].store(false, Ordering::Relaxed);
                 self.state.set_base(DeviceId(0), r, 1000 + r as u16);
             }
+            StepKind::SetVringNum | StepKind::SetVringAddr => {
+                if self.started[i].load(Ordering::Relaxed) {
+                    return Err(StepFailure::Garbage { what: format!("{kind} on a started ring") });
+                }
+                self.configured[i].store(true, Ordering::Relaxed);
+            }
+            StepKind::SetVringCall => {}
             StepKind::SetVringBase => {
+                if !self.configured[i].load(Ordering::Relaxed) {
+                    return Err(StepFailure::Garbage { what: "SET_VRING_BASE before SET_VRING_ADDR".into() });
+                }
                 let Some(b) = self.state.base(DeviceId(0), r) else {
                     return Err(StepFailure::MissingState { what: "no vring base was captured for this ring".into() });
                 };
@@ -135,17 +150,17 @@ impl Backend {
                 self.restored[i].store(usize::from(b) + 1, Ordering::Relaxed);
             }
             StepKind::SetVringKick => {
+                if !self.enabled[i].load(Ordering::Relaxed) {
+                    return Err(StepFailure::Garbage { what: "SET_VRING_KICK on a disabled ring".into() });
+                }
                 if self.restored[i].load(Ordering::Relaxed) == 0 {
                     return Err(StepFailure::Garbage { what: "SET_VRING_KICK before SET_VRING_BASE".into() });
                 }
                 self.started[i].store(true, Ordering::Relaxed);
             }
-            StepKind::VringEnable => {
-                if !self.started[i].load(Ordering::Relaxed) {
-                    return Err(StepFailure::Garbage { what: "SET_VRING_ENABLE(1) on a stopped ring".into() });
-                }
-                self.enabled[i].store(true, Ordering::Relaxed);
-            }
+            // Enabled before it is kicked on a restarted ring; alone on a ring
+            // that was only disabled.
+            StepKind::VringEnable => self.enabled[i].store(true, Ordering::Relaxed),
             k => panic!("unexpected step {k} in the model"),
         }
         Ok(())
@@ -169,13 +184,19 @@ impl StepActions for BackendActions {
 fn source_plan(topo: &StdArc<Topology>, opts: &RecipeOptions) -> StdArc<Plan> {
     let p = build(topo, Side::Source, opts, &NoCosts).expect("plan");
     let kinds: Vec<(StepKind, Option<u32>)> = p.in_window(Window::Blackout).map(|s| (s.kind.clone(), s.ring)).collect();
-    assert_eq!(kinds.len(), 4, "one net with one queue pair: disable and get_vring_base per ring: {kinds:?}");
+    assert_eq!(kinds.len(), 4, "one blk with two queues: disable and get_vring_base per ring: {kinds:?}");
     StdArc::new(p)
 }
 
 fn rollback_model(fail: (StepKind, u32)) {
-    let topo = StdArc::new(Topology::builder().name("rb").net(1, 1).build().expect("topology"));
-    let opts = RecipeOptions { deadline: Duration::MAX, ..RecipeOptions::engine() };
+    let topo = StdArc::new(Topology::builder().name("rb").blk(1, 2).build().expect("topology"));
+    let opts = RecipeOptions {
+        deadline: Duration::MAX,
+        blk_policy: BlkPolicy::HandOver,
+        dirty_log: false,
+        storage: false,
+        ..RecipeOptions::engine()
+    };
     let src = source_plan(&topo, &opts);
     let mut engine = Engine::new(1);
     let backend = StdArc::new(Backend::new(&topo, Some(fail.clone()), Some((StepKind::GetVringBase, 0))));
@@ -199,6 +220,7 @@ fn rollback_model(fail: (StepKind, u32)) {
         // Nothing half-applied: every ring runs again.
         assert!(backend.started[i].load(Ordering::Relaxed), "ring {r} left stopped");
         assert!(backend.enabled[i].load(Ordering::Relaxed), "ring {r} left disabled");
+        assert_eq!(backend.configured[i].load(Ordering::Relaxed), bases_read[i].is_some(), "ring {r}: set up again");
     }
 }
 
@@ -211,6 +233,8 @@ fn rollback_after_failed_vring_disable() {
 /// `recipe::rollback` used to treat a *failed* `get_vring_base` as a base that was
 /// read and plan `set_vring_base` for a ring with no captured base, leaving it
 /// disabled. Now only a finished read counts; the ring is re-enabled.
+/// (A ring whose read failed on a device that is then declared lost is replayed
+/// whole by the rollback; the model's device is not lost.)
 #[test]
 fn rollback_after_failed_get_vring_base() {
     check("m5 rollback after ring 1 get_vring_base fails, StopAll, 1 worker", 3, || rollback_model((StepKind::GetVringBase, 1)));

@@ -169,9 +169,10 @@ pub trait StepActions: Send + Sync + 'static {
     /// for w in Window::ALL {
     ///     assert!(engine.run(&plan, w, vmm.clone(), &mut progress).ok());
     /// }
-    /// // The memory transaction's begin and commit (cleanup, after the notifiers
-    /// // the blackout window unblocks) ran on this thread.
-    /// assert_eq!(*vmm.on_caller.lock(), [std::thread::current().id(); 2]);
+    /// // Every caller-affine step (the final RAM pass, the memory transaction's begin
+    /// // and commit) ran on this thread.
+    /// let caller_steps = plan.steps().iter().filter(|s| s.affinity == Affinity::Caller).count();
+    /// assert_eq!(*vmm.on_caller.lock(), vec![std::thread::current().id(); caller_steps]);
     /// ```
     fn start_on_caller(&self, step: &Step, lane: &CallerLane, done: Completion) {
         let _ = lane;
@@ -235,6 +236,27 @@ pub trait StepActions: Send + Sync + 'static {
     /// ```
     fn recover_base(&self, _device: DeviceId, _ring: u32) -> Option<u16> {
         None
+    }
+
+    /// Cuts a device's backend off for good (closes its connection, stops its
+    /// process): used by a destination whose fence could not stop one of the
+    /// device's rings, so that no ring of it stays live once the destination has
+    /// said it will not run the guest. `false` if it cannot.
+    ///
+    /// ```
+    /// use switchover::exec::{Completion, StepActions};
+    /// use switchover::ids::DeviceId;
+    /// use switchover::step::Step;
+    /// struct Inline;
+    /// impl StepActions for Inline {
+    ///     fn start(&self, _step: &Step, done: Completion) {
+    ///         done.complete(Ok(()));
+    ///     }
+    /// }
+    /// assert!(!Inline.abandon(DeviceId(0))); // by default nothing can be cut off
+    /// ```
+    fn abandon(&self, _device: DeviceId) -> bool {
+        false
     }
 }
 

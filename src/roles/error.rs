@@ -15,14 +15,16 @@
 
 use std::fmt;
 
+use std::sync::Arc;
+
 use crate::error::{IoCause, StepError};
 use crate::ids::Side;
 
 /// Largest frame a path accepts, in bytes (a topology of thousands of rings fits easily).
 pub const MAX_FRAME: usize = 16 << 20;
 
-/// Why a switchover did not complete: a step that failed, or the path between
-/// the two roles.
+/// Why a switchover did not complete: a step that failed, the path between the two
+/// roles, a message that does not belong, a VMM hook, or a check of the roles' own.
 ///
 /// ```
 /// use switchover::ids::Side;
@@ -61,6 +63,192 @@ pub enum SwitchoverError {
         /// What came.
         got: MessageKind,
     },
+    /// A message that is not of this switchover (another session, out of
+    /// sequence, another VM's topology): refused.
+    #[error("{side} refused a message: {problem}")]
+    Refused {
+        /// The side that refused it.
+        side: Side,
+        /// Why.
+        problem: Refusal,
+    },
+    /// A VMM hook failed.
+    #[error("{side} {hook}: {source}")]
+    Hook {
+        /// The side whose hook it was.
+        side: Side,
+        /// Which hook.
+        hook: HookKind,
+        /// What the VMM said.
+        #[source]
+        source: HookError,
+    },
+    /// A role's own check before it reports success failed: the switchover is not
+    /// reported done.
+    #[error("{side} invariant: {what}")]
+    Invariant {
+        /// The side.
+        side: Side,
+        /// What did not hold.
+        what: String,
+    },
+    /// This side's switchover already ran: a setup runs once.
+    #[error("{side}: this switchover already ran")]
+    AlreadyRan {
+        /// The side.
+        side: Side,
+    },
+}
+
+/// Why a role refused a message.
+///
+/// ```
+/// use switchover::roles::Refusal;
+/// let r = Refusal::Session { expected: 7, got: 8 };
+/// assert_eq!(r.to_string(), "session 8, this switchover is session 7");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Another switchover's message.
+    #[error("session {got}, this switchover is session {expected}")]
+    Session {
+        /// This switchover's session id.
+        expected: u64,
+        /// The message's.
+        got: u64,
+    },
+    /// A message out of sequence (lost, repeated or replayed).
+    #[error("sequence number {got}, {expected} expected")]
+    Sequence {
+        /// The next sequence number expected.
+        expected: u32,
+        /// The message's.
+        got: u32,
+    },
+    /// A message about another topology (another VM, or another device layout).
+    #[error("topology fingerprint {got:#018x}, this VM's is {expected:#018x}")]
+    Fingerprint {
+        /// This VM's topology fingerprint.
+        expected: u64,
+        /// The message's.
+        got: u64,
+    },
+}
+
+/// The VMM hooks a role calls ([`super::VmmHooks`]).
+///
+/// ```
+/// use switchover::roles::HookKind;
+/// assert_eq!(HookKind::StopVcpus.to_string(), "stop_vcpus");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HookKind {
+    /// The source's configuration snapshot for the destination's prepare.
+    SnapshotConfig,
+    /// The destination stages that snapshot.
+    StageConfig,
+    /// The source copies RAM while the guest runs.
+    Precopy,
+    /// The window opens: the source's vCPUs stop.
+    StopVcpus,
+    /// The source saves its devices' state after they stopped.
+    SaveState,
+    /// The destination loads it before its devices start.
+    LoadState,
+    /// The guest runs on this side.
+    ResumeVcpus,
+}
+
+impl HookKind {
+    const ALL: [HookKind; 7] = [
+        HookKind::SnapshotConfig,
+        HookKind::StageConfig,
+        HookKind::Precopy,
+        HookKind::StopVcpus,
+        HookKind::SaveState,
+        HookKind::LoadState,
+        HookKind::ResumeVcpus,
+    ];
+
+    /// Snake-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::SnapshotConfig => "snapshot_config",
+            HookKind::StageConfig => "stage_config",
+            HookKind::Precopy => "precopy",
+            HookKind::StopVcpus => "stop_vcpus",
+            HookKind::SaveState => "save_state",
+            HookKind::LoadState => "load_state",
+            HookKind::ResumeVcpus => "resume_vcpus",
+        }
+    }
+
+    pub(super) fn from_index(i: u8) -> Option<HookKind> {
+        HookKind::ALL.get(i as usize).copied()
+    }
+}
+
+impl fmt::Display for HookKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a VMM hook reports when it fails: the VMM's own error, kept as the source,
+/// and comparable by its message (so an outcome can be compared and carried).
+///
+/// ```
+/// use switchover::roles::HookError;
+/// let e = HookError::new(std::io::Error::other("KVM_RUN still running"));
+/// assert_eq!(e.to_string(), "KVM_RUN still running");
+/// assert_eq!(e.clone(), e);
+/// ```
+#[derive(Debug, Clone)]
+pub struct HookError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl HookError {
+    /// Wraps the VMM's error.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> HookError {
+        HookError(Arc::new(e))
+    }
+    /// A hook error from a message only.
+    pub fn msg(m: impl Into<String>) -> HookError {
+        HookError(Arc::new(MessageError(m.into())))
+    }
+}
+
+/// An error that is only a message (a hook error carried from the other side).
+#[derive(Debug)]
+struct MessageError(String);
+
+impl fmt::Display for MessageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MessageError {}
+
+impl PartialEq for HookError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for HookError {}
+
+impl fmt::Display for HookError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for HookError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 impl SwitchoverError {
@@ -103,7 +291,12 @@ impl SwitchoverError {
     pub fn side(&self) -> Side {
         match self {
             SwitchoverError::Step(e) => e.side,
-            SwitchoverError::ReturnPath { side, .. } | SwitchoverError::Unexpected { side, .. } => *side,
+            SwitchoverError::ReturnPath { side, .. }
+            | SwitchoverError::Unexpected { side, .. }
+            | SwitchoverError::Refused { side, .. }
+            | SwitchoverError::Hook { side, .. }
+            | SwitchoverError::Invariant { side, .. }
+            | SwitchoverError::AlreadyRan { side } => *side,
         }
     }
 }
@@ -154,11 +347,29 @@ pub enum MessageKind {
     Running,
     /// [`Message::StartFailed`](super::Message::StartFailed).
     StartFailed,
+    /// [`Message::Config`](super::Message::Config).
+    Config,
+    /// [`Message::WillNotRun`](super::Message::WillNotRun).
+    WillNotRun,
+    /// [`Message::Query`](super::Message::Query).
+    Query,
+    /// [`Message::Verdict`](super::Message::Verdict).
+    Verdict,
 }
 
 impl MessageKind {
-    pub(super) const ALL: [MessageKind; 6] =
-        [MessageKind::Ready, MessageKind::NotReady, MessageKind::State, MessageKind::Abort, MessageKind::Running, MessageKind::StartFailed];
+    pub(super) const ALL: [MessageKind; 10] = [
+        MessageKind::Ready,
+        MessageKind::NotReady,
+        MessageKind::State,
+        MessageKind::Abort,
+        MessageKind::Running,
+        MessageKind::StartFailed,
+        MessageKind::Config,
+        MessageKind::WillNotRun,
+        MessageKind::Query,
+        MessageKind::Verdict,
+    ];
 
     /// Snake-case name.
     ///
@@ -174,6 +385,10 @@ impl MessageKind {
             MessageKind::Abort => "abort",
             MessageKind::Running => "running",
             MessageKind::StartFailed => "start_failed",
+            MessageKind::Config => "config",
+            MessageKind::WillNotRun => "will_not_run",
+            MessageKind::Query => "query",
+            MessageKind::Verdict => "verdict",
         }
     }
 }

@@ -1,92 +1,93 @@
-//! Both sides of a switchover, in one state machine: prepare (destination first),
-//! ready-ack, the blackout window (source stops, state crosses, destination
-//! starts), then cleanup; rollback of the source if anything fails before the
-//! destination runs.
+//! Both sides of a switchover, in one state machine: the source sends its
+//! devices' configuration, both prepare (dirty logging on the source; backends,
+//! memory, rings and notifiers on the destination), the destination acks (with its
+//! estimate), the window opens (the source's vCPUs and devices stop, the log is
+//! synced and the last RAM pass made, the state crosses, the destination loads it,
+//! reconciles what changed, commits its routes and starts), then cleanup — and if
+//! anything fails inside the window, the destination fences itself and the source
+//! rolls back, never both sides running.
 //!
-//! Downtime is measured from the source's first stop step to the destination's
-//! last start step, and reported per phase.
+//! * [`Source`] — typed states: prepare, wait for ready, switch over;
+//! * [`Destination`] — one run; [`answer_query`] afterwards;
+//! * [`VmmHooks`] — what the roles ask of the VMM (stop and resume vCPUs, save and
+//!   load device state, stage configuration, precopy);
+//! * [`path::ReturnPath`] — the path between them, [`message`] — what crosses it,
+//!   in a [`Session`] (session id, sequence, topology fingerprint);
+//! * [`SideSetup`] — a side's plan, actions, state, hooks and recovery; a setup
+//!   runs once;
+//! * [`run_in_process`] — both roles in one process (tests, simulations).
+//!
+//! Downtime is measured from the window's opening (the source's `stop_vcpus`) to
+//! the destination's running confirmation, and reported per phase.
 //!
 //! # Examples
 //!
+//! Two roles over a Unix socket pair, as two VMM processes run them, on devices in
+//! memory:
+//!
 //! ```
+//! use std::os::unix::net::UnixStream;
 //! use std::sync::Arc;
-//! use switchover::error::StepFailure;
-//! use switchover::exec::{Completion, Engine, Progress, StepActions};
-//! use switchover::ids::{DeviceId, Side};
-//! use switchover::plan::Plan;
-//! use switchover::recipe::{build, rollback, NoCosts, RecipeOptions};
-//! use switchover::roles::{run_in_process, Outcome, RollbackPlan, SideSetup};
+//! use switchover::exec::{Completion, Engine, StepActions};
+//! use switchover::ids::Side;
+//! use switchover::recipe::{build, NoCosts, RecipeOptions};
+//! use switchover::roles::path::UnixPath;
+//! use switchover::roles::{Deadlines, Destination, Outcome, Session, SideSetup, Source};
 //! use switchover::state::DeviceState;
 //! use switchover::step::{Step, StepKind};
 //! use switchover::topology::Topology;
 //!
-//! /// One side's devices, in memory: the guest left ring `r` of every device at
-//! /// base `100 + r`; the source reads it, the destination checks it got it.
-//! struct Devices {
-//!     state: Arc<DeviceState>,
-//!     /// A step that fails: its kind, its device, and how.
-//!     fail: Option<(StepKind, DeviceId, StepFailure)>,
-//! }
+//! /// One side's devices, in memory: the guest left every ring at base 100.
+//! struct Devices(Arc<DeviceState>);
 //! impl StepActions for Devices {
 //!     fn start(&self, step: &Step, done: Completion) {
-//!         if let Some((kind, device, failure)) = &self.fail {
-//!             if step.kind == *kind && step.device == *device {
-//!                 return done.complete(Err(failure.clone()));
-//!             }
+//!         if step.kind == StepKind::GetVringBase {
+//!             self.0.set_base(step.device, step.ring.unwrap(), 100);
 //!         }
-//!         let ring = step.ring.unwrap_or(0);
-//!         let base = 100 + ring as u16;
-//!         let r = match step.kind {
-//!             StepKind::GetVringBase => {
-//!                 self.state.set_base(step.device, ring, base);
-//!                 Ok(())
-//!             }
-//!             StepKind::SetVringBase if self.state.base(step.device, ring) != Some(base) => {
-//!                 Err(StepFailure::MissingState { what: format!("the base of ring {ring}") })
-//!             }
-//!             _ => Ok(()),
-//!         };
-//!         done.complete(r);
-//!     }
-//!     fn reconnect(&self, _device: DeviceId) -> bool {
-//!         true // a new backend process
-//!     }
-//!     fn recover_base(&self, _device: DeviceId, ring: u32) -> Option<u16> {
-//!         Some(100 + ring as u16) // the used ring's index, read from guest memory
+//!         done.complete(Ok(()));
 //!     }
 //! }
-//!
-//! /// `side`'s plan of the engine's recipe, on devices of its own.
-//! fn setup(topo: &Arc<Topology>, side: Side, fail: Option<(StepKind, DeviceId, StepFailure)>) -> SideSetup {
-//!     let state = Arc::new(DeviceState::new(topo));
-//!     let plan = Arc::new(build(topo, side, &RecipeOptions::engine(), &NoCosts).unwrap());
-//!     SideSetup { plan, actions: Arc::new(Devices { state: state.clone(), fail }), state }
-//! }
-//!
-//! /// The source's rollback: the recipe's rollback plan, on the source's devices.
-//! fn rollback_of(src: &SideSetup) -> impl Fn(&Plan, &Progress, &[DeviceId]) -> RollbackPlan + '_ {
-//!     move |plan: &Plan, progress: &Progress, lost: &[DeviceId]| {
-//!         let rb = rollback(plan, progress, lost, &RecipeOptions::engine(), &NoCosts).ok()?;
-//!         Some((Arc::new(rb), src.actions.clone()))
-//!     }
-//! }
-//!
 //! let topo = Arc::new(Topology::preset("small").unwrap());
-//! let (src, dst) = (setup(&topo, Side::Source, None), setup(&topo, Side::Destination, None));
+//! let setup = |side| {
+//!     let state = Arc::new(DeviceState::new(&topo));
+//!     let plan = Arc::new(build(&topo, side, &RecipeOptions::engine(), &NoCosts).unwrap());
+//!     SideSetup::new(plan, Arc::new(Devices(state.clone())), state)
+//! };
+//! let (src, dst) = (setup(Side::Source), setup(Side::Destination));
+//! let (x, y) = UnixStream::pair().unwrap();
+//! let (mut src_path, mut dst_path) = (UnixPath::new(x), UnixPath::new(y));
 //! let (mut src_engine, mut dst_engine) = (Engine::new(2), Engine::new(2));
-//! let rep = run_in_process(&src, &dst, &mut src_engine, &mut dst_engine, &rollback_of(&src));
-//! assert_eq!(rep.outcome, Outcome::Completed);
-//! // Every ring's base crossed to the destination, which started with it.
-//! assert_eq!(dst.state.captured(), topo.total_rings() as usize);
+//! let session = 42; // the migration's id, known to both VMMs
+//! let report = std::thread::scope(|s| {
+//!     s.spawn(|| Destination::new(&dst, &mut dst_engine, Session::new(session, &topo), Deadlines::default()).run(&mut dst_path));
+//!     // The source in its typed states: the VMM may look at the destination's
+//!     // estimate before it stops the guest.
+//!     let source = Source::new(&src, &mut src_engine, Session::new(session, &topo), Deadlines::default());
+//!     let ready = source.prepare(&mut src_path).and_then(|p| p.wait_ready(&mut src_path)).unwrap();
+//!     ready.switch_over(&mut src_path)
+//! });
+//! assert_eq!(report.outcome, Outcome::Completed);
+//! assert_eq!(report.bases_carried, 10);
+//! // A setup runs once.
+//! let again = Source::new(&src, &mut src_engine, Session::new(session, &topo), Deadlines::default()).run(&mut src_path);
+//! assert!(matches!(again.outcome, Outcome::Aborted { .. }));
 //! ```
 
+mod destination;
 mod error;
+mod hooks;
+mod in_process;
 pub mod message;
 pub mod path;
-mod run;
+mod session;
 mod setup;
+mod source;
 
-pub use error::{DecodeError, MessageKind, PathError, PathOp, SwitchoverError, MAX_FRAME};
+pub use destination::{answer_query, Destination};
+pub use error::{DecodeError, HookError, HookKind, MessageKind, PathError, PathOp, Refusal, SwitchoverError, MAX_FRAME};
+pub use hooks::{NoHooks, VmmHooks};
+pub use in_process::{run_in_process, run_in_process_with};
 pub use message::Message;
-pub use run::{run_in_process, Deadlines, Destination, Source};
-pub use setup::{lost_devices, Outcome, RollbackFn, RollbackPlan, SideSetup, SwitchoverReport};
+pub use session::Session;
+pub use setup::{lost_devices, Deadlines, Outcome, Recovery, SideSetup, SwitchoverReport};
+pub use source::{PreparedSource, ReadySource, Source, Unsettled};

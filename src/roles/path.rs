@@ -1,20 +1,22 @@
-//! The path between the two roles: the source's state goes forward, the
-//! destination's answers (ready, running, start failed) come back.
+//! The path between the two roles: the source's configuration and state go
+//! forward, the destination's answers (ready, running, start failed, will not
+//! run) come back. Every message travels in an [`Envelope`].
 //!
 //! Two implementations: an in-process channel pair, and a Unix socket carrying
-//! length-prefixed frames of [`Message::encode`], so the two roles can live in two
-//! processes (as two VMMs do).
+//! length-prefixed frames of [`Envelope::encode`], so the two roles can live in two
+//! processes (as two VMMs do). A VMM with its own migration channel implements
+//! [`ReturnPath`] over it.
 //!
 //! # Examples
 //!
 //! ```
 //! use std::time::{Duration, Instant};
+//! use switchover::roles::message::{Envelope, Message};
 //! use switchover::roles::path::{channel_pair, ReturnPath};
-//! use switchover::roles::message::Message;
 //! let (mut a, mut b) = channel_pair();
-//! a.send(&Message::Ready { prepare_ms: 1.0 }).unwrap();
-//! let m = b.recv(Instant::now() + Duration::from_secs(1)).unwrap();
-//! assert!(matches!(m, Message::Ready { .. }));
+//! let e = Envelope { session: 1, seq: 0, fingerprint: 9, message: Message::Query };
+//! a.send(&e).unwrap();
+//! assert_eq!(b.recv(Instant::now() + Duration::from_secs(1)).unwrap(), e);
 //! ```
 
 use std::io::{Read, Write};
@@ -24,88 +26,75 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::error::{PathError, MAX_FRAME};
-use super::message::Message;
+use super::message::Envelope;
 
 /// A bidirectional, message-oriented path between the two roles.
 ///
+/// The contract the roles rely on:
+///
+/// * `send` returning `Ok` means the envelope was handed to the path whole: the
+///   peer receives it unless the path breaks first.
+/// * `send` returning `Err` means the envelope was **not** delivered whole: the
+///   peer will not act on it (a frame cut short is never decoded as a message).
+///   The source relies on this: a state whose send failed never left, so it may
+///   resume the guest.
+/// * `recv` returns envelopes whole and in the order they were sent, or an error
+///   (time-out, closed, undecodable); it never returns a part of one.
+///
 /// ```
 /// use std::time::{Duration, Instant};
+/// use switchover::roles::message::{Envelope, Message};
 /// use switchover::roles::path::{channel_pair, ReturnPath};
-/// use switchover::roles::message::Message;
 /// use switchover::roles::PathError;
-/// /// The destination's side of the ready-ack, on any path.
-/// fn ack(path: &mut dyn ReturnPath) -> Result<(), PathError> {
-///     path.send(&Message::Ready { prepare_ms: 12.0 })
-/// }
-/// let (mut src, mut dst) = channel_pair();
-/// ack(&mut dst).unwrap();
-/// let got = src.recv(Instant::now() + Duration::from_secs(1)).unwrap();
-/// assert_eq!(got, Message::Ready { prepare_ms: 12.0 });
+/// let (mut a, b) = channel_pair();
+/// assert_eq!(a.recv(Instant::now() + Duration::from_millis(5)).unwrap_err(), PathError::Timeout);
+/// drop(b);
+/// let e = Envelope { session: 1, seq: 0, fingerprint: 9, message: Message::Query };
+/// assert_eq!(a.send(&e), Err(PathError::Closed)); // not delivered
 /// ```
 pub trait ReturnPath: Send {
-    /// Sends a message.
+    /// Sends an envelope (see the trait docs for what `Ok` and `Err` promise).
     ///
     /// # Errors
-    /// [`PathError`] if the other side is gone.
-    ///
-    /// ```
-    /// use switchover::roles::path::{channel_pair, ReturnPath};
-    /// use switchover::roles::message::Message;
-    /// use switchover::roles::PathError;
-    /// let (mut a, b) = channel_pair();
-    /// assert!(a.send(&Message::Running { blackout_ms: 1.0 }).is_ok());
-    /// drop(b);
-    /// assert_eq!(a.send(&Message::Running { blackout_ms: 1.0 }), Err(PathError::Closed));
-    /// ```
-    fn send(&mut self, m: &Message) -> Result<(), PathError>;
-    /// Receives the next message, waiting at most until `deadline`.
+    /// [`PathError`]: the envelope was not delivered whole.
+    fn send(&mut self, m: &Envelope) -> Result<(), PathError>;
+    /// Receives the next envelope, waiting at most until `deadline`.
     ///
     /// # Errors
     /// [`PathError::Timeout`], [`PathError::Closed`], [`PathError::Decode`].
-    ///
-    /// ```
-    /// use std::time::{Duration, Instant};
-    /// use switchover::roles::path::{channel_pair, ReturnPath};
-    /// use switchover::roles::message::Message;
-    /// use switchover::roles::PathError;
-    /// let (mut a, mut b) = channel_pair();
-    /// a.send(&Message::Running { blackout_ms: 2.0 }).unwrap();
-    /// let soon = Instant::now() + Duration::from_millis(10);
-    /// assert_eq!(b.recv(soon), Ok(Message::Running { blackout_ms: 2.0 }));
-    /// assert_eq!(b.recv(soon), Err(PathError::Timeout)); // nothing more came
-    /// ```
-    fn recv(&mut self, deadline: Instant) -> Result<Message, PathError>;
+    fn recv(&mut self, deadline: Instant) -> Result<Envelope, PathError>;
 }
 
 /// One end of an in-process path.
 ///
 /// ```
 /// use std::time::{Duration, Instant};
+/// use switchover::roles::message::{Envelope, Message};
 /// use switchover::roles::path::{channel_pair, ReturnPath};
-/// use switchover::roles::message::Message;
-/// use switchover::roles::MessageKind;
 /// let (mut a, mut b) = channel_pair();
+/// let ping = |seq| Envelope { session: 3, seq, fingerprint: 0, message: Message::Query };
+/// a.send(&ping(0)).unwrap();
+/// b.send(&ping(0)).unwrap();
 /// let deadline = Instant::now() + Duration::from_secs(1);
-/// a.send(&Message::Ready { prepare_ms: 1.0 }).unwrap();
-/// b.send(&Message::Running { blackout_ms: 2.0 }).unwrap();
-/// assert_eq!(b.recv(deadline).unwrap().kind(), MessageKind::Ready);
-/// assert_eq!(a.recv(deadline).unwrap().kind(), MessageKind::Running);
+/// assert_eq!((a.recv(deadline).unwrap(), b.recv(deadline).unwrap()), (ping(0), ping(0)));
 /// ```
 #[derive(Debug)]
 pub struct ChannelPath {
-    tx: Sender<Message>,
-    rx: Receiver<Message>,
+    tx: Sender<Envelope>,
+    rx: Receiver<Envelope>,
 }
 
-/// Two connected in-process ends.
+/// Two connected ends of an in-process path.
 ///
 /// ```
 /// use std::time::{Duration, Instant};
+/// use switchover::roles::message::{Envelope, Message};
 /// use switchover::roles::path::{channel_pair, ReturnPath};
-/// use switchover::roles::message::Message;
 /// let (mut a, mut b) = channel_pair();
-/// std::thread::spawn(move || a.send(&Message::Ready { prepare_ms: 0.5 }).unwrap());
-/// assert_eq!(b.recv(Instant::now() + Duration::from_secs(5)).unwrap(), Message::Ready { prepare_ms: 0.5 });
+/// let e = Envelope { session: 1, seq: 0, fingerprint: 0, message: Message::Query };
+/// let sent = e.clone();
+/// std::thread::spawn(move || a.send(&sent).unwrap());
+/// assert_eq!(b.recv(Instant::now() + Duration::from_secs(5)).unwrap(), e);
 /// ```
 pub fn channel_pair() -> (ChannelPath, ChannelPath) {
     let (a_tx, b_rx) = crossbeam_channel::unbounded();
@@ -114,10 +103,10 @@ pub fn channel_pair() -> (ChannelPath, ChannelPath) {
 }
 
 impl ReturnPath for ChannelPath {
-    fn send(&mut self, m: &Message) -> Result<(), PathError> {
+    fn send(&mut self, m: &Envelope) -> Result<(), PathError> {
         self.tx.send(m.clone()).map_err(|_| PathError::Closed)
     }
-    fn recv(&mut self, deadline: Instant) -> Result<Message, PathError> {
+    fn recv(&mut self, deadline: Instant) -> Result<Envelope, PathError> {
         match self.rx.recv_deadline(deadline) {
             Ok(m) => Ok(m),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(PathError::Timeout),
@@ -127,19 +116,20 @@ impl ReturnPath for ChannelPath {
 }
 
 /// A path over a connected Unix stream socket: 4-byte little-endian length, then
-/// the message's bytes ([`Message::encode`]).
+/// the envelope's bytes ([`Envelope::encode`]).
 ///
 /// ```
 /// use std::os::unix::net::UnixStream;
 /// use std::time::{Duration, Instant};
-/// use switchover::state::InflightReq;
-/// use switchover::roles::message::Message;
+/// use switchover::roles::message::{Envelope, Message};
 /// use switchover::roles::path::{ReturnPath, UnixPath};
+/// use switchover::state::InflightReq;
 /// let (x, y) = UnixStream::pair().unwrap();
 /// let (mut src, mut dst) = (UnixPath::new(x), UnixPath::new(y));
-/// let state = Message::State { bases: vec![], inflight: vec![InflightReq { device: 2, ring: 0, id: 5 }] };
-/// src.send(&state).unwrap();
-/// assert_eq!(dst.recv(Instant::now() + Duration::from_secs(1)).unwrap(), state);
+/// let state = Message::State { bases: vec![], inflight: vec![InflightReq { device: 2, ring: 0, id: 5 }], devices: vec![] };
+/// let e = Envelope { session: 5, seq: 2, fingerprint: 11, message: state };
+/// src.send(&e).unwrap();
+/// assert_eq!(dst.recv(Instant::now() + Duration::from_secs(1)).unwrap(), e);
 /// ```
 #[derive(Debug)]
 pub struct UnixPath {
@@ -157,7 +147,7 @@ impl UnixPath {
     /// use switchover::roles::path::{ReturnPath, UnixPath};
     /// let (mut raw, y) = UnixStream::pair().unwrap();
     /// let mut path = UnixPath::new(y);
-    /// // A well-framed frame that is not a message.
+    /// // A well-framed frame that is not an envelope.
     /// raw.write_all(&4u32.to_le_bytes()).unwrap();
     /// raw.write_all(b"null").unwrap();
     /// assert!(matches!(path.recv(Instant::now() + Duration::from_secs(1)), Err(PathError::Decode(_))));
@@ -188,7 +178,7 @@ impl UnixPath {
 }
 
 impl ReturnPath for UnixPath {
-    fn send(&mut self, m: &Message) -> Result<(), PathError> {
+    fn send(&mut self, m: &Envelope) -> Result<(), PathError> {
         let body = m.encode();
         if body.len() > MAX_FRAME {
             return Err(PathError::FrameTooLarge { len: body.len() });
@@ -196,10 +186,12 @@ impl ReturnPath for UnixPath {
         let mut frame = Vec::with_capacity(body.len() + 4);
         frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
         frame.extend_from_slice(&body);
+        // A write that fails leaves at most part of the frame on the socket: the
+        // peer never decodes it as an envelope (it times out or sees the close).
         self.stream.write_all(&frame).map_err(PathError::io)
     }
 
-    fn recv(&mut self, deadline: Instant) -> Result<Message, PathError> {
+    fn recv(&mut self, deadline: Instant) -> Result<Envelope, PathError> {
         let mut len = [0u8; 4];
         self.read_exact_until(&mut len, deadline)?;
         let len = u32::from_le_bytes(len) as usize;
@@ -208,6 +200,6 @@ impl ReturnPath for UnixPath {
         }
         let mut body = vec![0u8; len];
         self.read_exact_until(&mut body, deadline)?;
-        Ok(Message::decode(&body)?)
+        Ok(Envelope::decode(&body)?)
     }
 }
