@@ -595,8 +595,14 @@ fn source_vhost(c: &mut Ctx<'_>, dev: &Device, all_txn: Option<StepId>) -> Sourc
         last = vec![s];
         s
     };
-    if c.opts.dirty_log && minimal {
-        c.msg(d, StepKind::LogStart, None, Window::Prepare, &[]);
+    if c.opts.dirty_log {
+        // Logging starts with the migration, the guest running, whatever the policy.
+        let s = StepSpec::new(d, StepKind::LogStart, Window::Prepare)
+            .split(Server::Channel(d))
+            .cost(c.cost(d, &StepKind::LogStart))
+            .deadline(c.opts.deadline)
+            .footprint(&[Resource::device(d)]);
+        c.b.add(s);
     }
     let mut gets = Vec::with_capacity(rings as usize);
     if dev.kind == DeviceKind::Blk {

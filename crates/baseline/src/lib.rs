@@ -1,10 +1,13 @@
 //! Today's ways of stopping and starting devices at switchover, beside the engine,
 //! on the same plans and the same [`StepActions`](switchover::exec::StepActions):
 //!
-//! * `serial` — QEMU: one device after another, every step inside the window, each
-//!   request waited for before the next;
+//! * `serial` — QEMU before 2023: one device after another, every step inside the
+//!   window, each request waited for before the next, each notifier and each MSI
+//!   route committed on its own;
 //! * `pool` — the 2021 RFC: one task per device on a thread pool, every step inside
 //!   the window;
+//! * `qemu` — QEMU today: `serial`, with each device's host notifiers in one
+//!   memory-map transaction and its MSI routes committed once per device;
 //! * `engine` — the `switchover` engine: the minimal-window plan, both roles.
 //!
 //! Every strategy leaves the same record: the core's per-window
@@ -17,31 +20,15 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use switchover::exec::{Completion, StepActions};
 //! use switchover::ids::Side;
-//! use switchover::recipe::{build, NoCosts, RecipeOptions};
-//! use switchover::roles::SideSetup;
-//! use switchover::state::DeviceState;
-//! use switchover::step::Step;
 //! use switchover::topology::Topology;
-//! use switchover_baseline::{execute, Strategy};
+//! use switchover_baseline::{execute, InstantDevices, Strategy};
 //!
-//! struct Inline;
-//! impl StepActions for Inline {
-//!     fn start(&self, _step: &Step, done: Completion) {
-//!         done.complete(Ok(()));
-//!     }
-//! }
 //! let topo = Arc::new(Topology::preset("small").unwrap());
-//! let setup = |side, opts: &RecipeOptions| SideSetup {
-//!     plan: Arc::new(build(&topo, side, opts, &NoCosts).unwrap()),
-//!     actions: Arc::new(Inline),
-//!     state: Arc::new(DeviceState::new(&topo)),
-//! };
-//! let no_rollback = |_: &_, _: &_, _: &_| None;
 //! for s in Strategy::ALL {
 //!     let opts = s.recipe();
-//!     let e = execute(s, 2, &setup(Side::Source, &opts), &setup(Side::Destination, &opts), &no_rollback);
+//!     let (src, dst) = (InstantDevices::setup(&topo, Side::Source, &opts), InstantDevices::setup(&topo, Side::Destination, &opts));
+//!     let e = execute(s, 2, &src, &dst);
 //!     assert_eq!(e.outcome.name(), "completed", "{}", s.name());
 //!     assert!(e.windows.iter().all(|w| w.report.ok()));
 //! }
@@ -51,6 +38,7 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 mod chains;
+mod instant;
 mod steps;
 
 use std::sync::Arc;
@@ -60,9 +48,10 @@ use switchover::exec::{Engine, RunReport};
 use switchover::ids::{Side, Window};
 use switchover::plan::{LowerBound, Plan};
 use switchover::recipe::RecipeOptions;
-use switchover::roles::{run_in_process, Outcome, RollbackFn, SideSetup};
+use switchover::roles::{run_in_process, Outcome, SideSetup};
 
 pub use chains::{run_chains, run_one};
+pub use instant::InstantDevices;
 pub use steps::{timed_steps, TimedStep};
 
 /// Default number of workers (the engine's caller lane is one more).
@@ -77,16 +66,21 @@ pub const DEFAULT_WORKERS: usize = 8;
 /// ```
 /// use switchover_baseline::Strategy;
 /// assert_eq!(Strategy::Serial.lanes(8), 1);
+/// assert_eq!(Strategy::Qemu.lanes(8), 1);
 /// assert_eq!(Strategy::Pool.lanes(8), 8);
 /// assert_eq!(Strategy::Engine.lanes(8), 9); // workers + the caller lane
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Strategy {
-    /// One device after another, everything in the window.
+    /// QEMU before 2023: one device after another, everything in the window, no
+    /// batching.
     Serial,
-    /// One task per device on a pool, everything in the window.
+    /// The 2021 RFC: one task per device on a pool, everything in the window.
     Pool,
+    /// QEMU today: one device after another, everything in the window, each
+    /// device's host notifiers in one transaction and its routes in one commit.
+    Qemu,
     /// The `switchover` engine.
     Engine,
 }
@@ -97,9 +91,9 @@ impl Strategy {
     /// ```
     /// use switchover_baseline::Strategy;
     /// let names: Vec<_> = Strategy::ALL.iter().map(|s| s.name()).collect();
-    /// assert_eq!(names, ["serial", "pool", "engine"]);
+    /// assert_eq!(names, ["serial", "pool", "qemu", "engine"]);
     /// ```
-    pub const ALL: [Strategy; 3] = [Strategy::Serial, Strategy::Pool, Strategy::Engine];
+    pub const ALL: [Strategy; 4] = [Strategy::Serial, Strategy::Pool, Strategy::Qemu, Strategy::Engine];
 
     /// Lower-case name.
     ///
@@ -111,6 +105,7 @@ impl Strategy {
         match self {
             Strategy::Serial => "serial",
             Strategy::Pool => "pool",
+            Strategy::Qemu => "qemu",
             Strategy::Engine => "engine",
         }
     }
@@ -130,14 +125,16 @@ impl Strategy {
     /// in the window; the engine only what must be there.
     ///
     /// ```
-    /// use switchover::recipe::WindowPolicy;
+    /// use switchover::recipe::{NotifierBatch, WindowPolicy};
     /// use switchover_baseline::Strategy;
     /// assert_eq!(Strategy::Serial.recipe().policy, WindowPolicy::AllInBlackout);
+    /// assert_eq!(Strategy::Qemu.recipe().notifier_batch, NotifierBatch::PerDevice);
     /// assert_eq!(Strategy::Engine.recipe().policy, WindowPolicy::Minimal);
     /// ```
     pub fn recipe(self) -> RecipeOptions {
         match self {
             Strategy::Serial | Strategy::Pool => RecipeOptions::baseline(),
+            Strategy::Qemu => RecipeOptions::qemu(),
             Strategy::Engine => RecipeOptions::engine(),
         }
     }
@@ -150,7 +147,7 @@ impl Strategy {
     /// ```
     pub fn lanes(self, workers: usize) -> usize {
         match self {
-            Strategy::Serial => 1,
+            Strategy::Serial | Strategy::Qemu => 1,
             Strategy::Pool => workers.max(1),
             Strategy::Engine => workers + 1,
         }
@@ -176,7 +173,7 @@ impl Strategy {
 /// let topo = Arc::new(Topology::preset("single-net").unwrap());
 /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
 /// let report = Engine::new(1).run(&plan, Window::Blackout, Arc::new(Inline), &mut Progress::new(&plan));
-/// let w = WindowRun { plan, report, rollback: false };
+/// let w = WindowRun { plan, report, rollback: false, fence: false };
 /// assert_eq!((w.side(), w.window()), (Side::Source, Window::Blackout));
 /// ```
 #[derive(Debug, Clone)]
@@ -187,6 +184,9 @@ pub struct WindowRun {
     pub report: RunReport,
     /// Whether it was the source's rollback.
     pub rollback: bool,
+    /// Whether it was the destination's fence (its started rings stopped before
+    /// it told the source the start failed).
+    pub fence: bool,
 }
 
 impl WindowRun {
@@ -205,7 +205,7 @@ impl WindowRun {
     /// # let topo = Arc::new(Topology::preset("single-net").unwrap());
     /// let plan = Arc::new(build(&topo, Side::Destination, &RecipeOptions::engine(), &NoCosts).unwrap());
     /// let report = Engine::new(0).run(&plan, Window::Prepare, Arc::new(Inline), &mut Progress::new(&plan));
-    /// assert_eq!(WindowRun { plan, report, rollback: false }.side(), Side::Destination);
+    /// assert_eq!(WindowRun { plan, report, rollback: false, fence: false }.side(), Side::Destination);
     /// ```
     pub fn side(&self) -> Side {
         self.report.side
@@ -225,7 +225,7 @@ impl WindowRun {
     /// # let topo = Arc::new(Topology::preset("single-net").unwrap());
     /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
     /// let report = Engine::new(0).run(&plan, Window::Cleanup, Arc::new(Inline), &mut Progress::new(&plan));
-    /// assert_eq!(WindowRun { plan, report, rollback: false }.window(), Window::Cleanup);
+    /// assert_eq!(WindowRun { plan, report, rollback: false, fence: false }.window(), Window::Cleanup);
     /// ```
     pub fn window(&self) -> Window {
         self.report.window
@@ -241,14 +241,17 @@ pub struct Executed {
     pub downtime: Duration,
     /// When the window opened (the origin of every report's times).
     pub window_opened: Instant,
-    /// Every window each side ran, the rollback included, in the order they started.
+    /// Every window each side ran, the rollback and the fence included, in the
+    /// order they started.
     pub windows: Vec<WindowRun>,
 }
 
-/// Runs `strategy` over two prepared sides, simulated or real: `serial`
-/// (`workers` ignored) and `pool` run each device's chain with every step inside the
-/// window and no rollback, as today's VMMs do; `engine` runs the two roles, each
-/// on its own engine of `workers` workers, with `rollback`.
+/// Runs `strategy` over two prepared sides, simulated or real: `serial` and `qemu`
+/// (`workers` ignored) and `pool` run each device's chain with every step inside
+/// the window (the prepare window's steps — dirty logging started — before it
+/// opens) and no rollback, as the harness models today's VMMs; `engine` runs the
+/// two roles, each on its own engine of `workers` workers, with their rollback and
+/// fence.
 ///
 /// The sides' plans must have been built with [`Strategy::recipe`].
 ///
@@ -272,48 +275,61 @@ pub struct Executed {
 ///     }
 /// }
 /// let topo = Arc::new(Topology::preset("small").unwrap());
-/// let setup = |side| SideSetup {
-///     plan: Arc::new(build(&topo, side, &Strategy::Serial.recipe(), &NoCosts).unwrap()),
-///     actions: Arc::new(FailNet1),
-///     state: Arc::new(DeviceState::new(&topo)),
+/// let setup = |side| {
+///     let plan = Arc::new(build(&topo, side, &Strategy::Serial.recipe(), &NoCosts).unwrap());
+///     SideSetup::new(plan, Arc::new(FailNet1), Arc::new(DeviceState::new(&topo)))
 /// };
-/// let e = execute(Strategy::Serial, 0, &setup(Side::Source), &setup(Side::Destination), &|_: &_, _: &_, _: &_| None);
+/// let e = execute(Strategy::Serial, 0, &setup(Side::Source), &setup(Side::Destination));
 /// // Today's VMMs have no rollback: the VM stays stopped.
 /// assert!(matches!(&e.outcome, Outcome::Failed { cause, .. } if cause.device_name() == Some("net1")));
 /// ```
-pub fn execute(strategy: Strategy, workers: usize, src: &SideSetup, dst: &SideSetup, rollback: &RollbackFn<'_>) -> Executed {
+pub fn execute(strategy: Strategy, workers: usize, src: &SideSetup, dst: &SideSetup) -> Executed {
     if strategy == Strategy::Engine {
         let mut src_engine = Engine::new(workers);
         let mut dst_engine = Engine::new(workers);
-        let rep = run_in_process(src, dst, &mut src_engine, &mut dst_engine, rollback);
+        let rep = run_in_process(src, dst, &mut src_engine, &mut dst_engine);
         let mut windows: Vec<WindowRun> = rep
             .runs
             .into_iter()
             .map(|report| {
                 let plan = if report.side == Side::Source { src.plan.clone() } else { dst.plan.clone() };
-                WindowRun { plan, report, rollback: false }
+                WindowRun { plan, report, rollback: false, fence: false }
             })
             .collect();
+        if let Some((plan, report)) = rep.fence {
+            windows.push(WindowRun { plan, report, rollback: false, fence: true });
+        }
         if let Some((plan, report)) = rep.rollback {
-            windows.push(WindowRun { plan, report, rollback: true });
+            windows.push(WindowRun { plan, report, rollback: true, fence: false });
         }
         return Executed { outcome: rep.outcome, downtime: rep.downtime, window_opened: rep.window_opened, windows };
     }
-    let opened = Instant::now();
-    let lanes = if strategy == Strategy::Serial { 0 } else { workers.max(1) };
+    let lanes = if strategy == Strategy::Pool { workers.max(1) } else { 0 };
     let mut windows = Vec::new();
-    let src_run = run_chains(&src.plan, &*src.actions, lanes);
-    let mut failure = src_run.failure.clone();
-    windows.push(WindowRun { plan: src.plan.clone(), report: src_run, rollback: false });
+    // Migration start: each side's prepare steps (dirty logging), the guest running.
+    let mut failure = None;
+    for side in [src, dst] {
+        if side.plan.in_window(Window::Prepare).next().is_some() && failure.is_none() {
+            let run = run_chains(&side.plan, &*side.actions, lanes, Window::Prepare);
+            failure = run.failure.clone();
+            windows.push(WindowRun { plan: side.plan.clone(), report: run, rollback: false, fence: false });
+        }
+    }
+    let opened = Instant::now();
+    if failure.is_none() {
+        let src_run = run_chains(&src.plan, &*src.actions, lanes, Window::Blackout);
+        failure = src_run.failure.clone();
+        windows.push(WindowRun { plan: src.plan.clone(), report: src_run, rollback: false, fence: false });
+    }
     if failure.is_none() {
         dst.state.import(&src.state.export());
         dst.state.hand_over(&src.state.inflight());
-        let dst_run = run_chains(&dst.plan, &*dst.actions, lanes);
+        let dst_run = run_chains(&dst.plan, &*dst.actions, lanes, Window::Blackout);
         failure = dst_run.failure.clone();
-        windows.push(WindowRun { plan: dst.plan.clone(), report: dst_run, rollback: false });
+        windows.push(WindowRun { plan: dst.plan.clone(), report: dst_run, rollback: false, fence: false });
     }
     let downtime = opened.elapsed();
-    // Today's VMMs have no rollback: a failure leaves the VM stopped.
+    // The harness's baselines have no rollback: a failure leaves the VM stopped.
     let outcome = match failure {
         None => Outcome::Completed,
         Some(cause) => Outcome::Failed { rollback: None, cause: cause.into() },
@@ -458,21 +474,11 @@ impl Default for Checks {
 /// use switchover::state::DeviceState;
 /// use switchover::step::Step;
 /// use switchover::topology::Topology;
-/// use switchover_baseline::{execute, Checks, LowerBound2, Strategy, StrategyRun};
-/// struct Inline;
-/// impl StepActions for Inline {
-///     fn start(&self, _step: &Step, done: Completion) {
-///         done.complete(Ok(()));
-///     }
-/// }
+/// use switchover_baseline::{execute, Checks, InstantDevices, LowerBound2, Strategy, StrategyRun};
 /// let (topo, s, workers) = (Arc::new(Topology::preset("small").unwrap()), Strategy::Engine, 2);
-/// let setup = |side| SideSetup {
-///     plan: Arc::new(build(&topo, side, &s.recipe(), &NoCosts).unwrap()),
-///     actions: Arc::new(Inline),
-///     state: Arc::new(DeviceState::new(&topo)),
-/// };
-/// let (src, dst) = (setup(Side::Source), setup(Side::Destination));
-/// let e = execute(s, workers, &src, &dst, &|_: &_, _: &_, _: &_| None);
+/// let src = InstantDevices::setup(&topo, Side::Source, &s.recipe());
+/// let dst = InstantDevices::setup(&topo, Side::Destination, &s.recipe());
+/// let e = execute(s, workers, &src, &dst);
 /// let bound = LowerBound2::of(&src.plan, &dst.plan, s.lanes(workers));
 /// let r = StrategyRun::new(s, false, e, s.lanes(workers), bound, Checks::default());
 /// assert_eq!(r.outcome, Outcome::Completed);
@@ -522,13 +528,17 @@ impl StrategyRun {
     pub fn phases(&self) -> Vec<(Side, Window, Duration)> {
         self.windows.iter().map(|w| (w.side(), w.window(), w.report.wall)).collect()
     }
-    /// Duration of one side's window, if it ran (not the rollback).
+    /// Duration of one side's window, if it ran (not the rollback or the fence).
     pub fn phase(&self, side: Side, window: Window) -> Option<Duration> {
-        self.windows.iter().find(|w| !w.rollback && w.side() == side && w.window() == window).map(|w| w.report.wall)
+        self.windows.iter().find(|w| !w.rollback && !w.fence && w.side() == side && w.window() == window).map(|w| w.report.wall)
     }
     /// How long the rollback took, if there was one.
     pub fn rollback(&self) -> Option<Duration> {
         self.windows.iter().find(|w| w.rollback).map(|w| w.report.wall)
+    }
+    /// How long the destination's fence took, if there was one.
+    pub fn fence(&self) -> Option<Duration> {
+        self.windows.iter().find(|w| w.fence).map(|w| w.report.wall)
     }
     /// Number of steps started, over every window.
     pub fn steps_started(&self) -> usize {

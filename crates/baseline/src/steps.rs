@@ -14,26 +14,19 @@ use switchover::step::{ExecMode, Server};
 ///
 /// ```
 /// # use std::sync::Arc;
-/// # use switchover::exec::{Completion, StepActions};
 /// # use switchover::ids::Side;
-/// # use switchover::recipe::{build, NoCosts};
-/// # use switchover::roles::SideSetup;
-/// # use switchover::state::DeviceState;
-/// # use switchover::step::Step;
 /// # use switchover::topology::Topology;
-/// # use switchover_baseline::{execute, Checks, LowerBound2, Strategy, StrategyRun};
-/// # struct Inline;
-/// # impl StepActions for Inline { fn start(&self, _s: &Step, d: Completion) { d.complete(Ok(())) } }
+/// # use switchover_baseline::{execute, Checks, InstantDevices, LowerBound2, Strategy, StrategyRun};
 /// # let topo = Arc::new(Topology::preset("small").unwrap());
-/// # let setup = |side| SideSetup { plan: Arc::new(build(&topo, side, &Strategy::Engine.recipe(), &NoCosts).unwrap()), actions: Arc::new(Inline), state: Arc::new(DeviceState::new(&topo)) };
+/// # let setup = |side| InstantDevices::setup(&topo, side, &Strategy::Engine.recipe());
 /// # let (src, dst) = (setup(Side::Source), setup(Side::Destination));
 /// # let lb = LowerBound2::of(&src.plan, &dst.plan, 3);
-/// # let e = execute(Strategy::Engine, 2, &src, &dst, &|_: &_, _: &_, _: &_| None);
+/// # let e = execute(Strategy::Engine, 2, &src, &dst);
 /// # let r = StrategyRun::new(Strategy::Engine, false, e, 3, lb, Checks::default());
 /// use switchover::ids::Window;
 /// use switchover_baseline::timed_steps;
 /// for s in timed_steps(&r) {
-///     assert!(s.start_ns <= s.end_ns && !s.rollback);
+///     assert!(s.start_ns <= s.end_ns && !s.rollback && !s.fence);
 ///     if s.window == Window::Prepare {
 ///         assert!(s.start_ns < 0); // before the window opened
 ///     }
@@ -67,8 +60,10 @@ pub struct TimedStep {
     pub split: bool,
     /// Expected cost (ns).
     pub cost_ns: u64,
-    /// Whether this was a rollback step.
+    /// Whether this was a rollback step (source).
     pub rollback: bool,
+    /// Whether this was a fence step (destination).
+    pub fence: bool,
 }
 
 /// Every step a run started, in start order: the view the table, the timeline and
@@ -76,21 +71,14 @@ pub struct TimedStep {
 ///
 /// ```
 /// # use std::sync::Arc;
-/// # use switchover::exec::{Completion, StepActions};
 /// # use switchover::ids::Side;
-/// # use switchover::recipe::{build, NoCosts};
-/// # use switchover::roles::SideSetup;
-/// # use switchover::state::DeviceState;
-/// # use switchover::step::Step;
 /// # use switchover::topology::Topology;
-/// # use switchover_baseline::{execute, Checks, LowerBound2, Strategy, StrategyRun};
-/// # struct Inline;
-/// # impl StepActions for Inline { fn start(&self, _s: &Step, d: Completion) { d.complete(Ok(())) } }
+/// # use switchover_baseline::{execute, Checks, InstantDevices, LowerBound2, Strategy, StrategyRun};
 /// # let topo = Arc::new(Topology::preset("small").unwrap());
-/// # let setup = |side| SideSetup { plan: Arc::new(build(&topo, side, &Strategy::Engine.recipe(), &NoCosts).unwrap()), actions: Arc::new(Inline), state: Arc::new(DeviceState::new(&topo)) };
+/// # let setup = |side| InstantDevices::setup(&topo, side, &Strategy::Engine.recipe());
 /// # let (src, dst) = (setup(Side::Source), setup(Side::Destination));
 /// # let lb = LowerBound2::of(&src.plan, &dst.plan, 3);
-/// # let e = execute(Strategy::Engine, 2, &src, &dst, &|_: &_, _: &_, _: &_| None);
+/// # let e = execute(Strategy::Engine, 2, &src, &dst);
 /// # let r = StrategyRun::new(Strategy::Engine, false, e, 3, lb, Checks::default());
 /// use switchover_baseline::timed_steps;
 /// let steps = timed_steps(&r);
@@ -123,6 +111,7 @@ fn window_steps(w: &WindowRun, opened: Instant) -> impl Iterator<Item = TimedSte
             split: s.mode == ExecMode::Split,
             cost_ns: s.cost.as_nanos() as u64,
             rollback: w.rollback,
+            fence: w.fence,
         }
     })
 }

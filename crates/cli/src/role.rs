@@ -20,7 +20,7 @@ use serde_json::json;
 use switchover::exec::Engine;
 use switchover::ids::Side;
 use switchover::roles::path::UnixPath;
-use switchover::roles::{Deadlines, Destination, Outcome, Source};
+use switchover::roles::{Deadlines, Destination, Outcome, Session, Source};
 use switchover::topology::Topology;
 use switchover_sim::Fault;
 use switchover_sim::{SimConfig, SimRole};
@@ -31,7 +31,6 @@ enum Role {
     Destination,
 }
 
-/// One role of a simulated switchover over a Unix socket.
 /// One role of a SIMULATED switchover, joined to the other by a Unix socket.
 #[derive(Debug, Parser)]
 #[command(name = "switchover role")]
@@ -59,6 +58,10 @@ struct Cli {
     /// Per-step deadline (ms).
     #[arg(long, default_value_t = 10_000)]
     deadline_ms: u64,
+    /// The migration's session id: both roles must be given the same one (a
+    /// message of another session is refused).
+    #[arg(long, default_value_t = 1)]
+    session: u64,
 }
 
 /// Runs one role with `args` (the subcommand name first); the exit status.
@@ -94,7 +97,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
         .faults(faults)
         .deadline(Duration::from_millis(cli.deadline_ms.max(1)));
     let wait = Duration::from_secs(cli.wait_s);
-    let deadlines = Deadlines { ready: wait, state: wait, running: wait };
+    let deadlines = Deadlines { config: wait, ready: wait, state: wait, running: wait };
     let side = match cli.role {
         Role::Source => Side::Source,
         Role::Destination => Side::Destination,
@@ -133,16 +136,16 @@ pub fn main(args: Vec<String>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let rb = role.rollback();
+    let session = Session::new(cli.session, role.setup.plan.topology());
     let rep = match cli.role {
-        Role::Destination => Destination { setup: &role.setup, engine: &mut engine, deadlines }.run(&mut path),
-        Role::Source => Source { setup: &role.setup, engine: &mut engine, deadlines, rollback: &rb }.run(&mut path),
+        Role::Destination => Destination::new(&role.setup, &mut engine, session, deadlines).run(&mut path),
+        Role::Source => Source::new(&role.setup, &mut engine, session, deadlines).run(&mut path),
     };
     // Where the guest now runs, every ring must hold the base it had reached.
-    let here_runs = matches!(
-        (&rep.outcome, cli.role),
-        (Outcome::Completed | Outcome::CompletedWithCleanupErrors { .. }, Role::Destination) | (Outcome::RolledBack { .. }, Role::Source)
-    );
+    let here_runs = match cli.role {
+        Role::Destination => rep.running_here,
+        Role::Source => matches!(rep.outcome, Outcome::RolledBack { .. }),
+    };
     let mismatches = if here_runs && role.side.sync(Duration::from_secs(5)) { role.side.base_mismatches().len() } else { 0 };
     let line = json!({
         "simulated": true,

@@ -13,9 +13,10 @@
 //!   `unpublish` (source) and `publish` (destination) steps update the VMM's device
 //!   table under the VMM's big lock, so they declare that they need it and are
 //!   caller-affine: they run on the thread that called the engine, which may
-//!   already hold that lock (the source VMM below switches over with its big lock
-//!   held), and reach it through the engine's [`CallerLane`] token; workers never
-//!   touch it.
+//!   already hold that lock (the source VMM below takes its big lock only when the
+//!   window opens: prepare and the wait for the destination's ready-ack run with
+//!   the guest running and the lock free), and reach it through the engine's
+//!   [`CallerLane`] token; workers never touch it.
 //!
 //! The vhost-user steps are performed by the crate's SIMULATED backends; the VMM's
 //! own steps by its own [`StepActions`] (here they sleep for their declared cost).
@@ -28,12 +29,11 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use parking_lot::ReentrantMutex;
-use switchover::exec::{CallerLane, Completion, Engine, Progress, StepActions};
-use switchover::ids::DeviceId;
+use switchover::exec::{CallerLane, Completion, Engine, StepActions};
 use switchover::ids::{Affinity, Side, Window};
-use switchover::plan::Plan;
-use switchover::recipe::{build, rollback, RecipeOptions};
-use switchover::roles::{run_in_process, SideSetup, SwitchoverReport};
+use switchover::recipe::{build, RecipeOptions};
+use switchover::roles::path::channel_pair;
+use switchover::roles::{Deadlines, Destination, Session, SideSetup, Source, SwitchoverReport};
 use switchover::state::DeviceState;
 use switchover::step::{Step, StepKind};
 use switchover::topology::{GenericStep, Topology};
@@ -149,7 +149,11 @@ fn side(topo: &Arc<Topology>, s: Side, profile: &Profile, big_lock: &BigLock) ->
         caller_threads: Default::default(),
     };
     let actions = Arc::new(actions);
-    (SideSetup { plan, actions: actions.clone(), state }, sim, actions)
+    // Recovery (the source's rollback, the destination's fence) with the same
+    // actions: the VMM's own steps and the backends.
+    let setup =
+        SideSetup::new(plan, actions.clone(), state).with_recovery(RecipeOptions::engine(), Arc::new(profile.clone()), actions.clone());
+    (setup, sim, actions)
 }
 
 fn print_report(topo: &Topology, src: &SideSetup, dst: &SideSetup, rep: &SwitchoverReport) {
@@ -211,33 +215,33 @@ fn main() {
     // one process, so two engines).
     let mut src_engine = Engine::new(4);
     let mut dst_engine = Engine::new(4);
-    let (src, src_sim, src_actions) = side(&topo, Side::Source, &profile, &big_lock);
+    let (src, _src_sim, src_actions) = side(&topo, Side::Source, &profile, &big_lock);
     let (dst, _, _) = side(&topo, Side::Destination, &profile, &dst_big_lock);
 
-    // If a step fails inside the window, the source's devices are restarted with
-    // the state read from them.
-    let rb_profile = profile.clone();
-    let rb_topo = topo.clone();
-    let rb_lock = big_lock.clone();
-    let rb = move |plan: &Plan, p: &Progress, lost: &[DeviceId]| -> Option<(Arc<Plan>, Arc<dyn StepActions>)> {
-        let rp = Arc::new(rollback(plan, p, lost, &RecipeOptions::engine(), &rb_profile).ok()?);
-        let actions = VmmActions {
-            topo: rb_topo.clone(),
-            vhost: SimActions::new(src_sim.clone(), rp.len()),
-            big_lock: rb_lock.clone(),
-            caller_threads: Default::default(),
-        };
-        Some((rp, Arc::new(actions) as Arc<dyn StepActions>))
-    };
-
-    // The vm-state-change path: the source VMM holds its big lock while it
-    // switches over (run_in_process runs the source role on this thread and the
-    // destination role on a thread of its own, as a second VMM would).
+    // The two VMMs, joined by their return path (in process here), in one session.
+    let (mut src_path, mut dst_path) = channel_pair();
+    let (src_session, dst_session) = (Session::new(1, &topo), Session::new(1, &topo));
     let t0 = Instant::now();
-    let rep = {
-        let _held = big_lock.lock();
-        run_in_process(&src, &dst, &mut src_engine, &mut dst_engine, &rb)
-    };
+    let rep = std::thread::scope(|sc| {
+        let d = sc.spawn(|| Destination::new(&dst, &mut dst_engine, dst_session, Deadlines::default()).run(&mut dst_path));
+        // Migration start and precopy: the guest runs, the big lock is free.
+        let source = Source::new(&src, &mut src_engine, src_session, Deadlines::default());
+        let ready = match source.prepare(&mut src_path).and_then(|p| p.wait_ready(&mut src_path)) {
+            Ok(ready) => ready,
+            Err(report) => return *report,
+        };
+        // The vm-state-change path: the window opens under the big lock; if a step
+        // fails inside it, the source's devices are restarted with the state read
+        // from them (the setup's recovery).
+        let mut rep = {
+            let _held = big_lock.lock();
+            ready.switch_over(&mut src_path)
+        };
+        // Both sides' windows in one report.
+        rep.runs.extend(d.join().expect("the destination role does not panic").runs);
+        rep.runs.sort_by_key(|r| r.started_at);
+        rep
+    });
     print_report(&topo, &src, &dst, &rep);
     for (who, lock) in [("source", &big_lock), ("destination", &dst_big_lock)] {
         let table = lock.lock();

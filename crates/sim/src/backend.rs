@@ -84,6 +84,8 @@ pub struct SimRing {
 struct Shared {
     features: bool,
     mem: bool,
+    /// Writes to guest memory are logged.
+    logging: bool,
     rings: Vec<SimRing>,
     served: u64,
     /// Per ring: requests in flight and when each completes (set at the stop).
@@ -137,8 +139,15 @@ impl SimBackend {
                 }
             }
         }
-        let shared =
-            Arc::new(Mutex::new(Shared { features: running.is_some(), mem: running.is_some(), rings: rings_v, served: 0, inflight, io }));
+        let shared = Arc::new(Mutex::new(Shared {
+            features: running.is_some(),
+            mem: running.is_some(),
+            logging: false,
+            rings: rings_v,
+            served: 0,
+            inflight,
+            io,
+        }));
         let (tx, rx) = unbounded::<Req>();
         let sh = shared.clone();
         let nm = name.to_string();
@@ -348,6 +357,17 @@ fn apply_inner(sh: &mut Shared, req: &Req, handed: &mut Vec<u64>) -> Result<u16,
             sh.mem = true;
             return Ok(0);
         }
+        // Dirty logging on (LOG_ALL, SET_LOG_BASE, the log flag on each ring).
+        StepKind::LogStart => {
+            if !sh.mem {
+                return bad("SET_LOG_BASE before SET_MEM_TABLE".into());
+            }
+            sh.logging = true;
+            return Ok(0);
+        }
+        // Re-sent configuration of a device whose guest changed it, and the round
+        // trip that proves a backend without REPLY_ACK is alive.
+        StepKind::Reconcile | StepKind::Probe => return Ok(0),
         _ => {}
     }
     let mem = sh.mem;
@@ -413,12 +433,9 @@ fn apply_inner(sh: &mut Shared, req: &Req, handed: &mut Vec<u64>) -> Result<u16,
                 }
             }
         }
-        StepKind::VringEnable => {
-            if !ring.started {
-                return bad("SET_VRING_ENABLE(1) on a ring that was not started".into());
-            }
-            ring.enabled = true;
-        }
+        // Enabling a ring not yet started is allowed (the spec): it processes
+        // once it is started.
+        StepKind::VringEnable => ring.enabled = true,
         ref k => return bad(format!("{k} is not a vhost-user message")),
     }
     Ok(0)

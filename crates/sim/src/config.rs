@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchover::exec::{Progress, StepActions};
-use switchover::ids::{DeviceId, Side};
+use switchover::exec::StepActions;
+use switchover::ids::Side;
 use switchover::plan::Plan;
-use switchover::recipe::{build, rollback, BlkPolicy, RecipeOptions};
-use switchover::roles::{Outcome, RollbackPlan, SideSetup};
+use switchover::recipe::{build, BlkPolicy, RecipeOptions};
+use switchover::roles::{Outcome, SideSetup};
 use switchover::state::DeviceState;
 use switchover::topology::Topology;
 use switchover_baseline::{execute, Checks, LowerBound2, Strategy, StrategyRun, DEFAULT_WORKERS};
@@ -243,8 +243,9 @@ impl SimConfig {
 }
 
 /// One side of a simulated switchover, ready for a role: the engine plan, its
-/// actions on fresh simulated backends, the side's state, and (for the source) the
-/// rollback builder.
+/// actions on fresh simulated backends, the side's state, and its recovery (the
+/// source's rollback, the destination's fence) on the same backends without the
+/// injected faults.
 ///
 /// ```
 /// use switchover::exec::Engine;
@@ -254,7 +255,7 @@ impl SimConfig {
 /// use switchover::topology::Topology;
 /// let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
 /// let (src, dst) = (SimRole::new(&cfg, Side::Source), SimRole::new(&cfg, Side::Destination));
-/// let rep = run_in_process(&src.setup, &dst.setup, &mut Engine::new(2), &mut Engine::new(2), &src.rollback());
+/// let rep = run_in_process(&src.setup, &dst.setup, &mut Engine::new(2), &mut Engine::new(2));
 /// assert_eq!(rep.outcome, Outcome::Completed);
 /// assert!(dst.side.sync(std::time::Duration::from_secs(5))); // fire-and-forget messages served
 /// assert!(dst.side.base_mismatches().is_empty());
@@ -289,34 +290,36 @@ impl SimRole {
         let plan = Arc::new(build(&cfg.topology, side, &opts, &cfg.profile).expect("validated topology"));
         let (src, dst, _) = cfg.sides();
         let sim = if side == Side::Source { src } else { dst };
-        let state = sim.state().clone();
-        let actions = Arc::new(SimActions::new(sim.clone(), plan.len()));
-        SimRole { setup: SideSetup { plan, actions, state }, side: sim, cfg: cfg.clone() }
+        let setup = side_setup(plan, &sim, &opts, &cfg.profile);
+        SimRole { setup, side: sim, cfg: cfg.clone() }
     }
 
-    /// The rollback builder for a source role.
-    ///
-    /// ```
-    /// use switchover::exec::Engine;
-    /// use switchover::ids::Side;
-    /// use switchover_sim::{SimConfig, SimRole};
-    /// use switchover::roles::{run_in_process, Outcome};
-    /// use switchover::topology::Topology;
-    /// let cfg = SimConfig::new(Topology::preset("small").unwrap())
-    ///     .scale(0.02)
-    ///     .faults(vec!["error:get_vring_base:blk0".parse().unwrap()]);
-    /// let (src, dst) = (SimRole::new(&cfg, Side::Source), SimRole::new(&cfg, Side::Destination));
-    /// let rep = run_in_process(&src.setup, &dst.setup, &mut Engine::new(2), &mut Engine::new(2), &src.rollback());
-    /// assert!(matches!(rep.outcome, Outcome::RolledBack { .. }));
-    /// assert!(rep.rollback.is_some());
-    /// ```
-    pub fn rollback(&self) -> impl Fn(&Plan, &Progress, &[switchover::ids::DeviceId]) -> switchover::roles::RollbackPlan + '_ {
-        move |plan: &Plan, p: &Progress, lost: &[switchover::ids::DeviceId]| {
-            let rp = Arc::new(rollback(plan, p, lost, &self.cfg.opts(RecipeOptions::engine()), &self.cfg.profile).ok()?);
-            let act: Arc<dyn StepActions> = Arc::new(SimActions::new(self.side.clone(), rp.len()).without_faults());
-            Some((rp, act))
-        }
+    /// Its configuration.
+    pub fn config(&self) -> &SimConfig {
+        &self.cfg
     }
+}
+
+/// A side's setup on `sim`: its plan's actions, and its recovery without faults.
+///
+/// ```
+/// use switchover::exec::Engine;
+/// use switchover::ids::Side;
+/// use switchover_sim::{SimConfig, SimRole};
+/// use switchover::roles::{run_in_process, Outcome};
+/// use switchover::topology::Topology;
+/// let cfg = SimConfig::new(Topology::preset("small").unwrap())
+///     .scale(0.02)
+///     .faults(vec!["error:get_vring_base:blk0".parse().unwrap()]);
+/// let (src, dst) = (SimRole::new(&cfg, Side::Source), SimRole::new(&cfg, Side::Destination));
+/// let rep = run_in_process(&src.setup, &dst.setup, &mut Engine::new(2), &mut Engine::new(2));
+/// assert!(matches!(rep.outcome, Outcome::RolledBack { .. }));
+/// assert!(rep.rollback.is_some());
+/// ```
+fn side_setup(plan: Arc<Plan>, sim: &Arc<SimSide>, opts: &RecipeOptions, profile: &Profile) -> SideSetup {
+    let actions = Arc::new(SimActions::new(sim.clone(), plan.len()));
+    let recovery: Arc<dyn StepActions> = Arc::new(SimActions::new(sim.clone(), 0).without_faults());
+    SideSetup::new(plan, actions, sim.state().clone()).with_recovery(opts.clone(), Arc::new(profile.clone()), recovery)
 }
 
 /// Runs `strategy` once on fresh simulated backends.
@@ -350,25 +353,9 @@ pub fn run(cfg: &SimConfig, strategy: Strategy) -> StrategyRun {
     let dst_plan = Arc::new(build(topo, Side::Destination, &opts, &cfg.profile).expect("validated topology"));
     let (src_side, dst_side, ledger) = cfg.sides();
     let lower_bound = LowerBound2::of(&src_plan, &dst_plan, lanes);
-    let src = SideSetup {
-        plan: src_plan.clone(),
-        actions: Arc::new(SimActions::new(src_side.clone(), src_plan.len())),
-        state: src_side.state().clone(),
-    };
-    let dst = SideSetup {
-        plan: dst_plan.clone(),
-        actions: Arc::new(SimActions::new(dst_side.clone(), dst_plan.len())),
-        state: dst_side.state().clone(),
-    };
-    let side = src_side.clone();
-    let profile = cfg.profile.clone();
-    let rb_opts = opts.clone();
-    let rb = move |plan: &Plan, p: &Progress, lost: &[DeviceId]| -> RollbackPlan {
-        let rp = Arc::new(rollback(plan, p, lost, &rb_opts, &profile).ok()?);
-        let act: Arc<dyn StepActions> = Arc::new(SimActions::new(side.clone(), rp.len()).without_faults());
-        Some((rp, act))
-    };
-    let e = execute(strategy, cfg.workers, &src, &dst, &rb);
+    let src = side_setup(src_plan.clone(), &src_side, &opts, &cfg.profile);
+    let dst = side_setup(dst_plan.clone(), &dst_side, &opts, &cfg.profile);
+    let e = execute(strategy, cfg.workers, &src, &dst);
     // Check what matters: where the guest now runs, every ring has the base the
     // guest had reached.
     let sync = Duration::from_secs(5);

@@ -258,8 +258,7 @@ fn a_simulated_engine_run_completes_with_every_base_preserved() {
 fn execute_runs_the_engine_over_simulated_roles() {
     let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
     let (src, dst) = (SimRole::new(&cfg, Side::Source), SimRole::new(&cfg, Side::Destination));
-    let rb = src.rollback();
-    let e = execute(Strategy::Engine, 2, &src.setup, &dst.setup, &rb);
+    let e = execute(Strategy::Engine, 2, &src.setup, &dst.setup);
     assert_eq!(e.outcome.name(), "completed");
     assert!(e.downtime > Duration::ZERO);
 }

@@ -17,12 +17,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchover::exec::{Progress, StepActions};
-use switchover::ids::{DeviceId, Side};
+use switchover::ids::Side;
 use switchover::notifier::NotifierState;
-use switchover::plan::Plan;
-use switchover::recipe::{build, rollback, CostModel, RecipeOptions};
-use switchover::roles::{Outcome, RollbackPlan, SideSetup};
+use switchover::recipe::{build, CostModel, RecipeOptions, RouteCommits};
+use switchover::roles::{Outcome, SideSetup};
 use switchover::state::DeviceState;
 use switchover::step::{Server, StepKind};
 use switchover::topology::{Device, DeviceKind, Topology};
@@ -666,7 +664,17 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     let src_before = ioctls_before(&src);
     let dst_before = ioctls_before(&dst);
 
-    let opts = RecipeOptions { deadline: cfg.deadline, drain_deadline: cfg.deadline, ..strategy.recipe() };
+    // Not yet on the real rig: dirty logging, route commits, reconciliation and
+    // storage hand-over (one memory on one host, IOAPIC pins, image locking off).
+    let opts = RecipeOptions {
+        deadline: cfg.deadline,
+        drain_deadline: cfg.deadline,
+        dirty_log: false,
+        reconcile: false,
+        routes: RouteCommits::None,
+        storage: false,
+        ..strategy.recipe()
+    };
     let lanes = strategy.lanes(cfg.workers);
     if let Some(f) = &cfg.fault {
         let (name, sig) = match f {
@@ -681,19 +689,16 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     let lower_bound = LowerBound2::of(&src_plan, &dst_plan, lanes);
     let src_act = Arc::new(RigActions::new(src.clone(), &cfg.inject));
     let dst_act = Arc::new(RigActions::new(dst.clone(), &cfg.inject));
-    let s = SideSetup { plan: src_plan.clone(), actions: src_act.clone(), state: src_state.clone() };
-    let d = SideSetup { plan: dst_plan.clone(), actions: dst_act.clone(), state: dst_state.clone() };
     let rb_act = Arc::new(src_act.for_rollback());
-    let rb_opts = opts.clone();
-    let rb = {
-        let rb_act = rb_act.clone();
-        move |plan: &Plan, p: &Progress, lost: &[DeviceId]| -> RollbackPlan {
-            let rp = Arc::new(rollback(plan, p, lost, &rb_opts, &RealCosts).ok()?);
-            let act: Arc<dyn StepActions> = rb_act.clone();
-            Some((rp, act))
-        }
-    };
-    let executed = execute(strategy, cfg.workers, &s, &d, &rb);
+    let fence_act = Arc::new(dst_act.for_rollback());
+    let s = SideSetup::new(src_plan.clone(), src_act.clone(), src_state.clone()).with_recovery(
+        opts.clone(),
+        Arc::new(RealCosts),
+        rb_act.clone(),
+    );
+    let d =
+        SideSetup::new(dst_plan.clone(), dst_act.clone(), dst_state.clone()).with_recovery(opts.clone(), Arc::new(RealCosts), fence_act);
+    let executed = execute(strategy, cfg.workers, &s, &d);
     let outcome = executed.outcome.clone();
     let completed = matches!(outcome, Outcome::Completed | Outcome::CompletedWithCleanupErrors { .. });
     // Exactly one side runs the guest: the destination once it confirmed, the
@@ -853,7 +858,7 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     // Teardown: channels closed, every backend process stopped and reaped, the
     // private directory (sockets, images) removed.
     let pids: Vec<u32> = src.pids().into_iter().chain(dst.pids()).collect();
-    drop((src_act, dst_act, rb_act, s, d, rb));
+    drop((src_act, dst_act, rb_act, s, d));
     src.shutdown();
     dst.shutdown();
     drop(src);

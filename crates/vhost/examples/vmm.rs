@@ -21,13 +21,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchover::error::StepFailure;
-use switchover::exec::{Engine, Progress, StepActions};
+use switchover::exec::Engine;
 use switchover::ids::{DeviceId, Side};
 use switchover::notifier::{Notifier, NotifierState};
-use switchover::plan::Plan;
-use switchover::recipe::{build, rollback, NoCosts, RecipeOptions};
+use switchover::recipe::{build, NoCosts, RecipeOptions, RouteCommits};
 use switchover::roles::path::UnixPath;
-use switchover::roles::{Deadlines, Destination, Outcome, RollbackPlan, SideSetup, Source, SwitchoverReport};
+use switchover::roles::{Deadlines, Destination, Outcome, Session, SideSetup, Source, SwitchoverReport};
 use switchover::state::DeviceState;
 use switchover::topology::Topology;
 use switchover_vhost::actions::{VhostActions, VhostDevices};
@@ -333,20 +332,18 @@ pub fn run(qsd: &Path, dir: &Path) -> Result<Report, Box<dyn Error>> {
     let cfg = FrontendConfig { resend_addr_after_base: true, ..FrontendConfig::new("dst blk0", 1) };
     let dst_fe = Arc::new(Frontend::connect(s, &cfg)?);
 
-    let opts = RecipeOptions::engine();
-    let side = |side: Side, fe: &Arc<Frontend>, fds: &Arc<Eventfds>| -> Result<(SideSetup, VhostActions), Box<dyn Error>> {
+    // One memory on one host, no MSI routing, no image hand-over: the steps for
+    // those are off.
+    let opts = RecipeOptions { dirty_log: false, reconcile: false, routes: RouteCommits::None, storage: false, ..RecipeOptions::engine() };
+    let side = |side: Side, fe: &Arc<Frontend>, fds: &Arc<Eventfds>| -> Result<SideSetup, Box<dyn Error>> {
         let state = Arc::new(DeviceState::new(&topo));
         let actions = VhostActions::new(Arc::new(Disk { frontend: fe.clone() }), mem.clone(), fds.clone(), state.clone());
         let plan = Arc::new(build(&topo, side, &opts, &NoCosts)?);
-        Ok((SideSetup { plan, actions: Arc::new(actions.clone()), state }, actions))
+        let recovery = Arc::new(actions.for_rollback());
+        Ok(SideSetup::new(plan, Arc::new(actions), state).with_recovery(opts.clone(), Arc::new(NoCosts), recovery))
     };
-    let (src, src_actions) = side(Side::Source, &src_fe, &src_fds)?;
-    let (dst, _) = side(Side::Destination, &dst_fe, &dst_fds)?;
-    let rollback_plan = |plan: &Plan, p: &Progress, lost: &[DeviceId]| -> RollbackPlan {
-        let rp = Arc::new(rollback(plan, p, lost, &opts, &NoCosts).ok()?);
-        let act: Arc<dyn StepActions> = Arc::new(src_actions.for_rollback());
-        Some((rp, act))
-    };
+    let src = side(Side::Source, &src_fe, &src_fds)?;
+    let dst = side(Side::Destination, &dst_fe, &dst_fds)?;
 
     // The two roles, as two VMM processes joined by a socket.
     let (a, b) = UnixStream::pair()?;
@@ -354,8 +351,8 @@ pub fn run(qsd: &Path, dir: &Path) -> Result<Report, Box<dyn Error>> {
     let (mut src_engine, mut dst_engine) = (Engine::new(2), Engine::new(2));
     let deadlines = Deadlines::default();
     let (source, destination) = std::thread::scope(|sc| {
-        let d = sc.spawn(|| Destination { setup: &dst, engine: &mut dst_engine, deadlines }.run(&mut dst_path));
-        let s = Source { setup: &src, engine: &mut src_engine, deadlines, rollback: &rollback_plan }.run(&mut src_path);
+        let d = sc.spawn(|| Destination::new(&dst, &mut dst_engine, Session::new(1, &topo), deadlines).run(&mut dst_path));
+        let s = Source::new(&src, &mut src_engine, Session::new(1, &topo), deadlines).run(&mut src_path);
         (s, d.join().expect("the destination role does not panic"))
     });
 
