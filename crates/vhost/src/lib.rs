@@ -36,9 +36,11 @@
 
 pub mod actions;
 pub mod channel;
+pub mod config;
 pub mod frontend;
 #[cfg(feature = "kvm")]
 pub mod kvm;
+pub mod log;
 pub mod memory;
 pub mod reply;
 pub mod sink;
