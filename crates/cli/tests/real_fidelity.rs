@@ -217,4 +217,48 @@ fn real_logging_is_off_after_a_rollback() {
         assert_eq!(r.fidelity.log_after_failure, Some(0), "{fault}");
         assert!(r.checks_ok(), "{fault}: {:?}", r.fidelity);
     }
+    // Negative control: logging left on, the backends (own and
+    // qemu-storage-daemon) log the guest's traffic after the rollback.
+    cfg.switches = Switches { keep_logging: true, ..Switches::default() };
+    cfg.inject = vec!["error:set_vring_base:net0".parse().expect("fault")];
+    let r = run(&cfg, Strategy::Engine);
+    assert_eq!(r.runs_on, Some(Side::Source));
+    assert!(r.fidelity.log_after_failure.is_some_and(|n| n > 0), "{:?}", r.fidelity.log_after_failure);
+    assert!(!r.checks_ok());
+}
+
+#[test]
+fn real_qemu_storage_daemon_logs_through_libvhost_user() {
+    let Some(mut cfg) = config() else { return };
+    // What the installed daemon offers.
+    let dir = switchover_testbed::dir::PrivateDir::new().expect("dir");
+    let image = dir.join("probe.img");
+    std::fs::File::create(&image).expect("image").set_len(1 << 20).expect("size");
+    let bin = cfg.qsd.clone().expect("qemu-storage-daemon");
+    let (stream, daemon) = switchover_testbed::qsd::spawn(&bin, dir.path(), "probe", &image, 1, None).expect("daemon");
+    let fe = switchover_vhost::frontend::Frontend::connect(stream, &switchover_vhost::frontend::FrontendConfig::new("probe", 1))
+        .expect("handshake");
+    eprintln!(
+        "qemu-storage-daemon offers virtio features {:#x}, protocol features {:?}; negotiated {:?}",
+        fe.offered_features(),
+        fe.offered_protocol_features(),
+        fe.protocol_features()
+    );
+    assert!(fe.offered_features() & switchover_vhost::frontend::VHOST_F_LOG_ALL != 0, "no VHOST_F_LOG_ALL");
+    assert!(fe.can_log(), "no LOG_SHMFD");
+    drop(fe);
+    drop(daemon);
+    // Every blk device on qemu-storage-daemon: the log reports every ring's used
+    // ring, and without the window's sync the destination misses the last ones.
+    cfg.blk_backend = BlkBackend::Qsd;
+    let r = run(&cfg, Strategy::Engine);
+    assert!(r.checks_ok(), "{:?}", r.fidelity);
+    for ring in r.bases.iter().filter(|b| b.device.starts_with("blk")) {
+        let name = format!("{} ring {}", ring.device, ring.ring);
+        assert!(r.fidelity.memory.logged_rings.contains(&name), "{name} never logged: {:?}", r.fidelity.memory.logged_rings);
+    }
+    cfg.switches = Switches { skip_log_sync: true, ..Switches::default() };
+    let r = run(&cfg, Strategy::Engine);
+    assert!(r.fidelity.memory.differing.iter().any(|p| p.contains("blk") && p.contains("used ring")), "{:?}", r.fidelity.memory.differing);
+    assert!(!r.checks_ok());
 }

@@ -51,7 +51,7 @@ const NONE: u32 = u32::MAX;
 /// ```
 /// use switchover_testbed::rig::Switches;
 /// let s = Switches::default();
-/// assert!(!s.skip_log_sync && !s.disable_net_before_stop && !s.kick_before_enable);
+/// assert!(!s.skip_log_sync && !s.disable_net_before_stop && !s.kick_before_enable && !s.keep_logging);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Switches {
@@ -65,6 +65,10 @@ pub struct Switches {
     /// The destination kicks a ring before it enables it (its `vring_enable` does
     /// nothing, its `set_vring_kick` sends the kick, then the enable).
     pub kick_before_enable: bool,
+    /// After a failed migration the source's backends keep logging: the
+    /// rollback's `SET_FEATURES` keeps `VHOST_F_LOG_ALL` (and an aborted
+    /// migration does not stop logging).
+    pub keep_logging: bool,
 }
 
 /// [`VhostActions`] on a real side, with fault injection and sent-base records.
@@ -75,6 +79,7 @@ pub struct RigActions {
     faults: Arc<Vec<(Fault, AtomicBool)>>,
     sent: Arc<Vec<AtomicU32>>,
     switches: Switches,
+    rollback: bool,
 }
 
 impl RigActions {
@@ -86,7 +91,7 @@ impl RigActions {
             faults.iter().filter(|f| topo.device_by_name(&f.device).is_some()).map(|f| (f.clone(), AtomicBool::new(false))).collect();
         let inner = VhostActions::new(side.clone(), side.mem().clone(), side.notifiers().clone(), side.state().clone());
         let sent = (0..topo.total_rings()).map(|_| AtomicU32::new(NONE)).collect();
-        RigActions { side, inner, faults: Arc::new(faults), sent: Arc::new(sent), switches: Switches::default() }
+        RigActions { side, inner, faults: Arc::new(faults), sent: Arc::new(sent), switches: Switches::default(), rollback: false }
     }
 
     /// The same, migrating guest memory with `migration` (dirty log, final pass)
@@ -112,7 +117,7 @@ impl RigActions {
     /// The same side's rollback actions: nothing injected, and a restarted ring
     /// gets its call eventfd again before its kick.
     pub fn for_rollback(&self) -> RigActions {
-        RigActions { inner: self.inner.for_rollback(), faults: Arc::new(Vec::new()), ..self.clone() }
+        RigActions { inner: self.inner.for_rollback(), faults: Arc::new(Vec::new()), rollback: true, ..self.clone() }
     }
 
     /// The base a backend acknowledged with `SET_VRING_BASE` for global ring `g`.
@@ -153,6 +158,10 @@ impl RigActions {
         let net = self.side.topology().device(step.device).kind == DeviceKind::Net;
         match &step.kind {
             StepKind::LogSync if sw.skip_log_sync => Some(Ok(())),
+            StepKind::SetFeatures if sw.keep_logging && self.rollback && step.side == Side::Source => {
+                let fe = self.side.frontend(step.device)?;
+                Some(fe.set_features(fe.logging_features(), step.deadline).wait())
+            }
             StepKind::GetVringBase if sw.disable_net_before_stop && net && step.side == Side::Source => {
                 // Disabled first (and waited for); the base is read after.
                 let fe = self.side.frontend(step.device)?;

@@ -360,6 +360,9 @@ pub struct MemoryCheck {
     pub buffers_checked: usize,
     /// Those not there.
     pub buffers_missing: Vec<String>,
+    /// Rings whose used ring the backends' dirty log reported at least once (the
+    /// backend logs its writes).
+    pub logged_rings: Vec<String>,
 }
 
 /// The guest's transmitted packets, as the backends' wires saw them.
@@ -891,7 +894,7 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
         dst.shutdown();
     }
     let mut fid = Fidelity { precopy: workload.precopy_time(), ..Fidelity::default() };
-    if matches!(outcome, Outcome::Aborted { .. }) {
+    if matches!(outcome, Outcome::Aborted { .. }) && !cfg.switches.keep_logging {
         // The migration was cancelled before the window: the VMM stops logging
         // (after a window, the rollback plan does).
         for dev in topo.devices() {
@@ -920,6 +923,9 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     let pending_at_stop: Vec<u32> =
         st.rings.iter().filter(|r| r.active && at_stop.as_ref().is_some_and(|a| a[r.g as usize] != r.avail)).map(|r| r.area).collect();
     fid.memory.stats = migration.stats();
+    let logged = migration.logged();
+    fid.memory.logged_rings =
+        st.rings.iter().filter(|r| logged.pages().any(|p| p == GuestMem::used(r.area))).map(|r| names[r.g as usize].clone()).collect();
     if runs_on == Some(Side::Destination) {
         fid.memory.compared = true;
         for page in src_mem.differing_pages(&dst_mem) {

@@ -167,6 +167,8 @@ pub struct RigMigration {
     dst: Arc<GuestMem>,
     log: Arc<DirtyLog>,
     pending: Mutex<DirtyPages>,
+    /// Every page the backends' log ever reported (precopy and window).
+    logged: Mutex<DirtyPages>,
     stats: Mutex<MemStats>,
     done: AtomicBool,
 }
@@ -179,7 +181,8 @@ impl RigMigration {
     pub fn new(src: Arc<GuestMem>, dst: Arc<GuestMem>) -> std::io::Result<RigMigration> {
         let log = Arc::new(DirtyLog::new(GPA_BASE + src.size())?);
         let pending = Mutex::new(DirtyPages::new(GPA_BASE, src.size()));
-        Ok(RigMigration { src, dst, log, pending, stats: Mutex::new(MemStats::default()), done: AtomicBool::new(false) })
+        let logged = Mutex::new(DirtyPages::new(GPA_BASE, src.size()));
+        Ok(RigMigration { src, dst, log, pending, logged, stats: Mutex::new(MemStats::default()), done: AtomicBool::new(false) })
     }
 
     /// The shared log.
@@ -193,6 +196,7 @@ impl RigMigration {
         let guest = self.src.take_guest_dirty();
         let mut logged = self.log.sync(GPA_BASE, self.src.size());
         let logged_n = logged.len() as u64;
+        self.logged.lock().union(&logged);
         let pages = if first {
             self.src.all_pages()
         } else {
@@ -205,6 +209,12 @@ impl RigMigration {
         s.precopy_pages += n;
         s.precopy_logged += logged_n;
         n
+    }
+
+    /// Every page the backends' log reported so far (in precopy passes and log
+    /// syncs).
+    pub fn logged(&self) -> DirtyPages {
+        self.logged.lock().clone()
     }
 
     /// What it did so far.
@@ -224,6 +234,7 @@ impl Migration for RigMigration {
     }
     fn mark_dirty(&self, pages: &DirtyPages) {
         self.pending.lock().union(pages);
+        self.logged.lock().union(pages);
         self.stats.lock().log_syncs += 1;
     }
     fn final_pass(&self) -> Result<u64, StepFailure> {

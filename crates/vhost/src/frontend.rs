@@ -136,6 +136,8 @@ pub struct Frontend {
     chan: Arc<Channel>,
     /// The virtio features the backend offered at the handshake.
     offered: u64,
+    /// The protocol features it offered.
+    offered_protocol: VhostUserProtocolFeatures,
 }
 
 impl Frontend {
@@ -157,7 +159,7 @@ impl Frontend {
         let missing = |what: String| ConnectError::Missing { device: name.clone(), what };
         stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io("socket read timeout"))?;
         let clone = stream.try_clone().map_err(io("clone socket"))?;
-        let (features, protocol, offered_all);
+        let (features, protocol, offered_all, offered_protocol);
         {
             let mut fe = VhostFrontend::from_stream(clone, u64::from(cfg.queues));
             fe.set_owner().map_err(vh("SET_OWNER"))?;
@@ -172,6 +174,7 @@ impl Frontend {
             }
             features = pf_bit | VIRTIO_F_VERSION_1 | (cfg.features & offered);
             let pf = fe.get_protocol_features().map_err(vh("GET_PROTOCOL_FEATURES"))?;
+            offered_protocol = pf;
             if !pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 return Err(missing(format!("REPLY_ACK (protocol features {:#x})", pf.bits())));
             }
@@ -197,6 +200,7 @@ impl Frontend {
             resend_addr_after_base: cfg.resend_addr_after_base,
             chan,
             offered: offered_all,
+            offered_protocol,
         })
     }
 
@@ -288,6 +292,11 @@ impl Frontend {
     /// The virtio features the backend offered at the handshake.
     pub fn offered_features(&self) -> u64 {
         self.offered
+    }
+
+    /// The protocol features the backend offered at the handshake.
+    pub fn offered_protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.offered_protocol
     }
 
     /// Whether the backend can log its writes to guest memory in a shared log
