@@ -262,3 +262,68 @@ fn real_qemu_storage_daemon_logs_through_libvhost_user() {
     assert!(r.fidelity.memory.differing.iter().any(|p| p.contains("blk") && p.contains("used ring")), "{:?}", r.fidelity.memory.differing);
     assert!(!r.checks_ok());
 }
+
+#[test]
+fn real_reconcile_moves_doorbells_drops_calls_and_skips_torn_down_rings() {
+    let Some(mut cfg) = config() else { return };
+    cfg.precopy_changes = true;
+    cfg.precopy_extra = true;
+    let r = run(&cfg, Strategy::Engine);
+    assert_eq!(r.run.outcome, Outcome::Completed, "{:?}", r.run.outcome.cause());
+    let f = &r.fidelity;
+    eprintln!("{:#?}", f.reconcile_diffs);
+    assert_eq!(f.changes.len(), 7, "{:?}", f.changes);
+    assert_eq!(f.reconciled, ["net0", "net1", "blk0", "blk1"]);
+    // net0 ring 0's call redone without an eventfd, blk0 ring 1's ioeventfd
+    // re-registered at the moved doorbell, blk1 ring 1 (torn down) never started.
+    let diff = |d: &str| f.reconcile_diffs.iter().find(|x| x.starts_with(&format!("{d}:"))).cloned().unwrap_or_default();
+    assert!(diff("net0").contains("calls [0]"), "{}", diff("net0"));
+    assert!(diff("blk0").contains("doorbells [1]"), "{}", diff("blk0"));
+    assert!(diff("blk1").contains("moved [0, 1]"), "{}", diff("blk1"));
+    assert!(f.routes.doorbells.is_empty(), "{:?}", f.routes.doorbells);
+    assert!(r.checks_ok(), "{:?}\n{:?}\n{:?}\n{:?}", r.post_switchover, r.run.checks, r.requests, r.disk);
+    // Without reconcile: the doorbell is where prepare put it, and the torn-down
+    // ring is started on the destination and serves its old requests again.
+    cfg.reconcile = false;
+    let r = run(&cfg, Strategy::Engine);
+    assert!(!r.fidelity.routes.doorbells.is_empty(), "the doorbell followed without reconcile");
+    assert!(r.fidelity.inactive_served.iter().any(|x| x == "blk1 ring 1"), "{:?}", r.fidelity.inactive_served);
+    assert!(!r.checks_ok());
+}
+
+#[test]
+fn real_cli_json_reports_memory_per_side_routes_and_reconciled_devices() {
+    if config().is_none() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("switchover-real-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let json = dir.join("r.json");
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchover"))
+            .args(["real", "--nets", "2", "--queue-pairs", "2", "--blks", "2", "--queues", "2", "--strategies", "engine", "--json"])
+            .arg(&json)
+            .args(extra)
+            .output()
+            .expect("run switchover real");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{extra:?}: status {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("REAL memory per side"), "{stdout}");
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written")).expect("json")
+    };
+    let v = run(&[]);
+    let r = &v["real"];
+    assert_eq!(r["memory"], "per-side", "{r}");
+    assert!(r["final_pass_pages"].as_u64().is_some_and(|n| n > 0), "{r}");
+    assert!(r["log_syncs"].as_u64().is_some_and(|n| n >= 1), "{r}");
+    assert_eq!(r["route_commits_in_window"], 1, "{r}");
+    assert_eq!(r["reconciled_devices"], serde_json::json!([]), "{r}");
+    // Both ways measured (the figures themselves are for the report, not asserted).
+    assert!(r["routing"]["per_vector_ms"].as_f64().is_some() && r["routing"]["one_commit_ms"].as_f64().is_some(), "{r}");
+    assert_eq!(r["routing"]["vectors"], r["checks"]["engine"]["routes"]["routes"], "{r}");
+    let v = run(&["--precopy-changes"]);
+    assert_eq!(v["real"]["reconciled_devices"], serde_json::json!(["net0", "net1", "blk0", "blk1"]), "{}", v["real"]);
+    assert_eq!(v["real"]["checks"]["engine"]["ok"], true);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -153,6 +153,9 @@ pub struct DriverRing {
     pub completions: u64,
     /// Blk writes published over the ring's life.
     pub writes: u32,
+    /// The ring was torn down (reset, not set up again): the guest no longer
+    /// reaps it, and its used index must stay at this.
+    pub frozen_used: Option<u16>,
 }
 
 impl DriverRing {
@@ -174,6 +177,7 @@ impl DriverRing {
             filled: BTreeMap::new(),
             completions: 0,
             writes: 0,
+            frozen_used: None,
         }
     }
 
@@ -315,6 +319,9 @@ pub fn submit(mem: &GuestMem, r: &mut DriverRing, op: BlkOp) -> Result<u64, RigE
 /// assert_eq!(reap(&mem, &mut r), Ok(0)); // nothing completed yet
 /// ```
 pub fn reap(mem: &GuestMem, r: &mut DriverRing) -> Result<usize, ReapError> {
+    if r.frozen_used.is_some() {
+        return Ok(0);
+    }
     let m = mem.mem();
     let used_gpa = GuestMem::used(r.area);
     let used = mem.used_idx(r.area);
@@ -431,8 +438,7 @@ pub fn kick(fd: &EventFd) -> Result<(), RigError> {
     fd.write(1).map_err(RigError::io("kick"))
 }
 
-/// Waits until every active ring's `used.idx` reaches what was kicked, reaping
-/// as it goes.
+/// Waits until the guest has reaped, on every ring, every request it kicked.
 ///
 /// # Errors
 /// Names the rings that did not complete in time, or what reaping found wrong.
@@ -463,7 +469,9 @@ pub fn wait_all(
         for r in rings.iter_mut() {
             reap(mem, r).map_err(RigError::Guest)?;
         }
-        let late: Vec<&DriverRing> = rings.iter().filter(|r| mem.used_idx(r.area).wrapping_sub(r.kicked) >= 0x8000).collect();
+        // Done when the guest has reaped what it kicked (a completion that lands
+        // after the reap above is reaped on the next round).
+        let late: Vec<&DriverRing> = rings.iter().filter(|r| r.reaped.wrapping_sub(r.kicked) >= 0x8000).collect();
         if late.is_empty() {
             return Ok(());
         }

@@ -34,6 +34,8 @@ use crate::error::RigError;
 use crate::mem::GuestMem;
 use crate::side::RealSide;
 use crate::vmm::{GuestControl, RigMigration};
+use switchover_vhost::actions::VhostDevices;
+use switchover_vhost::sink::NotifierSink;
 
 /// A reconfiguration the guest makes during precopy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +49,20 @@ pub enum Change {
     MsixEntry,
     /// One ring is reset (`VIRTIO_F_RING_RESET`) and set up again elsewhere.
     RingReset,
+    /// The device's BAR moves: one ring's doorbell (its ioeventfd) is elsewhere.
+    DoorbellMove,
+    /// One ring's vector is set to `NO_VECTOR` (no call eventfd).
+    NoVector,
+    /// One ring is reset and not set up again: the guest stops using it.
+    TearDown,
 }
 
 impl Change {
-    /// All of them, in the order the guest makes them.
+    /// The four of `--precopy-changes`, in the order the guest makes them.
     pub const ALL: [Change; 4] = [Change::MoveRings, Change::QueuePairs, Change::MsixEntry, Change::RingReset];
+    /// Three more, on the same devices (tests): a moved doorbell (blk0 ring 1), a
+    /// vector set to none (net0 ring 0), a ring torn down (blk1 ring 1).
+    pub const EXTRA: [Change; 3] = [Change::DoorbellMove, Change::NoVector, Change::TearDown];
 
     /// What it changes.
     pub fn name(self) -> &'static str {
@@ -60,6 +71,9 @@ impl Change {
             Change::QueuePairs => "active queue pairs",
             Change::MsixEntry => "MSI-X entry",
             Change::RingReset => "ring reset",
+            Change::DoorbellMove => "doorbell moved",
+            Change::NoVector => "vector set to none",
+            Change::TearDown => "ring torn down",
         }
     }
 
@@ -76,8 +90,9 @@ impl Change {
         let name = match self {
             Change::MoveRings => "net1",
             Change::QueuePairs => "net0",
-            Change::MsixEntry => "blk0",
-            Change::RingReset => "blk1",
+            Change::MsixEntry | Change::DoorbellMove => "blk0",
+            Change::RingReset | Change::TearDown => "blk1",
+            Change::NoVector => "net0",
         };
         topo.device_by_name(name).map(|d| d.id)
     }
@@ -107,6 +122,8 @@ pub struct WorkloadConfig {
     pub inflight: u16,
     /// Make the four [`Change`]s during precopy.
     pub changes: bool,
+    /// Make the three [`Change::EXTRA`] too (with `changes`; blks of 2 queues).
+    pub extra: bool,
     /// Packets per active tx ring published after the last kick, just before the
     /// stop (a guest batching notifications): they are in the ring, unprocessed,
     /// when the source stops.
@@ -290,7 +307,8 @@ impl Workload {
         let d = self.deadline;
         let devs = self.src.devices().clone();
         let first = |dev: DeviceId| self.src.global(dev, 0) as usize;
-        for c in Change::ALL {
+        let extra: &[Change] = if self.cfg.extra { &Change::EXTRA } else { &[] };
+        for &c in Change::ALL.iter().chain(extra) {
             let Some(dev) = c.device(&self.topo) else { continue };
             let rings = self.topo.device(dev).rings();
             let name = self.topo.device(dev).name.clone();
@@ -356,6 +374,30 @@ impl Workload {
                     devs.update(dev, |cfg| cfg.rings[0].vring = Some(GuestMem::vring(a)));
                     self.src.start_ring(dev, 0, true, d).map_err(RigError::step(format!("{name} ring 0 start after its reset")))?;
                 }
+                Change::DoorbellMove => {
+                    let r = 1.min(rings - 1);
+                    let g = first(dev) as u64 + u64::from(r);
+                    let new = crate::side::DOORBELL_BASE + 0x10_0000 + 4 * g;
+                    self.src.notifiers().move_host_notifier(dev, r, new).map_err(RigError::step(format!("{name} ring {r} doorbell")))?;
+                    devs.update(dev, |cfg| cfg.rings[r as usize].doorbell = new);
+                }
+                Change::NoVector => {
+                    let fe = self.src.frontend(dev).ok_or_else(|| RigError::Config(format!("{name}: no frontend")))?;
+                    fe.set_vring_call_none(0, d).wait().map_err(RigError::step(format!("{name} ring 0 call none")))?;
+                    devs.update(dev, |cfg| cfg.rings[0].vector = None);
+                }
+                Change::TearDown => {
+                    let r = 1.min(rings - 1);
+                    let g = first(dev) + r as usize;
+                    self.quiesce(st, g)?;
+                    self.src.stop_ring(dev, r, d).map_err(RigError::step(format!("{name} ring {r} reset")))?;
+                    let a = st.rings[g].area;
+                    let used = self.src.mem().used_idx(a);
+                    st.rings[g].restart(a);
+                    st.rings[g].active = false;
+                    st.rings[g].frozen_used = Some(used);
+                    devs.update(dev, |cfg| cfg.rings[r as usize].vring = None);
+                }
             }
             st.changes.push((c, dev));
         }
@@ -420,7 +462,8 @@ impl GuestControl for Workload {
             h.join().unwrap_or_else(|_| Err(RigError::Guest("the guest thread panicked".into())))
         });
         let r = r.and_then(|()| {
-            if self.cfg.changes && st.changes.len() != Change::ALL.len() {
+            let want = if self.cfg.changes { Change::ALL.len() + if self.cfg.extra { Change::EXTRA.len() } else { 0 } } else { 0 };
+            if st.changes.len() != want {
                 return Err(RigError::Guest(format!("only {} of the precopy changes were made", st.changes.len())));
             }
             self.last_burst(&mut st)

@@ -128,6 +128,9 @@ pub struct RealConfig {
     /// net's ring addresses, another's active queue pairs, a blk's MSI-X entry,
     /// another blk's first ring (reset). Needs 2 nets of 2 queue pairs and 2 blks.
     pub precopy_changes: bool,
+    /// Tests only, with `precopy_changes`: three more changes ([`Change::EXTRA`]:
+    /// a moved doorbell, a vector set to none, a ring torn down).
+    pub precopy_extra: bool,
     /// The destination reconciles what prepare staged with the loaded
     /// configuration (`reconcile`), where the strategy's recipe has it. Tests
     /// turn it off to see the checks fail.
@@ -197,6 +200,7 @@ impl RealConfig {
             inflight: 1,
             qsd_iops: None,
             precopy_changes: false,
+            precopy_extra: false,
             reconcile: true,
             switches: Switches::default(),
             unkicked_tx: 0,
@@ -414,6 +418,8 @@ pub struct RouteCheck {
     pub enable_before_kick: bool,
     /// Net rings disabled before their `GET_VRING_BASE` on the source (must be 0).
     pub net_disables_before_stop: usize,
+    /// Rings whose ioeventfd is not at the doorbell of the loaded configuration.
+    pub doorbells: Vec<String>,
 }
 
 impl Default for RouteCheck {
@@ -427,6 +433,7 @@ impl Default for RouteCheck {
             before_first_kick: true,
             enable_before_kick: true,
             net_disables_before_stop: 0,
+            doorbells: vec![],
         }
     }
 }
@@ -454,6 +461,8 @@ pub struct Fidelity {
     pub reconciled: Vec<String>,
     /// Requests those redos sent.
     pub reconcile_messages: usize,
+    /// What differed, device by device (`net0: calls [0]`, …).
+    pub reconcile_diffs: Vec<String>,
     /// Changes the guest made during precopy: (what, device).
     pub changes: Vec<(String, String)>,
     /// Rings of inactive queue pairs that got requests served after the stop.
@@ -476,6 +485,7 @@ impl Fidelity {
             && self.routes.before_first_kick
             && self.routes.enable_before_kick
             && self.routes.net_disables_before_stop == 0
+            && self.routes.doorbells.is_empty()
             && self.inactive_served.is_empty()
             && self.log_after_failure.unwrap_or(0) == 0
     }
@@ -797,6 +807,7 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     let wcfg = WorkloadConfig {
         inflight: cfg.inflight.clamp(1, 24),
         changes: cfg.precopy_changes,
+        extra: cfg.precopy_changes && cfg.precopy_extra,
         unkicked_tx: cfg.unkicked_tx,
         passes: cfg.precopy_passes,
         budget: 12,
@@ -1063,11 +1074,16 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
             let (device, ring) =
                 names[r.g as usize].split_once(" ring ").map(|(d, x)| (d.to_string(), x.parse().unwrap_or(0))).unwrap_or_default();
             let completed = run_mem.map_or(0, |m| m.used_idx(r.area));
-            RingRequests { device, ring, published: if r.active { r.avail } else { r.kicked }, completed }
+            let published = match (r.active, r.frozen_used) {
+                (_, Some(u)) => u,
+                (true, None) => r.avail,
+                (false, None) => r.kicked,
+            };
+            RingRequests { device, ring, published, completed }
         })
         .collect();
     for r in st.rings.iter().filter(|r| !r.active) {
-        if run_mem.is_some_and(|m| m.used_idx(r.area) != r.kicked) {
+        if run_mem.is_some_and(|m| m.used_idx(r.area) != r.frozen_used.unwrap_or(r.kicked)) {
             fid.inactive_served.push(names[r.g as usize].clone());
         }
     }
@@ -1113,7 +1129,8 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     let mut double_ioctls = 0;
     for (s, before) in [(&src, &src_before), (&dst, &dst_before)] {
         for (&(dv, rg), (h, gu)) in all_rings.iter().zip(before) {
-            if s.notifiers().ioctls(dv, rg, true) - h > 1 {
+            // A moved doorbell re-registers its ioeventfd (two ioctls per move).
+            if s.notifiers().ioctls(dv, rg, true) - h > 1 + 2 * s.notifiers().moves(dv, rg) {
                 double_ioctls += 1;
             }
             if s.notifiers().ioctls(dv, rg, false) - gu > 1 {
@@ -1163,6 +1180,10 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
             if have != want {
                 rc.mismatches.push(format!("{} ring {rg}: route {have:?}, MSI-X {want:?}", topo.device(dv).name));
             }
+            let (bell, want_bell) = (dst.notifiers().doorbell(dv, rg), dst.config(dv).map(|c| c.rings[rg as usize].doorbell));
+            if bell != want_bell {
+                rc.doorbells.push(format!("{} ring {rg}: ioeventfd at {bell:x?}, doorbell {want_bell:x?}", topo.device(dv).name));
+            }
         }
     }
     for w in executed.windows.iter().filter(|w| w.side() == Side::Source && w.window() == Window::Blackout && !w.rollback) {
@@ -1179,6 +1200,22 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     reconciled.sort_by_key(|r| r.device);
     fid.reconciled = reconciled.iter().map(|r| topo.device(r.device).name.clone()).collect();
     fid.reconcile_messages = reconciled.iter().map(|r| r.messages).sum();
+    fid.reconcile_diffs = reconciled
+        .iter()
+        .map(|r| {
+            let d = &r.diff;
+            format!(
+                "{}: features {}, moved {:?}, calls {:?}, doorbells {:?}, enables {:?}, vectors {}",
+                topo.device(r.device).name,
+                d.features,
+                d.moved,
+                d.calls,
+                d.doorbells,
+                d.enables,
+                d.vectors
+            )
+        })
+        .collect();
     fid.changes = st.changes.iter().map(|(c, d)| (c.name().to_string(), topo.device(*d).name.clone())).collect();
 
     // Teardown: channels closed, every backend process stopped and reaped.

@@ -122,6 +122,8 @@ struct RingNotifiers {
     slot: RingSlot,
     /// Where its ioeventfd is (or goes): the slot's, until the guest moves it.
     doorbell: AtomicU64,
+    /// Times its doorbell moved.
+    moves: AtomicU32,
 }
 
 /// What the routing-table commits of a VM did.
@@ -175,6 +177,7 @@ impl KvmNotifiers {
                 host_ioctls: AtomicU32::new(0),
                 guest_ioctls: AtomicU32::new(0),
                 doorbell: AtomicU64::new(slot.doorbell),
+                moves: AtomicU32::new(0),
                 slot,
             });
         }
@@ -199,6 +202,12 @@ impl KvmNotifiers {
     pub fn route(&self, d: DeviceId, r: u32) -> Option<MsiVector> {
         let gsi = self.ring(d, r).ok()?.slot.gsi;
         self.routes.lock().0.get(&gsi).copied()
+    }
+
+    /// How many times the ring's doorbell moved (each move re-registers its
+    /// ioeventfd: one deassign and one assign more).
+    pub fn moves(&self, d: DeviceId, r: u32) -> u32 {
+        self.ring(d, r).map(|n| n.moves.load(Ordering::Acquire)).unwrap_or(0)
     }
 
     /// The ring's doorbell now (its slot's, unless the guest moved it).
@@ -308,6 +317,7 @@ impl NotifierSink for KvmNotifiers {
             self.change(device, ring, true, false)?;
         }
         n.doorbell.store(doorbell, Ordering::Release);
+        n.moves.fetch_add(1, Ordering::AcqRel);
         if on {
             self.change(device, ring, true, true)?;
         }
