@@ -215,7 +215,11 @@ impl StepActions for RigActions {
             _ => {}
         }
         let injected = (fault == Some(FaultKind::Error)).then(|| self.injected(step, FaultKind::Error));
-        let record = (step.kind == StepKind::SetVringBase).then(|| {
+        // A ring the guest never set up gets no SET_VRING_BASE: nothing to record.
+        let set_up = step
+            .ring
+            .map_or(true, |r| self.side.config(step.device).map_or(true, |c| c.rings.get(r as usize).is_some_and(|s| s.vring.is_some())));
+        let record = (step.kind == StepKind::SetVringBase && set_up).then(|| {
             let r = step.ring.unwrap_or(0);
             (self.sent.clone(), self.side.global(step.device, r), self.side.state().base(step.device, r))
         });

@@ -995,7 +995,10 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
                 read: src_state.base(dev.id, r),
                 set: running.and_then(|(_, a)| a.sent_base(g)),
             };
+            let torn = ring.frozen_used.is_some();
             let ok = match runs_on {
+                // A ring the guest tore down is reset (base 0) and never started again.
+                Some(Side::Destination) if torn => rb.read == Some(0) && rb.set.is_none(),
                 // Every base read on the source was set on the destination.
                 Some(Side::Destination) => rb.read == Some(rb.expected) && rb.set == rb.read,
                 // A restarted source ring gets the base the guest reached (read,
