@@ -48,7 +48,7 @@ use switchover::exec::{Engine, RunReport};
 use switchover::ids::{Side, Window};
 use switchover::plan::{LowerBound, Plan};
 use switchover::recipe::RecipeOptions;
-use switchover::roles::{run_in_process, Outcome, SideSetup};
+use switchover::roles::{run_in_process, HookError, HookKind, Outcome, SideSetup, SwitchoverError};
 
 pub use chains::{run_chains, run_one};
 pub use instant::InstantDevices;
@@ -249,9 +249,9 @@ pub struct Executed {
 /// Runs `strategy` over two prepared sides, simulated or real: `serial` and `qemu`
 /// (`workers` ignored) and `pool` run each device's chain with every step inside
 /// the window (the prepare window's steps — dirty logging started — before it
-/// opens) and no rollback, as the harness models today's VMMs; `engine` runs the
-/// two roles, each on its own engine of `workers` workers, with their rollback and
-/// fence.
+/// opens) and no rollback, as the harness models today's VMMs, calling the sides'
+/// VMM hooks where the roles do; `engine` runs the two roles, each on its own
+/// engine of `workers` workers, with their rollback and fence.
 ///
 /// The sides' plans must have been built with [`Strategy::recipe`].
 ///
@@ -306,33 +306,55 @@ pub fn execute(strategy: Strategy, workers: usize, src: &SideSetup, dst: &SideSe
     }
     let lanes = if strategy == Strategy::Pool { workers.max(1) } else { 0 };
     let mut windows = Vec::new();
+    // The VMM's hooks at the points the roles call them.
+    let hook = |side: Side, hook: HookKind, r: Result<(), HookError>| r.map_err(|source| SwitchoverError::Hook { side, hook, source });
+    let mut failure: Option<SwitchoverError> = src
+        .hooks
+        .snapshot_config()
+        .map_err(|source| SwitchoverError::Hook { side: Side::Source, hook: HookKind::SnapshotConfig, source })
+        .and_then(|c| hook(Side::Destination, HookKind::StageConfig, dst.hooks.stage_config(&c)))
+        .err();
     // Migration start: each side's prepare steps (dirty logging), the guest running.
-    let mut failure = None;
     for side in [src, dst] {
         if side.plan.in_window(Window::Prepare).next().is_some() && failure.is_none() {
             let run = run_chains(&side.plan, &*side.actions, lanes, Window::Prepare);
-            failure = run.failure.clone();
+            failure = run.failure.clone().map(SwitchoverError::from);
             windows.push(WindowRun { plan: side.plan.clone(), report: run, rollback: false, fence: false });
         }
     }
+    if failure.is_none() {
+        failure = hook(Side::Source, HookKind::Precopy, src.hooks.precopy()).err();
+    }
     let opened = Instant::now();
     if failure.is_none() {
+        failure = hook(Side::Source, HookKind::StopVcpus, src.hooks.stop_vcpus()).err();
+    }
+    if failure.is_none() {
         let src_run = run_chains(&src.plan, &*src.actions, lanes, Window::Blackout);
-        failure = src_run.failure.clone();
+        failure = src_run.failure.clone().map(SwitchoverError::from);
         windows.push(WindowRun { plan: src.plan.clone(), report: src_run, rollback: false, fence: false });
+    }
+    if failure.is_none() {
+        failure = match src.hooks.save_state() {
+            Ok(devices) => hook(Side::Destination, HookKind::LoadState, dst.hooks.load_state(&devices)).err(),
+            Err(source) => Some(SwitchoverError::Hook { side: Side::Source, hook: HookKind::SaveState, source }),
+        };
     }
     if failure.is_none() {
         dst.state.import(&src.state.export());
         dst.state.hand_over(&src.state.inflight());
         let dst_run = run_chains(&dst.plan, &*dst.actions, lanes, Window::Blackout);
-        failure = dst_run.failure.clone();
+        failure = dst_run.failure.clone().map(SwitchoverError::from);
         windows.push(WindowRun { plan: dst.plan.clone(), report: dst_run, rollback: false, fence: false });
+    }
+    if failure.is_none() {
+        failure = hook(Side::Destination, HookKind::ResumeVcpus, dst.hooks.resume_vcpus()).err();
     }
     let downtime = opened.elapsed();
     // The harness's baselines have no rollback: a failure leaves the VM stopped.
     let outcome = match failure {
         None => Outcome::Completed,
-        Some(cause) => Outcome::Failed { rollback: None, cause: cause.into() },
+        Some(cause) => Outcome::Failed { rollback: None, cause },
     };
     Executed { outcome, downtime, window_opened: opened, windows }
 }

@@ -10,7 +10,10 @@
 //! host and is labelled REAL. See `docs/real.md` for how the pieces fit.
 //!
 //! * [`dir`] — a private 0700 directory for sockets and images, removed on drop;
-//! * [`mem`] — memfd-backed guest memory, and its ring layout;
+//! * [`mem`] — memfd-backed guest memory of one side, and its ring layout;
+//! * [`vmm`] — the rig's VMM state: device configurations, the migration of
+//!   guest memory, the hooks the roles call;
+//! * [`guest`] — the guest's workload over a migration;
 //! * [`backend`] — the project's own vhost-user net and blk backends (child processes);
 //! * [`qsd`] — qemu-storage-daemon as a third-party vhost-user-blk backend;
 //! * [`driver`] — a guest-side driver that puts requests in the rings;
@@ -37,11 +40,13 @@ pub mod backend;
 pub mod dir;
 pub mod driver;
 pub mod error;
+pub mod guest;
 pub mod mem;
 pub mod qsd;
 pub mod rig;
 pub mod run;
 pub mod side;
+pub mod vmm;
 
 pub use error::RigError;
 pub use run::{run_strategy, BlkBackend, RealConfig, RealFault, RealRun};

@@ -200,8 +200,13 @@ impl Channel {
     /// ```
     pub fn send(&self, req: FrontendReq, body: &[u8], fds: &[RawFd], deadline: Duration, on_reply: OnReply) {
         let code: u32 = req.into();
-        let flags =
-            if req == FrontendReq::GET_VRING_BASE || req == FrontendReq::GET_FEATURES { 0 } else { VhostUserHeaderFlag::NEED_REPLY.bits() };
+        // Requests that always answer carry no NEED_REPLY (a second reply would
+        // put the stream out of step): GET_*, and SET_LOG_BASE under LOG_SHMFD.
+        let flags = if req == FrontendReq::GET_VRING_BASE || req == FrontendReq::GET_FEATURES || req == FrontendReq::SET_LOG_BASE {
+            0
+        } else {
+            VhostUserHeaderFlag::NEED_REPLY.bits()
+        };
         // The header (request, flags with protocol version 1, body size); the
         // crate's header type is private, its layout is the spec's.
         let mut msg = Vec::with_capacity(12 + body.len());
@@ -426,8 +431,11 @@ fn recv_exact(fd: RawFd, buf: &mut [u8], fds: &mut usize) -> io::Result<()> {
     Ok(())
 }
 
+/// The body of the rust-vmm backend's answer to `SET_LOG_BASE` (the log region).
+const LOG_BASE_REPLY_BODY: u32 = 16;
+
 /// Reads one reply frame: header, then a body of the one size every expected
-/// reply has. A frame carrying file descriptors or of another size is garbage
+/// reply has (`SET_LOG_BASE`'s answer may also be the log region). A frame carrying file descriptors or of another size is garbage
 /// (the body is not read: the stream is given up).
 fn read_reply(fd: RawFd) -> Result<(u32, u32, [u8; 8]), ReadError> {
     let mut h = [0u8; 12];
@@ -439,15 +447,24 @@ fn read_reply(fd: RawFd) -> Result<(u32, u32, [u8; 8]), ReadError> {
     if fds > 0 {
         return Err(ReadError::Garbage(ReplyError::FileDescriptors { code, count: fds }));
     }
-    if size != REPLY_BODY {
+    // SET_LOG_BASE's answer is an acknowledgement whose body backends disagree
+    // on: libvhost-user sends a u64, the rust-vmm backend the log region (16 bytes).
+    let log_base = code == u32::from(FrontendReq::SET_LOG_BASE);
+    if size != REPLY_BODY && !(log_base && size == LOG_BASE_REPLY_BODY) {
         return Err(ReadError::Garbage(ReplyError::BodySize { code, size }));
     }
-    let mut body = [0u8; 8];
-    recv_exact(fd, &mut body, &mut fds).map_err(ReadError::Io)?;
+    let mut body = [0u8; LOG_BASE_REPLY_BODY as usize];
+    recv_exact(fd, &mut body[..size as usize], &mut fds).map_err(ReadError::Io)?;
     if fds > 0 {
         return Err(ReadError::Garbage(ReplyError::FileDescriptors { code, count: fds }));
     }
-    Ok((code, flags, body))
+    if log_base {
+        // Not a status: what it echoes (the log's size) is no error.
+        return Ok((code, flags, [0u8; 8]));
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&body[..8]);
+    Ok((code, flags, b))
 }
 
 fn reader_loop(rd: UnixStream, ch: std::sync::Weak<Channel>) {

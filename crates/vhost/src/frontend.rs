@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use switchover::error::StepFailure;
 use vhost::vhost_user::message::{
-    FrontendReq, VhostUserMemory, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserU64, VhostUserVirtioFeatures,
+    FrontendReq, VhostUserLog, VhostUserMemory, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserU64, VhostUserVirtioFeatures,
     VhostUserVringAddr, VhostUserVringAddrFlags, VhostUserVringState,
 };
 use vhost::vhost_user::{Frontend as VhostFrontend, VhostUserFrontend};
@@ -44,6 +44,14 @@ use crate::reply::Reply;
 
 /// `VIRTIO_F_VERSION_1`.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// `VHOST_F_LOG_ALL`: the backend logs every write it makes to guest memory in
+/// the log `SET_LOG_BASE` gave it (set only while a migration runs).
+pub const VHOST_F_LOG_ALL: u64 = 1 << 26;
+
+/// `SET_VRING_CALL`'s flag for "no file descriptor": the ring has no call
+/// eventfd (a vector set to `NO_VECTOR`), the backend signals nothing.
+pub const VRING_NOFD: u64 = 0x100;
 
 /// What the VMM asks of a backend at the handshake.
 ///
@@ -126,6 +134,10 @@ pub struct Frontend {
     protocol: VhostUserProtocolFeatures,
     resend_addr_after_base: bool,
     chan: Arc<Channel>,
+    /// The virtio features the backend offered at the handshake.
+    offered: u64,
+    /// The protocol features it offered.
+    offered_protocol: VhostUserProtocolFeatures,
 }
 
 impl Frontend {
@@ -147,11 +159,12 @@ impl Frontend {
         let missing = |what: String| ConnectError::Missing { device: name.clone(), what };
         stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io("socket read timeout"))?;
         let clone = stream.try_clone().map_err(io("clone socket"))?;
-        let (features, protocol);
+        let (features, protocol, offered_all, offered_protocol);
         {
             let mut fe = VhostFrontend::from_stream(clone, u64::from(cfg.queues));
             fe.set_owner().map_err(vh("SET_OWNER"))?;
             let offered = fe.get_features().map_err(vh("GET_FEATURES"))?;
+            offered_all = offered;
             let pf_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
             if offered & pf_bit == 0 {
                 return Err(missing("PROTOCOL_FEATURES".into()));
@@ -161,10 +174,12 @@ impl Frontend {
             }
             features = pf_bit | VIRTIO_F_VERSION_1 | (cfg.features & offered);
             let pf = fe.get_protocol_features().map_err(vh("GET_PROTOCOL_FEATURES"))?;
+            offered_protocol = pf;
             if !pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 return Err(missing(format!("REPLY_ACK (protocol features {:#x})", pf.bits())));
             }
-            protocol = pf & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK);
+            // LOG_SHMFD where offered: dirty logging during a migration needs it.
+            protocol = pf & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::LOG_SHMFD);
             fe.set_protocol_features(protocol).map_err(vh("SET_PROTOCOL_FEATURES"))?;
             if protocol.contains(VhostUserProtocolFeatures::MQ) {
                 let q = fe.get_queue_num().map_err(vh("GET_QUEUE_NUM"))?;
@@ -177,7 +192,16 @@ impl Frontend {
         }
         stream.set_read_timeout(None).map_err(io("socket read timeout"))?;
         let chan = Channel::start(&name, stream).map_err(io("start the reply reader"))?;
-        Ok(Frontend { name, queues: cfg.queues, features, protocol, resend_addr_after_base: cfg.resend_addr_after_base, chan })
+        Ok(Frontend {
+            name,
+            queues: cfg.queues,
+            features,
+            protocol,
+            resend_addr_after_base: cfg.resend_addr_after_base,
+            chan,
+            offered: offered_all,
+            offered_protocol,
+        })
     }
 
     /// The device's name.
@@ -263,6 +287,60 @@ impl Frontend {
     /// `SET_VRING_ENABLE`.
     pub fn set_vring_enable(&self, ring: u32, on: bool, deadline: Duration) -> Pending<()> {
         self.acked(FrontendReq::SET_VRING_ENABLE, VhostUserVringState::new(ring, u32::from(on)).as_slice(), &[], deadline)
+    }
+
+    /// The virtio features the backend offered at the handshake.
+    pub fn offered_features(&self) -> u64 {
+        self.offered
+    }
+
+    /// The protocol features the backend offered at the handshake.
+    pub fn offered_protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.offered_protocol
+    }
+
+    /// Whether the backend can log its writes to guest memory in a shared log
+    /// (`VHOST_F_LOG_ALL` offered, `LOG_SHMFD` negotiated): what a migration
+    /// between two hosts needs from it.
+    pub fn can_log(&self) -> bool {
+        self.offered & VHOST_F_LOG_ALL != 0 && self.protocol.contains(VhostUserProtocolFeatures::LOG_SHMFD)
+    }
+
+    /// The features to send while dirty logging runs: the acked ones with
+    /// `VHOST_F_LOG_ALL`.
+    pub fn logging_features(&self) -> u64 {
+        self.features | VHOST_F_LOG_ALL
+    }
+
+    /// `SET_LOG_BASE` with the shared log's memfd (`LOG_SHMFD`): the backend maps
+    /// `size` bytes of it at `offset` and logs there, one bit per 4 KiB page of
+    /// guest-physical address. Sent without `NEED_REPLY` (as QEMU does): with
+    /// `LOG_SHMFD` the backend answers it anyway (libvhost-user with a `u64`, the
+    /// rust-vmm backend with the log region), and the answer only acknowledges.
+    pub fn set_log_base(&self, fd: RawFd, size: u64, offset: u64, deadline: Duration) -> Pending<()> {
+        self.acked(FrontendReq::SET_LOG_BASE, VhostUserLog::new(size, offset).as_slice(), &[fd], deadline)
+    }
+
+    /// `SET_VRING_ADDR` with the log flag (`VHOST_VRING_F_LOG`) and the used ring's
+    /// guest-physical address, where the backend logs its used-ring writes.
+    pub fn set_vring_addr_logged(
+        &self,
+        ring: u32,
+        desc_hva: u64,
+        used_hva: u64,
+        avail_hva: u64,
+        used_gpa: u64,
+        deadline: Duration,
+    ) -> Pending<()> {
+        let flags = VhostUserVringAddrFlags::VHOST_VRING_F_LOG;
+        let a = VhostUserVringAddr::new(ring, flags, desc_hva, used_hva, avail_hva, used_gpa);
+        self.acked(FrontendReq::SET_VRING_ADDR, a.as_slice(), &[], deadline)
+    }
+
+    /// `SET_VRING_CALL` without a file descriptor (the "no fd" flag): the ring's
+    /// vector is `NO_VECTOR`, the backend signals nothing.
+    pub fn set_vring_call_none(&self, ring: u32, deadline: Duration) -> Pending<()> {
+        self.acked(FrontendReq::SET_VRING_CALL, VhostUserU64::new(u64::from(ring) | VRING_NOFD).as_slice(), &[], deadline)
     }
 
     /// Closes the connection (the backend sees the frontend go away); requests in
