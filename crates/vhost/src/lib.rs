@@ -23,6 +23,8 @@
 //!   vocabulary (`get_vring_base(ring)` returns a pending base);
 //! * [`channel`] — the pipelined socket, [`channel::Pending`] replies, deadlines;
 //! * [`reply`] — the reply rules;
+//! * [`inflight`] — the inflight region (`INFLIGHT_SHMFD`): requests in flight,
+//!   counted, handed over, and a ring's base recovered from it;
 //! * [`memory`], [`sink`] — what the VMM supplies;
 //! * [`actions`] — the core's `StepActions` on top;
 //! * [`kvm`] — KVM notifiers as a sink.
@@ -37,6 +39,7 @@
 pub mod actions;
 pub mod channel;
 pub mod frontend;
+pub mod inflight;
 #[cfg(feature = "kvm")]
 pub mod kvm;
 pub mod memory;
