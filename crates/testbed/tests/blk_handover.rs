@@ -11,6 +11,7 @@ use switchover::roles::Outcome;
 use switchover_testbed::blk::driver::{pattern, BlkDriver, Op};
 use switchover_testbed::blk::BlkOptions;
 use switchover_testbed::dir::PrivateDir;
+use switchover_testbed::mem::GuestMem;
 use switchover_vhost::frontend::FrontendConfig;
 
 /// Not a test: the backend process this test binary runs as (see `blk_common::exe`).
@@ -23,20 +24,20 @@ fn blk_backend_child_process() {
 }
 
 /// Submits `k` writes on every ring (each to a sector of its own) and kicks.
-fn writes(guest: &Guest, drivers: &mut [BlkDriver], k: u32) {
+fn writes(mem: &GuestMem, guest: &Guest, drivers: &mut [BlkDriver], k: u32) {
     for d in drivers.iter_mut() {
         for _ in 0..k {
             let n = d.submitted().len() as u32;
-            d.submit(&guest.mem, Op::Write { sector: sector(d.ring(), n) }).unwrap();
+            d.submit(mem, Op::Write { sector: sector(d.ring(), n) }).unwrap();
         }
         guest.kick(d.ring());
     }
 }
 
 /// Every request completed once with OK; every write is on the image.
-fn check(guest: &Guest, drivers: &mut [BlkDriver], img: &std::path::Path) {
+fn check(mem: &GuestMem, drivers: &mut [BlkDriver], img: &std::path::Path) {
     for d in drivers.iter_mut() {
-        d.wait_all(&guest.mem, Duration::from_secs(20)).unwrap();
+        d.wait_all(mem, Duration::from_secs(20)).unwrap();
         d.check_exactly_once().unwrap();
         for x in d.done() {
             if let Op::Write { sector } = x.op {
@@ -75,11 +76,11 @@ fn hand_over_with_requests_in_flight_completes_each_once() {
     src.bring_up(Duration::from_secs(5)).unwrap();
     assert!(src.frontend().can_hand_over() && dst.frontend().can_hand_over());
     let mut drivers: Vec<BlkDriver> = (0..queues).map(BlkDriver::new).collect();
-    writes(&guest, &mut drivers, 2);
+    writes(&src.mem, &guest, &mut drivers, 2);
     for d in &mut drivers {
-        d.wait_all(&guest.mem, Duration::from_secs(10)).unwrap();
+        d.wait_all(&src.mem, Duration::from_secs(10)).unwrap();
     }
-    writes(&guest, &mut drivers, 8);
+    writes(&src.mem, &guest, &mut drivers, 8);
     wait_popped(&src, u64::from(queues) * 10);
     let opts = recipe(BlkPolicy::HandOver);
     let (rep, src_state) = switchover(&src, &dst, &opts, None, None);
@@ -89,11 +90,12 @@ fn hand_over_with_requests_in_flight_completes_each_once() {
     eprintln!("handed over {handed} request(s); source {s:?}; downtime {:?}", rep.downtime);
     assert!(handed >= 8, "requests in flight at the stop were handed over ({handed})");
     assert!(s.cancelled + s.discarded >= handed as u64 - 1);
-    check(&guest, &mut drivers, &img);
+    // The guest runs on the destination, with the destination's memory.
+    check(&dst.mem, &mut drivers, &img);
     let d = dst.control().stats().unwrap();
     assert_eq!(d.resubmitted, handed as u64, "the destination resubmitted exactly the requests handed over");
     // The guest goes on, on the destination.
-    writes(&guest, &mut drivers, 3);
-    check(&guest, &mut drivers, &img);
+    writes(&dst.mem, &guest, &mut drivers, 3);
+    check(&dst.mem, &mut drivers, &img);
     assert!(!src.control().is_active().unwrap() && dst.control().is_active().unwrap());
 }

@@ -121,8 +121,18 @@ impl VhostActions {
     /// count there is, and one that never settles on a backend that stops taking
     /// requests. Fails at once if the backend goes away (its requests are settled
     /// by its end, the caller sees it as lost).
-    fn drain(&self, device: DeviceId, ring: u32, v: VringConfig, deadline: Duration) -> Result<(), StepFailure> {
+    ///
+    /// On the destination (its fence), a backend that can hand requests over is
+    /// not waited for: its `GET_VRING_BASE`, next, settles the requests it
+    /// resubmitted (cancelled, or their completion discarded) without waiting for
+    /// the disk, and a ring it never started has nothing to settle — while the
+    /// region still lists, for such a ring, the requests it was to resubmit.
+    fn drain(&self, step: &Step, ring: u32, v: VringConfig) -> Result<(), StepFailure> {
+        let (device, deadline) = (step.device, step.deadline);
         let fe = self.devices.frontend(device);
+        if step.side == switchover::ids::Side::Destination && fe.as_ref().is_some_and(|f| f.can_hand_over()) {
+            return Ok(());
+        }
         let region = fe.as_ref().filter(|f| !f.pops_while_disabled()).and_then(|f| f.inflight());
         let queue =
             u16::try_from(ring).map_err(|_| StepFailure::MissingState { what: format!("ring {ring} is not a 16-bit queue index") })?;
@@ -336,7 +346,7 @@ impl StepActions for VhostActions {
                 self.notifiers.commit_transaction();
                 Ok(())
             }
-            StepKind::DrainInflight => self.vring(step).and_then(|(r, v)| self.drain(step.device, r, v, step.deadline)),
+            StepKind::DrainInflight => self.vring(step).and_then(|(r, v)| self.drain(step, r, v)),
             StepKind::Custom(name) => Err(StepFailure::Other { message: format!("custom step {name} is the VMM's own") }),
             _ => {
                 let Some(fe) = self.devices.frontend(step.device) else {

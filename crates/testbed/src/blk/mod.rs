@@ -37,7 +37,8 @@
 //!   image.
 //!
 //! Options: `--iops N` (throttle, requests per second for the device), `--workers
-//! N` (default 4), `--control PATH` (control socket), `--inactive`,
+//! N` (default 4), `--control PATH` (control socket), `--inactive`, `--no-lock`
+//! (image locking off),
 //! `--no-inflight` (offer neither inflight feature: the stop drains),
 //! `--jitter-us N` (each request waits up to N µs more, at random, before its I/O:
 //! completion out of order), `--seed N`, and for tests only `--no-settle` (the stop
@@ -100,6 +101,8 @@ pub struct BlkOptions {
     pub seed: u64,
     /// Start with the image active (locked).
     pub active: bool,
+    /// Lock the image while active (off: image locking off, `--no-lock`).
+    pub lock: bool,
     /// The control socket.
     pub control: Option<PathBuf>,
 }
@@ -108,7 +111,18 @@ impl BlkOptions {
     /// Defaults for `queues` rings: no throttle, 4 workers, inflight offered,
     /// settling, active, no control socket.
     pub fn new(queues: u16) -> BlkOptions {
-        BlkOptions { queues, iops: None, workers: 4, inflight: true, settle: true, jitter_us: 0, seed: 0x5eed, active: true, control: None }
+        BlkOptions {
+            queues,
+            iops: None,
+            workers: 4,
+            inflight: true,
+            settle: true,
+            jitter_us: 0,
+            seed: 0x5eed,
+            active: true,
+            lock: true,
+            control: None,
+        }
     }
 
     /// Parses the options (see the module's documentation).
@@ -135,6 +149,7 @@ impl BlkOptions {
                 "--seed" => o.seed = num("--seed", it.next())?,
                 "--control" => o.control = Some(it.next().ok_or_else(|| RigError::Config("--control needs a path".into()))?.into()),
                 "--inactive" => o.active = false,
+                "--no-lock" => o.lock = false,
                 "--no-inflight" => o.inflight = false,
                 "--no-settle" => o.settle = false,
                 other => return Err(RigError::Config(format!("unknown blk backend option '{other}'"))),
@@ -158,6 +173,9 @@ impl BlkOptions {
         }
         if !self.active {
             v.push("--inactive".into());
+        }
+        if !self.lock {
+            v.push("--no-lock".into());
         }
         if !self.inflight {
             v.push("--no-inflight".into());
@@ -184,7 +202,7 @@ pub fn serve(sock: &str, image: &Path, opts: BlkOptions) -> Result<(), RigError>
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
-    let storage = storage::Storage::open(image, opts.active).map_err(RigError::io(format!("image {}", image.display())))?;
+    let storage = storage::Storage::open_with(image, opts.active, opts.lock).map_err(RigError::io(format!("image {}", image.display())))?;
     let control = opts.control.clone();
     let dev = device::Device::start(opts, storage);
     if let Some(c) = &control {
@@ -202,7 +220,7 @@ pub fn serve(sock: &str, image: &Path, opts: BlkOptions) -> Result<(), RigError>
             Err(
                 e @ (E::ReqHandlerError(_) | E::InvalidParam | E::InvalidOperation(_) | E::InactiveOperation(_) | E::InactiveFeature(_)),
             ) => {
-                tracing::warn!(error = %e, "request failed");
+                eprintln!("blk backend: request failed: {e}");
             }
             Err(e) => {
                 break Err(RigError::Daemon { what: format!("serving {sock}"), source: vhost_user_backend::Error::HandleRequest(e).into() })

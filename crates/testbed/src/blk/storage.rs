@@ -38,6 +38,7 @@ pub struct Storage {
     file: File,
     capacity: u64,
     active: RwLock<bool>,
+    lock: bool,
 }
 
 impl Storage {
@@ -46,9 +47,19 @@ impl Storage {
     /// # Errors
     /// The image cannot be opened, or (`active`) another process holds it.
     pub fn open(path: &Path, active: bool) -> io::Result<Storage> {
+        Self::open_with(path, active, true)
+    }
+
+    /// The same; without `lock`, active and inactive do not touch the image's lock
+    /// (two backends may then both write it: image locking off, as
+    /// qemu-storage-daemon's `locking=off`).
+    ///
+    /// # Errors
+    /// As [`Storage::open`].
+    pub fn open_with(path: &Path, active: bool, lock: bool) -> io::Result<Storage> {
         let file = File::options().read(true).write(true).open(path)?;
         let capacity = file.metadata()?.len();
-        let s = Storage { file, capacity, active: RwLock::new(false) };
+        let s = Storage { file, capacity, active: RwLock::new(false), lock };
         if active {
             s.activate()?;
         }
@@ -75,7 +86,7 @@ impl Storage {
             return Ok(());
         }
         // SAFETY: flock on our own descriptor.
-        if unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if self.lock && unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(e.kind(), format!("the image is held by another process ({e})")));
         }

@@ -15,7 +15,7 @@ use switchover::error::StepFailure;
 use switchover::exec::{Completion, Engine, StepActions};
 use switchover::ids::{DeviceId, Side as Role};
 use switchover::recipe::{build, BlkPolicy, NoCosts, RecipeOptions, RouteCommits};
-use switchover::roles::{run_in_process, SideSetup, SwitchoverReport};
+use switchover::roles::{run_in_process, SideSetup, SwitchoverReport, VmmHooks};
 use switchover::state::DeviceState;
 use switchover::step::{Step, StepKind};
 use switchover::topology::Topology;
@@ -49,10 +49,9 @@ pub fn image(dir: &Path, name: &str, mib: u64) -> PathBuf {
     p
 }
 
-/// The guest's side of the rings: memory, kick and call eventfds (shared by both
-/// sides, as a doorbell and an interrupt move with the guest).
+/// The guest's doorbells and interrupts: kick and call eventfds, shared by both
+/// sides (they move with the guest; only the side running a ring polls them).
 pub struct Guest {
-    pub mem: Arc<GuestMem>,
     pub kicks: Vec<EventFd>,
     pub calls: Vec<EventFd>,
 }
@@ -60,7 +59,6 @@ pub struct Guest {
 impl Guest {
     pub fn new(queues: u32) -> Arc<Guest> {
         Arc::new(Guest {
-            mem: Arc::new(GuestMem::new(queues as usize).unwrap()),
             kicks: (0..queues).map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap()).collect(),
             calls: (0..queues).map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap()).collect(),
         })
@@ -70,11 +68,23 @@ impl Guest {
     }
 }
 
+/// Copies the whole of `from` into `to` (the last RAM pass of a migration between
+/// two hosts: each side has its own copy of guest memory).
+pub fn copy_memory(from: &GuestMem, to: &GuestMem) {
+    use vm_memory::{Bytes, GuestAddress};
+    let r = from.region();
+    let mut buf = vec![0u8; r.size as usize];
+    from.mem().read_slice(&mut buf, GuestAddress(r.guest_addr)).unwrap();
+    to.mem().write_slice(&buf, GuestAddress(r.guest_addr)).unwrap();
+}
+
 /// One side: the device's backend process, its frontend, its control socket.
 pub struct Side {
     pub label: String,
     pub queues: u32,
     pub guest: Arc<Guest>,
+    /// This side's guest memory.
+    pub mem: Arc<GuestMem>,
     dir: PathBuf,
     image: PathBuf,
     opts: BlkOptions,
@@ -101,6 +111,7 @@ impl Side {
             label: label.into(),
             queues,
             guest: guest.clone(),
+            mem: Arc::new(GuestMem::new(queues as usize).map_err(RigError::io("guest memory"))?),
             dir: dir.into(),
             image: image.into(),
             opts,
@@ -126,11 +137,11 @@ impl Side {
     pub fn bring_up(&self, d: Duration) -> Result<(), StepFailure> {
         let fe = self.frontend();
         fe.set_features(fe.features(), d).wait()?;
-        fe.set_mem_table(&[self.guest.mem.region()], d).wait()?;
+        fe.set_mem_table(&[self.mem.region()], d).wait()?;
         fe.setup_inflight(switchover_testbed::mem::QSIZE, d).wait()?;
         for r in 0..self.queues {
             let v = GuestMem::vring(r);
-            let h = |gpa| self.guest.mem.host_addr(gpa);
+            let h = |gpa| self.mem.host_addr(gpa);
             let p = [
                 fe.set_vring_num(r, v.size, d),
                 fe.set_vring_addr(r, h(v.desc), h(v.used), h(v.avail), d),
@@ -249,7 +260,7 @@ pub struct Actions {
 
 impl Actions {
     pub fn new(side: &Arc<Side>, state: &Arc<DeviceState>, hook: Option<Hook>) -> Arc<Actions> {
-        let inner = VhostActions::new(side.clone(), Arc::new(MemOf(side.guest.mem.clone())), side.clone(), state.clone());
+        let inner = VhostActions::new(side.clone(), Arc::new(MemOf(side.mem.clone())), side.clone(), state.clone());
         Arc::new(Actions { side: side.clone(), inner, hook })
     }
     pub fn for_rollback(&self) -> Arc<Actions> {
@@ -316,7 +327,22 @@ pub fn topology(queues: u32) -> Arc<Topology> {
     Arc::new(Topology::builder().name("blk").blk(1, queues).build().unwrap())
 }
 
-/// A whole switchover between the two sides, both roles in this process.
+/// The destination's hooks: loading the state copies the source's guest memory
+/// (the final RAM pass; the source's rings are all stopped by then).
+struct LoadMemory {
+    from: Arc<GuestMem>,
+    to: Arc<GuestMem>,
+}
+
+impl VmmHooks for LoadMemory {
+    fn load_state(&self, _state: &[switchover::state::DeviceBlob]) -> Result<(), switchover::roles::HookError> {
+        copy_memory(&self.from, &self.to);
+        Ok(())
+    }
+}
+
+/// A whole switchover between the two sides, both roles in this process, each
+/// side with its own guest memory.
 pub fn switchover(
     src: &Arc<Side>,
     dst: &Arc<Side>,
@@ -334,6 +360,7 @@ pub fn switchover(
     };
     let (s, src_state) = setup(src, Role::Source, src_hook);
     let (d, _) = setup(dst, Role::Destination, dst_hook);
+    let d = d.with_hooks(Arc::new(LoadMemory { from: src.mem.clone(), to: dst.mem.clone() }));
     let rep = run_in_process(&s, &d, &mut Engine::new(2), &mut Engine::new(2));
     (rep, src_state)
 }

@@ -1,0 +1,124 @@
+//! How long the blk stop takes with 8 requests in flight per ring under a
+//! throttle of 200 requests per second: hand-over against drain, side by side in
+//! one run, on the own backend (real processes, sockets and file I/O).
+//!
+//! Shown as figures and ratios (printed); asserted only structurally: the
+//! hand-over's stop leaves the requests recorded in flight, the drain's leaves
+//! none and cannot be shorter than the throttle makes it.
+//!
+//! `cargo test --release -p switchover-testbed --test blk_stop_time -- --nocapture`
+
+mod blk_common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blk_common::*;
+use switchover::exec::{Engine, Progress};
+use switchover::ids::{Side as Role, Window};
+use switchover::recipe::{build, BlkPolicy, NoCosts};
+use switchover::state::DeviceState;
+use switchover::step::StepKind;
+use switchover_testbed::blk::driver::{BlkDriver, Op};
+use switchover_testbed::blk::BlkOptions;
+use switchover_testbed::dir::PrivateDir;
+use switchover_vhost::frontend::{FrontendConfig, InflightMode};
+
+/// Not a test: the backend process this test binary runs as (see `blk_common::exe`).
+#[test]
+#[ignore]
+fn blk_backend_child_process() {
+    if let Some(code) = switchover_testbed::blk::child_main_from_env() {
+        std::process::exit(code);
+    }
+}
+
+const IOPS: u32 = 200;
+const IN_FLIGHT: u32 = 8;
+
+/// A source with `queues` rings at 200 IOPS, `IN_FLIGHT` writes taken off every ring.
+fn loaded(dir: &std::path::Path, queues: u32, mode: InflightMode) -> (Arc<Guest>, Arc<Side>, Vec<BlkDriver>) {
+    let img = image(dir, &format!("disk-{mode:?}-{queues}"), 8);
+    let guest = Guest::new(queues);
+    let opts = BlkOptions { iops: Some(IOPS), ..BlkOptions::new(queues as u16) };
+    let fcfg = FrontendConfig { inflight: mode, ..FrontendConfig::new("src blk0", queues) };
+    let src = Side::spawn(&format!("src-{mode:?}"), &guest, dir, &img, opts, fcfg).unwrap();
+    src.bring_up(Duration::from_secs(5)).unwrap();
+    let mut drivers: Vec<BlkDriver> = (0..queues).map(BlkDriver::new).collect();
+    for d in &mut drivers {
+        for n in 0..IN_FLIGHT {
+            d.submit(&src.mem, Op::Write { sector: sector(d.ring(), n) }).unwrap();
+        }
+        guest.kick(d.ring());
+    }
+    let t = Instant::now();
+    while src.control().stats().unwrap().popped < u64::from(queues * IN_FLIGHT) {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    (guest, src, drivers)
+}
+
+#[test]
+fn get_vring_base_hand_over_vs_drain() {
+    let dir = PrivateDir::new().unwrap();
+    let d = Duration::from_secs(10);
+    // Hand-over: GET_VRING_BASE_INFLIGHT negotiated.
+    let (_guest, src, _drivers) = loaded(dir.path(), 1, InflightMode::Offered);
+    let t = Instant::now();
+    let base = src.frontend().get_vring_base(0, d).wait().unwrap();
+    let hand_over = t.elapsed();
+    let used = src.mem.used_idx(0);
+    let recorded = src.frontend().inflight().unwrap().queue(0).unwrap().in_flight(used).unwrap().len();
+    assert_eq!(u32::from(base), IN_FLIGHT);
+    assert_eq!(usize::from(base - used), recorded, "every request not completed is recorded in flight");
+    assert!(recorded >= IN_FLIGHT as usize - 1, "the stop did not wait: {recorded} of {IN_FLIGHT} still in flight");
+    // Drain: the same backend without GET_VRING_BASE_INFLIGHT completes them first.
+    let (_guest2, src2, _d2) = loaded(dir.path(), 1, InflightMode::TrackOnly);
+    let t = Instant::now();
+    let base2 = src2.frontend().get_vring_base(0, d).wait().unwrap();
+    let drain = t.elapsed();
+    assert_eq!((u32::from(base2), u32::from(src2.mem.used_idx(0))), (IN_FLIGHT, IN_FLIGHT), "the drain completed every request");
+    let slot = Duration::from_nanos(1_000_000_000 / u64::from(IOPS));
+    assert!(drain >= slot * (IN_FLIGHT - 2), "a drain cannot beat the throttle ({drain:?})");
+    println!(
+        "GET_VRING_BASE, {IN_FLIGHT} requests in flight, {IOPS} IOPS: hand-over {:.3} ms ({recorded} left in flight), drain {:.3} ms; drain / hand-over = {:.0}x",
+        hand_over.as_secs_f64() * 1e3,
+        drain.as_secs_f64() * 1e3,
+        drain.as_secs_f64() / hand_over.as_secs_f64()
+    );
+}
+
+/// The source's whole blackout window (disable, drain or not, GET_VRING_BASE,
+/// storage inactivate) on 4 rings of 8 writes each, through the engine.
+#[test]
+fn source_window_hand_over_vs_drain() {
+    let dir = PrivateDir::new().unwrap();
+    let topo = topology(4);
+    let mut walls = Vec::new();
+    for policy in [BlkPolicy::HandOver, BlkPolicy::Drain] {
+        let (_guest, src, _drivers) = loaded(dir.path(), 4, InflightMode::Offered);
+        let opts = recipe(policy);
+        let plan = Arc::new(build(&topo, Role::Source, &opts, &NoCosts).unwrap());
+        let drains = plan.in_window(Window::Blackout).filter(|s| s.kind == StepKind::DrainInflight).count();
+        assert_eq!(drains, if policy == BlkPolicy::Drain { 4 } else { 0 });
+        let state = Arc::new(DeviceState::new(&topo));
+        let actions = Actions::new(&src, &state, None);
+        let r = Engine::new(2).run(&plan, Window::Blackout, actions, &mut Progress::new(&plan));
+        assert!(r.ok(), "{:?}", r.failure);
+        let handed = state.inflight().len();
+        match policy {
+            BlkPolicy::HandOver => assert!(handed >= 4 * IN_FLIGHT as usize - 2, "handed over {handed}"),
+            BlkPolicy::Drain => assert_eq!(handed, 0),
+        }
+        walls.push((policy, r.wall, handed));
+    }
+    let (h, d) = (walls[0].1, walls[1].1);
+    println!(
+        "source blackout window, 4 rings x {IN_FLIGHT} writes, {IOPS} IOPS: hand-over {:.3} ms ({} handed over), drain {:.3} ms; drain / hand-over = {:.0}x",
+        h.as_secs_f64() * 1e3,
+        walls[0].2,
+        d.as_secs_f64() * 1e3,
+        d.as_secs_f64() / h.as_secs_f64()
+    );
+}
