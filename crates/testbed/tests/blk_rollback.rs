@@ -204,3 +204,34 @@ fn negative_control_without_settling_the_source_clobbers_newer_writes() {
     assert!(late > 0, "the source did host I/O after its stop");
     assert!(newest.iter().any(|x| !x), "a late write of the source replaced newer data: {newest:?}");
 }
+
+/// The source's backend hangs at `GET_VRING_BASE` while requests complete out of
+/// order (random extra latency per request); the roles reconnect it (a new
+/// process, the region carried over), recover the ring's base from the region,
+/// and the new backend resubmits what the old one left in flight: each request
+/// completes once.
+#[test]
+fn hung_source_stop_is_recovered_from_the_region() {
+    let q = 2;
+    let src_opts = BlkOptions { jitter_us: 40_000, workers: 8, ..opts(q, None, true) };
+    let mut r = rig(q, src_opts, opts(q, None, false), 8);
+    // Some of the 8 complete, out of order, before the stop.
+    std::thread::sleep(Duration::from_millis(15));
+    let hook: Hook = Arc::new(|side: &Side, step: &switchover::step::Step| {
+        if step.kind == StepKind::GetVringBase && step.ring == Some(1) {
+            side.signal(libc::SIGSTOP);
+        }
+        None
+    });
+    let recipe = switchover::recipe::RecipeOptions { deadline: Duration::from_millis(400), ..recipe(BlkPolicy::HandOver) };
+    let (rep, _state) = switchover(&r.src, &r.dst, &recipe, Some(hook), None);
+    assert!(matches!(rep.outcome, Outcome::RolledBack { .. }), "{:?}", rep.outcome);
+    assert_eq!(r.src.reconnects.load(std::sync::atomic::Ordering::Acquire), 1, "the hung backend was replaced");
+    check(&r.src.mem, &mut r.drivers, &r.img);
+    assert!(r.drivers.iter().any(|d| d.out_of_order()), "completion was out of order");
+    let s = r.src.control().stats().unwrap();
+    eprintln!("new source backend: {s:?}");
+    assert!(s.resubmitted > 0, "the new backend resubmitted what the old one left in flight");
+    writes(&r.src.mem, &r.guest, &mut r.drivers, 3);
+    check(&r.src.mem, &mut r.drivers, &r.img);
+}

@@ -285,9 +285,11 @@ impl InflightRegion {
         // the next access): seal it if it allows that, else see whether it is sealed.
         let fd = file.as_raw_fd();
         // SAFETY: fcntl on a descriptor we own.
-        let sealed = unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } == 0
+        let sealed = unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } == 0 || {
             // SAFETY: as above.
-            || unsafe { libc::fcntl(fd, libc::F_GET_SEALS) } & libc::F_SEAL_SHRINK != 0;
+            let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+            seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
+        };
         let map_len = end as usize;
         // SAFETY: a shared mapping of `map_len` bytes of our file, checked above to
         // be at least that long; the result is checked.
