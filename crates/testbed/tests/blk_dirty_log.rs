@@ -57,7 +57,6 @@ fn backend_logs_every_write_to_guest_memory() {
         userspace_addr: r.user_addr,
         mmap_offset: 0,
         mmap_handle: r.fd,
-        ..Default::default()
     }])
     .unwrap();
     // A bitmap for every page up to the end of guest memory and the log address.

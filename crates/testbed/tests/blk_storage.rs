@@ -59,3 +59,26 @@ fn one_backend_of_an_image_is_active_at_a_time_and_only_it_writes() {
     a.control().activate().unwrap();
     assert!(a.control().is_active().unwrap() && !b.control().is_active().unwrap());
 }
+
+/// The backend as `switchover real __backend blk-inflight …` (the CLI's entry, the
+/// options in `SWITCHOVER_BLK_ARGS`): how `switchover real` starts it.
+#[test]
+fn the_cli_entry_serves_the_backend() {
+    use switchover_testbed::blk::{spawn, BlkExe};
+    use switchover_vhost::frontend::Frontend;
+    // The CLI binary next to this test binary's directory (target/PROFILE/).
+    let cli = std::env::current_exe().unwrap().parent().and_then(|d| d.parent()).map(|d| d.join("switchover"));
+    let Some(cli) = cli.filter(|p| p.is_file()) else {
+        assert!(!require_real(), "the switchover binary is not built and SWITCHOVER_REQUIRE_REAL=1");
+        eprintln!("SKIPPED: the switchover binary is not built (cargo build -p switchover-cli)");
+        return;
+    };
+    let dir = PrivateDir::new().unwrap();
+    let img = image(dir.path(), "disk", 1);
+    let s = spawn(&BlkExe::Cli(cli), dir.path(), "blk0", &img, BlkOptions { iops: Some(100), ..BlkOptions::new(2) }).unwrap();
+    let fe = Frontend::connect(s.stream, &FrontendConfig::new("blk0", 2)).unwrap();
+    assert!(fe.can_hand_over());
+    let c = s.control.unwrap();
+    assert!(c.is_active().unwrap());
+    assert_eq!(c.stats().unwrap().popped, 0);
+}
