@@ -9,6 +9,13 @@
 //! call returns a [`Pending`] reply at once, so one thread keeps every ring's
 //! request to this backend in flight.
 //!
+//! Where the backend offers them (see [`InflightMode`]), the handshake also
+//! negotiates the inflight region (`INFLIGHT_SHMFD`) and a stop that leaves
+//! requests in flight in it (`GET_VRING_BASE_INFLIGHT`): then
+//! [`Frontend::setup_inflight`] gives the backend its region before any ring
+//! starts, and the device's requests in flight can be handed over
+//! ([`Frontend::can_hand_over`], `docs/blk-inflight.md`).
+//!
 //! # Examples
 //!
 //! ```no_run
