@@ -127,3 +127,68 @@ fn source_window_hand_over_vs_drain() {
         d.as_secs_f64() / h.as_secs_f64()
     );
 }
+
+/// A whole switchover (both roles, two guest memories) of 4 rings with 8 writes
+/// each taken off the rings: hand-over and drain at 200 IOPS, and hand-over with
+/// no throttle (the requests complete at once), side by side. Every request
+/// completes once, every write is on the image; the downtimes are printed.
+#[test]
+fn switchover_downtime_hand_over_vs_drain() {
+    use switchover::roles::Outcome;
+    use switchover_testbed::blk::driver::pattern;
+    let dir = PrivateDir::new().unwrap();
+    let mut lines = Vec::new();
+    for (name, policy, iops) in [
+        ("hand-over, 200 IOPS", BlkPolicy::HandOver, Some(IOPS)),
+        ("drain, 200 IOPS", BlkPolicy::Drain, Some(IOPS)),
+        ("hand-over, no throttle", BlkPolicy::HandOver, None),
+    ] {
+        let q = 4u32;
+        let img = image(dir.path(), &format!("sw-{}", lines.len()), 8);
+        let guest = Guest::new(q);
+        let src_opts = BlkOptions { iops, ..BlkOptions::new(q as u16) };
+        let dst_opts = BlkOptions { iops, active: false, ..BlkOptions::new(q as u16) };
+        let src = Side::spawn("src", &guest, dir.path(), &img, src_opts, FrontendConfig::new("src blk0", q)).unwrap();
+        let dst = Side::spawn("dst", &guest, dir.path(), &img, dst_opts, FrontendConfig::new("dst blk0", q)).unwrap();
+        src.bring_up(Duration::from_secs(5)).unwrap();
+        let mut drivers: Vec<BlkDriver> = (0..q).map(BlkDriver::new).collect();
+        for d in &mut drivers {
+            for n in 0..IN_FLIGHT {
+                d.submit(&src.mem, Op::Write { sector: sector(d.ring(), n) }).unwrap();
+            }
+            guest.kick(d.ring());
+        }
+        if iops.is_some() {
+            let t = Instant::now();
+            while src.control().stats().unwrap().popped < u64::from(q * IN_FLIGHT) {
+                assert!(t.elapsed() < Duration::from_secs(10));
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        } else {
+            for d in &mut drivers {
+                d.wait_all(&src.mem, Duration::from_secs(10)).unwrap();
+            }
+        }
+        let (rep, state) = switchover(&src, &dst, &recipe(policy), None, None);
+        assert_eq!(rep.outcome, Outcome::Completed, "{name}: {:?}", rep.outcome);
+        let handed = state.inflight().len();
+        for d in &mut drivers {
+            d.wait_all(&dst.mem, Duration::from_secs(20)).unwrap();
+            d.check_exactly_once().unwrap();
+            for x in d.done() {
+                if let Op::Write { sector } = x.op {
+                    assert_eq!(read_sector(&img, sector), pattern(d.ring(), x.n), "{name}");
+                }
+            }
+        }
+        lines.push((name, rep.downtime, handed));
+    }
+    let base = lines[2].1.as_secs_f64();
+    for (name, dt, handed) in &lines {
+        println!(
+            "switchover, 4 rings x {IN_FLIGHT} writes: {name}: downtime {:.3} ms, {handed} handed over, {:.2}x the unthrottled hand-over",
+            dt.as_secs_f64() * 1e3,
+            dt.as_secs_f64() / base
+        );
+    }
+}

@@ -277,9 +277,16 @@ impl BlkDriver {
         }
     }
 
-    /// Whether completions came out of order (a request completed before one
-    /// submitted earlier).
+    /// Whether completions came out of order: a request completed while one
+    /// submitted before it had not (it completed later, or has not yet).
     pub fn out_of_order(&self) -> bool {
-        self.done.windows(2).any(|w| w[1].n < w[0].n)
+        let mut seen = vec![false; self.submitted.len()];
+        for d in &self.done {
+            if seen[..d.n as usize].iter().any(|s| !s) {
+                return true;
+            }
+            seen[d.n as usize] = true;
+        }
+        false
     }
 }
