@@ -1,8 +1,13 @@
 //! The switchover core's [`StepActions`] for vhost-user devices: control-channel
 //! steps are split-phase requests on each device's [`Frontend`] (sent from the
 //! lane, completed by the device's reader thread); notifier steps go to the VMM's
-//! [`NotifierSink`]; `drain_inflight` waits for the guest's requests to complete
-//! in guest memory.
+//! [`NotifierSink`]; `drain_inflight` waits for the backend's requests in flight
+//! (its inflight region, else guest memory). With an inflight region
+//! (`INFLIGHT_SHMFD`), `get_vring_base` records the requests a backend left in
+//! flight in the device state, `set_vring_base` on the destination writes them
+//! into its backend's region for resubmission, `set_mem_table` gives the backend
+//! its region, and `recover_base` is exact whatever the completion order
+//! (`docs/blk-inflight.md`).
 //!
 //! The VMM supplies everything through traits: its devices' connections and ring
 //! layouts ([`VhostDevices`]), its memory ([`GuestMemory`]) and its notifiers.

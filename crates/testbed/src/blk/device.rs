@@ -208,7 +208,10 @@ pub enum StartError {
 
 impl Device {
     /// A device of `opts.queues` rings on `storage`, with its workers started.
-    pub fn start(opts: BlkOptions, storage: Storage) -> Arc<Device> {
+    ///
+    /// # Errors
+    /// A worker thread could not be started.
+    pub fn start(opts: BlkOptions, storage: Storage) -> std::io::Result<Arc<Device>> {
         let queues = usize::from(opts.queues);
         let seed = opts.seed;
         let d = Arc::new(Device {
@@ -226,9 +229,9 @@ impl Device {
         });
         for i in 0..d.opts.workers.max(1) {
             let dd = d.clone();
-            let _ = std::thread::Builder::new().name(format!("blk-worker-{i}")).spawn(move || dd.worker());
+            std::thread::Builder::new().name(format!("blk-worker-{i}")).spawn(move || dd.worker())?;
         }
-        d
+        Ok(d)
     }
 
     /// The options.

@@ -204,7 +204,7 @@ pub fn serve(sock: &str, image: &Path, opts: BlkOptions) -> Result<(), RigError>
     }
     let storage = storage::Storage::open_with(image, opts.active, opts.lock).map_err(RigError::io(format!("image {}", image.display())))?;
     let control = opts.control.clone();
-    let dev = device::Device::start(opts, storage);
+    let dev = device::Device::start(opts, storage).map_err(RigError::io("blk backend workers"))?;
     if let Some(c) = &control {
         control::serve(c, dev.clone()).map_err(RigError::io(format!("control socket {}", c.display())))?;
     }
