@@ -436,6 +436,8 @@ fn serve_inner(kind: &str, sock: &str, queues: usize, file: Option<&Path>) -> Re
     let blk = match kind {
         "net" => false,
         "blk" => true,
+        // The backend with an inflight region (its options in SWITCHOVER_BLK_ARGS).
+        "blk-inflight" => return crate::blk::serve_from_env(sock, queues, file),
         other => return Err(RigError::Config(format!("unknown backend kind '{other}' (net, blk)"))),
     };
     NET.store(!blk, Ordering::Release);

@@ -15,6 +15,8 @@
 //!   guest memory, the hooks the roles call;
 //! * [`guest`] — the guest's workload over a migration;
 //! * [`backend`] — the project's own vhost-user net and blk backends (child processes);
+//! * [`blk`] — the own vhost-user-blk backend with an inflight region: a stop that
+//!   does not wait for the disk, resubmission, dirty log, storage hand-over;
 //! * [`qsd`] — qemu-storage-daemon as a third-party vhost-user-blk backend;
 //! * [`driver`] — a guest-side driver that puts requests in the rings;
 //! * [`side`] — one side's world: VM and notifiers, devices, backends, state;
@@ -37,6 +39,7 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub mod backend;
+pub mod blk;
 pub mod dir;
 pub mod driver;
 pub mod error;

@@ -1,8 +1,13 @@
 //! The switchover core's [`StepActions`] for vhost-user devices: control-channel
 //! steps are split-phase requests on each device's [`Frontend`] (sent from the
 //! lane, completed by the device's reader thread); notifier steps go to the VMM's
-//! [`NotifierSink`]; `drain_inflight` waits for the guest's requests to complete
-//! in guest memory.
+//! [`NotifierSink`]; `drain_inflight` waits for the backend's requests in flight
+//! (its inflight region, else guest memory). With an inflight region
+//! (`INFLIGHT_SHMFD`), `get_vring_base` records the requests a backend left in
+//! flight in the device state, `set_vring_base` on the destination writes them
+//! into its backend's region for resubmission, `set_mem_table` gives the backend
+//! its region, and `recover_base` is exact whatever the completion order
+//! (`docs/blk-inflight.md`).
 //!
 //! The VMM supplies everything through traits: its devices' connections and ring
 //! layouts ([`VhostDevices`]), its memory ([`GuestMemory`]) and its notifiers.
@@ -313,16 +318,53 @@ impl VhostActions {
         }
     }
 
-    fn drain(&self, v: VringConfig, deadline: Duration) -> Result<(), StepFailure> {
+    /// Waits until the backend has no request of ring `ring` in flight.
+    ///
+    /// With an inflight region, from the backend's own count: no descriptor of the
+    /// ring marked in flight. A backend that stops taking requests once its ring is
+    /// disabled (as the spec has it) leaves the rest in the available ring, to be
+    /// taken from the base on. Without a region, or for a backend that keeps taking
+    /// requests off a disabled ring ([`Frontend::pops_while_disabled`]), from guest
+    /// memory: every published request completed (`used == avail`) — the only
+    /// count there is, and one that never settles on a backend that stops taking
+    /// requests. Fails at once if the backend goes away (its requests are settled
+    /// by its end, the caller sees it as lost).
+    ///
+    /// On the destination (its fence), a backend that can hand requests over is
+    /// not waited for: its `GET_VRING_BASE`, next, settles the requests it
+    /// resubmitted (cancelled, or their completion discarded) without waiting for
+    /// the disk, and a ring it never started has nothing to settle — while the
+    /// region still lists, for such a ring, the requests it was to resubmit.
+    fn drain(&self, step: &Step, ring: u32, v: VringConfig) -> Result<(), StepFailure> {
+        let (device, deadline) = (step.device, step.deadline);
+        let fe = self.devices.frontend(device);
+        if step.side == Side::Destination && fe.as_ref().is_some_and(|f| f.can_hand_over()) {
+            return Ok(());
+        }
+        let region = fe.as_ref().filter(|f| !f.pops_while_disabled()).and_then(|f| f.inflight());
+        let queue =
+            u16::try_from(ring).map_err(|_| StepFailure::MissingState { what: format!("ring {ring} is not a 16-bit queue index") })?;
+        if region.as_ref().is_some_and(|r| r.queue(queue).is_none()) {
+            return Err(StepFailure::MissingState { what: format!("the inflight region has no queue {ring}") });
+        }
         let t = Instant::now();
         let mut spins = 0u32;
         loop {
-            let (a, u) = (self.memory.read_u16(v.avail_idx_addr()), self.memory.read_u16(v.used_idx_addr()));
-            let (Some(a), Some(u)) = (a, u) else {
-                return Err(StepFailure::MissingState { what: "the ring is outside guest memory".into() });
+            let settled = match &region {
+                Some(r) => r.queue(queue).is_some_and(|q| (0..q.queue_size()).all(|h| !q.is_inflight(h))),
+                None => {
+                    let (a, u) = (self.memory.read_u16(v.avail_idx_addr()), self.memory.read_u16(v.used_idx_addr()));
+                    let (Some(a), Some(u)) = (a, u) else {
+                        return Err(StepFailure::MissingState { what: "the ring is outside guest memory".into() });
+                    };
+                    a == u
+                }
             };
-            if a == u {
+            if settled {
                 return Ok(());
+            }
+            if fe.as_ref().is_some_and(|f| f.channel().is_closed()) {
+                return Err(StepFailure::Disconnected);
             }
             if t.elapsed() > deadline {
                 return Err(StepFailure::Timeout { after: deadline });
@@ -337,7 +379,7 @@ impl VhostActions {
     }
 
     /// Sends the step's request(s); returns the pending reply that settles it.
-    fn request(&self, fe: &Frontend, step: &Step) -> Result<Pending<()>, StepFailure> {
+    fn request(&self, fe: &Arc<Frontend>, step: &Step) -> Result<Pending<()>, StepFailure> {
         let d = step.deadline;
         let kind = &step.kind;
         // A per-ring step on a ring the guest never set up sends nothing (QEMU's
@@ -355,7 +397,18 @@ impl VhostActions {
         }
         Ok(match kind {
             StepKind::SetFeatures => fe.set_features(self.features(fe, step), d),
-            StepKind::SetMemTable => fe.set_mem_table(&self.memory.regions(), d),
+            StepKind::SetMemTable => {
+                let table = fe.set_mem_table(&self.memory.regions(), d);
+                if !fe.tracks_inflight() {
+                    table
+                } else {
+                    // The inflight region goes with the memory table, before any kick.
+                    let size = self.devices.vring(step.device, 0).map(|v| v.size).ok_or_else(|| StepFailure::MissingState {
+                        what: "no ring layout for ring 0 (the inflight region's ring size)".into(),
+                    })?;
+                    both(table, fe.setup_inflight(size, d))
+                }
+            }
             StepKind::SetVringNum => {
                 let (r, v) = self.vring(step)?;
                 fe.set_vring_num(r, v.size, d)
@@ -370,6 +423,11 @@ impl VhostActions {
                     .state
                     .base(step.device, r)
                     .ok_or_else(|| StepFailure::MissingState { what: "no vring base was captured for this ring".into() })?;
+                if !self.restart {
+                    // Destination: the requests the source handed over go into the
+                    // backend's region, to be resubmitted when the ring starts.
+                    crate::inflight::load_handed_over(fe, &self.state, &*self.memory, step.device, r, v)?;
+                }
                 let set = fe.set_vring_base(r, base, d);
                 if !fe.resend_addr_after_base() {
                     set
@@ -383,6 +441,7 @@ impl VhostActions {
             StepKind::GetVringBase => {
                 let (r, v) = self.vring(step)?;
                 let (memory, state, device) = (self.memory.clone(), self.state.clone(), step.device);
+                let region = fe.inflight().map(|reg| (reg, fe.can_hand_over()));
                 fe.get_vring_base(r, d).map(move |res| {
                     let base = res?;
                     // Rule 8 of the trust model: a base must be possible for this
@@ -392,6 +451,9 @@ impl VhostActions {
                         return Err(StepFailure::MissingState { what: "the ring is outside guest memory".into() });
                     };
                     let base = check_base(base, used, avail, v.size).map_err(|e| StepFailure::Garbage { what: e.to_string() })?;
+                    if let Some((region, hand_over)) = region {
+                        crate::inflight::hand_over(&region, &state, device, r, base, used, hand_over)?;
+                    }
                     state.set_base(device, r, base);
                     Ok(())
                 })
@@ -581,6 +643,42 @@ fn done_now() -> Pending<()> {
     p
 }
 
+/// The blk policy of each device: hand-over where its backend can leave requests
+/// in flight in its inflight region ([`Frontend::can_hand_over`]), drain
+/// otherwise (qemu-storage-daemon). For `RecipeOptions::blk_overrides`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::ids::DeviceId;
+/// use switchover::topology::Topology;
+/// use switchover_vhost::actions::{hand_over_policies, VhostDevices};
+/// use switchover_vhost::frontend::Frontend;
+/// use switchover_vhost::memory::VringConfig;
+/// struct NotConnected;
+/// impl VhostDevices for NotConnected {
+///     fn frontend(&self, _d: DeviceId) -> Option<Arc<Frontend>> { None }
+///     fn vring(&self, _d: DeviceId, _r: u32) -> Option<VringConfig> { None }
+/// }
+/// let t = Topology::preset("single-blk").unwrap();
+/// let p = hand_over_policies(&t, &NotConnected);
+/// assert_eq!(p, [(DeviceId(0), switchover::recipe::BlkPolicy::Drain)]);
+/// ```
+pub fn hand_over_policies(
+    topology: &switchover::topology::Topology,
+    devices: &dyn VhostDevices,
+) -> Vec<(DeviceId, switchover::recipe::BlkPolicy)> {
+    use switchover::recipe::BlkPolicy;
+    topology
+        .devices()
+        .iter()
+        .filter(|d| d.kind == switchover::topology::DeviceKind::Blk)
+        .map(|d| {
+            let ho = devices.frontend(d.id).is_some_and(|f| f.can_hand_over());
+            (d.id, if ho { BlkPolicy::HandOver } else { BlkPolicy::Drain })
+        })
+        .collect()
+}
+
 /// Two requests of one step, in order on one channel: the second's reply settles
 /// the step, unless the first failed.
 fn both(first: Pending<()>, second: Pending<()>) -> Pending<()> {
@@ -621,7 +719,7 @@ impl StepActions for VhostActions {
                 Ok(())
             }
             StepKind::DrainInflight if self.never_set_up(step) => Ok(()),
-            StepKind::DrainInflight => self.vring(step).and_then(|(_, v)| self.drain(v, step.deadline)),
+            StepKind::DrainInflight => self.vring(step).and_then(|(r, v)| self.drain(step, r, v)),
             StepKind::LogSync => self.log_sync(),
             StepKind::FinalPass => self.final_pass(),
             StepKind::RouteCommit => self.route_commit(step),
@@ -646,8 +744,35 @@ impl StepActions for VhostActions {
         self.devices.reconnect(device)
     }
 
+    /// The base of a ring whose `GET_VRING_BASE` never answered, read once its
+    /// backend is gone (the roles reconnect a lost device first).
+    ///
+    /// With the device's inflight region (carried over to the new connection, see
+    /// [`Frontend::adopt_inflight`]): the used index plus the requests the region
+    /// has in flight — every request the backend took is either completed or in
+    /// flight, whatever order it completed them in; the new backend gets the
+    /// region before its first kick and resubmits those requests, then reads the
+    /// ring from this base. A region that is impossible, or a base past what the
+    /// guest published, gives none (the ring cannot be restarted safely).
+    ///
+    /// Without a region, the used index: right for a backend that completes
+    /// requests in order (the requests it took and did not complete are read
+    /// again); with out-of-order completion it would skip a request still in
+    /// flight and repeat one already completed, so such a backend needs a region.
     fn recover_base(&self, device: DeviceId, ring: u32) -> Option<u16> {
         let v = self.devices.vring(device, ring)?;
-        self.memory.read_u16(v.used_idx_addr())
+        let used = self.memory.read_u16(v.used_idx_addr())?;
+        let Some(region) = self.devices.frontend(device).and_then(|f| f.inflight()) else {
+            return Some(used);
+        };
+        let base = match region.queue(u16::try_from(ring).ok()?)?.recover_base(used) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(device = device.0, ring, error = %e, "no base recovered");
+                return None;
+            }
+        };
+        let avail = self.memory.read_u16(v.avail_idx_addr())?;
+        check_base(base, used, avail, v.size).ok()
     }
 }

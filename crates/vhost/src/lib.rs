@@ -26,6 +26,8 @@
 //!   vocabulary (`get_vring_base(ring)` returns a pending base);
 //! * [`channel`] — the pipelined socket, [`channel::Pending`] replies, deadlines;
 //! * [`reply`] — the reply rules;
+//! * [`inflight`] — the inflight region (`INFLIGHT_SHMFD`): requests in flight,
+//!   counted, handed over, and a ring's base recovered from it;
 //! * [`memory`], [`sink`] — what the VMM supplies;
 //! * [`config`] — a device's configuration and generation, staged and loaded;
 //! * [`log`] — the shared dirty log and the VMM's migration of guest memory;
@@ -44,6 +46,7 @@ pub mod actions;
 pub mod channel;
 pub mod config;
 pub mod frontend;
+pub mod inflight;
 #[cfg(feature = "kvm")]
 pub mod kvm;
 pub mod log;

@@ -1,10 +1,12 @@
 //! The trust model's reply rules: what a backend's reply must be for the frontend
 //! to believe it (docs/trust-model.md).
 //!
-//! 1. no file descriptors (the reader closes any that come, at once);
+//! 1. no file descriptors (the reader closes any that come, at once) — except the
+//!    reply to `GET_INFLIGHT_FD`, which carries exactly one (the inflight region);
 //! 2. a body of exactly the size the message defines (checked from the header,
-//!    before the body is read): 8 bytes, or for `SET_LOG_BASE` 8 or 16 (backends
-//!    answer it with a `u64` or with the log region; the answer only acknowledges);
+//!    before the body is read): 8 bytes; 24 for `GET_INFLIGHT_FD`; for
+//!    `SET_LOG_BASE` 8 or 16 (backends answer it with a `u64` or with the log
+//!    region; the answer only acknowledges);
 //! 3. a request must be pending;
 //! 4. the reply's request type must be the pending request's;
 //! 5. the REPLY flag and protocol version 1 set;
