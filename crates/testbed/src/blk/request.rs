@@ -100,7 +100,7 @@ impl Request {
 /// use switchover_testbed::driver::{submit, BlkOp, DriverRing, RingKind};
 /// use switchover_testbed::mem::{GuestMem, QSIZE};
 /// let m = GuestMem::new(1).unwrap();
-/// let mut r = DriverRing { g: 0, device: switchover::ids::DeviceId(0), ring: 0, kind: RingKind::Blk, avail: 0 };
+/// let mut r = DriverRing::new(0, switchover::ids::DeviceId(0), 0, RingKind::Blk);
 /// submit(&m, &mut r, BlkOp::Write).unwrap(); // head 0: header, 512 bytes, status
 /// let reg = m.region();
 /// let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(reg.fd) }.try_clone_to_owned().unwrap();
