@@ -275,8 +275,8 @@ impl Channel {
         // Requests with a reply of their own never ask for an ack as well
         // (a second reply would put the stream out of step): GET_*, and
         // SET_LOG_BASE under LOG_SHMFD.
-        let own_reply =
-            [FrontendReq::GET_VRING_BASE, FrontendReq::GET_FEATURES, FrontendReq::GET_INFLIGHT_FD, FrontendReq::SET_LOG_BASE].contains(&req);
+        let own_reply = [FrontendReq::GET_VRING_BASE, FrontendReq::GET_FEATURES, FrontendReq::GET_INFLIGHT_FD, FrontendReq::SET_LOG_BASE]
+            .contains(&req);
         let flags = if own_reply { 0 } else { VhostUserHeaderFlag::NEED_REPLY.bits() };
         // The header (request, flags with protocol version 1, body size); the
         // crate's header type is private, its layout is the spec's.
