@@ -73,12 +73,14 @@ use crate::topology::{Device, DeviceKind, Topology};
 /// use std::sync::Arc;
 /// use switchover::recipe::{build, NoCosts, RecipeOptions, WindowPolicy};
 /// use switchover::ids::{Side, Window};
+/// use switchover::step::StepKind;
 /// use switchover::topology::Topology;
 /// let topo = Arc::new(Topology::preset("small").unwrap());
 /// let opts = RecipeOptions::baseline();
 /// assert_eq!(opts.policy, WindowPolicy::AllInBlackout);
 /// let plan = build(&topo, Side::Source, &opts, &NoCosts).unwrap();
-/// assert!(plan.steps().iter().all(|s| s.window == Window::Blackout));
+/// // Everything in the window but dirty logging, which starts with the migration.
+/// assert!(plan.steps().iter().all(|s| s.window == Window::Blackout || s.kind == StepKind::LogStart));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowPolicy {
