@@ -351,6 +351,37 @@ pub trait CostModel {
     /// assert_eq!(NoCosts.cost(net, &StepKind::GetVringBase), Duration::ZERO);
     /// ```
     fn cost(&self, device: &Device, kind: &StepKind) -> Duration;
+    /// Expected service time of `kind` on `device` for ring `ring` (`None`: a
+    /// step of the whole device, or of the whole side). By default
+    /// [`CostModel::cost`]; a model whose cost depends on the ring (a route commit
+    /// replaces a routing table that grows vector by vector) says so here.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::recipe::CostModel;
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::{Device, Topology};
+    /// /// Each per-vector route commit carries one more route than the previous.
+    /// struct Growing;
+    /// impl CostModel for Growing {
+    ///     fn cost(&self, _device: &Device, _kind: &StepKind) -> Duration {
+    ///         Duration::from_micros(20)
+    ///     }
+    ///     fn cost_at(&self, device: &Device, kind: &StepKind, ring: Option<u32>) -> Duration {
+    ///         match (kind, ring) {
+    ///             (StepKind::RouteCommit, Some(r)) => Duration::from_micros(20 + u64::from(r)),
+    ///             _ => self.cost(device, kind),
+    ///         }
+    ///     }
+    /// }
+    /// let t = Topology::preset("single-net").unwrap();
+    /// let net = t.device_by_name("net0").unwrap();
+    /// assert!(Growing.cost_at(net, &StepKind::RouteCommit, Some(3)) > Growing.cost_at(net, &StepKind::RouteCommit, Some(0)));
+    /// ```
+    fn cost_at(&self, device: &Device, kind: &StepKind, ring: Option<u32>) -> Duration {
+        let _ = ring;
+        self.cost(device, kind)
+    }
     /// The server that serialises host-notifier changes, if the model has one
     /// (a VM's ioeventfd lock in KVM).
     ///
@@ -433,7 +464,10 @@ impl Ctx<'_> {
         }
     }
     fn cost(&self, d: DeviceId, kind: &StepKind) -> Duration {
-        self.costs.cost(self.topo.device(d), kind)
+        self.costs.cost_at(self.topo.device(d), kind, None)
+    }
+    fn cost_at(&self, d: DeviceId, kind: &StepKind, ring: Option<u32>) -> Duration {
+        self.costs.cost_at(self.topo.device(d), kind, ring)
     }
     /// A request on the device's control channel (split-phase).
     fn msg(&mut self, d: DeviceId, kind: StepKind, ring: Option<u32>, w: Window, after: &[StepId]) -> StepId {
@@ -443,7 +477,7 @@ impl Ctx<'_> {
         };
         let mut s = StepSpec::new(d, kind.clone(), self.win(w))
             .split(Server::Channel(d))
-            .cost(self.cost(d, &kind))
+            .cost(self.cost_at(d, &kind, ring))
             .deadline(self.opts.deadline)
             .footprint(&[fp])
             .after(after);
@@ -459,7 +493,7 @@ impl Ctx<'_> {
             None => Resource::device(d),
         };
         let mut s = StepSpec::new(d, kind.clone(), self.win(w))
-            .cost(self.cost(d, &kind))
+            .cost(self.cost_at(d, &kind, ring))
             .deadline(self.opts.deadline)
             .footprint(&[fp])
             .after(after);
@@ -473,7 +507,7 @@ impl Ctx<'_> {
         let fp = if host { Resource::host_notifier(d, r) } else { Resource::guest_notifier(d, r) };
         let mut s = StepSpec::new(d, kind.clone(), self.win(w))
             .ring(r)
-            .cost(self.cost(d, &kind))
+            .cost(self.cost_at(d, &kind, Some(r)))
             .deadline(self.opts.deadline)
             .footprint(&[fp])
             .after(after);
@@ -488,7 +522,7 @@ impl Ctx<'_> {
     fn caller(&mut self, d: DeviceId, kind: StepKind, ring: Option<u32>, w: Window, what: Resource, after: &[StepId]) -> StepId {
         let mut s = StepSpec::new(d, kind.clone(), self.win(w))
             .affinity(Affinity::Caller)
-            .cost(self.cost(d, &kind))
+            .cost(self.cost_at(d, &kind, ring))
             .deadline(self.opts.deadline)
             .footprint(&[Resource::BIG_LOCK, what])
             .after(after);
@@ -621,7 +655,7 @@ fn source_vhost(c: &mut Ctx<'_>, dev: &Device, all_txn: Option<StepId>) -> Sourc
                     c.b.add(
                         StepSpec::new(d, StepKind::DrainInflight, Window::Blackout)
                             .ring(r)
-                            .cost(c.cost(d, &StepKind::DrainInflight))
+                            .cost(c.cost_at(d, &StepKind::DrainInflight, Some(r)))
                             .deadline(deadline)
                             .footprint(&[Resource::vring(d, r)])
                             .after(a),

@@ -32,12 +32,14 @@ mod fault;
 mod io;
 mod profile;
 mod vm;
+mod world;
 
 pub use actions::{SimActions, SimSide};
 pub use backend::{BlkIo, SimBackend, SimRing};
 pub use clock::sleep_until;
-pub use config::{run, SimConfig, SimRole, DEFAULT_SCALE};
+pub use config::{run, safety_checks, SimConfig, SimRole, DEFAULT_SCALE};
 pub use fault::{Fault, FaultKind, FaultParseError};
 pub use io::{IoEnd, IoLedger};
-pub use profile::{rfc_rows, KvmModel, Profile, RfcRow, Unit, RFC_CONCURRENT_MS, RFC_ORIGINAL_MS};
+pub use profile::{rfc_measured, rfc_rows, KvmModel, Profile, RfcRow, Unit, WindowCosts, RFC_CONCURRENT_MS, RFC_ORIGINAL_MS};
 pub use vm::SimVm;
+pub use world::{Findings, SimVmm, SimWorld};
