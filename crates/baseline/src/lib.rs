@@ -482,12 +482,21 @@ pub struct SafetyCheck {
     pub name: String,
     /// What it found wrong.
     pub findings: Vec<String>,
+    /// What it checks holds only where every backend acknowledged its start: a
+    /// `completed_unverified` outcome (backends without `REPLY_ACK`) does not
+    /// promise it, and says so.
+    pub needs_ack: bool,
 }
 
 impl SafetyCheck {
     /// A check named `name` with its findings.
     pub fn new(name: &str, findings: Vec<String>) -> SafetyCheck {
-        SafetyCheck { name: name.into(), findings }
+        SafetyCheck { name: name.into(), findings, needs_ack: false }
+    }
+    /// The check, marked as one a start without `REPLY_ACK` cannot promise.
+    pub fn unverified_without_ack(mut self) -> SafetyCheck {
+        self.needs_ack = true;
+        self
     }
     /// Whether it held.
     pub fn ok(&self) -> bool {
@@ -568,7 +577,7 @@ impl StrategyRun {
     /// Whether the run ended safe: an outcome where the guest runs on one side
     /// (completed, with the vring bases preserved; completed unverified;
     /// completed with cleanup errors; rolled back; aborted), and every safety
-    /// check held.
+    /// check held (but those a `completed_unverified` outcome does not promise).
     ///
     /// ```
     /// use std::sync::Arc;
@@ -589,7 +598,8 @@ impl StrategyRun {
             O::CompletedUnverified { .. } | O::CompletedWithCleanupErrors { .. } | O::RolledBack { .. } | O::Aborted { .. } => true,
             _ => false,
         };
-        outcome_ok && self.safety.iter().all(SafetyCheck::ok)
+        let unverified = matches!(self.outcome, O::CompletedUnverified { .. });
+        outcome_ok && self.safety.iter().all(|c| c.ok() || unverified && c.needs_ack)
     }
     /// Duration of each window of the plans that ran (not the rollback or the
     /// fence: see [`StrategyRun::rollback`] and [`StrategyRun::fence`]).

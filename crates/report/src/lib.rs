@@ -328,8 +328,7 @@ pub fn table(cmp: &Comparison) -> String {
             let _ = writeln!(out, "          unverified (no REPLY_ACK; probed once after their start): {}", names.join(", "));
         }
         if !r.safety.is_empty() {
-            let verdicts: Vec<String> =
-                r.safety.iter().map(|c| format!("{} {}", c.name, if c.ok() { "ok" } else { "FAILED" })).collect();
+            let verdicts: Vec<String> = r.safety.iter().map(|c| format!("{} {}", c.name, if c.ok() { "ok" } else { "FAILED" })).collect();
             let _ = writeln!(out, "          checks: {}", verdicts.join("; "));
             for c in r.safety.iter().filter(|c| !c.ok()) {
                 for f in c.findings.iter().take(4) {

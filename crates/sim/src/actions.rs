@@ -380,10 +380,12 @@ impl SimSide {
         b.on_death(Box::new(move || w.backend_died(d, side)));
         let old = slot.write().replace(b);
         if let Some(o) = &old {
-            // The new process of this side takes over the old one's image lock.
+            // The new process of this side takes over the old one's image lock,
+            // or opens the image if the old one died with it.
             o.kill(true);
         }
         drop(old);
+        self.world.reopen(d, self.side);
         true
     }
 
@@ -670,12 +672,17 @@ impl SimActions {
                 s.world.final_pass();
                 Ok(())
             }
+            // The image lock is the backend process's: a dead backend holds
+            // nothing and can take nothing.
             StepKind::StorageInactivate => {
                 sleep_until(Instant::now() + cost);
                 s.world.give_up(step.device, s.side).map_err(refused)
             }
             StepKind::StorageActivate | StepKind::StorageReactivate => {
                 sleep_until(Instant::now() + cost);
+                if !s.backend(step.device).is_some_and(|b| b.alive()) {
+                    return Err(StepFailure::Disconnected);
+                }
                 s.world.activate(step.device, s.side).map_err(refused)
             }
             StepKind::Custom(name) => {
@@ -731,13 +738,8 @@ impl StepActions for SimActions {
             StepKind::GetVringBase if s.hand_over => value = 1,
             StepKind::SetVringKick => {
                 let end = if s.side == Side::Destination { IoEnd::Destination } else { IoEnd::Source };
-                resubmit = step
-                    .ring
-                    .map(|r| s.state.take_inflight(step.device, r))
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|q| (q.id, end))
-                    .collect();
+                resubmit =
+                    step.ring.map(|r| s.state.take_inflight(step.device, r)).unwrap_or_default().into_iter().map(|q| (q.id, end)).collect();
                 if let (Side::Destination, Some(r)) = (s.side, step.ring) {
                     // The backend reads the used index from this side's memory.
                     s.world.ring_starts(step.device, r, s.state.base(step.device, r).unwrap_or(0));
@@ -760,11 +762,10 @@ impl StepActions for SimActions {
                     cost = s.profile.reconcile_redo(dev).mul_f64(s.profile.scale);
                 }
                 // Unchanged: nothing to send, nothing to pay.
-                None if fault.is_none() => {
+                None => {
                     done.complete(Ok(()));
                     return;
                 }
-                None => {}
             },
             _ => {}
         }

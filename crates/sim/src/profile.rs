@@ -508,10 +508,8 @@ impl Profile {
     /// ```
     pub fn reconcile_redo(&self, device: &Device) -> Duration {
         let Some(u) = unit_of(device) else { return Duration::ZERO };
-        let per_ring = [StepKind::SetVringNum, StepKind::SetVringAddr, StepKind::SetVringCall]
-            .iter()
-            .map(|k| self.unit_cost(u, k))
-            .sum::<Duration>();
+        let per_ring =
+            [StepKind::SetVringNum, StepKind::SetVringAddr, StepKind::SetVringCall].iter().map(|k| self.unit_cost(u, k)).sum::<Duration>();
         self.unit_cost(u, &StepKind::SetFeatures) + per_ring * device.rings()
     }
 

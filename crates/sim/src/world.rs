@@ -104,6 +104,7 @@ pub struct SimWorld {
     log_sync: bool,
     inner: Mutex<Inner>,
     destination: OnceLock<Weak<SimSide>>,
+    source: OnceLock<Weak<SimSide>>,
 }
 
 /// The configuration generation every device starts with.
@@ -146,11 +147,8 @@ impl SimWorld {
         let devices = topo.devices().len();
         let owner = topo.devices().iter().map(|d| if d.kind == DeviceKind::Blk { first_owner } else { None }).collect();
         // Before precopy the guest's used rings hold some earlier index.
-        let src_mem: Vec<u16> = topo
-            .devices()
-            .iter()
-            .flat_map(|d| (0..d.rings()).map(move |r| SimSide::guest_base(d.id.0, r).wrapping_sub(7)))
-            .collect();
+        let src_mem: Vec<u16> =
+            topo.devices().iter().flat_map(|d| (0..d.rings()).map(move |r| SimSide::guest_base(d.id.0, r).wrapping_sub(7))).collect();
         SimWorld {
             offsets,
             changes,
@@ -169,6 +167,7 @@ impl SimWorld {
                 findings: Findings::default(),
             }),
             destination: OnceLock::new(),
+            source: OnceLock::new(),
             topo,
         }
     }
@@ -198,9 +197,40 @@ impl SimWorld {
         self.shared
     }
 
-    /// Registers the destination side (for the fence check).
-    pub(crate) fn set_destination(&self, dst: &Arc<SimSide>) {
+    /// Registers the two sides (the fence check looks at the destination's rings;
+    /// the guest writes through the backends of the side it runs on).
+    pub(crate) fn set_sides(&self, src: &Arc<SimSide>, dst: &Arc<SimSide>) {
+        let _ = self.source.set(Arc::downgrade(src));
         let _ = self.destination.set(Arc::downgrade(dst));
+    }
+
+    fn side(&self, side: Side) -> Option<Arc<SimSide>> {
+        match side {
+            Side::Source => &self.source,
+            Side::Destination => &self.destination,
+        }
+        .get()
+        .and_then(Weak::upgrade)
+    }
+
+    /// Whether `side`'s backend of `d` runs (unknown sides: assumed to).
+    fn backend_alive(&self, d: DeviceId, side: Side) -> bool {
+        match self.side(side) {
+            Some(s) => s.backend(d).is_some_and(|b| b.alive()),
+            None => true,
+        }
+    }
+
+    /// A new backend process of `side` for `d` opens its image if nobody holds it
+    /// (a reconnect after a crash).
+    pub(crate) fn reopen(&self, d: DeviceId, side: Side) {
+        if self.topo.device(d).kind != DeviceKind::Blk {
+            return;
+        }
+        let mut g = self.inner.lock();
+        if g.owner[d.0 as usize].is_none() {
+            g.owner[d.0 as usize] = Some(side);
+        }
     }
 
     fn ring(&self, d: DeviceId, r: u32) -> usize {
@@ -339,7 +369,11 @@ impl SimWorld {
         let i = self.ring(d, r);
         let mut g = self.inner.lock();
         if g.dst_mem[i] != base {
-            let what = format!("{} ring {r}: started on used index {} in the destination's memory, the guest reached {base}", self.name(d), g.dst_mem[i]);
+            let what = format!(
+                "{} ring {r}: started on used index {} in the destination's memory, the guest reached {base}",
+                self.name(d),
+                g.dst_mem[i]
+            );
             g.findings.memory.push(what);
         }
     }
@@ -406,7 +440,7 @@ impl SimWorld {
     /// ring may be live; then the guest writes once to each of its images.
     pub(crate) fn resume(&self, side: Side) {
         if side == Side::Source {
-            let live = self.destination.get().and_then(Weak::upgrade).map(|d| d.live_rings()).unwrap_or_default();
+            let live = self.side(Side::Destination).map(|d| d.live_rings()).unwrap_or_default();
             self.inner.lock().findings.fence.extend(live.into_iter().map(|l| format!("{l} still live when the source resumed")));
         }
         {
@@ -421,21 +455,26 @@ impl SimWorld {
             g.running = Some(side);
         }
         for d in self.topo.devices() {
-            self.write(d.id, side);
+            // Through a live backend only (a dead one serves no request).
+            if self.backend_alive(d.id, side) {
+                self.write(d.id, side);
+            }
         }
     }
 
-    /// What the checks found so far, with the end state: the images owned by the
-    /// side that runs the guest.
+    /// What the checks found so far, with the end state: no image held by the side
+    /// that does not run the guest, and every image the running side serves
+    /// through a live backend owned by it.
     pub fn findings(&self) -> Findings {
-        let g = self.inner.lock();
-        let mut f = g.findings.clone();
-        if self.shared {
-            if let Some(side) = g.running {
-                for d in self.topo.devices().iter().filter(|d| d.kind == DeviceKind::Blk) {
-                    if g.owner[d.id.0 as usize] != Some(side) {
-                        f.storage.push(format!("{}: the image is {}, the guest runs on the {}", d.name, owned(g.owner[d.id.0 as usize]), side.short()));
-                    }
+        let (mut f, running, owner) = {
+            let g = self.inner.lock();
+            (g.findings.clone(), g.running, g.owner.clone())
+        };
+        if let (true, Some(side)) = (self.shared, running) {
+            for d in self.topo.devices().iter().filter(|d| d.kind == DeviceKind::Blk) {
+                let o = owner[d.id.0 as usize];
+                if o.is_some_and(|o| o != side) || o.is_none() && self.backend_alive(d.id, side) {
+                    f.storage.push(format!("{}: the image is {}, the guest runs on the {}", d.name, owned(o), side.short()));
                 }
             }
         }

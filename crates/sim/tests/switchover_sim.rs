@@ -160,7 +160,10 @@ fn destination_not_ready_aborts_before_the_source_stops() {
     let Outcome::Aborted { cause } = &r.outcome else { panic!("{:?}", r.outcome) };
     assert_eq!(cause.device_name(), Some("net0"));
     // The source only started its dirty logging (prepare): it stopped nothing.
-    assert!(timed_steps(&r).iter().all(|s| s.side == Side::Destination || s.window == Window::Prepare), "the source must not have stopped anything");
+    assert!(
+        timed_steps(&r).iter().all(|s| s.side == Side::Destination || s.window == Window::Prepare),
+        "the source must not have stopped anything"
+    );
     assert_eq!(r.downtime, Duration::ZERO);
 }
 
