@@ -18,7 +18,6 @@ use switchover::error::StepFailure;
 use switchover::exec::{Completion, StepActions};
 use switchover::ids::DeviceId;
 use switchover::ids::{Affinity, Side};
-use switchover::recipe::CostModel;
 use switchover::state::{DeviceState, InflightReq};
 use switchover::step::{Step, StepKind};
 use switchover::topology::Topology;
@@ -611,7 +610,8 @@ impl SimActions {
     fn blocking(&self, step: &Step, fault: Option<FaultKind>) -> Result<(), StepFailure> {
         let s = &self.side;
         let dev = s.topo.device(step.device);
-        let cost = s.profile.cost_at(dev, &step.kind, step.ring);
+        // The plan's cost: the profile's, batched where the plan batches.
+        let cost = step.cost;
         match fault {
             Some(FaultKind::Error | FaultKind::Crash) => {
                 return Err(StepFailure::Injected { what: format!("{:?} at {} on {}", fault, step.kind, dev.name) })
@@ -733,7 +733,7 @@ impl StepActions for SimActions {
         };
         let mut value = 0u16;
         let mut resubmit = Vec::new();
-        let mut cost = s.profile.cost_at(dev, &step.kind, step.ring);
+        let mut cost = step.cost;
         match step.kind {
             StepKind::GetVringBase if s.hand_over => value = 1,
             StepKind::SetVringKick => {
