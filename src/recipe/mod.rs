@@ -544,12 +544,8 @@ impl Ctx<'_> {
         } else {
             self.cost_at(d, &kind, Some(r))
         };
-        let mut s = StepSpec::new(d, kind.clone(), self.win(w))
-            .ring(r)
-            .cost(cost)
-            .deadline(self.opts.deadline)
-            .footprint(&[fp])
-            .after(after);
+        let mut s =
+            StepSpec::new(d, kind.clone(), self.win(w)).ring(r).cost(cost).deadline(self.opts.deadline).footprint(&[fp]).after(after);
         if host {
             if let Some(sv) = self.costs.host_notifier_server() {
                 s = s.serialised_on(sv);

@@ -45,6 +45,8 @@ pub use clock::sleep_until;
 pub use config::{run, safety_checks, SimConfig, SimRole, DEFAULT_SCALE};
 pub use fault::{Fault, FaultKind, FaultParseError};
 pub use io::{IoEnd, IoLedger};
-pub use profile::{batched_share, rfc_measured, rfc_rows, KvmModel, Profile, RfcRow, Unit, WindowCosts, RFC_CONCURRENT_MS, RFC_ORIGINAL_MS};
+pub use profile::{
+    batched_share, rfc_measured, rfc_rows, KvmModel, Profile, RfcRow, Unit, WindowCosts, RFC_CONCURRENT_MS, RFC_ORIGINAL_MS,
+};
 pub use vm::SimVm;
 pub use world::{Findings, SimVmm, SimWorld};

@@ -66,8 +66,13 @@ fn the_new_steps_cost_what_the_profile_says_and_leave_the_rfc_calibration_alone(
     let opts = cfg.recipe(Strategy::Engine);
     let (src, dst) = (build(&topo, Side::Source, &opts, p).unwrap(), build(&topo, Side::Destination, &opts, p).unwrap());
     let lb = LowerBound2::of(&src, &dst, Strategy::Engine.lanes(cfg.workers));
-    let log_tail = ms(p.window.bitmap_scan_per_gib * p.window.guest_ram_gib + p.window.page_copy * (p.window.rings * p.window.pages_per_ring));
-    println!("engine lower bound: src {:.3} ms, dst {:.3} ms (log sync + final pass on its chain: {log_tail:.3} ms)", ms(lb.src.bound), ms(lb.dst.bound));
+    let log_tail =
+        ms(p.window.bitmap_scan_per_gib * p.window.guest_ram_gib + p.window.page_copy * (p.window.rings * p.window.pages_per_ring));
+    println!(
+        "engine lower bound: src {:.3} ms, dst {:.3} ms (log sync + final pass on its chain: {log_tail:.3} ms)",
+        ms(lb.src.bound),
+        ms(lb.dst.bound)
+    );
     assert!(ms(lb.src.chain) >= log_tail);
 }
 
