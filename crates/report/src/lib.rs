@@ -486,8 +486,13 @@ fn run_json(r: &StrategyRun, with_steps: bool) -> Value {
 }
 
 /// The JSON document: `simulated`, `topology`, `lower_bound_ms`,
-/// `strategies.<name>.downtime_ms`, per-step intervals, `vring_bases_preserved`,
-/// the engine run's [`breakdown`] rows (`breakdown.rows`), …
+/// `strategies.<name>` for each strategy that ran (`serial`, `pool`, `qemu`,
+/// `engine`) with its `downtime_ms`, `outcome` (`completed_unverified` listing
+/// `unverified_devices`), `safe` and its `safety` checks, `rollback_ms` and
+/// `fence_ms`, and per-step intervals (each with `rollback` and `fence`);
+/// `ratios.engine_over_<strategy>` and `ratios.engine_over_lower_bound`, measured
+/// in the same run; `vring_bases_preserved`; the engine run's [`breakdown`] rows
+/// (`breakdown.rows`), …
 ///
 /// ```
 /// use switchover_report::{Comparison, json};
@@ -504,6 +509,8 @@ fn run_json(r: &StrategyRun, with_steps: bool) -> Value {
 /// assert_eq!(doc["topology"]["rings"], 10);
 /// assert_eq!(doc["strategies"]["engine"]["steps"].as_array().unwrap().len(), steps);
 /// assert_eq!(doc["vring_bases_preserved"], true);
+/// assert_eq!(doc["strategies"]["engine"]["safe"], true);
+/// assert!(doc["strategies"]["engine"]["steps"][0]["fence"].is_boolean());
 /// ```
 pub fn json(cmp: &Comparison) -> Value {
     let mut strategies = serde_json::Map::new();
