@@ -172,7 +172,8 @@ pub fn rfc_measured(kind: &StepKind) -> bool {
 /// What the steps a two-host switchover adds to the window cost (unscaled), and
 /// where each figure comes from. Measured on this machine (2 cores, AMD EPYC,
 /// nested KVM, shared with other work) with `cargo bench --bench window_costs`
-/// (medians of two runs; see docs/performance.md, "The simulated profile"), except
+/// (the mean of two runs' medians; see docs/performance.md, "The simulated
+/// profile"), except
 /// where a field says otherwise.
 ///
 /// ```
@@ -187,10 +188,10 @@ pub fn rfc_measured(kind: &StepKind) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowCosts {
     /// Fixed part of one `KVM_SET_GSI_ROUTING` (a VM with an in-kernel irqchip and
-    /// an irqfd per route): the two-point fit of one commit of 64 routes and one
-    /// of 1120.
+    /// an irqfd per route): the least-squares line through the one-commit medians
+    /// of 64, 80 and 1120 routes.
     pub route_commit_base: Duration,
-    /// Each MSI route in the committed table (the same fit).
+    /// Each MSI route in the committed table (the same line).
     pub route_commit_per_route: Duration,
     /// One eventfd write; `ring_notify` signals a ring's call and kicks it: two.
     pub eventfd_write: Duration,
@@ -280,14 +281,15 @@ impl WindowCosts {
     }
 }
 
-// The figures of `cargo bench --bench window_costs` (see `WindowCosts`): medians.
-const ROUTE_COMMIT_BASE_NS: u64 = 4_600;
-const ROUTE_COMMIT_PER_ROUTE_NS: u64 = 306;
-const EVENTFD_WRITE_NS: u64 = 327;
-const PAGE_COPY_NS: u64 = 494;
-const BITMAP_SCAN_PER_GIB_NS: u64 = 1_946;
-const STORAGE_INACTIVATE_NS: u64 = 452_700;
-const STORAGE_ACTIVATE_NS: u64 = 463_500;
+// The figures of `cargo bench --bench window_costs` (see `WindowCosts`): the mean
+// of two runs' medians (docs/performance.md gives both runs).
+const ROUTE_COMMIT_BASE_NS: u64 = 18_600;
+const ROUTE_COMMIT_PER_ROUTE_NS: u64 = 295;
+const EVENTFD_WRITE_NS: u64 = 340;
+const PAGE_COPY_NS: u64 = 523;
+const BITMAP_SCAN_PER_GIB_NS: u64 = 1_907;
+const STORAGE_INACTIVATE_NS: u64 = 423_000;
+const STORAGE_ACTIVATE_NS: u64 = 438_000;
 
 /// Simulated service times per step kind and device kind.
 ///

@@ -313,7 +313,7 @@ fn profile_costed_plans_keep_their_priorities_and_bounds() {
     assert_eq!(plan.rank(most_urgent), 0);
     assert!(plan.steps().iter().all(|s| plan.priority(s.id) <= plan.priority(most_urgent)));
     let lb = plan.lower_bound(Window::Blackout, 3);
-    assert_eq!(lb.bound, lb.chain.max(lb.blocking_per_lane).max(lb.busiest_server.map_or(Default::default(), |s| s.1)));
+    assert_eq!(lb.bound, lb.chain.max(lb.blocking_per_lane).max(lb.server_bound));
     // More lanes never raise the bound.
     assert!(plan.lower_bound(Window::Blackout, 8).bound <= lb.bound);
     let huge = Arc::new(Topology::preset("rfc-huge").unwrap());
