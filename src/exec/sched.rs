@@ -280,7 +280,9 @@ impl Sched {
                 }
             }
             Err(f) => {
-                self.state[i] = St::Failed;
+                // An action that reports its own time-out (a drain past its
+                // deadline, an answer after it) timed out.
+                self.state[i] = if matches!(f, StepFailure::Timeout { .. }) { St::TimedOut } else { St::Failed };
                 self.fail(id, f);
             }
         }

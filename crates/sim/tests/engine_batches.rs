@@ -131,6 +131,7 @@ fn a_hung_step_on_the_caller_lane_times_out_when_it_answers_late() {
         let f = r.failure.clone().unwrap_or_else(|| panic!("attempt {attempt}: a step answering after its deadline counted as done"));
         assert_eq!(f.step, bt.h, "attempt {attempt}: names {}", f.device_name);
         assert_eq!(f.failure, StepFailure::Timeout { after: DEADLINE });
+        assert_eq!(p.outcome(bt.h), StepOutcome::TimedOut);
         // The step that answered at once before it is done; the one after it never started.
         assert_eq!(p.outcome(bt.a), StepOutcome::Done);
         assert_eq!(actions.starts[bt.b.0 as usize].load(Ordering::SeqCst), 0, "attempt {attempt}: b started after the failure");
