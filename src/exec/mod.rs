@@ -57,7 +57,7 @@ use crate::error::{StepError, StepFailure};
 use crate::ids::{Affinity, DeviceId, Side, StepId, Window};
 use crate::plan::Plan;
 use crate::step::Step;
-use crate::sync::{Arc, Condvar, Mutex};
+use crate::sync::{Arc, AtomicU32, Condvar, Mutex, Ordering};
 use sched::{Sched, Woken};
 
 /// What performs steps. `start` must eventually call `done.complete(..)` exactly once
@@ -697,6 +697,11 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     workers_cv: Condvar,
     caller_cv: Condvar,
+    /// The tag of the run whose lanes may start steps ([`live_tag`]); 0 once it
+    /// stopped or ended.
+    live: AtomicU32,
+    /// Per lane, the step it is starting or running now (id + 1; 0 for none).
+    current: Box<[AtomicU32]>,
 }
 
 /// Steps a lane takes per lock acquisition when they are brief.
@@ -715,13 +720,38 @@ struct LaneCtx<'a> {
     clock: clock::Clock,
     /// Present on the caller lane only.
     caller: Option<&'a CallerLane>,
+    /// Whether a failure stops the run (then the rest of a batch does not start
+    /// after a step of it failed).
+    stop_on_failure: bool,
 }
 
-/// Starts each step of a batch on this lane, stamping its real start (and inline end).
-fn run_batch(cx: &LaneCtx<'_>, batch: &mut Vec<StepId>, done: &mut Vec<Started>) {
+/// The tag of a run in [`Shared::live`].
+fn live_tag(epoch: u64) -> u32 {
+    epoch as u32
+}
+
+/// Starts each step of a batch on this lane, stamping its real start (and inline
+/// end). A step that answered inline after its deadline has timed out. The steps
+/// of the batch not started — the run stopped meanwhile, or a step of the batch
+/// failed and failures stop the run — go to `rest`, to be given back.
+fn run_batch(cx: &LaneCtx<'_>, batch: &mut Vec<StepId>, done: &mut Vec<Started>, rest: &mut Vec<StepId>) {
+    let mut stop = false;
     for id in batch.drain(..) {
+        stop = stop || (!done.is_empty() && cx.shared.live.load(Ordering::Acquire) != live_tag(cx.epoch));
+        if stop {
+            rest.push(id);
+            continue;
+        }
+        cx.shared.current[cx.lane as usize].store(id.0 + 1, Ordering::Release);
         let t0 = cx.clock.now();
-        let inline = start_step(cx.shared, cx.epoch, cx.plan, cx.actions, id, cx.lane, cx.caller).map(|r| (r, cx.clock.now()));
+        let mut inline = start_step(cx.shared, cx.epoch, cx.plan, cx.actions, id, cx.lane, cx.caller).map(|r| (r, cx.clock.now()));
+        if let Some((r, at)) = &mut inline {
+            let deadline = cx.plan.step(id).deadline;
+            if u128::from(at.saturating_sub(t0)) > deadline.as_nanos() {
+                *r = Err(StepFailure::Timeout { after: deadline });
+            }
+            stop = cx.stop_on_failure && r.is_err();
+        }
         done.push((id, t0, inline));
     }
 }
@@ -731,28 +761,45 @@ impl Shared {
     pub(crate) fn complete(&self, epoch: u64, id: StepId, r: Result<(), StepFailure>) {
         let mut st = self.state.lock();
         let w = Self::record(&mut st, epoch, id, r);
+        self.halt_if_stopping(&st);
         self.wake(&st, w, 0);
     }
 
     /// Records a lane's batch: when each step really started and, for those that
-    /// answered before `start` returned, their answer and its time. The lane goes
-    /// on to take more steps itself.
-    fn record_batch(&self, st: &mut State, epoch: u64, done: &mut Vec<Started>) {
+    /// answered before `start` returned, their answer and its time; gives back the
+    /// steps it did not start. The lane goes on to take more steps itself.
+    fn record_batch(&self, st: &mut State, epoch: u64, lane: Lane, done: &mut Vec<Started>, rest: &mut Vec<StepId>) {
         let mut total = Woken::default();
-        for (id, started, inline) in done.drain(..) {
-            let Some(run) = st.run.as_mut() else { continue };
-            if run.epoch != epoch {
-                continue;
-            }
+        let mut add = |w: Woken| {
+            total.any += w.any;
+            total.caller += w.caller;
+        };
+        if let Some(run) = st.run.as_mut().filter(|r| r.epoch == epoch) {
             let RunState { plan, sched, .. } = run;
-            sched.restamp(id, started);
-            if let Some((r, at)) = inline {
-                let w = sched.complete(plan, id, r, at).unwrap_or_default();
-                total.any += w.any;
-                total.caller += w.caller;
+            for (id, started, inline) in done.drain(..) {
+                sched.restamp(id, started);
+                if let Some((r, at)) = inline {
+                    add(sched.complete(plan, id, r, at).unwrap_or_default());
+                }
+            }
+            for id in rest.drain(..) {
+                add(sched.unstart(plan, id));
             }
         }
+        done.clear();
+        rest.clear();
+        // Under the lock, so an expiry never sees a lane between its last answer
+        // and this record.
+        self.current[lane as usize].store(0, Ordering::Release);
+        self.halt_if_stopping(st);
         self.wake(st, total, 1);
+    }
+
+    /// Once the run stops taking new steps, lanes stop starting the rest of their batches.
+    fn halt_if_stopping(&self, st: &State) {
+        if st.run.as_ref().is_some_and(|r| r.sched.stopping()) {
+            self.live.store(0, Ordering::Release);
+        }
     }
 
     fn record(st: &mut State, epoch: u64, id: StepId, r: Result<(), StepFailure>) -> Woken {
@@ -843,6 +890,8 @@ impl Engine {
             state: Mutex::new(State { shutdown: false, epoch: 0, run: None, idle_workers: 0 }),
             workers_cv: Condvar::new(),
             caller_cv: Condvar::new(),
+            live: AtomicU32::new(0),
+            current: (0..=workers).map(|_| AtomicU32::new(0)).collect(),
         });
         let handles = (0..workers)
             .map(|i| {
@@ -953,17 +1002,21 @@ impl Engine {
             epoch = st.epoch;
             let sched = Sched::new(plan, window, self.policy, progress);
             st.run = Some(RunState { epoch, plan: plan.clone(), actions: actions.clone(), sched, clock });
+            self.shared.live.store(live_tag(epoch), Ordering::Release);
         }
         self.shared.workers_cv.notify_all();
         // The caller lane.
         let caller = CallerLane::here();
         let mut batch = Vec::with_capacity(BATCH);
         let mut answers = Vec::with_capacity(BATCH);
+        let mut rest = Vec::new();
         let mut st = self.shared.state.lock();
         loop {
             let run = st.run.as_mut().expect("run present");
             let now = run.clock.now();
-            if run.sched.expire(plan, now) > 0 {
+            let current = |lane: Lane| self.shared.current.get(lane as usize).map_or(0, |c| c.load(Ordering::Acquire));
+            if run.sched.expire(plan, now, &current) > 0 {
+                self.shared.halt_if_stopping(&st);
                 continue;
             }
             if run.sched.finished() {
@@ -972,14 +1025,21 @@ impl Engine {
             run.sched.next_batch(plan, CALLER, now, BATCH, &mut batch);
             if !batch.is_empty() {
                 let clock = run.clock;
+                let stop_on_failure = run.sched.stops_on_failure();
                 drop(st);
-                run_batch(
-                    &LaneCtx { shared: &self.shared, epoch, plan, actions: &*actions, lane: CALLER, clock, caller: Some(&caller) },
-                    &mut batch,
-                    &mut answers,
-                );
+                let cx = LaneCtx {
+                    shared: &self.shared,
+                    epoch,
+                    plan,
+                    actions: &*actions,
+                    lane: CALLER,
+                    clock,
+                    caller: Some(&caller),
+                    stop_on_failure,
+                };
+                run_batch(&cx, &mut batch, &mut answers, &mut rest);
                 st = self.shared.state.lock();
-                self.shared.record_batch(&mut st, epoch, &mut answers);
+                self.shared.record_batch(&mut st, epoch, CALLER, &mut answers, &mut rest);
                 continue;
             }
             match run.sched.next_deadline() {
@@ -991,6 +1051,7 @@ impl Engine {
             }
         }
         let run = st.run.take().expect("run present");
+        self.shared.live.store(0, Ordering::Release);
         drop(st);
         let wall = t0.elapsed();
         run.sched.settle(plan, progress);
@@ -1078,6 +1139,7 @@ fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
     let mut cached: Option<(u64, StdArc<Plan>, StdArc<dyn StepActions>)> = None;
     let mut batch = Vec::with_capacity(BATCH);
     let mut answers = Vec::with_capacity(BATCH);
+    let mut rest = Vec::new();
     let mut st = shared.state.lock();
     loop {
         if st.shutdown {
@@ -1085,6 +1147,7 @@ fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
         }
         let mut epoch = 0;
         let mut clock = None;
+        let mut stop_on_failure = true;
         if let Some(run) = st.run.as_mut() {
             if cached.as_ref().map(|c| c.0) != Some(run.epoch) {
                 cached = Some((run.epoch, run.plan.clone(), run.actions.clone()));
@@ -1094,6 +1157,7 @@ fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
             run.sched.next_batch(plan, lane, now, BATCH, &mut batch);
             epoch = run.epoch;
             clock = Some(run.clock);
+            stop_on_failure = run.sched.stops_on_failure();
         }
         let (false, Some(clock)) = (batch.is_empty(), clock) else {
             st.idle_workers += 1;
@@ -1103,9 +1167,10 @@ fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
         };
         drop(st);
         let (_, plan, actions) = cached.as_ref().expect("cached");
-        run_batch(&LaneCtx { shared, epoch, plan, actions: &**actions, lane, clock, caller: None }, &mut batch, &mut answers);
+        let cx = LaneCtx { shared, epoch, plan, actions: &**actions, lane, clock, caller: None, stop_on_failure };
+        run_batch(&cx, &mut batch, &mut answers, &mut rest);
         st = shared.state.lock();
-        shared.record_batch(&mut st, epoch, &mut answers);
+        shared.record_batch(&mut st, epoch, lane, &mut answers, &mut rest);
     }
 }
 

@@ -99,6 +99,10 @@ pub(crate) struct Sched {
     /// Running steps' deadlines, one FIFO per distinct deadline length: steps start
     /// in time order, so each FIFO is sorted.
     deadlines: Vec<(Duration, VecDeque<(Stamp, u32)>)>,
+    /// Steps past their deadline whose lane is still busy with a later step of the
+    /// same batch (so their answer may be waiting in the lane), each with the time
+    /// to look again: that step's deadline.
+    deferred: Vec<(Stamp, u32)>,
     pub(crate) times: Vec<Times>,
     pub(crate) failures: Vec<(StepId, StepFailure)>,
 }
@@ -120,6 +124,7 @@ impl Sched {
             in_flight: 0,
             stopping: false,
             deadlines: Vec::new(),
+            deferred: Vec::new(),
             times: vec![Times::default(); n],
             failures: Vec::new(),
         };
@@ -275,7 +280,9 @@ impl Sched {
                 }
             }
             Err(f) => {
-                self.state[i] = St::Failed;
+                // An action that reports its own time-out (a drain past its
+                // deadline, an answer after it) timed out.
+                self.state[i] = if matches!(f, StepFailure::Timeout { .. }) { St::TimedOut } else { St::Failed };
                 self.fail(id, f);
             }
         }
@@ -290,8 +297,14 @@ impl Sched {
     }
 
     /// Fails every running step whose deadline has passed; returns how many.
-    pub(crate) fn expire(&mut self, plan: &Plan, now: Stamp) -> usize {
-        let mut expired = Vec::new();
+    ///
+    /// `current(lane)` is the step that lane is starting or running now (id + 1; 0
+    /// for none). A lane starts a batch's steps one after another and records their
+    /// answers when the batch ends, so a step of a batch whose lane is still busy
+    /// with a later step of it may have answered in time: it waits for that step's
+    /// deadline. The steps lanes are stuck on are named first.
+    pub(crate) fn expire(&mut self, plan: &Plan, now: Stamp, current: &dyn Fn(Lane) -> u32) -> usize {
+        let mut due = Vec::new();
         for (_, q) in &mut self.deadlines {
             while let Some(&(t, id)) = q.front() {
                 if self.state[id as usize] != St::Running {
@@ -302,9 +315,42 @@ impl Sched {
                     break;
                 }
                 q.pop_front();
+                due.push(id);
+            }
+        }
+        let state = &self.state;
+        self.deferred.retain(|&(t, id)| {
+            if state[id as usize] != St::Running {
+                return false;
+            }
+            if t > now {
+                return true;
+            }
+            due.push(id);
+            false
+        });
+        if due.is_empty() {
+            return 0;
+        }
+        let mut expired = Vec::with_capacity(due.len());
+        for &id in &due {
+            let t = self.times[id as usize];
+            let cur = current(t.lane);
+            let c = cur.wrapping_sub(1) as usize;
+            let hostage = cur != 0
+                && cur != id + 1
+                && self.state[c] == St::Running
+                && self.times[c].lane == t.lane
+                && self.times[c].start_ns == t.start_ns
+                && !due.contains(&(cur - 1));
+            if hostage {
+                let at = self.times[c].start_ns.saturating_add(plan.steps()[c].deadline.as_nanos().min(u128::from(u64::MAX)) as u64);
+                self.deferred.push((at, id));
+            } else {
                 expired.push(id);
             }
         }
+        expired.sort_by_key(|&id| current(self.times[id as usize].lane) != id + 1);
         for &id in &expired {
             // Abandon it: the lane or backend may still be busy with it, so its
             // resources stay held for the rest of this run; a late answer is ignored.
@@ -317,6 +363,39 @@ impl Sched {
         expired.len()
     }
 
+    /// Gives back a step a lane took for its batch but did not start (the run
+    /// stopped, or an earlier step of the batch failed): it ends this run not run,
+    /// its resources free. Returns whom to wake.
+    pub(crate) fn unstart(&mut self, plan: &Plan, id: StepId) -> Woken {
+        let i = id.0 as usize;
+        match self.state[i] {
+            St::Running => self.in_flight -= 1,
+            // Timed out while it waited in the batch: it never started.
+            St::TimedOut => self.failures.retain(|(f, _)| *f != id),
+            _ => return Woken::default(),
+        }
+        self.state[i] = St::Outside;
+        let mut woken = Woken::default();
+        for &r in plan.footprint_ids(id) {
+            self.busy[r as usize] = false;
+            for p in std::mem::take(&mut self.parked[r as usize]) {
+                self.push_ready(plan, p);
+                count(plan, p, &mut woken);
+            }
+        }
+        woken
+    }
+
+    /// Whether no new step may start (a failure under [`FailurePolicy::StopAll`]).
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Whether a failure stops the run.
+    pub(crate) fn stops_on_failure(&self) -> bool {
+        self.policy == FailurePolicy::StopAll
+    }
+
     /// The earliest deadline of a running step.
     pub(crate) fn next_deadline(&mut self) -> Option<Stamp> {
         let mut best: Option<Stamp> = None;
@@ -327,6 +406,11 @@ impl Sched {
                     break;
                 }
                 q.pop_front();
+            }
+        }
+        for &(t, id) in &self.deferred {
+            if self.state[id as usize] == St::Running {
+                best = Some(best.map_or(t, |b| b.min(t)));
             }
         }
         best

@@ -20,7 +20,7 @@ use super::message::Message;
 use super::path::ReturnPath;
 use super::session::Session;
 use super::setup::{Deadlines, Outcome, SideSetup, SwitchoverReport};
-use crate::exec::{Engine, Progress, RunReport, StepOutcome};
+use crate::exec::{Engine, FailurePolicy, Progress, RunReport, StepOutcome};
 use crate::ids::{DeviceId, Side, Window};
 use crate::recipe;
 use crate::step::StepKind;
@@ -195,7 +195,12 @@ impl<'a> Destination<'a> {
             Ok(plan) => {
                 let plan = Arc::new(plan);
                 let mut fp = Progress::new(&plan);
+                // Every ring that can be stopped is stopped, whatever failed on
+                // another device (which is then cut off below); the roles' windows
+                // run with `StopAll` again afterwards.
+                self.engine.set_policy(FailurePolicy::ContinueIndependent);
                 let r = self.engine.run(&plan, Window::Blackout, rc.actions.clone(), &mut fp);
+                self.engine.set_policy(FailurePolicy::StopAll);
                 Some((plan, r))
             }
             Err(e) => {
