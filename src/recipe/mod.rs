@@ -768,6 +768,30 @@ fn dest_vhost(c: &mut Ctx<'_>, dev: &Device, commit: Option<StepId>, route: Opti
     let reconcile = c.opts.reconcile.then(|| c.msg(d, StepKind::Reconcile, None, Window::Blackout, &[]));
     let storage =
         (c.opts.storage && dev.kind == DeviceKind::Blk).then(|| c.work(d, StepKind::StorageActivate, None, Window::Blackout, &[]));
+    // Host notifiers when they are not in the one transaction of every device:
+    // in one transaction of the device's own, or one by one.
+    let mut ring_on: Vec<Option<StepId>> = vec![None; dev.rings() as usize];
+    let commit = match (commit, c.opts.notifier_batch) {
+        (Some(all), _) => Some(all),
+        (None, NotifierBatch::PerDevice) => {
+            let begin = c.txn(d, StepKind::MemTxnBegin, Window::Prepare, &[]);
+            let ons: Vec<StepId> =
+                (0..dev.rings()).map(|r| c.notifier(d, StepKind::HostNotifierOn, r, Window::Prepare, &[begin])).collect();
+            Some(c.txn(d, StepKind::MemTxnCommit, Window::Prepare, &ons))
+        }
+        (None, _) => {
+            for r in 0..dev.rings() {
+                ring_on[r as usize] = Some(c.notifier(d, StepKind::HostNotifierOn, r, Window::Prepare, &[]));
+            }
+            None
+        }
+    };
+    // Routes when they are not committed once for every device.
+    let route = match (route, c.opts.routes) {
+        (Some(once), _) => Some(once),
+        (None, RouteCommits::PerDevice) => Some(c.caller(d, StepKind::RouteCommit, None, Window::Blackout, Resource::ROUTING, &[])),
+        _ => None,
+    };
     let mut ends = Vec::new();
     for r in 0..dev.rings() {
         let num = c.msg(d, StepKind::SetVringNum, Some(r), Window::Prepare, &[mt]);
@@ -781,8 +805,12 @@ fn dest_vhost(c: &mut Ctx<'_>, dev: &Device, commit: Option<StepId>, route: Opti
         let enable = c.msg(d, StepKind::VringEnable, Some(r), Window::Blackout, &[base]);
         let mut kick_after = vec![enable];
         kick_after.extend(commit);
+        kick_after.extend(ring_on[r as usize]);
         kick_after.extend(route);
         kick_after.extend(storage);
+        if c.opts.routes == RouteCommits::PerVector {
+            kick_after.push(c.caller(d, StepKind::RouteCommit, Some(r), Window::Blackout, Resource::ROUTING, &[]));
+        }
         let kick = c.msg(d, StepKind::SetVringKick, Some(r), Window::Blackout, &kick_after);
         ends.push(kick);
         if c.opts.routes != RouteCommits::None {
@@ -795,7 +823,8 @@ fn dest_vhost(c: &mut Ctx<'_>, dev: &Device, commit: Option<StepId>, route: Opti
 }
 
 /// Today's VMMs, QEMU's order, one chain per device: host notifiers on (in one
-/// transaction per device, or one by one), guest notifiers on with their routes,
+/// transaction per device, or one by one), guest notifiers on with their routes
+/// (per vector, or once per device — also for [`RouteCommits::Once`]),
 /// SET_FEATURES, SET_MEM_TABLE, then per ring NUM, ADDR, BASE, CALL, ENABLE, KICK.
 fn dest_vhost_chain(c: &mut Ctx<'_>, dev: &Device) {
     let d = dev.id;
@@ -822,7 +851,9 @@ fn dest_vhost_chain(c: &mut Ctx<'_>, dev: &Device) {
             push(c, &|c, a| c.caller(d, StepKind::RouteCommit, Some(r), Window::Blackout, Resource::ROUTING, a));
         }
     }
-    if c.opts.routes == RouteCommits::PerDevice {
+    // A chain has no step before every device's: one commit for all becomes one
+    // per device.
+    if matches!(c.opts.routes, RouteCommits::PerDevice | RouteCommits::Once) {
         push(c, &|c, a| c.caller(d, StepKind::RouteCommit, None, Window::Blackout, Resource::ROUTING, a));
     }
     push(c, &|c, a| c.msg(d, StepKind::SetFeatures, None, Window::Blackout, a));
