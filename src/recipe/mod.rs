@@ -202,6 +202,11 @@ pub struct RecipeOptions {
     /// Storage handed over as steps: `storage_inactivate` on the source,
     /// `storage_activate` on the destination (and `storage_reactivate` in rollback).
     pub storage: bool,
+    /// Blk devices whose backend cannot give its image up (qemu-storage-daemon
+    /// 10.0's vhost-user-blk export refuses to be inactive): no storage steps for
+    /// them, whatever `storage` says — the VMM must keep one writer per image
+    /// some other way, and say so.
+    pub storage_unmanaged: Vec<DeviceId>,
     /// Devices whose backends do not acknowledge requests (no `REPLY_ACK`): the
     /// destination probes each once after its start.
     pub unacked: Vec<DeviceId>,
@@ -239,6 +244,7 @@ impl RecipeOptions {
             reconcile: true,
             routes: RouteCommits::Once,
             storage: true,
+            storage_unmanaged: vec![],
             unacked: vec![],
             deadline: DEFAULT_DEADLINE,
             drain_deadline: DEFAULT_DEADLINE,
@@ -298,6 +304,19 @@ impl RecipeOptions {
     /// ```
     pub fn blk_policy_of(&self, d: DeviceId) -> BlkPolicy {
         self.blk_overrides.iter().find(|(x, _)| *x == d).map(|(_, p)| *p).unwrap_or(self.blk_policy)
+    }
+    /// Whether a blk device's image is handed over as steps (`storage`, and the
+    /// device not in `storage_unmanaged`).
+    ///
+    /// ```
+    /// use switchover::ids::DeviceId;
+    /// use switchover::recipe::RecipeOptions;
+    /// let mut o = RecipeOptions::engine();
+    /// o.storage_unmanaged.push(DeviceId(1));
+    /// assert!(o.storage_of(DeviceId(0)) && !o.storage_of(DeviceId(1)));
+    /// ```
+    pub fn storage_of(&self, d: DeviceId) -> bool {
+        self.storage && !self.storage_unmanaged.contains(&d)
     }
 }
 
@@ -711,7 +730,7 @@ fn source_vhost(c: &mut Ctx<'_>, dev: &Device, all_txn: Option<StepId>) -> Sourc
         // QEMU syncs the log at the end of each device's stop.
         chain(c, &gets, &|c, a| c.work(d, StepKind::LogSync, None, Window::Blackout, a));
     }
-    if c.opts.storage && dev.kind == DeviceKind::Blk {
+    if c.opts.storage_of(d) && dev.kind == DeviceKind::Blk {
         chain(c, &gets, &|c, a| c.work(d, StepKind::StorageInactivate, None, Window::Blackout, a));
     }
     let dev_txn = (c.opts.notifier_batch == NotifierBatch::PerDevice)
@@ -767,7 +786,7 @@ fn dest_vhost(c: &mut Ctx<'_>, dev: &Device, commit: Option<StepId>, route: Opti
     let mt = c.msg(d, StepKind::SetMemTable, None, Window::Prepare, &[feat]);
     let reconcile = c.opts.reconcile.then(|| c.msg(d, StepKind::Reconcile, None, Window::Blackout, &[]));
     let storage =
-        (c.opts.storage && dev.kind == DeviceKind::Blk).then(|| c.work(d, StepKind::StorageActivate, None, Window::Blackout, &[]));
+        (c.opts.storage_of(d) && dev.kind == DeviceKind::Blk).then(|| c.work(d, StepKind::StorageActivate, None, Window::Blackout, &[]));
     // Host notifiers when they are not in the one transaction of every device:
     // in one transaction of the device's own, or one by one.
     let mut ring_on: Vec<Option<StepId>> = vec![None; dev.rings() as usize];
@@ -858,7 +877,7 @@ fn dest_vhost_chain(c: &mut Ctx<'_>, dev: &Device) {
     }
     push(c, &|c, a| c.msg(d, StepKind::SetFeatures, None, Window::Blackout, a));
     push(c, &|c, a| c.msg(d, StepKind::SetMemTable, None, Window::Blackout, a));
-    if c.opts.storage && dev.kind == DeviceKind::Blk {
+    if c.opts.storage_of(d) && dev.kind == DeviceKind::Blk {
         push(c, &|c, a| c.work(d, StepKind::StorageActivate, None, Window::Blackout, a));
     }
     for r in 0..rings {

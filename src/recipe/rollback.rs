@@ -47,7 +47,9 @@ impl Ran<'_> {
 /// * a blk device whose image was given up takes it back (`storage_reactivate`)
 ///   before its rings restart, and the rollback fails if it cannot;
 /// * a VMM-defined step that ran and declares an undo step gets it, in reverse
-///   dependency order (the undo of a later step first).
+///   dependency order (the undo of a later step first);
+/// * a device whose backend does not acknowledge requests (`unacked`) ends its
+///   restart with a `probe`: the guest resumes only on a backend that answered.
 ///
 /// # Errors
 /// [`PlanError`] (never for the built-in kinds).
@@ -86,6 +88,7 @@ pub fn rollback(
 fn restart(c: &mut Ctx<'_>, dev: &Device, ran: &Ran<'_>, lost: bool) {
     let d = dev.id;
     let b = Window::Blackout;
+    let first = c.b.len();
     let reactivate = (dev.kind == DeviceKind::Blk && ran.started(d, &StepKind::StorageInactivate, None))
         .then(|| c.work(d, StepKind::StorageReactivate, None, b, &[]));
     let mut pre: Vec<StepId> = Vec::new();
@@ -117,6 +120,12 @@ fn restart(c: &mut Ctx<'_>, dev: &Device, ran: &Ran<'_>, lost: bool) {
             // A ring never stopped: its address again, without the log flag.
             c.msg(d, StepKind::SetVringAddr, Some(r), b, &pre);
         }
+    }
+    if c.opts.unacked.contains(&d) && c.b.len() > first {
+        // A backend without REPLY_ACK took its restart fire-and-forget: one round
+        // trip after it shows it alive before the guest resumes on it.
+        let restarted: Vec<StepId> = (first..c.b.len()).map(|i| StepId(i as u32)).collect();
+        c.msg(d, StepKind::Probe, None, b, &restarted);
     }
 }
 

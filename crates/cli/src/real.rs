@@ -18,10 +18,12 @@ use clap::Parser;
 use serde_json::json;
 
 use switchover::ids::Side;
+use switchover::recipe::BlkPolicy;
 use switchover::step::StepKind;
 use switchover_baseline::Strategy;
 use switchover_report::{json as report_json, table, Comparison};
 use switchover_testbed::guest::Change;
+use switchover_testbed::safety::{QSD_STORAGE, QSD_STORAGE_SHORT};
 use switchover_testbed::side::BackendKind;
 use switchover_testbed::{backend, run_strategy, BlkBackend, RealConfig, RealRun};
 use switchover_vhost::kvm::measure_routing;
@@ -79,6 +81,21 @@ struct Args {
     /// stop (still in the rings when the source stops).
     #[arg(long, default_value_t = 0)]
     unkicked_tx: u16,
+    /// Block requests in flight at the stop: drain (wait for them) or hand-over
+    /// (left in flight in the backend's inflight region and resubmitted by the
+    /// destination) where both sides' backends can; qemu-storage-daemon cannot
+    /// and stays on drain.
+    #[arg(long, default_value = "drain")]
+    blk_policy: String,
+    /// Limit each own blk backend to N I/O operations per second, so that block
+    /// requests are still in flight when the window opens.
+    #[arg(long)]
+    blk_iops: Option<u32>,
+    /// The own backends do not offer REPLY_ACK: the frontend drives them
+    /// fire-and-forget, probes each after its start, and a switchover that
+    /// completes says completed_unverified.
+    #[arg(long)]
+    no_reply_ack: bool,
 }
 
 /// The steps a two-host migration adds to the window (and `log_start` in the
@@ -242,7 +259,7 @@ pub fn checks_text(runs: &[RealRun]) -> String {
             if !m.compared {
                 "destination memory not compared (the guest does not run there)".to_string()
             } else if m.differing.is_empty() {
-                format!("destination memory identical to the source's ({} used-ring pages served after the start)", m.served_after_start)
+                format!("destination memory identical to the source's ({} pages written by requests the destination served after its start)", m.served_after_start)
             } else {
                 format!("{} DESTINATION PAGES DIFFER (first: {})", m.differing.len(), m.differing[0])
             },
@@ -285,6 +302,11 @@ pub fn checks_text(runs: &[RealRun]) -> String {
         if !costs.is_empty() {
             out.push_str(&format!("          REAL new steps: {}\n", costs.join(", ")));
         }
+        out.push_str(&block_text(r));
+        let failed = r.failed_checks();
+        if !failed.is_empty() {
+            out.push_str(&format!("          REAL FAILED checks: {}\n", failed.join(", ")));
+        }
         for d in &r.drains {
             out.push_str(&format!(
                 "          REAL drain_inflight on {}: {} steps, total {:.3} ms, longest {:.3} ms{}\n",
@@ -297,6 +319,110 @@ pub fn checks_text(runs: &[RealRun]) -> String {
         }
     }
     out
+}
+
+/// The lines on block requests in flight, image ownership, the destination's
+/// fence and backends without `REPLY_ACK` (empty when there is nothing to say).
+fn block_text(r: &RealRun) -> String {
+    let mut out = String::new();
+    if !r.blk_policies.is_empty() {
+        let pol: Vec<String> = r.blk_policies.iter().map(|(d, p)| format!("{d} {}", p.name())).collect();
+        let resub: u64 = r.blk_stats.iter().filter(|b| b.side == Side::Destination).map(|b| b.stats.resubmitted).sum();
+        let io = &r.run.checks.io;
+        out.push_str(&format!(
+            "          REAL block: {}; in flight at the stop {}, handed over {} (completed on the destination {}, resubmitted by its backends {resub}), lost {}, never completed {}{}\n",
+            pol.join(", "),
+            io.submitted,
+            r.handed_over,
+            io.handed_over,
+            io.lost,
+            io.never,
+            if r.counter_findings.is_empty() { String::new() } else { format!("; COUNTERS: {}", r.counter_findings.join("; ")) },
+        ));
+    }
+    if !r.storage.devices.is_empty() {
+        let st = |a: Option<bool>| match a {
+            Some(true) => "active",
+            Some(false) => "inactive",
+            None => "-",
+        };
+        let devs: Vec<String> = r
+            .storage
+            .devices
+            .iter()
+            .map(|d| {
+                if d.handed_over {
+                    format!(
+                        "{} handed over (src {}, dst {}, other side refused: {})",
+                        d.device,
+                        st(d.src_active),
+                        st(d.dst_active),
+                        d.other_refused.map_or("-", |x| if x { "yes" } else { "NO" })
+                    )
+                } else {
+                    let why = if d.note == QSD_STORAGE { QSD_STORAGE_SHORT } else { d.note.as_str() };
+                    format!("{} NOT handed over ({why})", d.device)
+                }
+            })
+            .collect();
+        out.push_str(&format!(
+            "          REAL storage (image locking on): {}{}\n",
+            devs.join("; "),
+            if r.storage.ok() { String::new() } else { format!("; FAILED: {}", r.storage.findings.join("; ")) }
+        ));
+    }
+    let f = &r.fence;
+    if let Some(said) = f.said {
+        out.push_str(&format!(
+            "          REAL fence: the destination said {said} with {} started ring(s) stopped or cut off{} (backends' own records: {}; not observable: {}){}\n",
+            f.rings_stopped,
+            f.margin_us.map(|m| format!(", the last {m} µs before")).unwrap_or_default(),
+            f.observed.join(", "),
+            if f.unobserved.is_empty() { "none".to_string() } else { f.unobserved.join(", ") },
+            if f.ok() { String::new() } else { format!("; FAILED: {}", f.findings.join("; ")) },
+        ));
+    }
+    if !r.unacked.is_empty() {
+        out.push_str(&format!("          REAL no REPLY_ACK: {} (fire-and-forget, probed after their start)\n", r.unacked.join(", ")));
+    }
+    if !r.repaired.is_empty() {
+        out.push_str(&format!("          REAL brought back after the abort: {}\n", r.repaired.join(", ")));
+    }
+    out
+}
+
+/// Adds to a strategy's `real.checks` entry the block policies, hand-over,
+/// image ownership, fence and counters of its run.
+fn safety_json(reals: &[RealRun], strategy: &str, v: &mut serde_json::Value) {
+    let Some(r) = reals.iter().find(|r| r.run.strategy.name() == strategy) else { return };
+    v["blk_policies"] = r.blk_policies.iter().map(|(d, p)| (d.clone(), json!(p.name()))).collect::<serde_json::Map<_, _>>().into();
+    v["handed_over"] = json!(r.handed_over);
+    v["unacked"] = json!(r.unacked);
+    v["repaired"] = json!(r.repaired);
+    v["counter_findings"] = json!(r.counter_findings);
+    v["blk_stats"] = r
+        .blk_stats
+        .iter()
+        .map(|b| {
+            let s = &b.stats;
+            json!({"side": side_name(b.side), "device": b.device, "popped": s.popped, "resubmitted": s.resubmitted, "completed": s.completed,
+                   "cancelled": s.cancelled, "discarded": s.discarded, "writes": s.writes, "refused": s.refused, "late_io": s.late_io})
+        })
+        .collect::<Vec<_>>()
+        .into();
+    let devices: Vec<serde_json::Value> = r
+        .storage
+        .devices
+        .iter()
+        .map(|d| {
+            json!({"device": d.device, "handed_over": d.handed_over, "note": d.note, "src_active": d.src_active,
+                   "dst_active": d.dst_active, "other_refused": d.other_refused})
+        })
+        .collect();
+    v["storage"] = json!({"ok": r.storage.ok(), "findings": r.storage.findings, "devices": devices});
+    let f = &r.fence;
+    v["fence"] = json!({"ok": f.ok(), "said": f.said.map(|k| k.to_string()), "rings_stopped": f.rings_stopped, "margin_us": f.margin_us,
+                        "observed": f.observed, "unobserved": f.unobserved, "findings": f.findings});
 }
 
 /// A side as the JSON report names it (`real.checks.<strategy>.runs_on`): `source`
@@ -376,6 +502,16 @@ pub fn main(args: &[String]) -> ExitCode {
     cfg.qsd_iops = a.qsd_iops.filter(|n| *n > 0);
     cfg.precopy_changes = a.precopy_changes;
     cfg.unkicked_tx = a.unkicked_tx.min(16);
+    cfg.blk_policy = match a.blk_policy.as_str() {
+        "drain" => BlkPolicy::Drain,
+        "hand-over" => BlkPolicy::HandOver,
+        other => return fail(format!("unknown --blk-policy '{other}' (drain, hand-over)")),
+    };
+    cfg.blk_iops = match a.blk_iops {
+        Some(0) => return fail("--blk-iops must be at least 1"),
+        n => n,
+    };
+    cfg.reply_ack = !a.no_reply_ack;
     if cfg.qsd.is_none() && cfg.blks > 0 && blk_backend != BlkBackend::Own {
         eprintln!("switchover real: qemu-storage-daemon is not installed; all blk devices use the project's own blk backend");
     }
@@ -518,7 +654,7 @@ pub fn main(args: &[String]) -> ExitCode {
                     let c = step_costs(r, k);
                     (k.name().to_string(), json!({"count": c.count, "total_ms": c.total_ms, "median_ms": c.median_ms, "max_ms": c.max_ms}))
                 }).collect::<serde_json::Map<_, _>>(),
-            }))).collect::<serde_json::Map<_, _>>(),
+            }))).map(|(k, mut v)| { safety_json(&reals, &k, &mut v); (k, v) }).collect::<serde_json::Map<_, _>>(),
         });
         let text = serde_json::to_string_pretty(&v).expect("JSON of plain data");
         if let Err(e) = std::fs::write(p, text) {

@@ -172,16 +172,19 @@ fn hostile(side: Side, spec: &str, want: Want) -> RealRun {
         } else {
             // Stopped and restarted with the base the guest published, or (the
             // engine stops at the first failure) never stopped at all.
+            // (A blk ring's base may stop short of what the guest kicked by the
+            // requests it had in flight: its backend left them in the ring.)
             assert!(
-                b.read.map_or(true, |x| x == b.expected),
-                "{spec}: {} ring {} read {:?}, guest {}",
+                b.read.map_or(true, |x| b.expected.wrapping_sub(x) <= b.in_flight),
+                "{spec}: {} ring {} read {:?}, guest {} ({} in flight)",
                 b.device,
                 b.ring,
                 b.read,
-                b.expected
+                b.expected,
+                b.in_flight
             );
             if b.read.is_some() || side == Side::Destination {
-                assert_eq!(b.set, Some(b.expected), "{spec}: {} ring {}", b.device, b.ring);
+                assert!(b.set.is_some() && b.set == b.read, "{spec}: {} ring {} set {:?}, read {:?}", b.device, b.ring, b.set, b.read);
             }
         }
     }

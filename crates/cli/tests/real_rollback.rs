@@ -77,9 +77,21 @@ fn assert_guest_safe(r: &RealRun, what: &str) {
             assert!(b.read.unwrap_or(0) <= b.expected, "{what}: {} ring {} read {:?}, guest {}", b.device, b.ring, b.read, b.expected);
             continue;
         }
-        assert!(b.read.map_or(true, |x| x == b.expected), "{what}: {} ring {} read {:?}, guest {}", b.device, b.ring, b.read, b.expected);
+        // What the guest kicked, less at most what it had in flight at the stop (a
+        // blk backend that stops taking requests once disabled leaves the rest in
+        // the ring, taken from the base by whoever starts it next).
+        let reached = |x: u16| b.expected.wrapping_sub(x) <= b.in_flight;
+        assert!(
+            b.read.map_or(true, reached),
+            "{what}: {} ring {} read {:?}, guest {} ({} in flight)",
+            b.device,
+            b.ring,
+            b.read,
+            b.expected,
+            b.in_flight
+        );
         if side == Side::Destination || b.read.is_some() {
-            assert_eq!(b.set, Some(b.expected), "{what}: {} ring {} set {:?}, guest {}", b.device, b.ring, b.set, b.expected);
+            assert!(b.set.is_some() && b.set == b.read, "{what}: {} ring {} set {:?}, read {:?}", b.device, b.ring, b.set, b.read);
         }
     }
     // Every request completed exactly once: used.idx == avail.idx on every ring,
@@ -263,14 +275,13 @@ fn real_faults_with_block_io_really_in_flight_on_qemu_storage_daemon() {
     let qsd = r.drains.iter().find(|d| d.backend == BackendKind::Qsd.name()).expect("drain on qemu-storage-daemon");
     eprintln!("throttled: drain_inflight on qemu-storage-daemon {:.1} ms (longest {:.1} ms)", qsd.total_ms, qsd.max_ms);
     assert!(qsd.max_ms > 1.0, "nothing was in flight: {qsd:?}");
-    // The daemon dies with writes in flight: its rings restart at the used index
-    // in guest memory and the new daemon serves the rest again.
+    // The daemon dies with writes in flight, some completed past others still in
+    // flight: its rings restart at the base recovered from the inflight region it
+    // keeps (used index + requests in flight) and the new daemon resubmits those
+    // in flight; from the used index alone a write would complete twice
+    // (crates/testbed/tests/blk_qsd_recovery.rs is that negative control).
     let r = check_fault(&cfg, "crash:vring_disable:blk0", Expect::RolledBack(Side::Source));
-    assert!(
-        r.bases.iter().any(|b| b.device == "blk0" && b.read.is_some_and(|x| x < b.expected)),
-        "no request was in flight on blk0: {:?}",
-        r.bases
-    );
+    assert!(r.bases.iter().any(|b| b.device == "blk0" && b.in_flight > 0), "no request was in flight on blk0: {:?}", r.bases);
     let _ = check_fault(&cfg, "hang:drain_inflight:blk0", Expect::RolledBack(Side::Source));
     let _ = check_fault(&cfg, "error:get_vring_base:blk0", Expect::RolledBack(Side::Source));
     let _ = check_fault(&cfg, "crash:set_vring_base:blk0", Expect::RolledBack(Side::Destination));

@@ -40,10 +40,20 @@ fn assert_switchover_ok(r: &RealRun) {
     assert_eq!(r.run.outcome, Outcome::Completed, "{name}: {:?}", r.run.outcome.cause());
     assert!(!r.run.simulated);
     // Every vring base read on the source was set on the destination, and it is
-    // what the guest had published (all requests were consumed, none lost).
+    // what the guest had published, less at most the blk requests it had in
+    // flight (the own blk backend stops taking requests once its ring is
+    // disabled: the destination takes them from the base).
     for b in &r.bases {
         assert!(b.read.is_some(), "{name}: {} ring {} base never read", b.device, b.ring);
-        assert_eq!(b.read, Some(b.expected), "{name}: {} ring {} base read {:?}, guest published {}", b.device, b.ring, b.read, b.expected);
+        assert!(
+            b.read.is_some_and(|x| b.expected.wrapping_sub(x) <= b.in_flight),
+            "{name}: {} ring {} base read {:?}, guest published {} ({} in flight)",
+            b.device,
+            b.ring,
+            b.read,
+            b.expected,
+            b.in_flight
+        );
         assert_eq!(b.set, b.read, "{name}: {} ring {} base set {:?} != read {:?}", b.device, b.ring, b.set, b.read);
         assert_ne!(b.read, Some(0), "{name}: {} ring {} base is zero", b.device, b.ring);
     }

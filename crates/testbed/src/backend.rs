@@ -75,6 +75,15 @@ static NET: AtomicBool = AtomicBool::new(false);
 static RINGS: AtomicUsize = AtomicUsize::new(0);
 /// Where transmitted packets go (net, optional).
 static WIRE: OnceLock<parking_lot::Mutex<File>> = OnceLock::new();
+/// Where ring starts and stops are recorded ([`crate::ringlog`], optional).
+static RING_LOG: OnceLock<crate::ringlog::RingLog> = OnceLock::new();
+
+/// The environment variable that names an own backend's ring log
+/// ([`crate::ringlog`]).
+pub const RING_LOG_ENV: &str = "SWITCHOVER_RING_LOG";
+/// The environment variable that makes an own backend run without `REPLY_ACK`
+/// (set to `1`): it does not offer it, so requests are not acknowledged.
+pub const NO_REPLY_ACK_ENV: &str = "SWITCHOVER_NO_REPLY_ACK";
 
 /// Guest memory's dirty bitmap in an own backend: vhost-user-backend's
 /// [`BitmapMmapRegion`] (the shared log `SET_LOG_BASE` maps), marked only while
@@ -132,6 +141,7 @@ struct OwnVring {
     inner: VringRwLock<Gm>,
     mem: Gm,
     tx: bool,
+    index: u32,
 }
 
 impl OwnVring {
@@ -172,7 +182,7 @@ impl VringT<Gm> for OwnVring {
     fn new(mem: Gm, max_queue_size: u16) -> Result<Self, VirtQueError> {
         let index = RINGS.fetch_add(1, Ordering::AcqRel);
         let tx = NET.load(Ordering::Acquire) && index % 2 == 1;
-        Ok(OwnVring { inner: VringRwLock::new(mem.clone(), max_queue_size)?, mem, tx })
+        Ok(OwnVring { inner: VringRwLock::new(mem.clone(), max_queue_size)?, mem, tx, index: index as u32 })
     }
     fn get_ref(&self) -> <Self as VringStateGuard<'_, Gm>>::G {
         self.inner.get_ref()
@@ -225,6 +235,15 @@ impl VringT<Gm> for OwnVring {
     }
     fn set_queue_ready(&self, ready: bool) {
         self.inner.set_queue_ready(ready);
+        // Ready: the ring starts (its kick set); not ready: GET_VRING_BASE stops it
+        // (the vring lock, taken above, waits for a batch in progress).
+        if let Some(l) = RING_LOG.get() {
+            if ready {
+                l.start(self.index);
+            } else {
+                l.stop(self.index);
+            }
+        }
         // A tx ring started (kicked) while disabled discards what it holds.
         if self.tx && ready && !self.inner.get_ref().is_enabled() {
             self.discard();
@@ -384,8 +403,12 @@ impl VhostUserBackend for OwnBackend {
         LOGGING.store(features & LOG_ALL != 0, Ordering::Release);
     }
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        // REPLY_ACK is added by the vhost crate's request handler.
-        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::LOG_SHMFD
+        let f = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::LOG_SHMFD;
+        if std::env::var(NO_REPLY_ACK_ENV).as_deref() == Ok("1") {
+            f
+        } else {
+            f | VhostUserProtocolFeatures::REPLY_ACK
+        }
     }
     fn set_event_idx(&self, _enabled: bool) {}
     fn update_memory(&self, _mem: Gm) -> io::Result<()> {
@@ -441,6 +464,10 @@ fn serve_inner(kind: &str, sock: &str, queues: usize, file: Option<&Path>) -> Re
         other => return Err(RigError::Config(format!("unknown backend kind '{other}' (net, blk)"))),
     };
     NET.store(!blk, Ordering::Release);
+    if let Some(p) = std::env::var_os(RING_LOG_ENV) {
+        let l = crate::ringlog::RingLog::create(Path::new(&p)).map_err(RigError::io(format!("ring log {}", Path::new(&p).display())))?;
+        let _ = RING_LOG.set(l);
+    }
     let file = match (file, blk) {
         (Some(p), true) => Some(Arc::new(File::options().read(true).write(true).open(p).map_err(RigError::io(p.display().to_string()))?)),
         (Some(p), false) => {
@@ -662,6 +689,25 @@ pub fn spawn_own(
     file: Option<&Path>,
     hostile: Option<&str>,
 ) -> Result<(UnixStream, ChildProc), RigError> {
+    spawn_own_with(exe, dir, name, blk, queues, file, hostile, &[])
+}
+
+/// [`spawn_own`] with environment variables for the backend ([`RING_LOG_ENV`],
+/// [`NO_REPLY_ACK_ENV`]).
+///
+/// # Errors
+/// As [`spawn_own`].
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_own_with(
+    exe: &Path,
+    dir: &Path,
+    name: &str,
+    blk: bool,
+    queues: u32,
+    file: Option<&Path>,
+    hostile: Option<&str>,
+    env: &[(&str, String)],
+) -> Result<(UnixStream, ChildProc), RigError> {
     let sock: PathBuf = dir.join(format!("{name}-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
     let listener = super::dir::bind_private(&sock).map_err(RigError::io(format!("{name}: bind {}", sock.display())))?;
@@ -676,6 +722,9 @@ pub fn spawn_own(
         cmd.arg(f);
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let child = cmd.spawn().map_err(RigError::io(format!("{name}: starting backend {}", exe.display())))?;
     let mut proc_ = ChildProc::new(format!("{name} backend"), child);
     let t = Instant::now();

@@ -17,10 +17,15 @@
 //! * [`backend`] — the project's own vhost-user net and blk backends (child processes);
 //! * [`blk`] — the own vhost-user-blk backend with an inflight region: a stop that
 //!   does not wait for the disk, resubmission, dirty log, storage hand-over;
-//! * [`qsd`] — qemu-storage-daemon as a third-party vhost-user-blk backend;
+//! * [`qsd`] — qemu-storage-daemon as a third-party vhost-user-blk backend, and
+//!   what it can and cannot do to hand its image over;
+//! * [`ringlog`] — each own backend's record of when its rings started and stopped;
 //! * [`driver`] — a guest-side driver that puts requests in the rings;
 //! * [`side`] — one side's world: VM and notifiers, devices, backends, state;
-//! * [`rig`] — the frontend's step actions on a side, with fault injection;
+//! * [`rig`] — the frontend's step actions on a side (storage steps on the own
+//!   blk backend's switch), with fault injection;
+//! * [`roles`] — the engine: both roles in this process, every message recorded;
+//! * [`safety`] — one writer per image, the destination's fence, the backends' counters;
 //! * [`run`] — the serial / pool / engine comparison on real components;
 //! * [`error`] — what can go wrong in the rig.
 //!
@@ -47,7 +52,10 @@ pub mod guest;
 pub mod mem;
 pub mod qsd;
 pub mod rig;
+pub mod ringlog;
+pub mod roles;
 pub mod run;
+pub mod safety;
 pub mod side;
 pub mod vmm;
 

@@ -1,10 +1,31 @@
 //! qemu-storage-daemon as a third-party vhost-user-blk backend, started and stopped
 //! by this crate. It listens; the frontend connects. Source and destination run
-//! their own daemon on the same image file with `locking=off` (both exist during
-//! prepare; only one of them processes requests at a time).
+//! their own daemon on the same image file, with image locking on (`locking=on`).
 //!
 //! It does not wait for requests in flight in `GET_VRING_BASE`: the frontend drains
 //! the ring first (the `drain_inflight` step).
+//!
+//! **It cannot hand its image over** (qemu-storage-daemon 10.0.2, checked on the
+//! installed daemon by `crates/testbed/tests/qsd_storage.rs`):
+//!
+//! * a `vhost-user-blk` export refuses `allow-inactive` ("Export type does not
+//!   support inactive exports"), and adding an export activates its node;
+//! * `blockdev-set-active false` fails ("Failed to inactivate node: Operation not
+//!   permitted") while such an export uses the node; it succeeds only once the
+//!   export is deleted — which closes the frontend's connection, so the source
+//!   could not resume on it without a new export and a whole new start;
+//! * its image locks share write: a block export takes `CONSISTENT_READ` and
+//!   `WRITE` and shares everything, so with `locking=on` two daemons both open the
+//!   image writable (only the permission bytes are locked, shared).
+//!
+//! So on the rig a qemu-storage-daemon device has no storage steps
+//! (`RecipeOptions::storage_unmanaged`): one writer at a time rests on the
+//! source's rings being drained and stopped before the destination starts its
+//! own, and on a destination that will not run the guest being shut down at
+//! once. Nothing flushes the image at the stop: with `cache.direct=off`,
+//! completed writes may sit in this host's page cache until the guest's next
+//! `FLUSH` — enough for a destination on the same host, not for shared storage
+//! seen from a second one.
 //!
 //! # Examples
 //!
@@ -78,7 +99,7 @@ pub fn spawn(
     let _ = std::fs::remove_file(&sock);
     let logf = std::fs::File::create(&log).map_err(RigError::io(format!("{name}: {}", log.display())))?;
     let mut cmd = Command::new(bin);
-    cmd.arg("--blockdev").arg(format!("driver=file,node-name=f0,filename={},locking=off,cache.direct=off", image.display()));
+    cmd.arg("--blockdev").arg(format!("driver=file,node-name=f0,filename={},locking=on,cache.direct=off", image.display()));
     // With `iops`, requests pass a throttle node, so they stay in flight for real.
     let node = match iops {
         Some(n) => {

@@ -52,6 +52,7 @@ const NONE: u32 = u32::MAX;
 /// use switchover_testbed::rig::Switches;
 /// let s = Switches::default();
 /// assert!(!s.skip_log_sync && !s.disable_net_before_stop && !s.kick_before_enable && !s.keep_logging);
+/// assert!(!s.skip_fence && !s.no_image_lock);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Switches {
@@ -69,6 +70,12 @@ pub struct Switches {
     /// rollback's `SET_FEATURES` keeps `VHOST_F_LOG_ALL` (and an aborted
     /// migration does not stop logging).
     pub keep_logging: bool,
+    /// The destination's fence does nothing: its steps succeed without acting
+    /// and no device is cut off, so `start_failed` goes out with its rings live.
+    pub skip_fence: bool,
+    /// The own blk backends do not lock their images (image locking off): a
+    /// backend that should not hold the image can take it.
+    pub no_image_lock: bool,
 }
 
 /// [`VhostActions`] on a real side, with fault injection and sent-base records.
@@ -171,6 +178,8 @@ impl RigActions {
                 }
             }
             StepKind::VringEnable if sw.kick_before_enable && step.side == Side::Destination => Some(Ok(())),
+            // The fence (the destination's recovery plan) does nothing.
+            _ if sw.skip_fence && self.rollback && step.side == Side::Destination => Some(Ok(())),
             StepKind::SetVringKick if sw.kick_before_enable && step.side == Side::Destination => {
                 let fe = self.side.frontend(step.device)?;
                 let kick = self.side.notifiers().kick(step.device, r)?;
@@ -214,6 +223,10 @@ impl StepActions for RigActions {
             }
             _ => {}
         }
+        if matches!(step.kind, StepKind::StorageInactivate | StepKind::StorageActivate | StepKind::StorageReactivate) {
+            done.complete(self.storage(step));
+            return;
+        }
         let injected = (fault == Some(FaultKind::Error)).then(|| self.injected(step, FaultKind::Error));
         // A ring the guest never set up gets no SET_VRING_BASE: nothing to record.
         let set_up = step
@@ -245,5 +258,33 @@ impl StepActions for RigActions {
 
     fn recover_base(&self, device: DeviceId, ring: u32) -> Option<u16> {
         self.inner.recover_base(device, ring)
+    }
+
+    fn abandon(&self, device: DeviceId) -> bool {
+        if self.switches.skip_fence {
+            return false;
+        }
+        self.side.abandon(device)
+    }
+}
+
+impl RigActions {
+    /// A storage step on the device's own blk backend (its control socket,
+    /// answered within the step's deadline).
+    fn storage(&self, step: &Step) -> Result<(), StepFailure> {
+        let d = step.device;
+        let c = self.side.control(d, step.deadline).ok_or_else(|| StepFailure::MissingState {
+            what: format!("{} has no storage switch (its backend cannot give its image up)", self.side.topology().device(d).name),
+        })?;
+        let r = match step.kind {
+            StepKind::StorageInactivate => {
+                if step.side == Side::Source {
+                    self.side.release_storage(d);
+                }
+                c.inactivate()
+            }
+            _ => c.activate(),
+        };
+        r.map_err(|e| StepFailure::Backend { message: e.to_string() })
     }
 }

@@ -22,13 +22,13 @@ use std::time::Duration;
 
 use switchover::ids::{DeviceId, Side, Window};
 use switchover::notifier::NotifierState;
-use switchover::recipe::{build, CostModel, RecipeOptions, RouteCommits};
-use switchover::roles::{Outcome, SideSetup};
+use switchover::recipe::{build, BlkPolicy, CostModel, RecipeOptions, RouteCommits};
+use switchover::roles::{lost_devices, Outcome, SideSetup};
 use switchover::state::DeviceState;
 use switchover::step::{Server, StepKind};
 use switchover::topology::{Device, DeviceKind, Topology};
 use switchover_baseline::{execute, Checks, IoSummary, LowerBound2, Strategy, StrategyRun, WindowRun};
-use switchover_vhost::actions::VhostDevices;
+use switchover_vhost::actions::{hand_over_policies, unacked_devices, VhostDevices};
 use switchover_vhost::log::PAGE;
 use switchover_vhost::sink::NotifierSink;
 
@@ -39,6 +39,8 @@ use crate::guest::{spare_areas, Change, Workload, WorkloadConfig};
 use crate::mem::{GuestMem, GPA_BASE, RING_AREA};
 use crate::qsd;
 use crate::rig::{RigActions, Switches};
+use crate::roles::run_roles;
+use crate::safety::{blk_stats, fence_check, storage_check, BlkStats, FenceCheck, StorageCheck};
 use crate::side::{BackendKind, RealSide, SideConfig};
 use crate::vmm::{Devices, GuestControl, MemStats, RigHooks, RigMigration};
 
@@ -149,6 +151,17 @@ pub struct RealConfig {
     /// name, `MODE@REQUEST`); see [`super::backend::HOSTILE_MODES`]. Own backends
     /// only (a qemu-storage-daemon device ignores it).
     pub hostile: Vec<(Side, String, String)>,
+    /// Throttle each own blk backend to this many IOPS (per device), so that
+    /// requests are really in flight at the stop.
+    pub blk_iops: Option<u32>,
+    /// What happens to blk requests in flight at the stop: `Drain` for every blk
+    /// device, or `HandOver` where both sides' backends can (the own blk
+    /// backend), drain elsewhere (qemu-storage-daemon).
+    pub blk_policy: BlkPolicy,
+    /// The own backends offer `REPLY_ACK` (off: they do not; the frontend drives
+    /// them without acknowledgements, probes them after their start, and a
+    /// completed switchover is `completed_unverified`).
+    pub reply_ack: bool,
 }
 
 /// A fault caused on a real source backend just before the window opens.
@@ -205,6 +218,9 @@ impl RealConfig {
             switches: Switches::default(),
             unkicked_tx: 0,
             precopy_passes: 3,
+            blk_iops: None,
+            blk_policy: BlkPolicy::Drain,
+            reply_ack: true,
         }
     }
 
@@ -324,7 +340,7 @@ impl CostModel for RealCosts {
 ///
 /// ```
 /// use switchover_testbed::run::RingBase;
-/// let b = RingBase { device: "net0".into(), ring: 1, expected: 12, read: Some(12), set: Some(12) };
+/// let b = RingBase { device: "net0".into(), ring: 1, expected: 12, in_flight: 0, read: Some(12), set: Some(12) };
 /// assert_eq!(b.read, b.set); // preserved across the switchover
 /// assert_eq!(b.expected, 12);
 /// ```
@@ -336,6 +352,8 @@ pub struct RingBase {
     pub ring: u32,
     /// Requests the guest had kicked when the window opened.
     pub expected: u16,
+    /// Of those, the blk requests still in flight (not completed) then.
+    pub in_flight: u16,
     /// Base read with `GET_VRING_BASE` on the source.
     pub read: Option<u16>,
     /// Base set with `SET_VRING_BASE` (acked) on the destination (or on the source
@@ -473,6 +491,9 @@ pub struct Fidelity {
     pub changes: Vec<(String, String)>,
     /// Rings of inactive queue pairs that got requests served after the stop.
     pub inactive_served: Vec<String>,
+    /// Rings the guest tore down that the destination's backends started anyway
+    /// (as their own ring logs record it).
+    pub torn_started: Vec<String>,
     /// Pages the backends logged after a failed migration (the guest back on the
     /// source): logging must be off, so 0.
     pub log_after_failure: Option<u64>,
@@ -493,6 +514,7 @@ impl Fidelity {
             && self.routes.net_disables_before_stop == 0
             && self.routes.doorbells.is_empty()
             && self.inactive_served.is_empty()
+            && self.torn_started.is_empty()
             && self.log_after_failure.unwrap_or(0) == 0
     }
 }
@@ -553,6 +575,28 @@ pub struct RealRun {
     pub drains: Vec<DrainCost>,
     /// Memory per side, dirty log, routes, reconciliation, net order.
     pub fidelity: Fidelity,
+    /// Each blk device's policy for its requests in flight at the stop.
+    pub blk_policies: Vec<(String, BlkPolicy)>,
+    /// Devices whose backends do not acknowledge requests (no `REPLY_ACK`):
+    /// probed after their start; a switchover that completes is
+    /// `completed_unverified`, naming them.
+    pub unacked: Vec<String>,
+    /// Requests the source's backends left in flight at their stop, handed over
+    /// in the state (completed on the destination, or by the source's own
+    /// backends after a rollback).
+    pub handed_over: usize,
+    /// One writer per image.
+    pub storage: StorageCheck,
+    /// No destination ring live when it said it will not run the guest.
+    pub fence: FenceCheck,
+    /// What the own blk backends counted, both sides.
+    pub blk_stats: Vec<BlkStats>,
+    /// Source devices brought back by the VMM after an aborted migration whose
+    /// prepare failed on them.
+    pub repaired: Vec<String>,
+    /// What the blk counters say against what the run saw (a handed-over request
+    /// resubmitted other than once, host I/O after a stop).
+    pub counter_findings: Vec<String>,
 }
 
 /// One ring's request count at the end of a run.
@@ -628,7 +672,7 @@ impl RealRun {
     /// and examples; [`run_strategy`] fills every check in).
     pub fn bare(run: StrategyRun) -> RealRun {
         RealRun {
-            runs_on: matches!(run.outcome, Outcome::Completed).then_some(Side::Destination),
+            runs_on: run.outcome.guest_on_destination().then_some(Side::Destination),
             run,
             bases: vec![],
             post_switchover: Ok(0),
@@ -645,6 +689,14 @@ impl RealRun {
             disk: DiskCheck::default(),
             drains: vec![],
             fidelity: Fidelity::default(),
+            blk_policies: vec![],
+            unacked: vec![],
+            handed_over: 0,
+            storage: StorageCheck::default(),
+            fence: FenceCheck::default(),
+            blk_stats: vec![],
+            repaired: vec![],
+            counter_findings: vec![],
         }
     }
 
@@ -664,15 +716,40 @@ impl RealRun {
     /// assert!(!r.checks_ok());
     /// ```
     pub fn checks_ok(&self) -> bool {
-        self.run.checks.vring_bases_preserved
-            && self.post_switchover.is_ok()
-            && self.second_disable_ioctls == 0
-            && self.run.checks.double_ioctls == 0
-            && self.requests_exact()
-            && self.disk.missing.is_empty()
-            && self.leftover_processes.is_empty()
-            && !self.leftover_dir
-            && self.fidelity.ok()
+        self.failed_checks().is_empty()
+    }
+
+    /// The names of the checks that failed (empty when every one passed).
+    ///
+    /// ```
+    /// # use switchover_testbed::run::RealRun;
+    /// # use switchover_sim::{run, SimConfig};
+    /// # use switchover_baseline::Strategy;
+    /// # use switchover::topology::Topology;
+    /// # let small = || SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
+    /// let mut r = RealRun::bare(run(&small(), Strategy::Engine));
+    /// r.leftover_processes.push(4242);
+    /// assert_eq!(r.failed_checks(), ["leftover processes"]);
+    /// ```
+    pub fn failed_checks(&self) -> Vec<&'static str> {
+        let checks = [
+            (self.run.checks.vring_bases_preserved, "vring bases"),
+            (self.post_switchover.is_ok(), "after the switchover"),
+            (self.second_disable_ioctls == 0, "second disables"),
+            (self.run.checks.double_ioctls == 0, "notifiers issued twice"),
+            (self.requests_exact(), "requests exactly once"),
+            (self.disk.missing.is_empty(), "acknowledged writes on disk"),
+            (self.leftover_processes.is_empty(), "leftover processes"),
+            (!self.leftover_dir, "socket directory removed"),
+            (self.fidelity.memory.differing.is_empty(), "destination memory"),
+            (self.fidelity.memory.buffers_missing.is_empty(), "rx and read buffers"),
+            (self.fidelity.tx.missing.is_empty() && self.fidelity.tx.twice.is_empty(), "tx exactly once"),
+            (self.fidelity.ok(), "fidelity"),
+            (self.storage.ok(), "one writer per image"),
+            (self.fence.ok(), "fence"),
+            (self.counter_findings.is_empty(), "backend counters"),
+        ];
+        checks.iter().filter(|(ok, _)| !ok).map(|(_, n)| *n).collect()
     }
 
     /// Whether the run ended as a strategy without rollback must end after an
@@ -798,6 +875,9 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
         deadline: cfg.deadline,
         qsd_iops: cfg.qsd_iops,
         hostile: hostile_on(Side::Source),
+        blk_iops: cfg.blk_iops,
+        reply_ack: cfg.reply_ack,
+        image_lock: !cfg.switches.no_image_lock,
     };
     // Two hosts: each side its own guest memory, the same layout.
     let areas = topo.total_rings() + if cfg.precopy_changes { spare_areas(&topo) } else { 0 };
@@ -821,8 +901,17 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
             .devices()
             .iter()
             .flat_map(|d| {
-                let qsd = backends[d.id.0 as usize] == BackendKind::Qsd;
-                (0..d.rings()).map(move |_| qsd)
+                // qemu-storage-daemon keeps serving a disabled ring, and the own blk
+                // backend's drain (by its count) or hand-over settles what it took:
+                // both may have writes in flight at the stop. The plain own blk
+                // backend behind a hostile relay is waited for.
+                let hostile = cfg.hostile.iter().any(|h| h.1 == d.name);
+                let ok = match backends[d.id.0 as usize] {
+                    BackendKind::Qsd => true,
+                    BackendKind::OwnBlk => !hostile,
+                    BackendKind::OwnNet => false,
+                };
+                (0..d.rings()).map(move |_| ok)
             })
             .collect(),
     };
@@ -856,14 +945,44 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     let dst_before = ioctls_before(&dst);
 
     // Two hosts: dirty logging and the final pass, route commits, reconciliation.
-    // Storage hand-over is not on the rig yet (image locking off).
+    // Storage handed over as steps, image locking on, where the backend can give
+    // its image up (the own blk backend); qemu-storage-daemon cannot (see `qsd`).
+    // Requests in flight handed over where both sides' backends can, drained
+    // elsewhere. Backends without REPLY_ACK are probed after their start.
     let recipe = strategy.recipe();
+    let blk_devices: Vec<DeviceId> = topo.devices().iter().filter(|d| d.kind == DeviceKind::Blk).map(|d| d.id).collect();
+    let storage_unmanaged: Vec<DeviceId> = blk_devices
+        .iter()
+        .copied()
+        .filter(|d| src.control(*d, cfg.deadline).is_none() || dst.control(*d, cfg.deadline).is_none())
+        .collect();
+    let blk_overrides: Vec<(DeviceId, BlkPolicy)> = match cfg.blk_policy {
+        BlkPolicy::Drain => vec![],
+        BlkPolicy::HandOver => {
+            let src_can = hand_over_policies(&topo, &*src);
+            src_can
+                .into_iter()
+                .map(|(d, p)| {
+                    let dst_tracks = dst.frontend(d).is_some_and(|f| f.tracks_inflight());
+                    (d, if p == BlkPolicy::HandOver && dst_tracks { BlkPolicy::HandOver } else { BlkPolicy::Drain })
+                })
+                .collect()
+        }
+    };
+    let mut unacked = unacked_devices(&topo, &*src);
+    unacked.extend(unacked_devices(&topo, &*dst));
+    unacked.sort();
+    unacked.dedup();
     let opts = RecipeOptions {
         deadline: cfg.deadline,
         drain_deadline: cfg.deadline,
         dirty_log: true,
         reconcile: recipe.reconcile && cfg.reconcile,
-        storage: false,
+        storage: true,
+        storage_unmanaged,
+        blk_policy: BlkPolicy::Drain,
+        blk_overrides,
+        unacked,
         ..recipe
     };
     let lanes = strategy.lanes(cfg.workers);
@@ -895,22 +1014,44 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     let d = SideSetup::new(dst_plan.clone(), dst_act.clone(), dst_state.clone())
         .with_recovery(opts.clone(), Arc::new(RealCosts), fence_act)
         .with_hooks(dst_hooks.clone());
-    let executed = execute(strategy, cfg.workers, &s, &d);
+    let (executed, sent) =
+        if strategy == Strategy::Engine { run_roles(cfg.workers, &s, &d) } else { (execute(strategy, cfg.workers, &s, &d), Vec::new()) };
     let outcome = executed.outcome.clone();
-    let completed = matches!(outcome, Outcome::Completed | Outcome::CompletedWithCleanupErrors { .. });
+    let completed = outcome.guest_on_destination();
     // Exactly one side runs the guest: the destination once it confirmed, the
     // source when it was never stopped (aborted) or was restarted (rolled back).
-    let runs_on = match &outcome {
-        Outcome::Completed | Outcome::CompletedWithCleanupErrors { .. } => Some(Side::Destination),
-        Outcome::Aborted { .. } | Outcome::RolledBack { .. } => Some(Side::Source),
-        _ => None,
+    let runs_on = if outcome.guest_on_destination() {
+        Some(Side::Destination)
+    } else if outcome.guest_on_source() {
+        Some(Side::Source)
+    } else {
+        None
     };
+    let lost_on_abort: Vec<DeviceId> = match outcome {
+        Outcome::Aborted { .. } => {
+            let failures: Vec<_> =
+                executed.windows.iter().filter(|w| w.side() == Side::Source).flat_map(|w| w.report.failures.clone()).collect();
+            lost_devices(&src_plan, &failures)
+        }
+        _ => vec![],
+    };
+    // Before either side is discarded: who holds each image, who could take it,
+    // what the backends counted, and whether the destination's rings were all
+    // stopped when it said it would not run the guest.
+    let storage = storage_check(&topo, &src, &dst, runs_on, &opts, cfg.deadline);
+    let blk_stats = blk_stats(&topo, &src, &dst, cfg.deadline);
+    let fence = fence_check(&topo, &dst, &sent, &backends);
     if runs_on != Some(Side::Destination) {
         // The destination will not run the guest: it is discarded (its backends
         // stop and can no longer touch its memory).
         dst.shutdown();
     }
     let mut fid = Fidelity { precopy: workload.precopy_time(), ..Fidelity::default() };
+    // An aborted migration whose source backend failed (crashed, hung, erred
+    // while its logging started): the VMM brings that device back as it would
+    // after any backend crash, outside the switchover — a new backend, its
+    // inflight region carried over, its rings restarted where the guest is.
+    let repaired = repair(&src, &src_act, &lost_on_abort, cfg.deadline);
     if matches!(outcome, Outcome::Aborted { .. }) && !cfg.switches.keep_logging {
         // The migration was cancelled before the window: the VMM stops logging
         // (after a window, the rollback plan does).
@@ -943,12 +1084,41 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     let logged = migration.logged();
     fid.memory.logged_rings =
         st.rings.iter().filter(|r| logged.pages().any(|p| p == GuestMem::used(r.area))).map(|r| names[r.g as usize].clone()).collect();
+    // Requests the destination served once it started — handed over at the stop
+    // (in flight in the source backend's region), or never taken by the source
+    // (past the base it read): their used rings, status bytes and (reads) data
+    // may differ, nothing else.
+    let handed_over_reqs = src_state.inflight();
+    let mut handed_areas: Vec<u32> = Vec::new();
+    let mut status_bytes: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
+    for r in st.rings.iter().filter(|r| r.kind == RingKind::Blk && r.active) {
+        let base = src_state.base(r.device, r.ring);
+        let kicked = at_stop.as_ref().map_or(r.kicked, |a| a[r.g as usize]);
+        for (&head, req) in &r.outstanding {
+            let handed = handed_over_reqs.iter().any(|q| DeviceId(q.device) == r.device && q.ring == r.ring && q.id == u64::from(head));
+            let untaken = base.is_some_and(|b| req.k.wrapping_sub(b) < kicked.wrapping_sub(b));
+            if !(handed || untaken) {
+                continue;
+            }
+            handed_areas.push(r.area);
+            let slot = GuestMem::slot(r.area, u64::from(req.k));
+            status_bytes.insert(slot + 600);
+            if matches!(req.op, BlkOp::Read(_)) {
+                // A read's data, written where the guest reads it.
+                status_bytes.extend((0..512).map(|i| slot + 64 + i));
+            }
+        }
+    }
     if runs_on == Some(Side::Destination) {
         fid.memory.compared = true;
         for page in src_mem.differing_pages(&dst_mem) {
             let area = ((page - GPA_BASE) / RING_AREA) as u32;
             let off = (page - GPA_BASE) % RING_AREA;
-            if off == 0x2000 && pending_at_stop.contains(&area) {
+            if off == 0x2000 && (pending_at_stop.contains(&area) || handed_areas.contains(&area)) {
+                fid.memory.served_after_start += 1;
+                continue;
+            }
+            if off >= 3 * PAGE && handed_areas.contains(&area) && only_status_bytes(&src_mem, &dst_mem, page, &status_bytes) {
                 fid.memory.served_after_start += 1;
                 continue;
             }
@@ -980,7 +1150,8 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
         let _ = log.sync(GPA_BASE, src_mem.size());
     }
 
-    let lost = src.reconnected();
+    // Backends the rollback replaced (not those the VMM brought back after an abort).
+    let lost: Vec<DeviceId> = src.reconnected().into_iter().filter(|d| !repaired.contains(d)).collect();
     let mut bases = Vec::new();
     let mut mismatches = Vec::new();
     for dev in topo.devices() {
@@ -988,29 +1159,33 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
             let g = src.global(dev.id, r);
             let ring = &st.rings[g as usize];
             let expected = at_stop.as_ref().map_or(ring.kicked, |a| a[g as usize]);
+            let in_flight = st.in_flight_at_stop.iter().filter(|(x, _)| *x == g).count() as u16;
             let rb = RingBase {
                 device: dev.name.clone(),
                 ring: r,
                 expected,
+                in_flight,
                 read: src_state.base(dev.id, r),
                 set: running.and_then(|(_, a)| a.sent_base(g)),
             };
+            // A base the guest reached: what it kicked, less at most the requests
+            // it had in flight at the stop (a blk backend that stops taking
+            // requests once its ring is disabled leaves the rest in the ring,
+            // taken from the base by whoever starts it next).
+            let reached = |b: u16| rb.expected.wrapping_sub(b) <= in_flight;
             let torn = ring.frozen_used.is_some();
             let ok = match runs_on {
                 // A ring the guest tore down is reset (base 0) and never started again.
                 Some(Side::Destination) if torn => rb.read == Some(0) && rb.set.is_none(),
                 // Every base read on the source was set on the destination.
-                Some(Side::Destination) => rb.read == Some(rb.expected) && rb.set == rb.read,
-                // A restarted source ring gets the base the guest reached (read,
-                // or recovered from guest memory); a ring never stopped keeps its own.
-                // A replaced backend's rings restart at the used index recovered
-                // from guest memory: requests the lost backend took but never
+                Some(Side::Destination) => rb.read.is_some_and(reached) && rb.set == rb.read,
+                // A restarted source ring gets the base it reached (read, or
+                // recovered from guest memory and the inflight region); a ring
+                // never stopped keeps its own. A replaced backend's rings restart
+                // at the recovered base: requests the lost backend took but never
                 // completed (at most those in flight at the stop) are served again.
-                Some(Side::Source) if lost.contains(&dev.id) => {
-                    let in_flight = st.in_flight_at_stop.iter().filter(|(x, _)| *x == g).count() as u16;
-                    rb.set.is_some() && rb.set == rb.read && rb.read.is_some_and(|b| rb.expected.wrapping_sub(b) <= in_flight)
-                }
-                Some(Side::Source) => rb.set.map_or(true, |b| b == rb.expected) && rb.read.map_or(true, |b| b == rb.expected),
+                Some(Side::Source) if lost.contains(&dev.id) => rb.set.is_some() && rb.set == rb.read && rb.read.is_some_and(reached),
+                Some(Side::Source) => rb.set.map_or(true, |b| Some(b) == rb.read) && rb.read.map_or(true, reached),
                 None => true,
             };
             if !ok {
@@ -1096,21 +1271,66 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
             fid.inactive_served.push(names[r.g as usize].clone());
         }
     }
+    // A ring the guest tore down must not be started by the destination: its
+    // backend's own record says whether it was (one that refuses a base behind
+    // its used index serves nothing from it, but started it all the same).
+    if runs_on == Some(Side::Destination) {
+        for r in st.rings.iter().filter(|r| r.frozen_used.is_some()) {
+            let started = dst
+                .backend_records()
+                .iter()
+                .filter(|b| b.device == r.device)
+                .any(|b| crate::ringlog::read(&b.ring_log).iter().any(|e| e.start && e.ring == r.ring));
+            if started {
+                fid.torn_started.push(names[r.g as usize].clone());
+            }
+        }
+    }
 
     // The blk writes in flight when the window opened: each completed exactly
     // once where the guest runs (before the base was read, or, after a rollback,
     // by the restarted backend).
+    // Those the source handed over (left in flight in its backend's region):
+    // completed on the destination, or after a rollback by the source's backend.
     let mut io = IoSummary::default();
+    let mut counter_findings = Vec::new();
+    let handed: std::collections::BTreeSet<(u32, u16)> =
+        handed_over_reqs.iter().filter_map(|q| Some((src.global(DeviceId(q.device), q.ring), u16::try_from(q.id).ok()?))).collect();
+    for &(g, head) in &handed {
+        if !st.in_flight_at_stop.contains(&(g, head)) {
+            counter_findings
+                .push(format!("{} descriptor {head} handed over, but the guest had no such request in flight", names[g as usize]));
+        }
+    }
     for &(g, head) in &st.in_flight_at_stop {
         io.submitted += 1;
         let r = &st.rings[g as usize];
+        let handed_this = handed.contains(&(g, head));
         if r.outstanding.contains_key(&head) {
-            io.never += 1;
+            if handed_this {
+                io.lost += 1;
+            } else {
+                io.never += 1;
+            }
         } else if running.is_none() {
             io.lost += 1;
         } else {
             io.completed_once += 1;
+            if handed_this && runs_on == Some(Side::Destination) {
+                io.handed_over += 1;
+            }
         }
+    }
+    // The backends' own counts: a completed switchover's destination resubmitted
+    // each handed-over request once; no host I/O ran after a stop.
+    if runs_on == Some(Side::Destination) && !handed.is_empty() {
+        let resubmitted: u64 = blk_stats.iter().filter(|b| b.side == Side::Destination).map(|b| b.stats.resubmitted).sum();
+        if resubmitted != handed.len() as u64 {
+            counter_findings.push(format!("{} request(s) handed over, the destination's backends resubmitted {resubmitted}", handed.len()));
+        }
+    }
+    for b in blk_stats.iter().filter(|b| b.stats.late_io > 0) {
+        counter_findings.push(format!("{} {}: {} host I/O(s) after a stop of their ring", b.side.short(), b.device, b.stats.late_io));
     }
 
     // Exactly-once: a second disable of every source notifier issues nothing.
@@ -1325,7 +1545,60 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
         disk,
         drains,
         fidelity: fid,
+        blk_policies: blk_devices.iter().map(|d| (topo.device(*d).name.clone(), opts.blk_policy_of(*d))).collect(),
+        unacked: opts.unacked.iter().map(|d| topo.device(*d).name.clone()).collect(),
+        handed_over: handed.len(),
+        storage,
+        fence,
+        blk_stats,
+        repaired: repaired.iter().map(|d| topo.device(*d).name.clone()).collect(),
+        counter_findings,
     })
+}
+
+/// Whether the bytes of `page` that differ between the two memories are all
+/// status bytes in `allowed` (requests the destination completed after its start).
+fn only_status_bytes(a: &GuestMem, b: &GuestMem, page: u64, allowed: &std::collections::BTreeSet<u64>) -> bool {
+    use vm_memory::{Bytes, GuestAddress};
+    let (mut x, mut y) = (vec![0u8; PAGE as usize], vec![0u8; PAGE as usize]);
+    if a.mem().read_slice(&mut x, GuestAddress(page)).is_err() || b.mem().read_slice(&mut y, GuestAddress(page)).is_err() {
+        return false;
+    }
+    x.iter().zip(&y).enumerate().all(|(i, (p, q))| p == q || allowed.contains(&(page + i as u64)))
+}
+
+/// Brings back, after an aborted migration, each source device whose backend
+/// failed in the prepare window (the VMM's own recovery from a backend crash,
+/// outside the switchover): a new backend (the inflight region carried over),
+/// its rings restarted at the base recovered from guest memory and the region,
+/// a probe where the backend does not acknowledge. Returns the devices brought back.
+fn repair(src: &RealSide, act: &RigActions, lost: &[DeviceId], deadline: Duration) -> Vec<DeviceId> {
+    use switchover::exec::StepActions;
+    let mut done = Vec::new();
+    for &d in lost {
+        let r = (|| -> Result<(), RigError> {
+            src.replace_backend(d)?;
+            let fe = src.frontend(d).ok_or_else(|| RigError::Config(format!("device {} has no frontend", d.0)))?;
+            let name = fe.name().to_string();
+            let features = src.config(d).map_or(fe.features(), |c| fe.features() | (c.features & fe.offered_features()));
+            fe.set_features(features, deadline).wait().map_err(RigError::step(format!("{name} set_features")))?;
+            fe.set_mem_table(&[src.mem().region()], deadline).wait().map_err(RigError::step(format!("{name} set_mem_table")))?;
+            fe.setup_inflight(crate::mem::QSIZE, deadline).wait().map_err(RigError::step(format!("{name} inflight region")))?;
+            for ring in 0..src.topology().device(d).rings() {
+                let base = act.recover_base(d, ring).ok_or_else(|| RigError::Config(format!("{name} ring {ring}: no base recovered")))?;
+                src.restart_ring(d, ring, base, deadline).map_err(RigError::step(format!("{name} ring {ring} restart")))?;
+            }
+            if !fe.acks() {
+                fe.probe(deadline).wait().map_err(RigError::step(format!("{name} probe")))?;
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => done.push(d),
+            Err(e) => tracing::warn!(device = d.0, error = %e, "could not bring the device back after the aborted migration"),
+        }
+    }
+    done
 }
 
 /// The `drain_inflight` steps that completed, summed per blk backend kind.

@@ -28,6 +28,9 @@
 //! #     deadline: Duration::from_secs(5),
 //! #     qsd_iops: None,
 //! #     hostile: vec![],
+//! #     blk_iops: None,
+//! #     reply_ack: true,
+//! #     image_lock: true,
 //! # };
 //! # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
 //! # let state = Arc::new(DeviceState::new(&topo));
@@ -40,9 +43,9 @@
 //! ```
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use switchover::error::StepFailure;
@@ -51,14 +54,15 @@ use switchover::state::DeviceState;
 use switchover::topology::{Device, DeviceKind, Topology};
 use switchover_vhost::actions::VhostDevices;
 use switchover_vhost::config::DeviceConfig;
-use switchover_vhost::frontend::{Frontend, FrontendConfig};
+use switchover_vhost::frontend::{Frontend, FrontendConfig, InflightMode};
 use switchover_vhost::kvm::{KvmNotifiers, KvmVm, RingSlot, FIRST_MSI_GSI};
 use switchover_vhost::memory::VringConfig;
 use switchover_vhost::sink::{NotifierSink, Route};
 
-use crate::backend::{spawn_own, ChildProc};
+use crate::backend::{spawn_own_with, ChildProc, NO_REPLY_ACK_ENV, RING_LOG_ENV};
+use crate::blk::{self, BlkExe, BlkOptions, Control};
 use crate::error::RigError;
-use crate::mem::GuestMem;
+use crate::mem::{GuestMem, QSIZE};
 use crate::qsd;
 use crate::vmm::Devices;
 
@@ -76,7 +80,8 @@ pub const DOORBELL_BASE: u64 = 0xd000_0000;
 pub enum BackendKind {
     /// The project's own vhost-user net backend.
     OwnNet,
-    /// The project's own vhost-user blk backend.
+    /// The project's own vhost-user blk backend with an inflight region
+    /// ([`crate::blk`]): hands its requests in flight over, gives its image up.
     OwnBlk,
     /// qemu-storage-daemon's vhost-user-blk export.
     Qsd,
@@ -112,6 +117,27 @@ pub struct SideConfig {
     pub qsd_iops: Option<u32>,
     /// Devices whose backend misbehaves on purpose: (device name, MODE@REQUEST).
     pub hostile: Vec<(String, String)>,
+    /// Throttle each own blk backend to this many IOPS (so that requests are in
+    /// flight at the stop).
+    pub blk_iops: Option<u32>,
+    /// The own backends offer `REPLY_ACK`. Off: they do not, and the frontend
+    /// drives them without acknowledgements (fire-and-forget requests).
+    pub reply_ack: bool,
+    /// The own blk backends lock their image (`flock`) while it is active; off
+    /// only for a negative control (two backends may then both write it).
+    pub image_lock: bool,
+}
+
+/// One backend process's record of its rings ([`crate::ringlog`]) and when the
+/// rig cut it off, if it did.
+#[derive(Debug, Clone)]
+pub struct BackendRecord {
+    /// The device.
+    pub device: DeviceId,
+    /// Its ring log.
+    pub ring_log: PathBuf,
+    /// When it was killed to cut it off ([`RealSide::abandon`]) or replaced.
+    pub killed: Option<Instant>,
 }
 
 /// One side of the rig.
@@ -129,6 +155,14 @@ pub struct RealSide {
     procs: Mutex<Vec<ChildProc>>,
     reconnects: AtomicU32,
     reconnected: Mutex<Vec<DeviceId>>,
+    /// Each own blk backend's control socket (its storage switch).
+    controls: Vec<RwLock<Option<Control>>>,
+    /// Devices whose image the side gave up (a `storage_inactivate` started).
+    released: Vec<AtomicBool>,
+    /// Every backend process started, with its ring log.
+    records: Mutex<Vec<BackendRecord>>,
+    /// Backend processes started so far (names ring logs apart).
+    spawned: AtomicU32,
 }
 
 impl std::fmt::Debug for RealSide {
@@ -168,12 +202,17 @@ impl RealSide {
         let notifiers = Arc::new(KvmNotifiers::new(vm.fd().clone(), slots).map_err(RigError::io("eventfd"))?);
         let mut procs = Vec::new();
         let mut devices = Vec::new();
-        for d in topo.devices() {
+        let mut controls = Vec::new();
+        let mut records = Vec::new();
+        for (n, d) in topo.devices().iter().enumerate() {
             // On error, `procs` is dropped: every backend started so far is stopped.
             let hostile = cfg.hostile.iter().find(|(n, _)| *n == d.name).map(|(_, m)| m.as_str());
-            let (fe, p) = start_backend(cfg, side, d, hostile)?;
-            procs.push(p);
-            devices.push(RwLock::new(Arc::new(fe)));
+            // A running source holds its images; a destination takes them in the window.
+            let b = start_backend(cfg, side, d, hostile, side == Side::Source, n as u32)?;
+            procs.push(b.proc_);
+            devices.push(RwLock::new(Arc::new(b.fe)));
+            controls.push(RwLock::new(b.control));
+            records.push(BackendRecord { device: d.id, ring_log: b.ring_log, killed: None });
         }
         Ok(RealSide {
             side,
@@ -189,6 +228,10 @@ impl RealSide {
             procs: Mutex::new(procs),
             reconnects: AtomicU32::new(0),
             reconnected: Mutex::new(Vec::new()),
+            released: topo.devices().iter().map(|_| AtomicBool::new(false)).collect(),
+            controls,
+            records: Mutex::new(records),
+            spawned: AtomicU32::new(topo.devices().len() as u32),
         })
     }
 
@@ -204,6 +247,8 @@ impl RealSide {
             let name = fe.name().to_string();
             fe.set_features(fe.features(), deadline).wait().map_err(RigError::step(format!("{name} set_features")))?;
             fe.set_mem_table(&[self.mem.region()], deadline).wait().map_err(RigError::step(format!("{name} set_mem_table")))?;
+            // The device's inflight region (where the backend keeps one), before any kick.
+            fe.setup_inflight(QSIZE, deadline).wait().map_err(RigError::step(format!("{name} inflight region")))?;
             for r in 0..d.rings() {
                 let at = |what: &str| format!("{name} ring {r} {what}");
                 let n = &self.notifiers;
@@ -213,6 +258,14 @@ impl RealSide {
             }
         }
         self.commit_routes().map_err(RigError::step("KVM_SET_GSI_ROUTING"))?;
+        // A backend without REPLY_ACK took all of it fire-and-forget: one round
+        // trip shows it alive and in step before the guest uses it.
+        for d in self.topo.devices() {
+            let fe = self.devices[d.id.0 as usize].read().clone();
+            if !fe.acks() {
+                fe.probe(deadline).wait().map_err(RigError::step(format!("{} probe", fe.name())))?;
+            }
+        }
         Ok(())
     }
 
@@ -224,10 +277,31 @@ impl RealSide {
     /// # Errors
     /// A request failed.
     pub fn start_ring(&self, d: DeviceId, r: u32, logged: bool, deadline: Duration) -> Result<(), StepFailure> {
+        self.start_ring_at(d, r, logged, None, deadline)
+    }
+
+    /// Starts a ring that ran before on a new backend, at `base` (recovered from
+    /// guest memory and the inflight region, whose requests in flight the new
+    /// backend resubmits): what the VMM does when it brings a crashed backend back.
+    ///
+    /// # Errors
+    /// A request failed.
+    pub fn restart_ring(&self, d: DeviceId, r: u32, base: u16, deadline: Duration) -> Result<(), StepFailure> {
+        self.start_ring_at(d, r, false, Some(base), deadline)
+    }
+
+    fn start_ring_at(&self, d: DeviceId, r: u32, logged: bool, base: Option<u16>, deadline: Duration) -> Result<(), StepFailure> {
         let fe = self.frontend(d).ok_or_else(|| StepFailure::MissingState { what: format!("no device {}", d.0) })?;
         let setup = self.config(d).and_then(|c| c.rings.get(r as usize).copied());
         let setup = setup.ok_or_else(|| StepFailure::MissingState { what: format!("no configuration for ring {r}") })?;
         let Some(v) = setup.vring else { return Ok(()) };
+        // A ring the guest sets up afresh starts with nothing in flight: its queue
+        // of the inflight region starts over (the backend initialises it at the kick).
+        if base.is_none() {
+            if let Some(q) = fe.inflight().as_ref().and_then(|g| u16::try_from(r).ok().and_then(|r| g.queue(r))) {
+                q.reset();
+            }
+        }
         let n = &self.notifiers;
         let hva = |gpa| self.mem.host_addr(gpa);
         let kick = n.kick_fd(d, r).ok_or_else(|| StepFailure::MissingState { what: "no kick eventfd".into() })?;
@@ -242,7 +316,7 @@ impl RealSide {
         let pending = [
             fe.set_vring_num(r, v.size, deadline),
             addr,
-            fe.set_vring_base(r, 0, deadline),
+            fe.set_vring_base(r, base.unwrap_or(0), deadline),
             if setup.vector.is_some() { fe.set_vring_call(r, call, deadline) } else { fe.set_vring_call_none(r, deadline) },
             fe.set_vring_enable(r, setup.enabled, deadline),
             fe.set_vring_kick(r, kick, deadline),
@@ -376,28 +450,86 @@ impl RealSide {
     }
 
     /// Replaces a device's backend: kills the old process, starts a new one and
-    /// connects to it (no ring state).
+    /// connects to it (no ring state). The device's inflight region goes to the
+    /// new connection (sent to the backend by the next `setup_inflight`), and an
+    /// own blk backend starts holding the image unless the side gave it up (then
+    /// `storage_reactivate` takes it back).
     ///
     /// # Errors
     /// Starting or connecting the new backend failed.
     pub fn replace_backend(&self, d: DeviceId) -> Result<(), RigError> {
         let dev = self.topo.devices().get(d.0 as usize).ok_or_else(|| RigError::Config(format!("no device {}", d.0)))?.clone();
         // Kill and reap the old process first, so a stopped backend cannot wake up
-        // and serve the shared rings next to the new one.
+        // and serve the shared rings next to the new one (and its image lock goes).
         if let Some(p) = self.procs.lock().get_mut(d.0 as usize) {
             p.kill();
         }
-        self.devices[d.0 as usize].read().close();
+        self.mark_killed(d);
+        let old_fe = self.devices[d.0 as usize].read().clone();
+        old_fe.close();
         let label = format!("{}-{}", self.side.short(), dev.name);
         let _ = std::fs::remove_file(self.cfg.dir.join(format!("{label}-qsd.sock")));
-        let (fe, p) = start_backend(&self.cfg, self.side, &dev, None)?;
-        let old_proc = std::mem::replace(&mut self.procs.lock()[d.0 as usize], p);
+        let active = !self.released[d.0 as usize].load(Ordering::Acquire);
+        let n = self.spawned.fetch_add(1, Ordering::AcqRel);
+        let b = start_backend(&self.cfg, self.side, &dev, None, active, n)?;
+        if let Some(region) = old_fe.inflight() {
+            b.fe.adopt_inflight(region);
+        }
+        let old_proc = std::mem::replace(&mut self.procs.lock()[d.0 as usize], b.proc_);
         drop(old_proc);
-        let old = std::mem::replace(&mut *self.devices[d.0 as usize].write(), Arc::new(fe));
+        *self.controls[d.0 as usize].write() = b.control;
+        self.records.lock().push(BackendRecord { device: d, ring_log: b.ring_log, killed: None });
+        let old = std::mem::replace(&mut *self.devices[d.0 as usize].write(), Arc::new(b.fe));
         drop(old);
         self.reconnects.fetch_add(1, Ordering::AcqRel);
         self.reconnected.lock().push(d);
         Ok(())
+    }
+
+    fn mark_killed(&self, d: DeviceId) {
+        let now = Instant::now();
+        if let Some(r) = self.records.lock().iter_mut().rev().find(|r| r.device == d) {
+            r.killed.get_or_insert(now);
+        }
+    }
+
+    /// Cuts a device's backend off for good: its process killed (and reaped),
+    /// its connection closed. What a destination does to a device whose ring its
+    /// fence could not stop, before it says it will not run the guest.
+    pub fn abandon(&self, d: DeviceId) -> bool {
+        let Some(fe) = self.devices.get(d.0 as usize).map(|f| f.read().clone()) else { return false };
+        if let Some(p) = self.procs.lock().get_mut(d.0 as usize) {
+            p.kill();
+        }
+        self.mark_killed(d);
+        fe.close();
+        true
+    }
+
+    /// The control socket of a device's own blk backend (its storage switch),
+    /// answering within `timeout`.
+    pub fn control(&self, d: DeviceId, timeout: Duration) -> Option<Control> {
+        self.controls.get(d.0 as usize).and_then(|c| c.read().as_ref().map(|c| c.with_timeout(timeout)))
+    }
+
+    /// Records that the side is giving a device's image up (its
+    /// `storage_inactivate` started): a backend replaced after this starts without
+    /// the image, and takes it back only with `storage_reactivate`.
+    pub fn release_storage(&self, d: DeviceId) {
+        if let Some(r) = self.released.get(d.0 as usize) {
+            r.store(true, Ordering::Release);
+        }
+    }
+
+    /// Who serves a device.
+    pub fn backend_kind(&self, d: DeviceId) -> Option<BackendKind> {
+        self.cfg.backends.get(d.0 as usize).copied()
+    }
+
+    /// Every backend process started on this side, with its ring log and when it
+    /// was killed.
+    pub fn backend_records(&self) -> Vec<BackendRecord> {
+        self.records.lock().clone()
     }
 
     /// The used ring's index of a device's ring, in guest memory.
@@ -448,15 +580,49 @@ impl Drop for RealSide {
     }
 }
 
-fn start_backend(cfg: &SideConfig, side: Side, d: &Device, hostile: Option<&str>) -> Result<(Frontend, ChildProc), RigError> {
+/// A backend started and connected.
+struct Started {
+    fe: Frontend,
+    proc_: ChildProc,
+    control: Option<Control>,
+    ring_log: PathBuf,
+}
+
+/// Starts device `d`'s backend (the `n`th process of the side) and does the
+/// handshake; an own blk backend holds its image from the start if `active`.
+fn start_backend(cfg: &SideConfig, side: Side, d: &Device, hostile: Option<&str>, active: bool, n: u32) -> Result<Started, RigError> {
     let kind = cfg.backends.get(d.id.0 as usize).copied().ok_or_else(|| RigError::Config(format!("{}: no backend chosen", d.name)))?;
     let image = cfg.images.get(d.id.0 as usize).cloned().flatten();
     let tag = side.short();
     let label = format!("{tag}-{}", d.name);
     let wire = wire_path(&cfg.dir, side, &d.name);
+    let ring_log = cfg.dir.join(format!("{label}-{n}.rings"));
+    let mut env = vec![(RING_LOG_ENV, ring_log.display().to_string())];
+    if !cfg.reply_ack {
+        env.push((NO_REPLY_ACK_ENV, "1".to_string()));
+    }
+    let mut control = None;
     let (stream, p) = match (kind, &d.kind) {
-        (BackendKind::OwnNet, DeviceKind::Net) => spawn_own(&cfg.exe, &cfg.dir, &label, false, d.rings(), Some(&wire), hostile)?,
-        (BackendKind::OwnBlk, DeviceKind::Blk) => spawn_own(&cfg.exe, &cfg.dir, &label, true, d.rings(), image.as_deref(), hostile)?,
+        (BackendKind::OwnNet, DeviceKind::Net) => spawn_own_with(&cfg.exe, &cfg.dir, &label, false, d.rings(), Some(&wire), hostile, &env)?,
+        // The hostile relay wraps the plain own blk backend.
+        (BackendKind::OwnBlk, DeviceKind::Blk) if hostile.is_some() => {
+            spawn_own_with(&cfg.exe, &cfg.dir, &label, true, d.rings(), image.as_deref(), hostile, &env)?
+        }
+        (BackendKind::OwnBlk, DeviceKind::Blk) => {
+            let img = image.as_ref().ok_or_else(|| RigError::Config(format!("{}: no image", d.name)))?;
+            let queues = u16::try_from(d.rings()).map_err(|_| RigError::Config(format!("{}: too many queues", d.name)))?;
+            let opts = BlkOptions {
+                iops: cfg.blk_iops,
+                active,
+                lock: cfg.image_lock,
+                reply_ack: cfg.reply_ack,
+                ring_log: Some(ring_log.clone()),
+                ..BlkOptions::new(queues)
+            };
+            let s = blk::spawn(&BlkExe::Cli(cfg.exe.clone()), &cfg.dir, &label, img, opts)?;
+            control = s.control;
+            (s.stream, s.proc_)
+        }
         (BackendKind::Qsd, DeviceKind::Blk) => {
             let bin = cfg.qsd.as_ref().ok_or_else(|| RigError::Config(format!("{}: qemu-storage-daemon is not installed", d.name)))?;
             let img = image.as_ref().ok_or_else(|| RigError::Config(format!("{}: no image", d.name)))?;
@@ -465,10 +631,20 @@ fn start_backend(cfg: &SideConfig, side: Side, d: &Device, hostile: Option<&str>
         (k, dk) => return Err(RigError::Config(format!("{}: a {} backend cannot serve a {dk} device", d.name, k.name()))),
     };
     // On error, `p` is dropped: the backend is stopped.
-    let fcfg =
-        FrontendConfig { resend_addr_after_base: kind == BackendKind::Qsd, ..FrontendConfig::new(&format!("{tag} {}", d.name), d.rings()) };
+    let qsd = kind == BackendKind::Qsd;
+    let fcfg = FrontendConfig {
+        resend_addr_after_base: qsd,
+        pops_while_disabled: qsd,
+        // qemu-storage-daemon keeps an inflight region without offering it
+        // (docs/blk-inflight.md): negotiated, it is what recovers a ring's base
+        // when the daemon dies with requests completed out of order.
+        inflight: if qsd { InflightMode::Unadvertised } else { InflightMode::Offered },
+        // Own backends started without REPLY_ACK are driven fire-and-forget.
+        require_reply_ack: cfg.reply_ack,
+        ..FrontendConfig::new(&format!("{tag} {}", d.name), d.rings())
+    };
     let fe = Frontend::connect(stream, &fcfg)?;
-    Ok((fe, p))
+    Ok(Started { fe, proc_: p, control, ring_log })
 }
 
 /// The wire file of a side's net device.

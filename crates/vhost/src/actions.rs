@@ -2,7 +2,8 @@
 //! steps are split-phase requests on each device's [`Frontend`] (sent from the
 //! lane, completed by the device's reader thread); notifier steps go to the VMM's
 //! [`NotifierSink`]; `drain_inflight` waits for the backend's requests in flight
-//! (its inflight region, else guest memory). With an inflight region
+//! (its inflight region, else guest memory); `probe` is one round trip to a
+//! backend without `REPLY_ACK` (see [`unacked_devices`]). With an inflight region
 //! (`INFLIGHT_SHMFD`), `get_vring_base` records the requests a backend left in
 //! flight in the device state, `set_vring_base` on the destination writes them
 //! into its backend's region for resubmission, `set_mem_table` gives the backend
@@ -478,6 +479,9 @@ impl VhostActions {
             StepKind::VringDisable => fe.set_vring_enable(step.ring.unwrap_or(0), false, d),
             StepKind::LogStart => self.log_start(fe, step)?,
             StepKind::Reconcile => self.reconcile(fe, step)?,
+            // A backend without REPLY_ACK: one round trip after its fire-and-forget
+            // start shows it alive and in step.
+            StepKind::Probe => fe.probe(d),
             other => return Err(StepFailure::Other { message: format!("{other} is not a vhost-user request") }),
         })
     }
@@ -677,6 +681,29 @@ pub fn hand_over_policies(
             (d.id, if ho { BlkPolicy::HandOver } else { BlkPolicy::Drain })
         })
         .collect()
+}
+
+/// The devices whose backends do not acknowledge requests (no `REPLY_ACK`,
+/// [`Frontend::acks`]): for `RecipeOptions::unacked`, so that each gets a `probe`
+/// after its start and the outcome says their start is unverified.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::ids::DeviceId;
+/// use switchover::topology::Topology;
+/// use switchover_vhost::actions::{unacked_devices, VhostDevices};
+/// use switchover_vhost::frontend::Frontend;
+/// use switchover_vhost::memory::VringConfig;
+/// struct NotConnected;
+/// impl VhostDevices for NotConnected {
+///     fn frontend(&self, _d: DeviceId) -> Option<Arc<Frontend>> { None }
+///     fn vring(&self, _d: DeviceId, _r: u32) -> Option<VringConfig> { None }
+/// }
+/// let t = Topology::preset("small").unwrap();
+/// assert!(unacked_devices(&t, &NotConnected).is_empty()); // nothing connected, nothing to say
+/// ```
+pub fn unacked_devices(topology: &switchover::topology::Topology, devices: &dyn VhostDevices) -> Vec<DeviceId> {
+    topology.devices().iter().filter(|d| devices.frontend(d.id).is_some_and(|f| !f.acks())).map(|d| d.id).collect()
 }
 
 /// Two requests of one step, in order on one channel: the second's reply settles

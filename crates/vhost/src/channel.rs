@@ -9,6 +9,12 @@
 //!   message structs, fds attached with `SCM_RIGHTS`) from the sending lane
 //!   and queues its reply handler, under one lock so the queue order is the wire
 //!   order;
+//! * with a backend that does not acknowledge requests (no `REPLY_ACK`,
+//!   [`Channel::start_unacked`]), a request without a reply of its own is sent
+//!   without `NEED_REPLY` and its handler runs as soon as it is written
+//!   (fire-and-forget, as QEMU does then): only requests with a reply of their
+//!   own (`GET_*`) are queued, and only a later such round trip shows that the
+//!   backend is alive and has taken what came before;
 //! * one reader thread per device reads replies in order and hands each to the
 //!   handler at the front of the queue (which completes the engine's step);
 //! * if the backend closes the socket, every queued handler fails with
@@ -154,6 +160,8 @@ pub struct Channel {
     ctl: UnixStream,
     timed_out: Arc<AtomicBool>,
     reader: Mutex<Option<JoinHandle<()>>>,
+    /// Whether the backend acknowledges requests (`REPLY_ACK` negotiated).
+    acks: bool,
 }
 
 impl std::fmt::Debug for Channel {
@@ -179,6 +187,40 @@ impl Channel {
     /// ch.close();
     /// ```
     pub fn start(name: &str, stream: UnixStream) -> io::Result<Arc<Channel>> {
+        Channel::start_with(name, stream, true)
+    }
+
+    /// Takes over a connected socket whose backend does not acknowledge requests
+    /// (`REPLY_ACK` not negotiated): a request without a reply of its own is sent
+    /// without `NEED_REPLY` and settles once written; nothing says whether the
+    /// backend did it.
+    ///
+    /// # Errors
+    /// As [`Channel::start`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::Read;
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    /// use switchover_vhost::channel::Channel;
+    /// use switchover_vhost::reply::Reply;
+    /// use vhost::vhost_user::message::FrontendReq;
+    /// let (front, mut backend) = UnixStream::pair().unwrap();
+    /// let ch = Channel::start_unacked("net0", front).unwrap();
+    /// // Settled as soon as it is written, with nothing queued for a reply.
+    /// let r = ch.request(FrontendReq::SET_VRING_ENABLE, &[0u8; 8], &[], Duration::from_secs(5)).wait();
+    /// assert_eq!((r, ch.in_flight(), ch.acks()), (Ok(Reply::U64(0)), 0, false));
+    /// let mut req = [0u8; 20];
+    /// backend.read_exact(&mut req).unwrap();
+    /// assert_eq!(u32::from_le_bytes([req[4], req[5], req[6], req[7]]), 0x1); // version 1, no NEED_REPLY
+    /// ```
+    pub fn start_unacked(name: &str, stream: UnixStream) -> io::Result<Arc<Channel>> {
+        Channel::start_with(name, stream, false)
+    }
+
+    fn start_with(name: &str, stream: UnixStream, acks: bool) -> io::Result<Arc<Channel>> {
         let rd = stream.try_clone()?;
         let ctl = stream.try_clone()?;
         let ch = Arc::new(Channel {
@@ -187,6 +229,7 @@ impl Channel {
             ctl,
             timed_out: Arc::new(AtomicBool::new(false)),
             reader: Mutex::new(None),
+            acks,
         });
         let weak = Arc::downgrade(&ch);
         let h = std::thread::Builder::new().name(format!("vu-rd-{name}")).spawn(move || reader_loop(rd, weak))?;
@@ -207,6 +250,19 @@ impl Channel {
     /// ```
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the backend acknowledges requests (`REPLY_ACK` negotiated): a
+    /// request settles with the backend's status, not when it is written.
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// use switchover_vhost::channel::Channel;
+    /// let (front, _backend) = UnixStream::pair().unwrap();
+    /// assert!(Channel::start("blk0", front).unwrap().acks());
+    /// ```
+    pub fn acks(&self) -> bool {
+        self.acks
     }
 
     /// Sends one request; `on_reply` runs when its reply (or failure) arrives.
@@ -277,7 +333,10 @@ impl Channel {
         // SET_LOG_BASE under LOG_SHMFD.
         let own_reply = [FrontendReq::GET_VRING_BASE, FrontendReq::GET_FEATURES, FrontendReq::GET_INFLIGHT_FD, FrontendReq::SET_LOG_BASE]
             .contains(&req);
-        let flags = if own_reply { 0 } else { VhostUserHeaderFlag::NEED_REPLY.bits() };
+        // Without REPLY_ACK, a request without a reply of its own gets none: it
+        // settles once written (fire-and-forget).
+        let fire_and_forget = !own_reply && !self.acks;
+        let flags = if own_reply || fire_and_forget { 0 } else { VhostUserHeaderFlag::NEED_REPLY.bits() };
         // The header (request, flags with protocol version 1, body size); the
         // crate's header type is private, its layout is the spec's.
         let mut msg = Vec::with_capacity(12 + body.len());
@@ -293,6 +352,15 @@ impl Channel {
         }
         let r = g.stream.send_with_fds(&[&msg[..]], fds);
         match r {
+            Ok(n) if n == msg.len() && fire_and_forget => {
+                drop(g);
+                match handler {
+                    Handler::Plain(h) => h(Ok(Reply::U64(0))),
+                    Handler::WithFd { on_reply, .. } => on_reply(Err(StepFailure::Other {
+                        message: format!("{}: {} has a reply of its own", self.name, request_name(code)),
+                    })),
+                }
+            }
             Ok(n) if n == msg.len() => {
                 let ring = (req == FrontendReq::GET_VRING_BASE && body.len() >= 4)
                     .then(|| u32::from_le_bytes([body[0], body[1], body[2], body[3]]));

@@ -9,6 +9,12 @@
 //! call returns a [`Pending`] reply at once, so one thread keeps every ring's
 //! request to this backend in flight.
 //!
+//! A backend that does not offer `REPLY_ACK` is refused unless the VMM allows it
+//! ([`FrontendConfig::require_reply_ack`] off): then requests without a reply of
+//! their own are fire-and-forget (as QEMU sends them then), nothing confirms that
+//! the backend did them, and [`Frontend::probe`] — a round trip — is the only
+//! sign it is alive and has taken what came before ([`Frontend::acks`] says which).
+//!
 //! Where the backend offers them (see [`InflightMode`]), the handshake also
 //! negotiates the inflight region (`INFLIGHT_SHMFD`) and a stop that leaves
 //! requests in flight in it (`GET_VRING_BASE_INFLIGHT`): then
@@ -90,6 +96,11 @@ pub struct FrontendConfig {
     /// ring cause no side effect: a drain then waits until every request the guest
     /// published is completed (`used == avail`), not only those the backend took.
     pub pops_while_disabled: bool,
+    /// Refuse a backend that does not offer `REPLY_ACK` (the default). Off: such
+    /// a backend is driven without acknowledgements (fire-and-forget requests);
+    /// its start is then unverified beyond a [`Frontend::probe`], and the VMM
+    /// must say so (`RecipeOptions::unacked`).
+    pub require_reply_ack: bool,
 }
 
 /// Which of the inflight protocol features the frontend negotiates.
@@ -129,6 +140,7 @@ impl FrontendConfig {
             resend_addr_after_base: false,
             inflight: InflightMode::Offered,
             pops_while_disabled: false,
+            require_reply_ack: true,
         }
     }
 }
@@ -227,7 +239,7 @@ impl Frontend {
             features = pf_bit | VIRTIO_F_VERSION_1 | (cfg.features & offered);
             let pf = fe.get_protocol_features().map_err(vh("GET_PROTOCOL_FEATURES"))?;
             offered_protocol = pf;
-            if !pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            if !pf.contains(VhostUserProtocolFeatures::REPLY_ACK) && cfg.require_reply_ack {
                 return Err(missing(format!("REPLY_ACK (protocol features {:#x})", pf.bits())));
             }
             // LOG_SHMFD where offered: dirty logging during a migration needs it.
@@ -244,7 +256,9 @@ impl Frontend {
             }
         }
         stream.set_read_timeout(None).map_err(io("socket read timeout"))?;
-        let chan = Channel::start(&name, stream).map_err(io("start the reply reader"))?;
+        let acks = protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+        let chan = if acks { Channel::start(&name, stream) } else { Channel::start_unacked(&name, stream) };
+        let chan = chan.map_err(io("start the reply reader"))?;
         Ok(Frontend {
             name,
             queues: cfg.queues,
@@ -286,6 +300,28 @@ impl Frontend {
     /// The pipelined channel underneath.
     pub fn channel(&self) -> &Arc<Channel> {
         &self.chan
+    }
+    /// Whether the backend acknowledges requests (`REPLY_ACK` negotiated). When
+    /// it does not, a request settles once written: only [`Frontend::probe`]
+    /// shows the backend alive.
+    pub fn acks(&self) -> bool {
+        self.chan.acks()
+    }
+
+    /// One round trip that shows the backend alive and in step: `GET_FEATURES`,
+    /// whose reply must come (before the deadline) after everything sent before
+    /// it was taken, and must be the features offered at the handshake. What a
+    /// VMM sends after the fire-and-forget start of a backend without `REPLY_ACK`.
+    pub fn probe(&self, deadline: Duration) -> Pending<()> {
+        let offered = self.offered;
+        let name = self.name.clone();
+        self.chan.request(FrontendReq::GET_FEATURES, &[], &[], deadline).map(move |r| match r? {
+            Reply::U64(f) if f == offered => Ok(()),
+            Reply::U64(f) => Err(StepFailure::Garbage {
+                what: format!("{name}: GET_FEATURES answered {f:#x}, {offered:#x} at the handshake (another backend?)"),
+            }),
+            Reply::State(..) => Err(StepFailure::Garbage { what: "GET_FEATURES answered with a vring state".into() }),
+        })
     }
 
     fn acked(&self, req: FrontendReq, body: &[u8], fds: &[RawFd], deadline: Duration) -> Pending<()> {

@@ -96,12 +96,26 @@ pub fn parse_stats(line: &str) -> Option<Stats> {
 pub struct Control {
     path: PathBuf,
     name: String,
+    timeout: Duration,
 }
 
 impl Control {
-    /// The control socket of the backend `name` at `path`.
+    /// The control socket of the backend `name` at `path` (answers within 10 s).
     pub fn new(name: &str, path: PathBuf) -> Control {
-        Control { path, name: name.into() }
+        Control { path, name: name.into(), timeout: Duration::from_secs(10) }
+    }
+
+    /// The same, giving up on an answer after `timeout` (a step's deadline: a
+    /// stopped backend does not answer).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover_testbed::blk::Control;
+    /// let c = Control::new("blk0", "/nonexistent/ctl.sock".into()).with_timeout(Duration::from_millis(5));
+    /// assert!(c.is_active().is_err()); // nobody listens
+    /// ```
+    pub fn with_timeout(&self, timeout: Duration) -> Control {
+        Control { timeout: timeout.max(Duration::from_millis(1)), ..self.clone() }
     }
 
     /// The socket's path.
@@ -110,14 +124,15 @@ impl Control {
     }
 
     /// Sends one command and returns the answer after `ok` (an `error` answer,
-    /// or no answer within 10 s, is an error naming the backend).
+    /// or no answer within the timeout, is an error naming the backend).
     ///
     /// # Errors
     /// [`RigError::Process`] with the backend's name and its answer.
     pub fn call(&self, cmd: &str) -> Result<String, RigError> {
         let err = |what: String| RigError::Process { process: format!("{} backend", self.name), what };
         let mut s = UnixStream::connect(&self.path).map_err(|e| err(format!("control socket {}: {e}", self.path.display())))?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| err(e.to_string()))?;
+        s.set_read_timeout(Some(self.timeout)).map_err(|e| err(e.to_string()))?;
+        s.set_write_timeout(Some(self.timeout)).map_err(|e| err(e.to_string()))?;
         writeln!(s, "{cmd}").map_err(|e| err(format!("{cmd}: {e}")))?;
         let mut line = String::new();
         BufReader::new(&s).read_line(&mut line).map_err(|e| err(format!("{cmd}: {e}")))?;

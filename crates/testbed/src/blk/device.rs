@@ -177,6 +177,7 @@ pub struct Device {
     sched_cv: Condvar,
     storage: Storage,
     counters: Counters,
+    ring_log: Option<crate::ringlog::RingLog>,
 }
 
 impl std::fmt::Debug for Device {
@@ -214,6 +215,7 @@ impl Device {
     pub fn start(opts: BlkOptions, storage: Storage) -> std::io::Result<Arc<Device>> {
         let queues = usize::from(opts.queues);
         let seed = opts.seed;
+        let ring_log = opts.ring_log.as_deref().map(crate::ringlog::RingLog::create).transpose()?;
         let d = Arc::new(Device {
             opts,
             mem: RwLock::new(None),
@@ -226,6 +228,7 @@ impl Device {
             sched_cv: Condvar::new(),
             storage,
             counters: Counters::default(),
+            ring_log,
         });
         for i in 0..d.opts.workers.max(1) {
             let dd = d.clone();
@@ -389,6 +392,9 @@ impl Device {
             .map_err(|e| StartError::Missing { ring: r, what: format!("thread: {e}") })?;
         let mut st = x.st.lock();
         st.kick = Some(KickThread { stop, handle });
+        if let Some(l) = &self.ring_log {
+            l.start(u32::from(r));
+        }
         self.pump(r, &mut st);
         Ok(())
     }
@@ -623,6 +629,9 @@ impl Device {
         st.inflight = 0;
         st.stopped = true;
         st.call = None;
+        if let Some(l) = &self.ring_log {
+            l.stop(u32::from(r));
+        }
         st.next_avail
     }
 

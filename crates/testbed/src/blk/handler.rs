@@ -2,8 +2,8 @@
 //! delivers them, turned into the [`Device`]'s operations.
 //!
 //! Offered: virtio `VERSION_1`, `VIRTIO_BLK_F_FLUSH`, `VHOST_F_LOG_ALL`; protocol
-//! features `MQ`, `REPLY_ACK`, `LOG_SHMFD`, and (unless the backend runs without
-//! them) `INFLIGHT_SHMFD` and `GET_VRING_BASE_INFLIGHT`.
+//! features `MQ`, `LOG_SHMFD`, `REPLY_ACK` (unless `--no-reply-ack`), and (unless
+//! the backend runs without them) `INFLIGHT_SHMFD` and `GET_VRING_BASE_INFLIGHT`.
 
 use std::fs::File;
 use std::io;
@@ -120,7 +120,10 @@ impl VhostUserBackendReqHandlerMut for Handler {
         Ok(())
     }
     fn get_protocol_features(&mut self) -> Result<VhostUserProtocolFeatures> {
-        let mut f = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::LOG_SHMFD;
+        let mut f = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::LOG_SHMFD;
+        if self.dev.opts().reply_ack {
+            f |= VhostUserProtocolFeatures::REPLY_ACK;
+        }
         if self.dev.opts().inflight {
             f |= VhostUserProtocolFeatures::INFLIGHT_SHMFD | VhostUserProtocolFeatures::GET_VRING_BASE_INFLIGHT;
         }

@@ -40,6 +40,8 @@
 //! N` (default 4), `--control PATH` (control socket), `--inactive`, `--no-lock`
 //! (image locking off),
 //! `--no-inflight` (offer neither inflight feature: the stop drains),
+//! `--no-reply-ack` (do not offer `REPLY_ACK`: requests are not acknowledged),
+//! `--ring-log PATH` (record when each ring starts and stops, [`crate::ringlog`]),
 //! `--jitter-us N` (each request waits up to N µs more, at random, before its I/O:
 //! completion out of order), `--seed N`, and for tests only `--no-settle` (the stop
 //! neither cancels nor waits: host I/O goes on after it — the negative control of
@@ -105,11 +107,17 @@ pub struct BlkOptions {
     pub lock: bool,
     /// The control socket.
     pub control: Option<PathBuf>,
+    /// Offer `REPLY_ACK` (off, `--no-reply-ack`: a backend that does not
+    /// acknowledge requests; the frontend must then drive it fire-and-forget).
+    pub reply_ack: bool,
+    /// Where to record when each ring starts and stops ([`crate::ringlog`]).
+    pub ring_log: Option<PathBuf>,
 }
 
 impl BlkOptions {
     /// Defaults for `queues` rings: no throttle, 4 workers, inflight offered,
-    /// settling, active, no control socket.
+    /// settling, active, image locked, no control socket, `REPLY_ACK` offered,
+    /// no ring log.
     pub fn new(queues: u16) -> BlkOptions {
         BlkOptions {
             queues,
@@ -122,6 +130,8 @@ impl BlkOptions {
             active: true,
             lock: true,
             control: None,
+            reply_ack: true,
+            ring_log: None,
         }
     }
 
@@ -152,6 +162,8 @@ impl BlkOptions {
                 "--no-lock" => o.lock = false,
                 "--no-inflight" => o.inflight = false,
                 "--no-settle" => o.settle = false,
+                "--no-reply-ack" => o.reply_ack = false,
+                "--ring-log" => o.ring_log = Some(it.next().ok_or_else(|| RigError::Config("--ring-log needs a path".into()))?.into()),
                 other => return Err(RigError::Config(format!("unknown blk backend option '{other}'"))),
             }
         }
@@ -182,6 +194,12 @@ impl BlkOptions {
         }
         if !self.settle {
             v.push("--no-settle".into());
+        }
+        if !self.reply_ack {
+            v.push("--no-reply-ack".into());
+        }
+        if let Some(p) = &self.ring_log {
+            v.extend(["--ring-log".to_string(), p.display().to_string()]);
         }
         v
     }
@@ -244,7 +262,7 @@ pub const CHILD_ENV: &str = "SWITCHOVER_BLK_CHILD";
 pub fn main(args: &[String]) -> i32 {
     let (Some(sock), Some(q), Some(image)) = (args.first(), args.get(1), args.get(2)) else {
         eprintln!(
-            "usage: SOCK QUEUES IMAGE [--iops N] [--workers N] [--control PATH] [--inactive] [--no-inflight] [--jitter-us N] [--seed N]"
+            "usage: SOCK QUEUES IMAGE [--iops N] [--workers N] [--control PATH] [--inactive] [--no-lock] [--no-inflight] [--no-reply-ack] [--ring-log PATH] [--jitter-us N] [--seed N]"
         );
         return 2;
     };
