@@ -28,7 +28,7 @@ use switchover_testbed::side::BackendKind;
 use switchover_testbed::{backend, run_strategy, BlkBackend, RealConfig, RealRun};
 use switchover_vhost::kvm::measure_routing;
 
-/// Compares `serial`, `pool` and `engine` on REAL vhost-user backends (own net and
+/// Compares `serial`, `pool`, `qemu` and `engine` on REAL vhost-user backends (own net and
 /// blk backends in child processes, qemu-storage-daemon) and real KVM notifiers.
 #[derive(Debug, Parser)]
 #[command(name = "switchover real")]
@@ -55,7 +55,7 @@ struct Args {
     #[arg(long, default_value_t = 5000)]
     deadline_ms: u64,
     /// Strategies to run (comma separated).
-    #[arg(long, default_value = "serial,pool,engine", value_delimiter = ',')]
+    #[arg(long, default_value = "serial,pool,qemu,engine", value_delimiter = ',')]
     strategies: Vec<String>,
     /// Write the JSON report here.
     #[arg(long)]
@@ -525,7 +525,7 @@ pub fn main(args: &[String]) -> ExitCode {
     for s in &a.strategies {
         match Strategy::parse(s) {
             Some(x) => strategies.push(x),
-            None => return fail(format!("unknown strategy '{s}' (serial, pool, engine)")),
+            None => return fail(format!("unknown strategy '{s}' (serial, pool, qemu, engine)")),
         }
     }
     let topo = match cfg.topology() {
