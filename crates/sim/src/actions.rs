@@ -676,14 +676,14 @@ impl SimActions {
             // nothing and can take nothing.
             StepKind::StorageInactivate => {
                 sleep_until(Instant::now() + cost);
-                s.world.give_up(step.device, s.side).map_err(refused)
+                s.world.give_up(step.device, s.side).map_err(|e| refused(e.to_string()))
             }
             StepKind::StorageActivate | StepKind::StorageReactivate => {
                 sleep_until(Instant::now() + cost);
                 if !s.backend(step.device).is_some_and(|b| b.alive()) {
                     return Err(StepFailure::Disconnected);
                 }
-                s.world.activate(step.device, s.side).map_err(refused)
+                s.world.activate(step.device, s.side).map_err(|e| refused(e.to_string()))
             }
             StepKind::Custom(name) => {
                 sleep_until(Instant::now() + cost);

@@ -78,6 +78,23 @@ struct Inner {
     findings: Findings,
 }
 
+/// A storage step refused: the other side holds the device's image (its lock).
+///
+/// ```
+/// use switchover::ids::Side;
+/// use switchover_sim::ImageHeld;
+/// let e = ImageHeld { device: "blk0".into(), holder: Side::Source };
+/// assert_eq!(e.to_string(), "blk0: the image is held by the src (locked)");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{device}: the image is held by the {} (locked)", holder.short())]
+pub struct ImageHeld {
+    /// The blk device.
+    pub device: String,
+    /// The side that holds its image.
+    pub holder: Side,
+}
+
 /// The world of one simulated switchover (see the module docs).
 ///
 /// ```
@@ -256,10 +273,10 @@ impl SimWorld {
     ///
     /// # Errors
     /// The other side holds it.
-    pub fn give_up(&self, d: DeviceId, side: Side) -> Result<(), String> {
+    pub fn give_up(&self, d: DeviceId, side: Side) -> Result<(), ImageHeld> {
         let mut g = self.inner.lock();
         match g.owner[d.0 as usize] {
-            Some(s) if s != side => Err(format!("{}: the image is held by the {}", self.name(d), s.short())),
+            Some(s) if s != side => Err(ImageHeld { device: self.name(d).to_string(), holder: s }),
             _ => {
                 g.owner[d.0 as usize] = None;
                 Ok(())
@@ -271,10 +288,10 @@ impl SimWorld {
     ///
     /// # Errors
     /// The other side still holds it (image locking refuses the open).
-    pub fn activate(&self, d: DeviceId, side: Side) -> Result<(), String> {
+    pub fn activate(&self, d: DeviceId, side: Side) -> Result<(), ImageHeld> {
         let mut g = self.inner.lock();
         match g.owner[d.0 as usize] {
-            Some(s) if s != side => Err(format!("{}: the image is still held by the {} (locked)", self.name(d), s.short())),
+            Some(s) if s != side => Err(ImageHeld { device: self.name(d).to_string(), holder: s }),
             _ => {
                 g.owner[d.0 as usize] = Some(side);
                 Ok(())

@@ -99,11 +99,14 @@ impl Change {
 
     /// Whether `topo` has what the four changes need: two nets of at least two
     /// queue pairs, two blks.
-    pub fn possible(topo: &Topology) -> Result<(), String> {
+    ///
+    /// # Errors
+    /// [`RigError::Config`] saying what the topology lacks.
+    pub fn possible(topo: &Topology) -> Result<(), RigError> {
         let net = |n: &str| topo.device_by_name(n).filter(|d| d.kind == DeviceKind::Net && d.rings() >= 4);
         let blk = |n: &str| topo.device_by_name(n).filter(|d| d.kind == DeviceKind::Blk);
         if net("net0").is_none() || net("net1").is_none() || blk("blk0").is_none() || blk("blk1").is_none() {
-            return Err("precopy changes need at least 2 nets of 2 queue pairs and 2 blks".into());
+            return Err(RigError::Config("precopy changes need at least 2 nets of 2 queue pairs and 2 blks".into()));
         }
         Ok(())
     }
@@ -439,7 +442,7 @@ impl Workload {
 }
 
 impl GuestControl for Workload {
-    fn precopy(&self) -> Result<(), String> {
+    fn precopy(&self) -> Result<(), RigError> {
         let t = Instant::now();
         let mut st = self.state.lock();
         let (stop, change, changed) = (AtomicBool::new(false), AtomicBool::new(false), AtomicBool::new(false));
@@ -469,7 +472,7 @@ impl GuestControl for Workload {
             self.last_burst(&mut st)
         });
         *self.precopy_time.lock() = t.elapsed();
-        r.map_err(|e| e.to_string())
+        r
     }
 
     fn stop(&self) {

@@ -846,7 +846,7 @@ fn records<'a>(
 pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, RigError> {
     let topo = Arc::new(cfg.topology()?);
     if cfg.precopy_changes {
-        Change::possible(&topo).map_err(RigError::Config)?;
+        Change::possible(&topo)?;
     }
     if topo.devices().iter().any(|d| d.kind == DeviceKind::Blk && u64::from(d.rings()) * driver::SECTORS_PER_RING > 2048) {
         return Err(RigError::Config("a blk device has more than 8 queues (each queue writes its own 128 KiB of a 1 MiB image)".into()));

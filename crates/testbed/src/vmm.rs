@@ -261,7 +261,7 @@ pub trait GuestControl: Send + Sync {
     ///
     /// # Errors
     /// The workload failed.
-    fn precopy(&self) -> Result<(), String>;
+    fn precopy(&self) -> Result<(), crate::RigError>;
     /// The window opens: the guest stops.
     fn stop(&self);
     /// The guest runs on this side again (source after a rollback) or from now on
@@ -308,7 +308,7 @@ impl VmmHooks for RigHooks {
         self.devices.load(config)
     }
     fn precopy(&self) -> Result<(), HookError> {
-        self.guest.precopy().map_err(HookError::msg)
+        self.guest.precopy().map_err(HookError::new)
     }
     fn stop_vcpus(&self) -> Result<(), HookError> {
         self.guest.stop();
