@@ -12,7 +12,7 @@ use super::fault::{Fault, FaultKind};
 use super::io::{IoEnd, IoLedger};
 use super::profile::{unit_of, Profile};
 use super::vm::{NotifierOutcome, SimVm};
-use super::world::SimWorld;
+use super::world::{SideView, SimWorld};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use switchover::error::StepFailure;
 use switchover::exec::{Completion, StepActions};
@@ -21,18 +21,6 @@ use switchover::ids::{Affinity, Side};
 use switchover::state::{DeviceState, InflightReq};
 use switchover::step::{Step, StepKind};
 use switchover::topology::Topology;
-
-/// The base a simulated guest has reached on each ring before switchover: non-zero
-/// and different per ring, so a base that is lost or crossed shows (see
-/// [`SimSide::guest_base`]).
-#[allow(clippy::cast_possible_truncation)]
-fn mix(d: u32, r: u32) -> u16 {
-    let mut x = (u64::from(d) << 32 | u64::from(r)).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^= x >> 31;
-    (x % 65_535) as u16 + 1
-}
 
 /// One side's simulated world: a backend per vhost-user device, a VM, the state
 /// that crosses to the destination, and the faults to inject.
@@ -64,6 +52,18 @@ pub struct SimSide {
     custom: Mutex<Vec<(DeviceId, String)>>,
 }
 
+impl SideView for SimSide {
+    fn backend_alive(&self, d: DeviceId) -> bool {
+        self.backend(d).is_some_and(|b| b.alive())
+    }
+    fn live_rings(&self) -> Vec<String> {
+        SimSide::live_rings(self)
+    }
+    fn ring_generations(&self, d: DeviceId) -> Vec<u64> {
+        self.backend(d).map(|b| b.rings().iter().map(|r| u64::from(r.config)).collect()).unwrap_or_default()
+    }
+}
+
 impl std::fmt::Debug for SimSide {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SimSide").field("side", &self.side).field("topology", &self.topo.name()).finish()
@@ -79,7 +79,7 @@ impl SimSide {
     /// assert_ne!(SimSide::guest_base(0, 0), SimSide::guest_base(0, 1));
     /// ```
     pub fn guest_base(device: u32, ring: u32) -> u16 {
-        mix(device, ring)
+        crate::world::guest_base(device, ring)
     }
 
     /// Starts the backends of `side`. Source backends run with rings at

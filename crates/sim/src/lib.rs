@@ -49,4 +49,4 @@ pub use profile::{
     batched_share, rfc_measured, rfc_rows, KvmModel, Profile, RfcRow, Unit, WindowCosts, RFC_CONCURRENT_MS, RFC_ORIGINAL_MS,
 };
 pub use vm::SimVm;
-pub use world::{Findings, ImageHeld, SimVmm, SimWorld};
+pub use world::{guest_base, Findings, ImageHeld, SimVmm, SimWorld};

@@ -31,8 +31,6 @@ use switchover::roles::{HookError, VmmHooks};
 use switchover::state::{DeviceBlob, DeviceState};
 use switchover::topology::{DeviceKind, Topology};
 
-use crate::actions::SimSide;
-
 /// What the world's checks found (each list empty when all is well).
 ///
 /// ```
@@ -120,8 +118,8 @@ pub struct SimWorld {
     shared: bool,
     log_sync: bool,
     inner: Mutex<Inner>,
-    destination: OnceLock<Weak<SimSide>>,
-    source: OnceLock<Weak<SimSide>>,
+    destination: OnceLock<Weak<dyn SideView>>,
+    source: OnceLock<Weak<dyn SideView>>,
 }
 
 /// The configuration generation every device starts with.
@@ -165,7 +163,7 @@ impl SimWorld {
         let owner = topo.devices().iter().map(|d| if d.kind == DeviceKind::Blk { first_owner } else { None }).collect();
         // Before precopy the guest's used rings hold some earlier index.
         let src_mem: Vec<u16> =
-            topo.devices().iter().flat_map(|d| (0..d.rings()).map(move |r| SimSide::guest_base(d.id.0, r).wrapping_sub(7))).collect();
+            topo.devices().iter().flat_map(|d| (0..d.rings()).map(move |r| guest_base(d.id.0, r).wrapping_sub(7))).collect();
         SimWorld {
             offsets,
             changes,
@@ -216,12 +214,14 @@ impl SimWorld {
 
     /// Registers the two sides (the fence check looks at the destination's rings;
     /// the guest writes through the backends of the side it runs on).
-    pub(crate) fn set_sides(&self, src: &Arc<SimSide>, dst: &Arc<SimSide>) {
-        let _ = self.source.set(Arc::downgrade(src));
-        let _ = self.destination.set(Arc::downgrade(dst));
+    pub(crate) fn set_sides<S: SideView + 'static>(&self, src: &Arc<S>, dst: &Arc<S>) {
+        let src: Arc<dyn SideView> = src.clone();
+        let dst: Arc<dyn SideView> = dst.clone();
+        let _ = self.source.set(Arc::downgrade(&src));
+        let _ = self.destination.set(Arc::downgrade(&dst));
     }
 
-    fn side(&self, side: Side) -> Option<Arc<SimSide>> {
+    fn side(&self, side: Side) -> Option<Arc<dyn SideView>> {
         match side {
             Side::Source => &self.source,
             Side::Destination => &self.destination,
@@ -233,7 +233,7 @@ impl SimWorld {
     /// Whether `side`'s backend of `d` runs (unknown sides: assumed to).
     fn backend_alive(&self, d: DeviceId, side: Side) -> bool {
         match self.side(side) {
-            Some(s) => s.backend(d).is_some_and(|b| b.alive()),
+            Some(s) => s.backend_alive(d),
             None => true,
         }
     }
@@ -499,19 +499,45 @@ impl SimWorld {
     }
 
     /// Destination rings whose configuration is not the guest's.
-    pub(crate) fn config_findings(&self, dst: &SimSide) -> Vec<String> {
+    pub(crate) fn config_findings(&self, dst: &dyn SideView) -> Vec<String> {
         let mut out = Vec::new();
         for d in self.topo.devices() {
-            let Some(b) = dst.backend(d.id) else { continue };
             let want = self.generation(d.id);
-            for (r, ring) in b.rings().iter().enumerate() {
-                if u64::from(ring.config) != want {
-                    out.push(format!("{} ring {r}: configuration generation {}, the guest's is {want}", d.name, ring.config));
+            for (r, config) in dst.ring_generations(d.id).into_iter().enumerate() {
+                if config != want {
+                    out.push(format!("{} ring {r}: configuration generation {config}, the guest's is {want}", d.name));
                 }
             }
         }
         out
     }
+}
+
+/// What the world sees of one side's simulated backends (implemented by the
+/// side's actions, registered with [`SimWorld::set_sides`]).
+pub(crate) trait SideView: Send + Sync {
+    /// Whether the side's backend of `d` runs.
+    fn backend_alive(&self, d: DeviceId) -> bool;
+    /// The side's rings that are live (started, backend running), named.
+    fn live_rings(&self) -> Vec<String>;
+    /// The configuration generation each ring of `d` runs with (none without a backend).
+    fn ring_generations(&self, d: DeviceId) -> Vec<u64>;
+}
+
+/// The base the simulated guest has published on ring `ring` of device `device`
+/// when the window opens: distinct per ring, never zero.
+///
+/// ```
+/// use switchover_sim::guest_base;
+/// assert_ne!(guest_base(0, 0), guest_base(0, 1));
+/// assert_ne!(guest_base(3, 1), 0);
+/// ```
+pub fn guest_base(device: u32, ring: u32) -> u16 {
+    let mut x = (u64::from(device) << 32 | u64::from(ring)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (x % 65_535) as u16 + 1
 }
 
 fn owned(o: Option<Side>) -> String {

@@ -380,7 +380,7 @@ impl Workload {
                 Change::DoorbellMove => {
                     let r = 1.min(rings - 1);
                     let g = first(dev) as u64 + u64::from(r);
-                    let new = crate::side::DOORBELL_BASE + 0x10_0000 + 4 * g;
+                    let new = crate::mem::DOORBELL_BASE + 0x10_0000 + 4 * g;
                     self.src.notifiers().move_host_notifier(dev, r, new).map_err(RigError::step(format!("{name} ring {r} doorbell")))?;
                     devs.update(dev, |cfg| cfg.rings[r as usize].doorbell = new);
                 }

@@ -45,6 +45,7 @@
 
 pub mod backend;
 pub mod blk;
+pub mod child;
 pub mod dir;
 pub mod driver;
 pub mod error;

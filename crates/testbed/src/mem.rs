@@ -35,6 +35,9 @@ use switchover_vhost::memory::{GuestMemory, MemoryRegion, VringConfig};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+/// MMIO address of the first ring's doorbell; ring `g`'s is 4 bytes further each.
+pub const DOORBELL_BASE: u64 = 0xd000_0000;
+
 /// Guest-physical address of the first byte of guest memory.
 ///
 /// # Examples

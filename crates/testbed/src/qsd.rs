@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::backend::ChildProc;
+use super::child::ChildProc;
 use crate::error::RigError;
 
 /// Where qemu-storage-daemon is, if it is installed.

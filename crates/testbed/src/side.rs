@@ -59,15 +59,15 @@ use switchover_vhost::kvm::{KvmNotifiers, KvmVm, RingSlot, FIRST_MSI_GSI};
 use switchover_vhost::memory::VringConfig;
 use switchover_vhost::sink::{NotifierSink, Route};
 
-use crate::backend::{spawn_own_with, ChildProc, NO_REPLY_ACK_ENV, RING_LOG_ENV};
+use crate::backend::{spawn_own_with, NO_REPLY_ACK_ENV, RING_LOG_ENV};
 use crate::blk::{self, BlkExe, BlkOptions, Control};
+use crate::child::ChildProc;
 use crate::error::RigError;
 use crate::mem::{GuestMem, QSIZE};
 use crate::qsd;
 use crate::vmm::Devices;
 
-/// MMIO address of the first ring's doorbell; ring `g`'s is 4 bytes further each.
-pub const DOORBELL_BASE: u64 = 0xd000_0000;
+use crate::mem::DOORBELL_BASE;
 
 /// Who serves a device.
 ///

@@ -34,8 +34,7 @@ use switchover::topology::{DeviceKind, Topology};
 use switchover_vhost::config::{DeviceConfig, MsiVector, RingSetup};
 use switchover_vhost::log::{DirtyLog, DirtyPages, Migration};
 
-use crate::mem::{GuestMem, GPA_BASE};
-use crate::side::DOORBELL_BASE;
+use crate::mem::{GuestMem, DOORBELL_BASE, GPA_BASE};
 
 /// One side's device configurations, by device id.
 #[derive(Debug)]

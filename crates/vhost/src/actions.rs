@@ -427,7 +427,7 @@ impl VhostActions {
                 if !self.restart {
                     // Destination: the requests the source handed over go into the
                     // backend's region, to be resubmitted when the ring starts.
-                    crate::inflight::load_handed_over(fe, &self.state, &*self.memory, step.device, r, v)?;
+                    crate::inflight::load_handed_over(fe.inflight(), &self.state, &*self.memory, step.device, r, v)?;
                 }
                 let set = fe.set_vring_base(r, base, d);
                 if !fe.resend_addr_after_base() {

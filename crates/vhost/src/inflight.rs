@@ -682,12 +682,14 @@ pub fn hand_over(
 /// their order, with the used index of guest memory, for the backend to resubmit
 /// at its kick. Nothing to do for a ring with none.
 ///
+/// `region` is the device's region (`Frontend::inflight`), if it has one.
+///
 /// # Errors
 /// [`switchover::error::StepFailure::MissingState`]: requests were handed over but
 /// the backend keeps no region (or the frontend has none yet), a head past the
 /// ring, one handed over twice, the ring outside guest memory.
 pub fn load_handed_over(
-    fe: &crate::frontend::Frontend,
+    region: Option<std::sync::Arc<InflightRegion>>,
     state: &switchover::state::DeviceState,
     memory: &dyn crate::memory::GuestMemory,
     device: switchover::ids::DeviceId,
@@ -700,7 +702,7 @@ pub fn load_handed_over(
         return Ok(());
     }
     let missing = |what: String| Err(StepFailure::MissingState { what });
-    let Some(region) = fe.inflight() else {
+    let Some(region) = region else {
         return missing(format!("{} request(s) handed over, but the backend has no inflight region to resubmit them from", reqs.len()));
     };
     let mut heads = Vec::with_capacity(reqs.len());

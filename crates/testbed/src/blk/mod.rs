@@ -74,7 +74,7 @@ use std::time::{Duration, Instant};
 
 use vhost::vhost_user::BackendReqHandler;
 
-use crate::backend::ChildProc;
+use crate::child::ChildProc;
 use crate::error::RigError;
 
 pub use control::Control;
