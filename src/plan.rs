@@ -531,7 +531,41 @@ impl PlanBuilder {
         for (r, &id) in by_rank.iter().enumerate() {
             rank[id as usize] = r as u32;
         }
-        Ok(Plan { topology: topo, side: self.side, steps, preds, succs, footprint, resources, priority, rank, by_rank })
+        let contended = contended_footprints(&steps, &preds, &footprint, resources.len());
+        // Each window's steps, and each step's predecessors in its own window.
+        let mut windows: [Vec<StepId>; 3] = Default::default();
+        let mut window_preds = vec![0u32; n];
+        let mut exec = vec![0u8; n];
+        let mut min_deadline = [Duration::MAX; 3];
+        for (i, s) in steps.iter().enumerate() {
+            windows[s.window as usize].push(s.id);
+            window_preds[i] = preds.get(i).iter().filter(|&&p| steps[p as usize].window == s.window).count() as u32;
+            let w = &mut min_deadline[s.window as usize];
+            *w = (*w).min(s.deadline);
+            if s.affinity == Affinity::Caller {
+                exec[i] |= EXEC_CALLER;
+            }
+            if !contended.get(i).is_empty() {
+                exec[i] |= EXEC_CONTENDED;
+            }
+        }
+        Ok(Plan {
+            topology: topo,
+            side: self.side,
+            steps,
+            preds,
+            succs,
+            footprint,
+            contended,
+            resources,
+            priority,
+            rank,
+            by_rank,
+            windows,
+            window_preds,
+            exec,
+            min_deadline,
+        })
     }
 }
 
@@ -553,6 +587,64 @@ impl Csr {
     fn get(&self, i: usize) -> &[u32] {
         &self.items[self.offsets[i] as usize..self.offsets[i + 1] as usize]
     }
+}
+
+/// How many steps an ancestry check may visit before it gives up and counts the
+/// two steps as unordered (which only costs the engine a lock it did not need).
+const ANCESTRY_VISITS: usize = 4096;
+
+/// Per step, the resources of its footprint that another step of its window may
+/// hold at the same time: those whose users in that window are not all ordered
+/// by the plan's dependencies. Every other footprint resource is excluded by the
+/// dependencies themselves (each of its users starts only after the previous one
+/// ended), so the executor locks only these at run time.
+fn contended_footprints(steps: &[Step], preds: &Csr, footprint: &Csr, resources: usize) -> Csr {
+    // Users of each resource per window, in id (topological) order.
+    let windows = Window::ALL.len();
+    let mut users: Vec<Vec<u32>> = vec![Vec::new(); resources * windows];
+    for (i, s) in steps.iter().enumerate() {
+        for &r in footprint.get(i) {
+            users[r as usize * windows + s.window as usize].push(i as u32);
+        }
+    }
+    let mut seen = vec![0u32; steps.len()];
+    let mut mark = 0u32;
+    let mut stack = Vec::new();
+    // Whether `a` (< `b`) is an ancestor of `b`: a walk back from `b` over
+    // predecessors with ids above `a`.
+    let mut ancestor = |a: u32, b: u32| -> bool {
+        mark += 1;
+        stack.clear();
+        stack.push(b);
+        let mut visits = 0;
+        while let Some(x) = stack.pop() {
+            for &p in preds.get(x as usize) {
+                if p == a {
+                    return true;
+                }
+                if p > a && seen[p as usize] != mark {
+                    seen[p as usize] = mark;
+                    visits += 1;
+                    if visits > ANCESTRY_VISITS {
+                        return false;
+                    }
+                    stack.push(p);
+                }
+            }
+        }
+        false
+    };
+    // A resource is contended in a window unless its users there form a chain
+    // (each one an ancestor of the next; by transitivity then of all later ones).
+    let contended: Vec<bool> = users.iter().map(|u| u.windows(2).any(|w| !ancestor(w[0], w[1]))).collect();
+    let mut out = Csr::default();
+    let mut list = Vec::new();
+    for (i, s) in steps.iter().enumerate() {
+        list.clear();
+        list.extend(footprint.get(i).iter().copied().filter(|&r| contended[r as usize * windows + s.window as usize]));
+        out.push(&list);
+    }
+    out
 }
 
 /// A validated DAG of steps for one side.
@@ -580,11 +672,23 @@ pub struct Plan {
     preds: Csr,
     succs: Csr,
     footprint: Csr,
+    contended: Csr,
     resources: Vec<Resource>,
     priority: Vec<u64>,
     rank: Vec<u32>,
     by_rank: Vec<u32>,
+    windows: [Vec<StepId>; 3],
+    window_preds: Vec<u32>,
+    /// Per step, what the executor needs to know without touching the step:
+    /// [`EXEC_CALLER`], [`EXEC_CONTENDED`].
+    exec: Vec<u8>,
+    min_deadline: [Duration; 3],
 }
+
+/// [`Plan::exec_flags`]: the step is caller-affine.
+pub(crate) const EXEC_CALLER: u8 = 1;
+/// [`Plan::exec_flags`]: part of the step's footprint is locked at run time.
+pub(crate) const EXEC_CONTENDED: u8 = 2;
 
 fn ids(l: &[u32]) -> &[StepId] {
     // SAFETY: StepId is a #[repr(transparent)]-equivalent newtype of u32 with no
@@ -731,6 +835,34 @@ impl Plan {
     /// ```
     pub fn footprint_ids(&self, id: StepId) -> &[u32] {
         self.footprint.get(id.0 as usize)
+    }
+    /// The part of a step's footprint that the executor locks at run time: the
+    /// resources another step of the same window may hold at the same time. A
+    /// resource whose users in a window are all ordered by the plan's
+    /// dependencies is excluded by them alone (each user starts only after the
+    /// previous one ended), so it needs no lock.
+    ///
+    /// ```
+    /// use switchover::ids::{DeviceId, Side, Window};
+    /// use switchover::plan::{PlanBuilder, StepSpec};
+    /// use switchover::resource::Resource;
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Topology;
+    /// let d = DeviceId(0);
+    /// let (dev, ring) = (Resource::device(d), Resource::vring(d, 0));
+    /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Destination);
+    /// let base = b.add(StepSpec::new(d, StepKind::SetVringBase, Window::Blackout).ring(0).footprint(&[ring]));
+    /// let kick = b.add(StepSpec::new(d, StepKind::SetVringKick, Window::Blackout).ring(0).footprint(&[ring]).after(&[base]));
+    /// // Two device-wide steps that nothing orders: they must exclude each other at run time.
+    /// let x = b.add(StepSpec::new(d, StepKind::Reconcile, Window::Blackout).footprint(&[dev]));
+    /// let y = b.add(StepSpec::new(d, StepKind::StorageActivate, Window::Blackout).footprint(&[dev]));
+    /// let plan = b.build().unwrap();
+    /// assert!(plan.contended(base).is_empty() && plan.contended(kick).is_empty()); // ordered
+    /// assert_eq!(plan.contended(x), plan.footprint_ids(x));
+    /// assert_eq!(plan.contended(y), plan.footprint_ids(y));
+    /// ```
+    pub fn contended(&self, id: StepId) -> &[u32] {
+        self.contended.get(id.0 as usize)
     }
     /// A step's footprint as resources.
     ///
@@ -913,7 +1045,59 @@ impl Plan {
     /// assert!(!plan.in_window(Window::Blackout).any(|s| s.kind.is_notifier()));
     /// ```
     pub fn in_window(&self, w: Window) -> impl Iterator<Item = &Step> + '_ {
-        self.steps.iter().filter(move |s| s.window == w)
+        self.windows[w as usize].iter().map(|id| &self.steps[id.0 as usize])
+    }
+    /// The ids of one window's steps, in id order.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// let ids: Vec<_> = plan.in_window(Window::Blackout).map(|s| s.id).collect();
+    /// assert_eq!(plan.window_steps(Window::Blackout), &ids[..]);
+    /// ```
+    pub fn window_steps(&self, w: Window) -> &[StepId] {
+        &self.windows[w as usize]
+    }
+    /// The executor's flags of a step ([`EXEC_CALLER`], [`EXEC_CONTENDED`]).
+    pub(crate) fn exec_flags(&self, id: StepId) -> u8 {
+        self.exec[id.0 as usize]
+    }
+    /// The shortest deadline of a window's steps (`Duration::MAX` if it has none).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use switchover::plan::DEFAULT_DEADLINE;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// assert_eq!(plan.min_deadline(Window::Blackout), DEFAULT_DEADLINE);
+    /// ```
+    pub fn min_deadline(&self, w: Window) -> Duration {
+        self.min_deadline[w as usize]
+    }
+    /// How many of a step's predecessors run in its own window.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::ids::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Destination, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// for s in plan.steps() {
+    ///     let same = plan.preds(s.id).iter().filter(|p| plan.step(**p).window == s.window).count();
+    ///     assert_eq!(plan.window_preds(s.id) as usize, same);
+    /// }
+    /// ```
+    pub fn window_preds(&self, id: StepId) -> u32 {
+        self.window_preds[id.0 as usize]
     }
     /// Whether any step of the plan touches a resource of `kind`.
     ///

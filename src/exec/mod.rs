@@ -43,22 +43,24 @@
 mod caller;
 mod clock;
 mod completion;
+mod lane;
 mod ready;
-mod sched;
+mod run;
 
 use std::sync::Arc as StdArc;
 use std::time::{Duration, Instant};
 
 pub use caller::CallerLane;
 pub use completion::Completion;
-pub use sched::{Lane, CALLER};
+pub use lane::Lane;
 
 use crate::error::{StepError, StepFailure};
-use crate::ids::{Affinity, DeviceId, Side, StepId, Window};
+use crate::ids::{DeviceId, Side, StepId, Window};
 use crate::plan::Plan;
 use crate::step::Step;
-use crate::sync::{Arc, Condvar, Mutex};
-use sched::{Sched, Woken};
+use crate::sync::{Arc, AtomicU64, Condvar, Mutex, Ordering};
+use lane::{LaneCtx, LaneHandle, Slot};
+use run::{Inner, Rec, RunData, RunInner};
 
 /// What performs steps. `start` must eventually call `done.complete(..)` exactly once
 /// (dropping `done` unanswered fails the step as abandoned). A blocking step completes
@@ -127,7 +129,7 @@ pub trait StepActions: Send + Sync + 'static {
     /// ```
     fn start(&self, step: &Step, done: Completion);
 
-    /// Starts a caller-affine step ([`Affinity::Caller`]) on the thread that called
+    /// Starts a caller-affine step ([`Affinity::Caller`](crate::ids::Affinity::Caller)) on the thread that called
     /// [`Engine::run`] — the one that holds the VMM's big lock. `lane` proves it:
     /// only the engine makes a [`CallerLane`], only on that thread, and it cannot
     /// be sent to another. VMM code that needs its big lock can ask for
@@ -382,6 +384,8 @@ impl StepOutcome {
 #[derive(Debug, Clone)]
 pub struct Progress {
     outcome: Vec<StepOutcome>,
+    /// Per window, how many of its steps are done.
+    done_in: [usize; 3],
 }
 
 impl Progress {
@@ -400,7 +404,7 @@ impl Progress {
     /// assert!(!p.all_done());
     /// ```
     pub fn new(plan: &Plan) -> Self {
-        Progress { outcome: vec![StepOutcome::NotRun; plan.len()] }
+        Progress { outcome: vec![StepOutcome::NotRun; plan.len()], done_in: [0; 3] }
     }
     /// A step's outcome.
     ///
@@ -416,9 +420,6 @@ impl Progress {
     /// ```
     pub fn outcome(&self, id: StepId) -> StepOutcome {
         self.outcome[id.0 as usize]
-    }
-    fn set(&mut self, id: StepId, o: StepOutcome) {
-        self.outcome[id.0 as usize] = o;
     }
     /// Whether every step is done.
     ///
@@ -678,105 +679,195 @@ impl Spawn for Threads {
     }
 }
 
-struct RunState {
-    epoch: u64,
-    plan: StdArc<Plan>,
-    actions: StdArc<dyn StepActions>,
-    sched: Sched,
-    clock: clock::Clock,
-}
+/// The CALLER lane's number.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::exec::{Completion, Engine, Progress, StepActions, CALLER};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::ids::{Side, Window};
+/// use switchover::step::Step;
+/// use switchover::topology::Topology;
+/// struct Inline;
+/// impl StepActions for Inline {
+///     fn start(&self, _step: &Step, done: Completion) {
+///         done.complete(Ok(()));
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+/// // With no workers, the caller lane runs every step.
+/// let r = Engine::new(0).run(&plan, Window::Blackout, Arc::new(Inline), &mut Progress::new(&plan));
+/// assert!(!r.records.is_empty() && r.records.iter().all(|x| x.lane == CALLER));
+/// ```
+pub const CALLER: Lane = 0;
 
-struct State {
-    shutdown: bool,
-    epoch: u64,
-    run: Option<RunState>,
-    idle_workers: usize,
-}
-
+/// What the engine's threads share: the slow-path state under one mutex, the
+/// hint word the lanes read once per step, and each lane's own state.
 pub(crate) struct Shared {
-    state: Mutex<State>,
+    inner: Mutex<Inner>,
     workers_cv: Condvar,
     caller_cv: Condvar,
+    hints: Padded<AtomicU64>,
+    lanes: Vec<Padded<Slot>>,
 }
 
-/// Steps a lane takes per lock acquisition when they are brief.
-const BATCH: usize = 16;
+/// A value on cache lines of its own (two, for the adjacent-line prefetcher), so
+/// that one lane's writes do not slow another's reads.
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub T);
 
-/// A step a lane started: when, and its answer (with its time) if it came inline.
-type Started = (StepId, clock::Stamp, Option<(Result<(), StepFailure>, clock::Stamp)>);
-
-/// What a lane needs to start the steps of its batch.
-struct LaneCtx<'a> {
-    shared: &'a Arc<Shared>,
-    epoch: u64,
-    plan: &'a Plan,
-    actions: &'a dyn StepActions,
-    lane: Lane,
-    clock: clock::Clock,
-    /// Present on the caller lane only.
-    caller: Option<&'a CallerLane>,
-}
-
-/// Starts each step of a batch on this lane, stamping its real start (and inline end).
-fn run_batch(cx: &LaneCtx<'_>, batch: &mut Vec<StepId>, done: &mut Vec<Started>) {
-    for id in batch.drain(..) {
-        let t0 = cx.clock.now();
-        let inline = start_step(cx.shared, cx.epoch, cx.plan, cx.actions, id, cx.lane, cx.caller).map(|r| (r, cx.clock.now()));
-        done.push((id, t0, inline));
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
     }
 }
 
 impl Shared {
-    /// Delivers a step's answer from any thread.
+    /// Delivers the answer of a step that did not answer inline, from any thread.
     pub(crate) fn complete(&self, epoch: u64, id: StepId, r: Result<(), StepFailure>) {
-        let mut st = self.state.lock();
-        let w = Self::record(&mut st, epoch, id, r);
-        self.wake(&st, w, 0);
-    }
-
-    /// Records a lane's batch: when each step really started and, for those that
-    /// answered before `start` returned, their answer and its time. The lane goes
-    /// on to take more steps itself.
-    fn record_batch(&self, st: &mut State, epoch: u64, done: &mut Vec<Started>) {
-        let mut total = Woken::default();
-        for (id, started, inline) in done.drain(..) {
-            let Some(run) = st.run.as_mut() else { continue };
-            if run.epoch != epoch {
-                continue;
-            }
-            let RunState { plan, sched, .. } = run;
-            sched.restamp(id, started);
-            if let Some((r, at)) = inline {
-                let w = sched.complete(plan, id, r, at).unwrap_or_default();
-                total.any += w.any;
-                total.caller += w.caller;
-            }
-        }
-        self.wake(st, total, 1);
-    }
-
-    fn record(st: &mut State, epoch: u64, id: StepId, r: Result<(), StepFailure>) -> Woken {
-        let Some(run) = st.run.as_mut() else { return Woken::default() };
-        if run.epoch != epoch {
-            return Woken::default();
-        }
-        let now = run.clock.now();
-        let RunState { plan, sched, .. } = run;
-        sched.complete(plan, id, r, now).unwrap_or_default()
-    }
-
-    /// Wakes whoever can now make progress; `lane_continues` of the newly ready
-    /// any-lane steps are left to the lane that made them ready.
-    fn wake(&self, st: &State, w: Woken, lane_continues: usize) {
-        let idle = st.idle_workers;
-        let finished = st.run.as_ref().is_some_and(|r| r.sched.finished());
-        let any = w.any.saturating_sub(lane_continues);
-        for _ in 0..any.min(idle) {
+        let mut inner = self.inner.lock();
+        let Some(run) = inner.run_of(epoch) else { return };
+        let now = run.data.clock.now();
+        let before = run.pool.len();
+        run.answer(id.0, r, now);
+        let fresh = run.pool.len() - before;
+        let wake = inner.to_wake(fresh);
+        self.hints.store(inner.hints(), Ordering::Release);
+        for _ in 0..wake {
             self.workers_cv.notify_one();
         }
-        if w.caller > 0 || finished || any > idle {
+        // The caller lane takes new steps too, runs caller-affine ones, and ends
+        // the run once nothing can make progress.
+        if inner.caller_waiting {
             self.caller_cv.notify_one();
         }
+    }
+}
+
+fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
+    let (handle, _reserve) = LaneHandle::new(shared.clone());
+    let w = lane as usize - 1;
+    let mut active = false;
+    let (mut take, mut none) = (Vec::new(), Vec::new());
+    loop {
+        let data = {
+            let mut inner = shared.inner.lock();
+            if active {
+                if !std::mem::take(&mut inner.stuck[w]) {
+                    inner.active -= 1;
+                }
+                if inner.caller_waiting && inner.quiescent() {
+                    shared.caller_cv.notify_one();
+                }
+            }
+            loop {
+                if inner.shutdown {
+                    return;
+                }
+                if let Some(run) = inner.run.as_mut().filter(|r| !r.stopping && !r.pool.is_empty()) {
+                    let data = run.data.clone();
+                    for _ in 0..run.batch() {
+                        match run.pool.pop() {
+                            Some(r) => take.push(r),
+                            None => break,
+                        }
+                    }
+                    inner.active += 1;
+                    active = true;
+                    shared.hints.store(inner.hints(), Ordering::Release);
+                    break data;
+                }
+                inner.parked += 1;
+                shared.hints.store(inner.hints(), Ordering::Release);
+                shared.workers_cv.wait(&mut inner);
+                inner.parked -= 1;
+                inner.notified = inner.notified.saturating_sub(1);
+                shared.hints.store(inner.hints(), Ordering::Release);
+            }
+        };
+        let cx = LaneCtx { shared, handle: &handle, data: &data, lane, caller: None };
+        lane::work(&cx, &mut take, &mut none);
+    }
+}
+
+/// The watchdog, run by the caller lane while it waits: fails split-phase steps
+/// past their deadline, and finds workers inside a step past its deadline (see
+/// [`claim`]). Returns when to look again, and those workers.
+fn watchdog(shared: &Shared, inner: &mut Inner, now: clock::Stamp, late: &mut Vec<(usize, u32, clock::Stamp)>) -> Option<clock::Stamp> {
+    let Some(run) = inner.run.as_mut() else { return None };
+    let data = run.data.clone();
+    let (_, mut next) = run.expire(now);
+    if data.min_deadline == u64::MAX {
+        return next; // no step of this window has a deadline
+    }
+    for (w, slot) in shared.lanes.iter().enumerate().skip(1) {
+        let start = slot.started.load(Ordering::Acquire);
+        let id = slot.current.load(Ordering::Acquire);
+        if start == 0 || id == 0 {
+            continue;
+        }
+        let at = start.saturating_add(data.deadline_ticks(id - 1));
+        if at <= now {
+            late.push((w, id - 1, start));
+        } else {
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+    }
+    // A step a worker starts later has a deadline at least the window's shortest
+    // deadline away: look again by then.
+    if inner.active > 0 {
+        let at = now.saturating_add(data.min_deadline);
+        next = Some(next.map_or(at, |n| n.min(at)));
+    }
+    next
+}
+
+/// Ends step `id` of worker `w`, still inside its action past its deadline (or
+/// answered from another thread while its action has not returned): it times out
+/// unless that answer came, the worker's other ready steps go to the pool, and the
+/// worker counts as stuck until it comes back. Takes the worker's lock, then the
+/// engine's, and checks again under them.
+fn claim(shared: &Shared, epoch: u64, w: usize, id: u32, start: clock::Stamp) {
+    let slot = &shared.lanes[w];
+    let mut g = slot.local.lock();
+    let mut inner = shared.inner.lock();
+    let valid = g.epoch == epoch
+        && g.current == Some(id)
+        && !g.claimed
+        && slot.started.load(Ordering::Acquire) == start
+        && inner.run_of(epoch).is_some();
+    if !valid {
+        return; // it came back in time, or moved on
+    }
+    let run = inner.run_of(epoch).expect("checked");
+    g.claimed = true;
+    g.any.move_into(&mut run.pool);
+    drop(g);
+    run.set_ended(id);
+    let now = run.data.clock.now();
+    // An answer that came from another thread while the action still ran stands;
+    // otherwise the step timed out.
+    match run.take_early(id) {
+        Some((r, at)) => {
+            let outcome = if r.is_ok() { run::DONE } else { run::FAILED };
+            run.claimed.push(Rec { step: id, lane: w as Lane, outcome, start, end: at });
+            run.end(id, r);
+        }
+        None => {
+            run.claimed.push(Rec { step: id, lane: w as Lane, outcome: run::TIMED_OUT, start, end: now });
+            let after = run.data.plan.steps()[id as usize].deadline;
+            run.fail(id, StepFailure::Timeout { after });
+        }
+    }
+    inner.stuck[w - 1] = true;
+    inner.active -= 1;
+    let wake = inner.to_wake(usize::MAX);
+    shared.hints.store(inner.hints(), Ordering::Release);
+    for _ in 0..wake {
+        shared.workers_cv.notify_one();
     }
 }
 
@@ -808,6 +899,11 @@ impl Shared {
 /// ```
 pub struct Engine {
     shared: Arc<Shared>,
+    /// The caller lane's handle, and its reserve reference (see `LaneHandle::new`).
+    handle: StdArc<LaneHandle>,
+    _reserve: StdArc<LaneHandle>,
+    /// The records of the last run, merged (kept to reuse the memory).
+    scratch: Vec<Rec>,
     handles: std::sync::Mutex<Vec<Box<dyn WorkerHandle>>>,
     workers: usize,
     policy: FailurePolicy,
@@ -840,9 +936,11 @@ impl Engine {
     /// ```
     pub fn with_spawner(workers: usize, policy: FailurePolicy, spawn: &dyn Spawn) -> Engine {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { shutdown: false, epoch: 0, run: None, idle_workers: 0 }),
+            inner: Mutex::new(Inner::new(workers)),
             workers_cv: Condvar::new(),
             caller_cv: Condvar::new(),
+            hints: Padded(AtomicU64::new(run::Hints::NONE)),
+            lanes: (0..=workers).map(|_| Padded(Slot::new())).collect(),
         });
         let handles = (0..workers)
             .map(|i| {
@@ -851,7 +949,8 @@ impl Engine {
                 spawn.spawn(format!("switchover-w{lane}"), Box::new(move || worker_loop(&sh, lane)))
             })
             .collect();
-        Engine { shared, handles: std::sync::Mutex::new(handles), workers, policy }
+        let (handle, reserve) = LaneHandle::new(shared.clone());
+        Engine { shared, handle, _reserve: reserve, scratch: Vec::new(), handles: std::sync::Mutex::new(handles), workers, policy }
     }
 
     /// Sets the failure policy for later runs.
@@ -941,125 +1040,159 @@ impl Engine {
     pub fn run(&mut self, plan: &StdArc<Plan>, window: Window, actions: StdArc<dyn StepActions>, progress: &mut Progress) -> RunReport {
         let span = tracing::info_span!("window", side = plan.side().short(), window = window.name());
         let _g = span.enter();
-        let clock = clock::Clock::start();
-        let t0 = clock.origin();
-        let epoch;
+        let sh = &self.shared;
+        let lanes = self.workers + 1;
+        // `&mut self` keeps a second run from starting while this one runs; a run
+        // left behind by a panic outside any action is superseded (its late
+        // answers carry an old epoch and are ignored).
+        let epoch = sh.inner.lock().epoch + 1;
+        let (data, any, mut caller) = RunData::new(epoch, plan.clone(), actions, window, self.policy, lanes, progress);
+        let data = StdArc::new(data);
+        let t0 = data.clock.origin();
+        let mut any = any;
         {
-            let mut st = self.shared.state.lock();
-            // `&mut self` keeps a second run from starting while this one runs; a
-            // run left behind by a panic outside any action is superseded (its
-            // late answers carry an old epoch and are ignored).
-            st.epoch += 1;
-            epoch = st.epoch;
-            let sched = Sched::new(plan, window, self.policy, progress);
-            st.run = Some(RunState { epoch, plan: plan.clone(), actions: actions.clone(), sched, clock });
-        }
-        self.shared.workers_cv.notify_all();
-        // The caller lane.
-        let caller = CallerLane::here();
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut answers = Vec::with_capacity(BATCH);
-        let mut st = self.shared.state.lock();
-        loop {
-            let run = st.run.as_mut().expect("run present");
-            let now = run.clock.now();
-            if run.sched.expire(plan, now) > 0 {
-                continue;
+            let mut inner = sh.inner.lock();
+            inner.epoch = epoch;
+            let mut run = RunInner::new(data.clone());
+            if self.workers > 0 {
+                // Into the pool, then the caller lane's own share back out of it
+                // (so it starts at once, without contending with the workers).
+                for r in any.drain(..) {
+                    run.pool.insert(r);
+                }
+                for _ in 0..run.batch() {
+                    match run.pool.pop() {
+                        Some(r) => any.push(r),
+                        None => break,
+                    }
+                }
             }
-            if run.sched.finished() {
+            let ready = run.pool.len();
+            inner.run = Some(run);
+            let wake = inner.to_wake(ready);
+            sh.hints.store(inner.hints(), Ordering::Release);
+            for _ in 0..wake {
+                sh.workers_cv.notify_one();
+            }
+        }
+        // The caller lane.
+        let token = CallerLane::here();
+        let cx = LaneCtx { shared: sh, handle: &self.handle, data: &data, lane: CALLER, caller: Some(&token) };
+        let mut late = Vec::new();
+        loop {
+            lane::work(&cx, &mut any, &mut caller);
+            let mut inner = sh.inner.lock();
+            let done = loop {
+                let Some(run) = inner.run.as_mut() else { break true };
+                if !run.stopping {
+                    if !run.inbox.is_empty() {
+                        while let Some(r) = run.inbox.pop() {
+                            caller.push(r);
+                        }
+                        break false;
+                    }
+                    if !run.pool.is_empty() {
+                        for _ in 0..run.batch() {
+                            match run.pool.pop() {
+                                Some(r) => any.push(r),
+                                None => break,
+                            }
+                        }
+                        break false;
+                    }
+                }
+                let now = data.clock.now();
+                let next = watchdog(sh, &mut inner, now, &mut late);
+                if !late.is_empty() {
+                    // The worker's lock comes before the engine's.
+                    drop(inner);
+                    for (w, id, start) in late.drain(..) {
+                        claim(sh, epoch, w, id, start);
+                    }
+                    inner = sh.inner.lock();
+                    continue;
+                }
+                let run = inner.run.as_ref().expect("run present");
+                if !run.stopping && !(run.pool.is_empty() && run.inbox.is_empty()) {
+                    continue;
+                }
+                if inner.quiescent() {
+                    break true;
+                }
+                inner.caller_waiting = true;
+                match next {
+                    Some(t) => {
+                        sh.caller_cv.wait_until(&mut inner, data.clock.instant(t));
+                    }
+                    None => sh.caller_cv.wait(&mut inner),
+                }
+                inner.caller_waiting = false;
+            };
+            sh.hints.store(inner.hints(), Ordering::Release);
+            if done {
                 break;
             }
-            run.sched.next_batch(plan, CALLER, now, BATCH, &mut batch);
-            if !batch.is_empty() {
-                let clock = run.clock;
-                drop(st);
-                run_batch(
-                    &LaneCtx { shared: &self.shared, epoch, plan, actions: &*actions, lane: CALLER, clock, caller: Some(&caller) },
-                    &mut batch,
-                    &mut answers,
-                );
-                st = self.shared.state.lock();
-                self.shared.record_batch(&mut st, epoch, &mut answers);
-                continue;
-            }
-            match run.sched.next_deadline() {
-                Some(t) => {
-                    let at = run.clock.instant(t);
-                    self.shared.caller_cv.wait_until(&mut st, at);
-                }
-                None => self.shared.caller_cv.wait(&mut st),
-            }
         }
-        let run = st.run.take().expect("run present");
-        drop(st);
+        // The run is over: collect what every lane recorded.
+        let run = {
+            let mut inner = sh.inner.lock();
+            let run = inner.run.take().expect("run present");
+            sh.hints.store(inner.hints(), Ordering::Release);
+            run
+        };
         let wall = t0.elapsed();
-        run.sched.settle(plan, progress);
-        let failures: Vec<StepError> = run.sched.failures.iter().map(|(id, f)| StepError::new(plan, *id, f.clone())).collect();
-        let records = plan
-            .in_window(window)
-            .filter(|s| run.sched.was_started(s.id))
-            .map(|s| {
-                let t = run.sched.times[s.id.0 as usize];
-                StepRecord {
-                    step: s.id,
-                    outcome: progress.outcome(s.id),
-                    lane: t.lane,
-                    start: Duration::from_nanos(t.start_ns),
-                    end: Duration::from_nanos(t.end_ns.max(t.start_ns)),
-                }
-            })
-            .collect::<Vec<_>>();
-        tracing::info!(steps = records.len(), wall_us = wall.as_micros() as u64, failed = failures.len(), "window done");
-        RunReport {
-            side: plan.side(),
-            window,
-            started_at: t0,
-            wall,
-            lanes: self.workers + 1,
-            records,
-            failure: failures.first().cloned(),
-            failures,
-        }
-    }
-}
-
-/// Starts a step on this lane; returns its answer if it answered before `start`
-/// returned (the lane then records it and takes its next step under one lock).
-///
-/// A panic in the action is caught here: the step fails as
-/// [`StepFailure::Panicked`] (unless it had already answered) and the lane goes on,
-/// so neither a worker nor the caller's run is lost to it.
-fn start_step(
-    shared: &Arc<Shared>,
-    epoch: u64,
-    plan: &Plan,
-    actions: &dyn StepActions,
-    id: StepId,
-    lane: Lane,
-    caller: Option<&CallerLane>,
-) -> Option<Result<(), StepFailure>> {
-    let step = plan.step(id);
-    tracing::trace!(step = id.0, kind = step.kind.name(), device = plan.device_name(id), lane, "start");
-    completion::begin_inline(shared, epoch, id);
-    let done = Completion::engine(shared.clone(), epoch, id);
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match (caller, step.affinity) {
-        (Some(token), Affinity::Caller) => actions.start_on_caller(step, token, done),
-        _ => actions.start(step, done),
-    }));
-    let answer = completion::end_inline();
-    match r {
-        Ok(()) => answer,
-        Err(payload) => {
-            let message = panic_message(&*payload);
-            tracing::error!(step = id.0, kind = step.kind.name(), device = plan.device_name(id), %message, "step action panicked");
-            match answer {
-                // It panicked before answering: the dropped completion answered
-                // "panicked" inline; give that answer the panic's message.
-                Some(Err(StepFailure::Panicked { .. })) | None => Some(Err(StepFailure::Panicked { message })),
-                // It answered, then panicked: the answer stands.
-                Some(a) => Some(a),
+        // Every started step's record, by step: the lanes' own, the ends of those
+        // answered off their lane, and those the watchdog ended.
+        const NONE: u32 = u32::MAX;
+        let mut recs = std::mem::take(&mut self.scratch);
+        recs.clear();
+        for slot in &sh.lanes {
+            let mut g = slot.local.lock();
+            if g.epoch == epoch {
+                g.open = None;
+                recs.append(&mut g.records);
             }
         }
+        recs.extend_from_slice(&run.claimed);
+        let mut at = vec![NONE; plan.len()];
+        for (i, r) in recs.iter().enumerate() {
+            at[r.step as usize] = i as u32;
+        }
+        for &(id, end, outcome) in &run.ends {
+            if let Some(r) = recs.get_mut(at[id as usize] as usize) {
+                r.end = end;
+                r.outcome = outcome;
+            }
+        }
+        let clock = data.clock;
+        let mut records = Vec::with_capacity(recs.len());
+        let mut done = 0;
+        for &id in plan.window_steps(window) {
+            let i = id.0 as usize;
+            let o = match recs.get(at[i] as usize) {
+                Some(r) => {
+                    let o = match r.outcome {
+                        run::DONE => StepOutcome::Done,
+                        run::FAILED => StepOutcome::Failed,
+                        _ => StepOutcome::TimedOut,
+                    };
+                    let start = clock.ns(r.start);
+                    let end = clock.ns(r.end).max(start);
+                    records.push(StepRecord { step: id, outcome: o, lane: r.lane, start: Duration::from_nanos(start), end: Duration::from_nanos(end) });
+                    o
+                }
+                // Not started: a step done in an earlier attempt stays done.
+                None if progress.outcome[i] == StepOutcome::Done => StepOutcome::Done,
+                None => StepOutcome::NotRun,
+            };
+            done += usize::from(o == StepOutcome::Done);
+            progress.outcome[i] = o;
+        }
+        progress.done_in[window as usize] = done;
+        self.scratch = recs;
+        let failures: Vec<StepError> = run.failures.iter().map(|(id, f)| StepError::new(plan, *id, f.clone())).collect();
+        tracing::info!(steps = records.len(), wall_us = wall.as_micros() as u64, failed = failures.len(), "window done");
+        RunReport { side: plan.side(), window, started_at: t0, wall, lanes, records, failure: failures.first().cloned(), failures }
     }
 }
 
@@ -1074,44 +1207,9 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
-    let mut cached: Option<(u64, StdArc<Plan>, StdArc<dyn StepActions>)> = None;
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut answers = Vec::with_capacity(BATCH);
-    let mut st = shared.state.lock();
-    loop {
-        if st.shutdown {
-            return;
-        }
-        let mut epoch = 0;
-        let mut clock = None;
-        if let Some(run) = st.run.as_mut() {
-            if cached.as_ref().map(|c| c.0) != Some(run.epoch) {
-                cached = Some((run.epoch, run.plan.clone(), run.actions.clone()));
-            }
-            let plan = &cached.as_ref().expect("cached").1;
-            let now = run.clock.now();
-            run.sched.next_batch(plan, lane, now, BATCH, &mut batch);
-            epoch = run.epoch;
-            clock = Some(run.clock);
-        }
-        let (false, Some(clock)) = (batch.is_empty(), clock) else {
-            st.idle_workers += 1;
-            shared.workers_cv.wait(&mut st);
-            st.idle_workers -= 1;
-            continue;
-        };
-        drop(st);
-        let (_, plan, actions) = cached.as_ref().expect("cached");
-        run_batch(&LaneCtx { shared, epoch, plan, actions: &**actions, lane, clock, caller: None }, &mut batch, &mut answers);
-        st = shared.state.lock();
-        shared.record_batch(&mut st, epoch, &mut answers);
-    }
-}
-
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.shared.state.lock().shutdown = true;
+        self.shared.inner.lock().shutdown = true;
         self.shared.workers_cv.notify_all();
         let handles = std::mem::take(&mut *self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         for h in handles {
