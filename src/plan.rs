@@ -549,6 +549,7 @@ impl PlanBuilder {
                 exec[i] |= EXEC_CONTENDED;
             }
         }
+        let starts = Window::ALL.map(|w| WindowStart::new(&windows[w as usize], &window_preds, &exec, &rank, n));
         Ok(Plan {
             topology: topo,
             side: self.side,
@@ -565,6 +566,7 @@ impl PlanBuilder {
             window_preds,
             exec,
             min_deadline,
+            starts,
         })
     }
 }
@@ -683,8 +685,62 @@ pub struct Plan {
     /// [`EXEC_CALLER`], [`EXEC_CONTENDED`].
     exec: Vec<u8>,
     min_deadline: [Duration; 3],
+    starts: [WindowStart; 3],
 }
 
+/// Where the executor starts a window's first attempt (every earlier window done,
+/// none of this one's steps run yet): built with the plan, before any window
+/// opens, so that a run's setup is a copy.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WindowStart {
+    /// Per step: rank (low 32 bits), gate (next 24 bits: [`GATE_OUTSIDE`] for the
+    /// other windows' steps; 0, ready at once; 1, ready when its one predecessor
+    /// ends; `2 + k`, counted down from `counts[k]`), exec flags (high 8 bits).
+    pub info: Vec<u64>,
+    /// Initial countdowns of the steps that wait for more than one predecessor.
+    pub counts: Vec<u32>,
+    /// Ranks of the any-lane and the caller-affine steps ready at once.
+    pub ready_any: Vec<u32>,
+    pub ready_caller: Vec<u32>,
+    /// Whether any of the window's steps locks part of its footprint at run time.
+    pub contended: bool,
+}
+
+/// [`WindowStart::info`]: a step outside the window.
+pub(crate) const GATE_OUTSIDE: u32 = 0x00ff_ffff;
+
+/// One step's [`WindowStart::info`].
+#[inline]
+pub(crate) fn pack_info(rank: u32, gate: u32, flags: u8) -> u64 {
+    u64::from(rank) | u64::from(gate) << 32 | u64::from(flags) << 56
+}
+
+impl WindowStart {
+    fn new(steps: &[StepId], window_preds: &[u32], exec: &[u8], rank: &[u32], n: usize) -> WindowStart {
+        let mut s = WindowStart { info: (0..n).map(|i| pack_info(rank[i], GATE_OUTSIDE, 0)).collect(), ..WindowStart::default() };
+        for id in steps {
+            let i = id.0 as usize;
+            let (rem, f) = (window_preds[i], exec[i]);
+            let gate = match rem {
+                0 | 1 => rem,
+                _ => {
+                    s.counts.push(rem);
+                    1 + s.counts.len() as u32
+                }
+            };
+            s.info[i] = pack_info(rank[i], gate, f);
+            s.contended |= f & EXEC_CONTENDED != 0;
+            if rem == 0 {
+                if f & EXEC_CALLER == 0 {
+                    s.ready_any.push(rank[i]);
+                } else {
+                    s.ready_caller.push(rank[i]);
+                }
+            }
+        }
+        s
+    }
+}
 /// [`Plan::exec_flags`]: the step is caller-affine.
 pub(crate) const EXEC_CALLER: u8 = 1;
 /// [`Plan::exec_flags`]: part of the step's footprint is locked at run time.
@@ -1065,6 +1121,10 @@ impl Plan {
     /// The executor's flags of a step ([`EXEC_CALLER`], [`EXEC_CONTENDED`]).
     pub(crate) fn exec_flags(&self, id: StepId) -> u8 {
         self.exec[id.0 as usize]
+    }
+    /// Where the executor starts the first attempt at window `w`.
+    pub(crate) fn window_start(&self, w: Window) -> &WindowStart {
+        &self.starts[w as usize]
     }
     /// The shortest deadline of a window's steps (`Duration::MAX` if it has none).
     ///

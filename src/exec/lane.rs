@@ -16,14 +16,17 @@
 use std::sync::Arc as StdArc;
 
 use super::caller::CallerLane;
+use super::clock::Clock;
 use super::clock::Stamp;
 use super::completion::{self, Completion, Inline, ANSWERED_ERR, ANSWERED_OK};
 use super::ready::ReadySet;
-use super::run::{Hints, Rec, RunData, CALLER_AFFINE, CONTENDED, DONE, FAILED, PENDING};
+use super::run::{Hints, RunData, CALLER_AFFINE, CONTENDED};
 use super::{panic_message, Shared, CALLER};
+use super::{StepOutcome, StepRecord};
 use crate::error::StepFailure;
 use crate::ids::{Affinity, StepId};
 use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, Ordering};
+use std::time::Duration;
 
 /// The lane a step was started on: 0 is the caller, 1.. are workers.
 ///
@@ -74,8 +77,11 @@ pub(crate) struct Local {
     pub any: ReadySet,
     /// Ready caller-affine steps (caller lane only).
     pub caller: ReadySet,
-    /// Steps this lane started.
-    pub records: Vec<Rec>,
+    /// Steps this lane started (a split-phase step's still in flight says
+    /// `NotRun`, and is listed in `pending`).
+    pub records: Vec<StepRecord>,
+    /// Indexes in `records` of split-phase steps answered off this lane.
+    pub pending: Vec<u32>,
     /// The record whose end is this lane's next timestamp (a step that answered
     /// inline ends when its lane is done with it).
     pub open: Option<usize>,
@@ -87,20 +93,23 @@ pub(crate) struct Local {
 
 impl Local {
     /// Empties the lane's state for run `epoch` of a plan of `n` steps.
-    pub(crate) fn reset(&mut self, epoch: u64, n: usize) {
+    pub(crate) fn reset(&mut self, epoch: u64, n: usize, expect: usize) {
         self.epoch = epoch;
         self.any.reset(n);
         self.caller.reset(n);
         self.records.clear();
+        self.records.reserve(expect);
+        self.pending.clear();
         self.open = None;
         self.current = None;
         self.claimed = false;
     }
 
     #[inline]
-    fn close(&mut self, t: Stamp) {
+    fn close(&mut self, t: Stamp, clock: &Clock) {
         if let Some(i) = self.open.take() {
-            self.records[i].end = t;
+            let r = &mut self.records[i];
+            r.end = Duration::from_nanos(clock.ns(t)).max(r.start);
         }
     }
 }
@@ -146,7 +155,9 @@ pub(crate) fn work(cx: &LaneCtx<'_>, take_any: &mut Vec<u32>, take_caller: &mut 
     let watched = data.min_deadline != u64::MAX && cx.lane != CALLER;
     let mut g = slot.local.lock();
     if g.epoch != data.epoch {
-        g.reset(data.epoch, plan.len());
+        // The caller lane's records become the report's: room for the window.
+        let expect = if cx.lane == CALLER { plan.window_steps(data.window).len() } else { 0 };
+        g.reset(data.epoch, plan.len(), expect);
     }
     for r in take_any.drain(..) {
         g.any.insert(r);
@@ -210,7 +221,7 @@ pub(crate) fn work(cx: &LaneCtx<'_>, take_any: &mut Vec<u32>, take_caller: &mut 
             slot.current.store(0, Ordering::Relaxed);
         }
         // The previous step (answered inline) ended when this one started.
-        g.close(t);
+        g.close(t, &data.clock);
         g.current = None;
         if std::mem::take(&mut g.claimed) {
             // The watchdog ended this step while the lane was inside it. The lane
@@ -226,7 +237,8 @@ pub(crate) fn work(cx: &LaneCtx<'_>, take_any: &mut Vec<u32>, take_caller: &mut 
             continue;
         }
         let idx = g.records.len();
-        g.records.push(Rec { step: id.0, lane: cx.lane, outcome: DONE, start: t, end: 0 });
+        let start = Duration::from_nanos(data.clock.ns(t));
+        g.records.push(StepRecord { step: id, outcome: StepOutcome::Done, lane: cx.lane, start, end: start });
         if answer == ANSWERED_OK && data.flags(id.0) & CONTENDED == 0 {
             // The common case: answered inline, nothing to release.
             g.open = Some(idx);
@@ -246,25 +258,28 @@ pub(crate) fn work(cx: &LaneCtx<'_>, take_any: &mut Vec<u32>, take_caller: &mut 
             }
             _ => {
                 // Split-phase: in flight until its answer comes, unless it came already.
-                g.records[idx].outcome = PENDING;
                 let mut inner = sh.inner.lock();
                 let Some(run) = inner.run_of(data.epoch) else { break };
                 match run.register(id.0, t) {
-                    None => continue,
+                    None => {
+                        g.records[idx].outcome = StepOutcome::NotRun;
+                        g.pending.push(idx as u32);
+                        continue;
+                    }
                     Some((r, at)) => {
-                        g.records[idx].end = at;
+                        g.records[idx].end = Duration::from_nanos(data.clock.ns(at)).max(start);
                         r
                     }
                 }
             }
         };
-        g.records[idx].outcome = if r.is_ok() { DONE } else { FAILED };
+        g.records[idx].outcome = if r.is_ok() { StepOutcome::Done } else { StepOutcome::Failed };
         if !ended(cx, &mut g, id, r) {
             break;
         }
     }
     let t = data.clock.now();
-    g.close(t);
+    g.close(t, &data.clock);
 }
 
 /// A step of this lane succeeded (and holds no contended resource): its
@@ -324,7 +339,7 @@ fn ended(cx: &LaneCtx<'_>, g: &mut Local, id: StepId, r: Result<(), StepFailure>
     run.end(id.0, r);
     let fresh = run.pool.len() - before;
     let caller_has = !run.inbox.is_empty() || run.stopping;
-    let wake = inner.to_wake(fresh);
+    let wake = inner.wake_for(fresh);
     sh.hints.store(inner.hints(), Ordering::Release);
     for _ in 0..wake {
         sh.workers_cv.notify_one();
@@ -343,7 +358,7 @@ fn share(cx: &LaneCtx<'_>, any: &mut ReadySet) {
     let Some(run) = inner.run_of(cx.data.epoch) else { return };
     let n = any.len();
     any.move_into(&mut run.pool);
-    let wake = inner.to_wake(n);
+    let wake = inner.wake_for(n);
     sh.hints.store(inner.hints(), Ordering::Release);
     for _ in 0..wake {
         sh.workers_cv.notify_one();

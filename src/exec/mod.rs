@@ -386,6 +386,9 @@ pub struct Progress {
     outcome: Vec<StepOutcome>,
     /// Per window, how many of its steps are done.
     done_in: [usize; 3],
+    /// Per window, whether it ran already (its steps' outcomes are not all
+    /// `NotRun` any more).
+    attempted: [bool; 3],
 }
 
 impl Progress {
@@ -404,7 +407,7 @@ impl Progress {
     /// assert!(!p.all_done());
     /// ```
     pub fn new(plan: &Plan) -> Self {
-        Progress { outcome: vec![StepOutcome::NotRun; plan.len()], done_in: [0; 3] }
+        Progress { outcome: vec![StepOutcome::NotRun; plan.len()], done_in: [0; 3], attempted: [false; 3] }
     }
     /// A step's outcome.
     ///
@@ -546,7 +549,8 @@ pub struct RunReport {
     pub wall: Duration,
     /// Lanes available (workers + caller).
     pub lanes: usize,
-    /// Records of the steps that were started.
+    /// Records of the steps that were started, lane by lane, each lane's in the
+    /// order it started them (sort by `start` or `step` for another order).
     pub records: Vec<StepRecord>,
     /// The first failure, naming device and step.
     pub failure: Option<StepError>,
@@ -734,7 +738,7 @@ impl Shared {
         let before = run.pool.len();
         run.answer(id.0, r, now);
         let fresh = run.pool.len() - before;
-        let wake = inner.to_wake(fresh);
+        let wake = inner.wake_for(fresh);
         self.hints.store(inner.hints(), Ordering::Release);
         for _ in 0..wake {
             self.workers_cv.notify_one();
@@ -797,7 +801,7 @@ fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
 /// past their deadline, and finds workers inside a step past its deadline (see
 /// [`claim`]). Returns when to look again, and those workers.
 fn watchdog(shared: &Shared, inner: &mut Inner, now: clock::Stamp, late: &mut Vec<(usize, u32, clock::Stamp)>) -> Option<clock::Stamp> {
-    let Some(run) = inner.run.as_mut() else { return None };
+    let run = inner.run.as_mut()?;
     let data = run.data.clone();
     let (_, mut next) = run.expire(now);
     if data.min_deadline == u64::MAX {
@@ -864,7 +868,7 @@ fn claim(shared: &Shared, epoch: u64, w: usize, id: u32, start: clock::Stamp) {
     }
     inner.stuck[w - 1] = true;
     inner.active -= 1;
-    let wake = inner.to_wake(usize::MAX);
+    let wake = inner.wake_for(usize::MAX);
     shared.hints.store(inner.hints(), Ordering::Release);
     for _ in 0..wake {
         shared.workers_cv.notify_one();
@@ -902,8 +906,6 @@ pub struct Engine {
     /// The caller lane's handle, and its reserve reference (see `LaneHandle::new`).
     handle: StdArc<LaneHandle>,
     _reserve: StdArc<LaneHandle>,
-    /// The records of the last run, merged (kept to reuse the memory).
-    scratch: Vec<Rec>,
     handles: std::sync::Mutex<Vec<Box<dyn WorkerHandle>>>,
     workers: usize,
     policy: FailurePolicy,
@@ -950,7 +952,7 @@ impl Engine {
             })
             .collect();
         let (handle, reserve) = LaneHandle::new(shared.clone());
-        Engine { shared, handle, _reserve: reserve, scratch: Vec::new(), handles: std::sync::Mutex::new(handles), workers, policy }
+        Engine { shared, handle, _reserve: reserve, handles: std::sync::Mutex::new(handles), workers, policy }
     }
 
     /// Sets the failure policy for later runs.
@@ -1069,7 +1071,7 @@ impl Engine {
             }
             let ready = run.pool.len();
             inner.run = Some(run);
-            let wake = inner.to_wake(ready);
+            let wake = inner.wake_for(ready);
             sh.hints.store(inner.hints(), Ordering::Release);
             for _ in 0..wake {
                 sh.workers_cv.notify_one();
@@ -1113,7 +1115,7 @@ impl Engine {
                     continue;
                 }
                 let run = inner.run.as_ref().expect("run present");
-                if !run.stopping && !(run.pool.is_empty() && run.inbox.is_empty()) {
+                if !(run.stopping || run.pool.is_empty() && run.inbox.is_empty()) {
                     continue;
                 }
                 if inner.quiescent() {
@@ -1141,58 +1143,78 @@ impl Engine {
             run
         };
         let wall = t0.elapsed();
-        // Every started step's record, by step: the lanes' own, the ends of those
-        // answered off their lane, and those the watchdog ended.
-        const NONE: u32 = u32::MAX;
-        let mut recs = std::mem::take(&mut self.scratch);
-        recs.clear();
+        // Every started step's record, lane by lane: the lanes' own (with the
+        // ends of those answered off their lane), and those the watchdog ended.
+        let clock = data.clock;
+        let ns = |t: clock::Stamp| Duration::from_nanos(clock.ns(t));
+        let mut ends = run.ends;
+        ends.sort_unstable_by_key(|e| e.0);
+        let mut records: Vec<StepRecord> = Vec::new();
         for slot in &sh.lanes {
             let mut g = slot.local.lock();
-            if g.epoch == epoch {
-                g.open = None;
-                recs.append(&mut g.records);
+            if g.epoch != epoch {
+                continue;
             }
-        }
-        recs.extend_from_slice(&run.claimed);
-        let mut at = vec![NONE; plan.len()];
-        for (i, r) in recs.iter().enumerate() {
-            at[r.step as usize] = i as u32;
-        }
-        for &(id, end, outcome) in &run.ends {
-            if let Some(r) = recs.get_mut(at[id as usize] as usize) {
-                r.end = end;
-                r.outcome = outcome;
+            g.open = None;
+            let base = records.len();
+            if records.is_empty() {
+                std::mem::swap(&mut records, &mut g.records);
+            } else {
+                records.append(&mut g.records);
             }
+            for &i in &g.pending {
+                let r = &mut records[base + i as usize];
+                let (end, o) = match ends.binary_search_by_key(&r.step.0, |e| e.0) {
+                    Ok(k) => (ns(ends[k].1), outcome_of(ends[k].2)),
+                    Err(_) => (r.start, StepOutcome::TimedOut),
+                };
+                r.end = end.max(r.start);
+                r.outcome = o;
+            }
+            g.pending.clear();
         }
-        let clock = data.clock;
-        let mut records = Vec::with_capacity(recs.len());
+        for c in &run.claimed {
+            records.push(StepRecord {
+                step: StepId(c.step),
+                outcome: outcome_of(c.outcome),
+                lane: c.lane,
+                start: ns(c.start),
+                end: ns(c.end).max(ns(c.start)),
+            });
+        }
+        // Outcomes: a step that did not start keeps `done` from an earlier
+        // attempt, and is not run otherwise.
+        let attempted = std::mem::replace(&mut progress.attempted[window as usize], true);
         let mut done = 0;
-        for &id in plan.window_steps(window) {
-            let i = id.0 as usize;
-            let o = match recs.get(at[i] as usize) {
-                Some(r) => {
-                    let o = match r.outcome {
-                        run::DONE => StepOutcome::Done,
-                        run::FAILED => StepOutcome::Failed,
-                        _ => StepOutcome::TimedOut,
-                    };
-                    let start = clock.ns(r.start);
-                    let end = clock.ns(r.end).max(start);
-                    records.push(StepRecord { step: id, outcome: o, lane: r.lane, start: Duration::from_nanos(start), end: Duration::from_nanos(end) });
-                    o
+        if attempted {
+            for &id in plan.window_steps(window) {
+                let o = &mut progress.outcome[id.0 as usize];
+                if *o == StepOutcome::Done {
+                    done += 1;
+                } else {
+                    *o = StepOutcome::NotRun;
                 }
-                // Not started: a step done in an earlier attempt stays done.
-                None if progress.outcome[i] == StepOutcome::Done => StepOutcome::Done,
-                None => StepOutcome::NotRun,
-            };
-            done += usize::from(o == StepOutcome::Done);
-            progress.outcome[i] = o;
+            }
+        }
+        for r in &records {
+            let o = &mut progress.outcome[r.step.0 as usize];
+            // A started step was not done before (done steps never start again).
+            done += usize::from(r.outcome == StepOutcome::Done);
+            *o = r.outcome;
         }
         progress.done_in[window as usize] = done;
-        self.scratch = recs;
         let failures: Vec<StepError> = run.failures.iter().map(|(id, f)| StepError::new(plan, *id, f.clone())).collect();
         tracing::info!(steps = records.len(), wall_us = wall.as_micros() as u64, failed = failures.len(), "window done");
         RunReport { side: plan.side(), window, started_at: t0, wall, lanes, records, failure: failures.first().cloned(), failures }
+    }
+}
+
+/// A record's outcome code as an outcome.
+fn outcome_of(code: u8) -> StepOutcome {
+    match code {
+        run::DONE => StepOutcome::Done,
+        run::FAILED => StepOutcome::Failed,
+        _ => StepOutcome::TimedOut,
     }
 }
 

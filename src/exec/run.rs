@@ -27,12 +27,10 @@ use super::ready::ReadySet;
 use super::{FailurePolicy, Lane, Progress, StepActions, StepOutcome};
 use crate::error::StepFailure;
 use crate::ids::{StepId, Window};
-use crate::plan::{Plan, EXEC_CALLER, EXEC_CONTENDED};
+use crate::plan::{pack_info, Plan, EXEC_CALLER, EXEC_CONTENDED, GATE_OUTSIDE};
 use crate::sync::{AtomicU32, Ordering};
 
-
 /// How a started step ended, in a record.
-pub(crate) const PENDING: u8 = 0;
 pub(crate) const DONE: u8 = 1;
 pub(crate) const FAILED: u8 = 2;
 pub(crate) const TIMED_OUT: u8 = 3;
@@ -75,6 +73,7 @@ pub(crate) struct RunData {
     pub epoch: u64,
     pub plan: StdArc<Plan>,
     pub actions: StdArc<dyn StepActions>,
+    pub window: Window,
     pub policy: FailurePolicy,
     pub clock: Clock,
     pub lanes: usize,
@@ -87,20 +86,17 @@ pub(crate) struct RunData {
     pub counts: Vec<AtomicU32>,
     /// The window's shortest step deadline, in clock units.
     pub min_deadline: u64,
+    /// Whether any step of the run locks part of its footprint at run time.
+    pub contended: bool,
 }
 
 /// A step outside this run (another window's, or blocked by an earlier
 /// window's failure, or done already).
-pub(crate) const OUTSIDE: u32 = 0x00ff_ffff;
+pub(crate) const OUTSIDE: u32 = GATE_OUTSIDE;
 /// [`RunData::flags`]: the step runs on the caller lane only.
 pub(crate) const CALLER_AFFINE: u8 = EXEC_CALLER;
 /// [`RunData::flags`]: part of the step's footprint is locked at run time.
 pub(crate) const CONTENDED: u8 = EXEC_CONTENDED;
-
-#[inline]
-fn pack(rank: u32, gate: u32, flags: u8) -> u64 {
-    u64::from(rank) | u64::from(gate) << 32 | u64::from(flags) << 56
-}
 
 impl RunData {
     /// Sets up the window's steps; steps whose earlier-window predecessors did not
@@ -116,43 +112,49 @@ impl RunData {
         progress: &Progress,
     ) -> (RunData, Vec<u32>, Vec<u32>) {
         let clock = Clock::start();
-        let n = plan.len();
-        let done = &progress.outcome;
-        let mut info: Vec<u64> = (0..n as u32).map(|i| pack(plan.rank(StepId(i)), OUTSIDE, 0)).collect();
-        let mut waits = Vec::new();
-        let (mut any, mut caller) = (Vec::new(), Vec::new());
         // The first attempt at a window whose earlier windows all ran: every step
-        // waits for exactly its predecessors in the window.
+        // waits for exactly its predecessors in the window, as the plan worked out
+        // when it was built.
         let fresh = progress.done_in[window as usize] == 0
             && Window::ALL.iter().filter(|w| **w < window).all(|w| progress.done_in[*w as usize] == plan.window_steps(*w).len());
+        let min_deadline = clock.ticks(plan.min_deadline(window));
+        if fresh {
+            let st = plan.window_start(window);
+            let (info, counts) = (st.info.clone(), st.counts.iter().map(|&c| AtomicU32::new(c)).collect());
+            let (any, caller) = (st.ready_any.clone(), st.ready_caller.clone());
+            let contended = st.contended;
+            return (RunData { epoch, plan, actions, window, policy, clock, lanes, info, counts, min_deadline, contended }, any, caller);
+        }
+        let n = plan.len();
+        let done = &progress.outcome;
+        let mut info: Vec<u64> = (0..n as u32).map(|i| pack_info(plan.rank(StepId(i)), OUTSIDE, 0)).collect();
+        let mut waits = Vec::new();
+        let (mut any, mut caller) = (Vec::new(), Vec::new());
+        let mut contended = false;
         for &id in plan.window_steps(window) {
             let i = id.0 as usize;
-            let rem = if fresh {
-                plan.window_preds(id)
-            } else {
-                if done[i] == StepOutcome::Done {
-                    continue; // done already (a window is idempotent)
-                }
-                let mut blocked = false;
-                let mut rem = 0u32;
-                for p in plan.preds(id) {
-                    if done[p.0 as usize] == StepOutcome::Done {
-                        // Predecessors in this window that already ran (an earlier
-                        // attempt) count as done.
-                        continue;
-                    }
-                    if plan.step(*p).window != window {
-                        blocked = true;
-                        break;
-                    }
-                    rem += 1;
-                }
-                if blocked {
+            if done[i] == StepOutcome::Done {
+                continue; // done already (a window is idempotent)
+            }
+            let mut blocked = false;
+            let mut rem = 0u32;
+            for p in plan.preds(id) {
+                if done[p.0 as usize] == StepOutcome::Done {
+                    // Predecessors in this window that already ran (an earlier
+                    // attempt) count as done.
                     continue;
                 }
-                rem
-            };
+                if plan.step(*p).window != window {
+                    blocked = true;
+                    break;
+                }
+                rem += 1;
+            }
+            if blocked {
+                continue;
+            }
             let f = plan.exec_flags(id);
+            contended |= f & CONTENDED != 0;
             let gate = match rem {
                 0 | 1 => rem,
                 _ => {
@@ -161,7 +163,7 @@ impl RunData {
                 }
             };
             let rank = plan.rank(id);
-            info[i] = pack(rank, gate, f);
+            info[i] = pack_info(rank, gate, f);
             if rem == 0 {
                 if f & CALLER_AFFINE == 0 {
                     any.push(rank);
@@ -171,8 +173,7 @@ impl RunData {
             }
         }
         let counts = waits.into_iter().map(AtomicU32::new).collect();
-        let min_deadline = clock.ticks(plan.min_deadline(window));
-        (RunData { epoch, plan, actions, policy, clock, lanes, info, counts, min_deadline }, any, caller)
+        (RunData { epoch, plan, actions, window, policy, clock, lanes, info, counts, min_deadline, contended }, any, caller)
     }
 
     /// A step's flags.
@@ -232,7 +233,8 @@ pub(crate) struct RunInner {
 impl RunInner {
     pub(crate) fn new(data: StdArc<RunData>) -> RunInner {
         let n = data.plan.len();
-        let r = data.plan.resource_count();
+        // Footprint tables only for a run that locks footprints at all.
+        let r = if data.contended { data.plan.resource_count() } else { 0 };
         RunInner {
             pool: ReadySet::new(n),
             inbox: ReadySet::new(n),
@@ -435,7 +437,16 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn new(workers: usize) -> Inner {
-        Inner { shutdown: false, epoch: 0, run: None, parked: 0, notified: 0, active: 0, stuck: vec![false; workers], caller_waiting: false }
+        Inner {
+            shutdown: false,
+            epoch: 0,
+            run: None,
+            parked: 0,
+            notified: 0,
+            active: 0,
+            stuck: vec![false; workers],
+            caller_waiting: false,
+        }
     }
 
     /// The current run, if it is run `epoch`.
@@ -468,7 +479,7 @@ impl Inner {
 
     /// How many parked workers to wake for `ready` new pool steps; counts them as
     /// notified.
-    pub(crate) fn to_wake(&mut self, ready: usize) -> usize {
+    pub(crate) fn wake_for(&mut self, ready: usize) -> usize {
         let k = self.parked.saturating_sub(self.notified).min(ready);
         self.notified += k;
         k
