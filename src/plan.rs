@@ -1206,27 +1206,54 @@ impl Plan {
     /// assert_eq!(lb.chain, Duration::from_micros(50 + 5 + 50 + 5 + 5));
     /// ```
     pub fn lower_bound(&self, w: Window, lanes: usize) -> LowerBound {
+        self.lower_bound_by(w, lanes, |s| {
+            let lane = if s.mode == ExecMode::Blocking { s.cost } else { Duration::ZERO };
+            BoundCost { answer: s.cost, server: s.cost, lane }
+        })
+    }
+
+    /// [`Plan::lower_bound`] with each step's costs given by `cost` (measured costs,
+    /// say, instead of the expected ones the plan was built with): the largest of
+    /// the longest dependency chain of answers, each serialised server's busy time,
+    /// and the lanes' work divided by the number of lanes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::plan::BoundCost;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Topology;
+    /// let t = std::sync::Arc::new(Topology::preset("single-net").unwrap());
+    /// let p = build(&t, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// // Measured: each `get_vring_base` answers in 30 µs and holds its channel 10 µs.
+    /// let lb = p.lower_bound_by(Window::Blackout, 2, |s| match s.kind {
+    ///     StepKind::GetVringBase => BoundCost { answer: Duration::from_micros(30), server: Duration::from_micros(10), lane: Duration::ZERO },
+    ///     _ => BoundCost::default(),
+    /// });
+    /// assert_eq!(lb.chain, Duration::from_micros(30)); // the rings are independent
+    /// assert_eq!(lb.busiest_server.unwrap().1, Duration::from_micros(20)); // two rings, one channel
+    /// assert_eq!(lb.bound, Duration::from_micros(30));
+    /// ```
+    pub fn lower_bound_by(&self, w: Window, lanes: usize, cost: impl Fn(&Step) -> BoundCost) -> LowerBound {
         let mut finish = vec![0u64; self.steps.len()];
         let mut chain = 0u64;
         let mut servers: Vec<(Server, u64)> = Vec::new();
         let mut blocking = 0u64;
-        for s in &self.steps {
-            if s.window != w {
-                continue;
-            }
-            let c = s.cost.as_nanos() as u64;
+        for &id in self.window_steps(w) {
+            let s = &self.steps[id.0 as usize];
+            let c = cost(s);
+            let (answer, server, lane) = (ns(c.answer), ns(c.server), ns(c.lane));
             let start = self.preds(s.id).iter().map(|p| finish[p.0 as usize]).max().unwrap_or(0);
-            finish[s.id.0 as usize] = start + c;
-            chain = chain.max(start + c);
+            finish[s.id.0 as usize] = start + answer;
+            chain = chain.max(start + answer);
             if let Some(sv) = s.server {
                 match servers.iter_mut().find(|(x, _)| *x == sv) {
-                    Some(e) => e.1 += c,
-                    None => servers.push((sv, c)),
+                    Some(e) => e.1 += server,
+                    None => servers.push((sv, server)),
                 }
             }
-            if s.mode == ExecMode::Blocking {
-                blocking += c;
-            }
+            blocking += lane;
         }
         servers.sort_by_key(|x| std::cmp::Reverse(x.1));
         let lanes = lanes.max(1) as u64;
@@ -1250,6 +1277,26 @@ impl Plan {
             limiter,
         }
     }
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One step's costs for [`Plan::lower_bound_by`].
+///
+/// ```
+/// use switchover::plan::BoundCost;
+/// assert_eq!(BoundCost::default().answer, std::time::Duration::ZERO);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BoundCost {
+    /// From its start to its answer, with nothing queued before it.
+    pub answer: std::time::Duration,
+    /// How long it keeps its serialised server busy (if it has one).
+    pub server: std::time::Duration,
+    /// How long it holds a lane.
+    pub lane: std::time::Duration,
 }
 
 /// What limits a window's duration at best.

@@ -57,6 +57,7 @@ pub use lane::Lane;
 use crate::error::{StepError, StepFailure};
 use crate::ids::{DeviceId, Side, StepId, Window};
 use crate::plan::Plan;
+use crate::predict::{Expected, RoundTrip};
 use crate::step::Step;
 use crate::sync::{Arc, AtomicU64, Condvar, Mutex, Ordering};
 use lane::{LaneCtx, LaneHandle, Slot};
@@ -259,6 +260,65 @@ pub trait StepActions: Send + Sync + 'static {
     /// ```
     fn abandon(&self, _device: DeviceId) -> bool {
         false
+    }
+
+    /// Measures, before the window opens, a round trip on `device`'s backend: a
+    /// request that changes nothing and has a reply (vhost-user `GET_FEATURES`,
+    /// say), once alone and then a few back to back. The prediction
+    /// ([`crate::predict`]) takes from it what a plain request costs on that
+    /// channel. `None` (the default): cannot measure.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::exec::{Completion, StepActions};
+    /// use switchover::ids::DeviceId;
+    /// use switchover::predict::RoundTrip;
+    /// use switchover::step::Step;
+    /// struct Backend;
+    /// impl StepActions for Backend {
+    ///     fn start(&self, _step: &Step, done: Completion) {
+    ///         done.complete(Ok(()));
+    ///     }
+    ///     fn probe(&self, _device: DeviceId) -> Option<RoundTrip> {
+    ///         // e.g. timed GET_FEATURES requests on the device's control channel
+    ///         Some(RoundTrip { alone: Duration::from_micros(40), per_request: Duration::from_micros(12) })
+    ///     }
+    /// }
+    /// assert_eq!(Backend.probe(DeviceId(0)).unwrap().transport(), Duration::from_micros(28));
+    /// ```
+    fn probe(&self, _device: DeviceId) -> Option<RoundTrip> {
+        None
+    }
+
+    /// What the actions expect `step` to cost if it ran now, from what they know
+    /// of their own backends (their own measurements, the dirty pages a final RAM
+    /// pass would copy, the requests a drain would wait for). `None` (the
+    /// default): the prediction works it out from measurements and the plan.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::exec::{Completion, StepActions};
+    /// use switchover::predict::Expected;
+    /// use switchover::step::{Step, StepKind};
+    /// struct Vmm {
+    ///     dirty_pages: u64,
+    /// }
+    /// impl StepActions for Vmm {
+    ///     fn start(&self, _step: &Step, done: Completion) {
+    ///         done.complete(Ok(()));
+    ///     }
+    ///     fn expect(&self, step: &Step) -> Option<Expected> {
+    ///         // The final pass copies what is dirty now, at 2 GB/s.
+    ///         (step.kind == StepKind::FinalPass).then(|| Expected::blocking(Duration::from_nanos(self.dirty_pages * 4096 / 2)))
+    ///     }
+    /// }
+    /// let topo = switchover::topology::Topology::preset("single-net").unwrap();
+    /// let plan = switchover::recipe::build(&topo.into(), switchover::ids::Side::Source, &switchover::recipe::RecipeOptions::engine(), &switchover::recipe::NoCosts).unwrap();
+    /// let pass = plan.steps().iter().find(|s| s.kind == StepKind::FinalPass).unwrap();
+    /// assert_eq!(Vmm { dirty_pages: 1000 }.expect(pass).unwrap().service, Duration::from_micros(2048));
+    /// ```
+    fn expect(&self, _step: &Step) -> Option<Expected> {
+        None
     }
 }
 

@@ -75,6 +75,7 @@
 
 mod destination;
 mod error;
+mod forecast;
 mod hooks;
 mod in_process;
 pub mod message;
