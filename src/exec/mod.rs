@@ -1,10 +1,20 @@
 //! The executor: a worker pool started before the window opens, which runs one
 //! window of a plan at a time.
 //!
-//! * Ready steps are taken longest-remaining-path first.
-//! * A step starts only when its whole footprint is free; footprints are taken at
-//!   once, under the scheduler lock, so no lane ever waits for a footprint, and two
-//!   conflicting steps never run at the same time.
+//! * Each lane (the caller's and each worker's) runs the steps it made ready
+//!   itself, most urgent (longest remaining path) first, without a shared lock: a
+//!   step whose one remaining predecessor ended is ready at once, a step waiting
+//!   for several counts them down atomically. The engine's one mutex is taken only
+//!   on slow paths: the shared pool holds a more urgent step (or the lane has
+//!   none), a worker waits for work (the lane hands its other steps over), a
+//!   caller-affine step became ready on a worker, a step's footprint is contended,
+//!   a step failed, or a split-phase step did not answer before `start` returned.
+//! * A step starts only when its whole footprint is free, and two conflicting
+//!   steps never run at the same time. Footprint resources whose users in a window
+//!   are all ordered by the plan's dependencies are excluded by those alone
+//!   ([`crate::plan::Plan::contended`]); the rest are taken at once, under the
+//!   engine's mutex, or the step waits parked on the busy one — no lane ever waits
+//!   for a footprint.
 //! * Caller-affine steps run only on the thread that called [`Engine::run`] (the
 //!   caller lane), which also takes other steps; workers never run them, so a worker
 //!   never waits for the caller's big lock.
