@@ -271,12 +271,15 @@ fn selected(n: usize) -> bool {
     filters.is_empty() || filters.iter().any(|f| format!("{GROUP}/rayon-dag/{n}").contains(f.as_str()))
 }
 
+/// An engine variant of the side-by-side pass: its name, plan, engine and actions.
+type EngineVariant = (String, Arc<Plan>, Engine, Arc<dyn StepActions>);
+
 /// Every executor once per round, round after round (see the module docs).
 fn side_by_side(engine_workers: &[usize]) {
     for n in SIZES.into_iter().filter(|&n| selected(n)) {
         let plans: Vec<(Declared, Arc<Plan>)> = Declared::ALL.iter().map(|&d| (d, synthetic_plan(n, d))).collect();
         let w = Nothing::default();
-        let mut engines: Vec<(String, Arc<Plan>, Engine, Arc<dyn StepActions>)> = Vec::new();
+        let mut engines: Vec<EngineVariant> = Vec::new();
         for (d, plan) in &plans {
             for &workers in engine_workers {
                 let actions: Arc<dyn StepActions> = Arc::new(NothingActions(Arc::new(Nothing::default())));

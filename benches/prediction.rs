@@ -79,11 +79,8 @@ fn main() {
     if common::list_mode() {
         return;
     }
-    let rounds: usize = std::env::args()
-        .skip_while(|a| a != "--rounds")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(if test_mode() { 1 } else { 5 });
+    let rounds: usize =
+        std::env::args().skip_while(|a| a != "--rounds").nth(1).and_then(|n| n.parse().ok()).unwrap_or(if test_mode() { 1 } else { 5 });
     let topologies = [Topology::preset("rfc-huge").expect("preset"), uneven(), Topology::preset("medium").expect("preset")];
     let mut all: Vec<Vec<Round>> = topologies.iter().map(|_| Vec::new()).collect();
     // Round after round, every topology once per round.

@@ -1154,6 +1154,7 @@ impl Engine {
         loop {
             lane::work(&cx, &mut any, &mut caller);
             let mut inner = sh.inner.lock();
+            let mut spin = true;
             let done = loop {
                 let Some(run) = inner.run.as_mut() else { break true };
                 if !run.stopping {
@@ -1190,6 +1191,26 @@ impl Engine {
                 }
                 if inner.quiescent() {
                     break true;
+                }
+                if spin {
+                    // Before sleeping, watch the hint word for a moment: a worker
+                    // ending the run or making work ready usually does so within
+                    // microseconds, and waking from a sleep takes longer.
+                    spin = false;
+                    let before = sh.hints.load(Ordering::Acquire);
+                    drop(inner);
+                    for i in 0..SPINS {
+                        if sh.hints.load(Ordering::Acquire) != before {
+                            break;
+                        }
+                        if i % 64 == 63 {
+                            std::thread::yield_now();
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    inner = sh.inner.lock();
+                    continue;
                 }
                 inner.caller_waiting = true;
                 match next {
@@ -1287,6 +1308,10 @@ fn outcome_of(code: u8) -> StepOutcome {
         _ => StepOutcome::TimedOut,
     }
 }
+
+/// How long the caller lane watches for the run's end before it sleeps (hint
+/// reads; one under loom, whose scheduler a spin would only slow).
+const SPINS: u32 = if cfg!(loom) { 1 } else { 4096 };
 
 /// The message of a caught panic.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -411,9 +411,9 @@ impl RunInner {
         k
     }
 
-    /// How many pool steps a lane takes at once: its share, at most 32.
+    /// How many pool steps a lane takes at once: its share.
     pub(crate) fn batch(&self) -> usize {
-        (self.pool.len() / self.data.lanes.max(1)).clamp(1, 32)
+        (self.pool.len() / self.data.lanes.max(1)).max(1)
     }
 }
 
