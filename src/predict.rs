@@ -347,14 +347,35 @@ impl StepCost {
 struct Samples {
     /// Start to answer.
     answer: Vec<u64>,
-    /// Time its server was busy with it (from a channel's answers in a row).
+    /// Start to answer of a request sent to an idle channel: its whole round
+    /// trip, nothing queued before it.
+    alone: Vec<u64>,
+    /// Time its server was busy with it: a request's answer after the one before
+    /// it on the same channel, when it was queued behind that one.
     service: Vec<u64>,
 }
 
 impl Samples {
     fn merge(&mut self, o: &Samples) {
         self.answer.extend_from_slice(&o.answer);
+        self.alone.extend_from_slice(&o.alone);
         self.service.extend_from_slice(&o.service);
+    }
+
+    /// Service and tail (after service, until the answer) of a request, in ns:
+    /// the service from requests queued in a row (else the expected cost, at
+    /// most the whole round trip), the tail from requests sent alone (else the
+    /// answers).
+    fn request(&self, expected: u64, send: u64) -> (u64, u64) {
+        let alone = match median(&mut self.alone.clone()) {
+            0 => median(&mut self.answer.clone()),
+            a => a,
+        };
+        let service = match median(&mut self.service.clone()) {
+            0 => expected.min(alone),
+            s => s.min(alone),
+        };
+        (service, alone.saturating_sub(service + send))
     }
 }
 
@@ -503,7 +524,7 @@ impl Calibration {
         for r in &done {
             let s = plan.step(r.step);
             let (start, end) = (r.start.as_nanos() as u64, r.end.as_nanos() as u64);
-            let mut smp = Samples { answer: vec![end - start], service: vec![] };
+            let mut smp = Samples { answer: vec![end - start], ..Samples::default() };
             match (s.mode, s.server) {
                 (ExecMode::Split, Some(sv)) => by_server.entry(sv).or_default().push((end, start, r.step)),
                 _ => smp.service.push(end - start),
@@ -526,7 +547,11 @@ impl Calibration {
                     }
                 }
                 if answered {
-                    let smp = Samples { answer: vec![], service: vec![end - start.max(prev)] };
+                    let smp = if start >= prev {
+                        Samples { alone: vec![end - start], ..Samples::default() }
+                    } else {
+                        Samples { service: vec![end - prev], ..Samples::default() }
+                    };
                     self.add(plan, s, &smp);
                 }
                 prev = end;
@@ -623,29 +648,24 @@ impl Calibration {
                 // Answered when sent: its backend time is not in the records.
                 return StepCost { lane: send, service: step.cost, tail: None, wake, source };
             }
-            let service = match median(&mut smp.service.clone()) {
-                0 => answer,
-                s => s.min(answer),
-            };
-            let tail = Duration::from_nanos(answer.saturating_sub(service + send.as_nanos() as u64));
-            return StepCost { lane: send, service: Duration::from_nanos(service), tail: Some(tail), wake, source };
+            let (service, tail) = smp.request(step.cost.as_nanos() as u64, send.as_nanos() as u64);
+            return StepCost { lane: send, service: Duration::from_nanos(service), tail: Some(Duration::from_nanos(tail)), wake, source };
         }
         if !split {
             return blocking(step.cost, CostSource::Declared);
         }
         let answered = always_answered(&step.kind) || self.acknowledges(step.device);
         if plain_request(&step.kind) {
-            // A plain request costs what plain requests cost on this channel.
-            let probe = self.probes.get(&step.device);
-            let mine = self.plain.get(&step.device).filter(|s| !s.answer.is_empty());
-            if probe.is_some() || mine.is_some() {
-                let service = match (mine.map(|s| median(&mut s.service.clone())), probe) {
-                    (Some(s), _) if s > 0 => Duration::from_nanos(s),
-                    (_, Some(rt)) => rt.per_request,
-                    _ => step.cost,
-                };
-                let tail = answered.then(|| self.transport(step.device));
-                return StepCost { lane: send, service, tail, wake, source: CostSource::PlainRequest };
+            // A plain request costs what plain requests cost on this channel:
+            // measured in an earlier window, else by the probe.
+            if let Some(mine) = self.plain.get(&step.device).filter(|s| !s.alone.is_empty() || !s.service.is_empty()) {
+                let (service, tail) = mine.request(step.cost.as_nanos() as u64, send.as_nanos() as u64);
+                let tail = answered.then(|| Duration::from_nanos(tail));
+                return StepCost { lane: send, service: Duration::from_nanos(service), tail, wake, source: CostSource::PlainRequest };
+            }
+            if let Some(rt) = self.probes.get(&step.device) {
+                let tail = answered.then(|| rt.transport());
+                return StepCost { lane: send, service: rt.per_request, tail, wake, source: CostSource::PlainRequest };
             }
         }
         let tail = answered.then(|| self.transport(step.device));
