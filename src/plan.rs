@@ -1179,8 +1179,9 @@ impl Plan {
 
     /// The lower bound on running the steps of window `w` with `lanes` lanes
     /// (workers plus the caller), from expected costs: the largest of the longest
-    /// dependency chain, each serialised server's busy time, and the lanes' blocking
-    /// work divided by the number of lanes.
+    /// dependency chain, each serialised server's busy time (after the earliest any
+    /// of its requests can be sent, and before the shortest chain that must follow
+    /// its last one), and the lanes' blocking work divided by the number of lanes.
     ///
     /// ```
     /// use switchover::recipe::{build, RecipeOptions};
@@ -1204,6 +1205,11 @@ impl Plan {
     /// // The longest chain: a blk ring's `vring_disable`, `drain_inflight`,
     /// // `get_vring_base`, then the log sync and the final RAM pass.
     /// assert_eq!(lb.chain, Duration::from_micros(50 + 5 + 50 + 5 + 5));
+    /// // A net device's channel serves its 64 `get_vring_base`; the log sync and
+    /// // the final pass come after the last of them.
+    /// assert_eq!(lb.busiest_server.unwrap().1, Duration::from_micros(64 * 50));
+    /// assert_eq!(lb.server_bound, Duration::from_micros(64 * 50 + 5 + 5));
+    /// assert_eq!(lb.bound, lb.server_bound);
     /// ```
     pub fn lower_bound(&self, w: Window, lanes: usize) -> LowerBound {
         self.lower_bound_by(w, lanes, |s| {
@@ -1214,8 +1220,10 @@ impl Plan {
 
     /// [`Plan::lower_bound`] with each step's costs given by `cost` (measured costs,
     /// say, instead of the expected ones the plan was built with): the largest of
-    /// the longest dependency chain of answers, each serialised server's busy time,
-    /// and the lanes' work divided by the number of lanes.
+    /// the longest dependency chain of answers, each serialised server's busy time
+    /// (after the earliest any of its requests can be sent, and before the shortest
+    /// chain of answers that must follow its last one), and the lanes' work divided
+    /// by the number of lanes.
     ///
     /// ```
     /// use std::time::Duration;
@@ -1236,29 +1244,67 @@ impl Plan {
     /// assert_eq!(lb.bound, Duration::from_micros(30));
     /// ```
     pub fn lower_bound_by(&self, w: Window, lanes: usize, cost: impl Fn(&Step) -> BoundCost) -> LowerBound {
-        let mut finish = vec![0u64; self.steps.len()];
+        let n = self.steps.len();
+        // Per step of the window: (answer, server, lane) in nanoseconds.
+        let costs: Vec<(u64, u64, u64)> = self
+            .steps
+            .iter()
+            .map(|s| {
+                if s.window != w {
+                    return (0, 0, 0);
+                }
+                let c = cost(s);
+                (ns(c.answer), ns(c.server), ns(c.lane))
+            })
+            .collect();
+        let mut finish = vec![0u64; n];
+        let mut start_at = vec![0u64; n];
         let mut chain = 0u64;
-        let mut servers: Vec<(Server, u64)> = Vec::new();
         let mut blocking = 0u64;
         for &id in self.window_steps(w) {
             let s = &self.steps[id.0 as usize];
-            let c = cost(s);
-            let (answer, server, lane) = (ns(c.answer), ns(c.server), ns(c.lane));
+            let i = id.0 as usize;
+            let answer = costs[i].0;
             let start = self.preds(s.id).iter().map(|p| finish[p.0 as usize]).max().unwrap_or(0);
-            finish[s.id.0 as usize] = start + answer;
+            start_at[i] = start;
+            finish[i] = start + answer;
             chain = chain.max(start + answer);
-            if let Some(sv) = s.server {
-                match servers.iter_mut().find(|(x, _)| *x == sv) {
-                    Some(e) => e.1 += server,
-                    None => servers.push((sv, server)),
-                }
-            }
-            blocking += lane;
+            blocking += costs[i].2;
         }
-        servers.sort_by_key(|x| std::cmp::Reverse(x.1));
+        // The longest chain of this window's answers after each step (itself excluded).
+        let mut tail = vec![0u64; n];
+        for s in self.steps.iter().rev() {
+            if s.window != w {
+                continue;
+            }
+            let after = self
+                .succs(s.id)
+                .iter()
+                .map(|x| self.step(*x))
+                .filter(|x| x.window == w)
+                .map(|x| costs[x.id.0 as usize].0 + tail[x.id.0 as usize]);
+            tail[s.id.0 as usize] = after.max().unwrap_or(0);
+        }
+        // Per server: busy time, the earliest any of its requests can start, the
+        // shortest chain after any of them (its last one has at least that).
+        let mut servers: Vec<(Server, u64, u64, u64)> = Vec::new();
+        for s in self.steps.iter().filter(|s| s.window == w) {
+            let Some(sv) = s.server else { continue };
+            let i = s.id.0 as usize;
+            match servers.iter_mut().find(|(x, ..)| *x == sv) {
+                Some(e) => {
+                    e.1 += costs[i].1;
+                    e.2 = e.2.min(start_at[i]);
+                    e.3 = e.3.min(tail[i]);
+                }
+                None => servers.push((sv, costs[i].1, start_at[i], tail[i])),
+            }
+        }
+        let server_bound = |e: &(Server, u64, u64, u64)| e.2 + e.1 + e.3;
+        servers.sort_by_key(|e| std::cmp::Reverse(server_bound(e)));
         let lanes = lanes.max(1) as u64;
         let per_lane = blocking / lanes;
-        let busiest = servers.first().map(|x| x.1).unwrap_or(0);
+        let busiest = servers.first().map(server_bound).unwrap_or(0);
         let bound = chain.max(busiest).max(per_lane);
         let limiter = if bound == 0 {
             Limiter::Nothing
@@ -1271,7 +1317,8 @@ impl Plan {
         };
         LowerBound {
             chain: Duration::from_nanos(chain),
-            busiest_server: servers.first().map(|&(s, c)| (s, Duration::from_nanos(c))),
+            busiest_server: servers.first().map(|e| (e.0, Duration::from_nanos(e.1))),
+            server_bound: Duration::from_nanos(busiest),
             blocking_per_lane: Duration::from_nanos(per_lane),
             bound: Duration::from_nanos(bound),
             limiter,
@@ -1345,7 +1392,8 @@ pub enum Limiter {
 /// let topo = Arc::new(Topology::preset("small").unwrap());
 /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &Costs).unwrap();
 /// let lb = plan.lower_bound(Window::Blackout, 3);
-/// assert_eq!(lb.bound, lb.chain.max(lb.blocking_per_lane).max(lb.busiest_server.map_or(Default::default(), |s| s.1)));
+/// assert_eq!(lb.bound, lb.chain.max(lb.blocking_per_lane).max(lb.server_bound));
+/// assert!(lb.server_bound >= lb.busiest_server.map_or(Default::default(), |s| s.1));
 /// // More lanes never raise the bound.
 /// assert!(plan.lower_bound(Window::Blackout, 8).bound <= lb.bound);
 /// ```
@@ -1353,8 +1401,13 @@ pub enum Limiter {
 pub struct LowerBound {
     /// Longest dependency chain.
     pub chain: Duration,
-    /// The busiest serialised server and its busy time.
+    /// The serialised server that bounds the window most (see
+    /// [`LowerBound::server_bound`]), and its busy time.
     pub busiest_server: Option<(Server, Duration)>,
+    /// What that server allows at best: the earliest any of its requests can be
+    /// sent, its busy time, and the shortest chain of steps that must follow its
+    /// last request (whichever it is).
+    pub server_bound: Duration,
     /// Blocking work divided by lanes.
     pub blocking_per_lane: Duration,
     /// The largest of the three.

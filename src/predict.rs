@@ -737,7 +737,7 @@ pub struct WindowPrediction {
 /// use switchover::predict::{EngineCosts, Prediction, WindowPrediction};
 /// use switchover::ids::{Side, Window};
 /// use switchover::plan::{Limiter, LowerBound};
-/// let lb = LowerBound { chain: Duration::ZERO, busiest_server: None, blocking_per_lane: Duration::ZERO, bound: Duration::from_millis(3), limiter: Limiter::Chain };
+/// let lb = LowerBound { chain: Duration::ZERO, busiest_server: None, server_bound: Duration::ZERO, blocking_per_lane: Duration::ZERO, bound: Duration::from_millis(3), limiter: Limiter::Chain };
 /// let window = WindowPrediction {
 ///     side: Side::Source, window: Window::Blackout, lanes: 2, steps: 10, duration: Duration::from_millis(4),
 ///     lower_bound: lb, sources: vec![], engine: EngineCosts::new(Duration::ZERO, Duration::ZERO), made_at: Instant::now(),

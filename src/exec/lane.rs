@@ -18,7 +18,7 @@ use std::sync::Arc as StdArc;
 use super::caller::CallerLane;
 use super::clock::Clock;
 use super::clock::Stamp;
-use super::completion::{self, Completion, Inline, ANSWERED_ERR, ANSWERED_OK};
+use super::completion::{self, Completion, Inline, ANSWERED_ERR, ANSWERED_OK, NO_ANSWER};
 use super::ready::ReadySet;
 use super::run::{Hints, RunData, CALLER_AFFINE, CONTENDED};
 use super::{panic_message, Shared, CALLER};
@@ -207,6 +207,12 @@ pub(crate) fn work(cx: &LaneCtx<'_>, take_any: &mut Vec<u32>, take_caller: &mut 
                 continue; // parked on a busy resource
             }
         }
+        // The caller lane inside a caller-affine step takes no pool steps: the
+        // workers share the pool without it meanwhile.
+        let affine = cx.lane == CALLER && data.lanes > 1 && data.flags(id.0) & CALLER_AFFINE != 0;
+        if affine {
+            data.caller_busy.store(1, Ordering::Relaxed);
+        }
         g.current = Some(id.0);
         drop(g);
         let t = data.clock.now();
@@ -215,6 +221,13 @@ pub(crate) fn work(cx: &LaneCtx<'_>, take_any: &mut Vec<u32>, take_caller: &mut 
             slot.started.store(t.max(1), Ordering::Release);
         }
         let answer = start_step(cx, id);
+        if affine {
+            data.caller_busy.store(0, Ordering::Relaxed);
+        }
+        // A step that answered inline after its deadline timed out: the watchdog
+        // cannot reach the caller lane inside an action, nor a worker while the
+        // caller lane runs steps itself.
+        let late = if data.min_deadline != u64::MAX && answer != NO_ANSWER { late(data, id.0, t) } else { None };
         g = slot.local.lock();
         if watched {
             slot.started.store(0, Ordering::Relaxed);
@@ -239,7 +252,7 @@ pub(crate) fn work(cx: &LaneCtx<'_>, take_any: &mut Vec<u32>, take_caller: &mut 
         let idx = g.records.len();
         let start = Duration::from_nanos(data.clock.ns(t));
         g.records.push(StepRecord { step: id, outcome: StepOutcome::Done, lane: cx.lane, start, end: start });
-        if answer == ANSWERED_OK && data.flags(id.0) & CONTENDED == 0 {
+        if answer == ANSWERED_OK && late.is_none() && data.flags(id.0) & CONTENDED == 0 {
             // The common case: answered inline, nothing to release.
             g.open = Some(idx);
             if !succeeded(cx, &mut g, id) {
@@ -273,13 +286,43 @@ pub(crate) fn work(cx: &LaneCtx<'_>, take_any: &mut Vec<u32>, take_caller: &mut 
                 }
             }
         };
-        g.records[idx].outcome = if r.is_ok() { StepOutcome::Done } else { StepOutcome::Failed };
+        let r = match late {
+            Some(end) => {
+                g.open = None;
+                g.records[idx].end = Duration::from_nanos(data.clock.ns(end)).max(start);
+                Err(StepFailure::Timeout { after: plan.step(id).deadline })
+            }
+            None => r,
+        };
+        g.records[idx].outcome = outcome_of_answer(&r);
         if !ended(cx, &mut g, id, r) {
             break;
         }
     }
     let t = data.clock.now();
     g.close(t, &data.clock);
+}
+
+/// If the step that started at `start` answered after its deadline: now.
+#[inline]
+fn late(data: &RunData, id: u32, start: Stamp) -> Option<Stamp> {
+    let now = data.clock.now();
+    let took = now.saturating_sub(start);
+    // Within the window's shortest deadline: in time, without looking the step up.
+    if took <= data.min_deadline {
+        return None;
+    }
+    (took > data.deadline_ticks(id)).then_some(now)
+}
+
+/// How a step ended, from its answer: an action that reports its own time-out (a
+/// drain past its deadline, an answer after it) timed out.
+fn outcome_of_answer(r: &Result<(), StepFailure>) -> StepOutcome {
+    match r {
+        Ok(()) => StepOutcome::Done,
+        Err(StepFailure::Timeout { .. }) => StepOutcome::TimedOut,
+        Err(_) => StepOutcome::Failed,
+    }
 }
 
 /// A step of this lane succeeded (and holds no contended resource): its

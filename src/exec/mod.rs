@@ -21,7 +21,11 @@
 //! * Split-phase steps return after sending their request; the reply completes them
 //!   from whichever thread receives it, so one lane keeps many round trips in flight.
 //! * Each step runs at most once; a failed step's dependents never start; a step
-//!   that passes its deadline fails with a time-out and its late answer is ignored.
+//!   that passes its deadline fails with a time-out and its late answer is ignored
+//!   (a step whose action returns past its deadline, on any lane, timed out
+//!   whatever it answered; so did a step whose action reports a time-out). Once a
+//!   failure stops the run, no lane starts another step of it; the step a worker
+//!   is stuck in is the one named.
 //!
 //! # Examples
 //!
@@ -926,7 +930,7 @@ fn claim(shared: &Shared, epoch: u64, w: usize, id: u32, start: clock::Stamp) {
     // otherwise the step timed out.
     match run.take_early(id) {
         Some((r, at)) => {
-            let outcome = if r.is_ok() { run::DONE } else { run::FAILED };
+            let outcome = run::code_of(&r);
             run.claimed.push(Rec { step: id, lane: w as Lane, outcome, start, end: at });
             run.end(id, r);
         }
@@ -1056,6 +1060,18 @@ impl Engine {
         self.policy = p;
     }
 
+    /// The failure policy of runs started with [`Engine::run`].
+    ///
+    /// ```
+    /// use switchover::exec::{Engine, FailurePolicy, Threads};
+    /// assert_eq!(Engine::new(1).policy(), FailurePolicy::StopAll);
+    /// let e = Engine::with_spawner(1, FailurePolicy::ContinueIndependent, &Threads);
+    /// assert_eq!(e.policy(), FailurePolicy::ContinueIndependent);
+    /// ```
+    pub fn policy(&self) -> FailurePolicy {
+        self.policy
+    }
+
     /// Number of workers (the caller lane not counted).
     ///
     /// ```
@@ -1110,6 +1126,46 @@ impl Engine {
     /// assert_eq!(ran, plan.in_window(Window::Blackout).map(|s| s.id).collect::<Vec<_>>());
     /// ```
     pub fn run(&mut self, plan: &StdArc<Plan>, window: Window, actions: StdArc<dyn StepActions>, progress: &mut Progress) -> RunReport {
+        self.run_with_policy(plan, window, actions, progress, self.policy)
+    }
+
+    /// [`Engine::run`] with `policy` for this run only, whatever the engine's own
+    /// ([`Engine::policy`]): a fence that must stop every ring it can, say, on an
+    /// engine whose windows stop at their first failure.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::error::StepFailure;
+    /// use switchover::exec::{Completion, Engine, FailurePolicy, Progress, StepActions, StepOutcome};
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::step::{Step, StepKind};
+    /// use switchover::topology::Topology;
+    /// struct FailDisable;
+    /// impl StepActions for FailDisable {
+    ///     fn start(&self, step: &Step, done: Completion) {
+    ///         let fail = step.kind == StepKind::VringDisable && step.device.0 == 0;
+    ///         done.complete(if fail { Err(StepFailure::Disconnected) } else { Ok(()) });
+    ///     }
+    /// }
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+    /// let mut engine = Engine::new(0);
+    /// let mut p = Progress::new(&plan);
+    /// engine.run_with_policy(&plan, Window::Blackout, Arc::new(FailDisable), &mut p, FailurePolicy::ContinueIndependent);
+    /// // The other devices stopped all the same, and the engine's own policy is unchanged.
+    /// let blk1 = topo.device_by_name("blk1").unwrap().id;
+    /// assert!(plan.in_window(Window::Blackout).filter(|s| s.device == blk1).all(|s| p.outcome(s.id) == StepOutcome::Done));
+    /// assert_eq!(engine.policy(), FailurePolicy::StopAll);
+    /// ```
+    pub fn run_with_policy(
+        &mut self,
+        plan: &StdArc<Plan>,
+        window: Window,
+        actions: StdArc<dyn StepActions>,
+        progress: &mut Progress,
+        policy: FailurePolicy,
+    ) -> RunReport {
         let span = tracing::info_span!("window", side = plan.side().short(), window = window.name());
         let _g = span.enter();
         let sh = &self.shared;
@@ -1118,7 +1174,7 @@ impl Engine {
         // left behind by a panic outside any action is superseded (its late
         // answers carry an old epoch and are ignored).
         let epoch = sh.inner.lock().epoch + 1;
-        let (data, any, mut caller) = RunData::new(epoch, plan.clone(), actions, window, self.policy, lanes, progress);
+        let (data, any, mut caller) = RunData::new(epoch, plan.clone(), actions, window, policy, lanes, progress);
         let data = StdArc::new(data);
         let t0 = data.clock.origin();
         let mut any = any;
@@ -1128,11 +1184,17 @@ impl Engine {
             let mut run = RunInner::new(data.clone());
             if self.workers > 0 {
                 // Into the pool, then the caller lane's own share back out of it
-                // (so it starts at once, without contending with the workers).
+                // (so it starts at once, without contending with the workers) —
+                // none if it starts with a caller-affine step: the workers share
+                // the pool meanwhile.
                 for r in any.drain(..) {
                     run.pool.insert(r);
                 }
-                for _ in 0..run.batch() {
+                let share = if caller.is_empty() { run.batch() } else { 0 };
+                if !caller.is_empty() {
+                    data.caller_busy.store(1, Ordering::Relaxed);
+                }
+                for _ in 0..share {
                     match run.pool.pop() {
                         Some(r) => any.push(r),
                         None => break,
@@ -1176,6 +1238,9 @@ impl Engine {
                 }
                 let now = data.clock.now();
                 let next = watchdog(sh, &mut inner, now, &mut late);
+                // A time-out may have stopped the run: the lanes see it before
+                // their next step.
+                sh.hints.store(inner.hints(), Ordering::Release);
                 if !late.is_empty() {
                     // The worker's lock comes before the engine's.
                     drop(inner);

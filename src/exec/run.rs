@@ -28,12 +28,22 @@ use super::{FailurePolicy, Lane, Progress, StepActions, StepOutcome};
 use crate::error::StepFailure;
 use crate::ids::{StepId, Window};
 use crate::plan::{pack_info, Plan, EXEC_CALLER, EXEC_CONTENDED, GATE_OUTSIDE};
-use crate::sync::{AtomicU32, Ordering};
+use crate::sync::{AtomicU32, AtomicU8, Ordering};
 
 /// How a started step ended, in a record.
 pub(crate) const DONE: u8 = 1;
 pub(crate) const FAILED: u8 = 2;
 pub(crate) const TIMED_OUT: u8 = 3;
+
+/// How an answer ends its step, as a record's code: an action that reports its
+/// own time-out timed out.
+pub(crate) fn code_of(r: &Result<(), StepFailure>) -> u8 {
+    match r {
+        Ok(()) => DONE,
+        Err(StepFailure::Timeout { .. }) => TIMED_OUT,
+        Err(_) => FAILED,
+    }
+}
 
 /// One started step: its lane, and start and end in clock units.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +98,10 @@ pub(crate) struct RunData {
     pub min_deadline: u64,
     /// Whether any step of the run locks part of its footprint at run time.
     pub contended: bool,
+    /// 1 while the caller lane is inside a caller-affine step (or about to start
+    /// one when the run opens): it takes no pool steps until that step ends, so
+    /// the other lanes share the pool without it. A hint only (relaxed).
+    pub caller_busy: AtomicU8,
 }
 
 /// A step outside this run (another window's, or blocked by an earlier
@@ -123,7 +137,24 @@ impl RunData {
             let (info, counts) = (st.info.clone(), st.counts.iter().map(|&c| AtomicU32::new(c)).collect());
             let (any, caller) = (st.ready_any.clone(), st.ready_caller.clone());
             let contended = st.contended;
-            return (RunData { epoch, plan, actions, window, policy, clock, lanes, info, counts, min_deadline, contended }, any, caller);
+            return (
+                RunData {
+                    epoch,
+                    plan,
+                    actions,
+                    window,
+                    policy,
+                    clock,
+                    lanes,
+                    info,
+                    counts,
+                    min_deadline,
+                    contended,
+                    caller_busy: AtomicU8::new(0),
+                },
+                any,
+                caller,
+            );
         }
         let n = plan.len();
         let done = &progress.outcome;
@@ -173,7 +204,24 @@ impl RunData {
             }
         }
         let counts = waits.into_iter().map(AtomicU32::new).collect();
-        (RunData { epoch, plan, actions, window, policy, clock, lanes, info, counts, min_deadline, contended }, any, caller)
+        (
+            RunData {
+                epoch,
+                plan,
+                actions,
+                window,
+                policy,
+                clock,
+                lanes,
+                info,
+                counts,
+                min_deadline,
+                contended,
+                caller_busy: AtomicU8::new(0),
+            },
+            any,
+            caller,
+        )
     }
 
     /// A step's flags.
@@ -348,7 +396,7 @@ impl RunInner {
             IN_FLIGHT => {
                 self.status[id as usize] = ENDED;
                 self.in_flight -= 1;
-                self.ends.push((id, now, if r.is_ok() { DONE } else { FAILED }));
+                self.ends.push((id, now, code_of(&r)));
                 self.end(id, r);
             }
             UNKNOWN => self.early.push((id, r, now)),
@@ -411,9 +459,12 @@ impl RunInner {
         k
     }
 
-    /// How many pool steps a lane takes at once: its share.
+    /// How many pool steps a lane takes at once: its share among the lanes that
+    /// can take them (not the caller lane while it is inside a caller-affine
+    /// step).
     pub(crate) fn batch(&self) -> usize {
-        (self.pool.len() / self.data.lanes.max(1)).max(1)
+        let busy = usize::from(self.data.caller_busy.load(Ordering::Relaxed));
+        (self.pool.len() / self.data.lanes.saturating_sub(busy).max(1)).max(1)
     }
 }
 

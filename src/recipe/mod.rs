@@ -73,12 +73,14 @@ use crate::topology::{Device, DeviceKind, Topology};
 /// use std::sync::Arc;
 /// use switchover::recipe::{build, NoCosts, RecipeOptions, WindowPolicy};
 /// use switchover::ids::{Side, Window};
+/// use switchover::step::StepKind;
 /// use switchover::topology::Topology;
 /// let topo = Arc::new(Topology::preset("small").unwrap());
 /// let opts = RecipeOptions::baseline();
 /// assert_eq!(opts.policy, WindowPolicy::AllInBlackout);
 /// let plan = build(&topo, Side::Source, &opts, &NoCosts).unwrap();
-/// assert!(plan.steps().iter().all(|s| s.window == Window::Blackout));
+/// // Everything in the window but dirty logging, which starts with the migration.
+/// assert!(plan.steps().iter().all(|s| s.window == Window::Blackout || s.kind == StepKind::LogStart));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowPolicy {
@@ -349,6 +351,70 @@ pub trait CostModel {
     /// assert_eq!(NoCosts.cost(net, &StepKind::GetVringBase), Duration::ZERO);
     /// ```
     fn cost(&self, device: &Device, kind: &StepKind) -> Duration;
+    /// Expected service time of `kind` on `device` for ring `ring` (`None`: a
+    /// step of the whole device, or of the whole side). By default
+    /// [`CostModel::cost`]; a model whose cost depends on the ring (a route commit
+    /// replaces a routing table that grows vector by vector) says so here.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::recipe::CostModel;
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::{Device, Topology};
+    /// /// Each per-vector route commit carries one more route than the previous.
+    /// struct Growing;
+    /// impl CostModel for Growing {
+    ///     fn cost(&self, _device: &Device, _kind: &StepKind) -> Duration {
+    ///         Duration::from_micros(20)
+    ///     }
+    ///     fn cost_at(&self, device: &Device, kind: &StepKind, ring: Option<u32>) -> Duration {
+    ///         match (kind, ring) {
+    ///             (StepKind::RouteCommit, Some(r)) => Duration::from_micros(20 + u64::from(r)),
+    ///             _ => self.cost(device, kind),
+    ///         }
+    ///     }
+    /// }
+    /// let t = Topology::preset("single-net").unwrap();
+    /// let net = t.device_by_name("net0").unwrap();
+    /// assert!(Growing.cost_at(net, &StepKind::RouteCommit, Some(3)) > Growing.cost_at(net, &StepKind::RouteCommit, Some(0)));
+    /// ```
+    fn cost_at(&self, device: &Device, kind: &StepKind, ring: Option<u32>) -> Duration {
+        let _ = ring;
+        self.cost(device, kind)
+    }
+    /// Expected service time of a host-notifier change made inside a memory-map
+    /// transaction (the address-space update then happens once, at the commit,
+    /// for every change of the transaction). By default [`CostModel::cost_at`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use switchover::ids::Side;
+    /// use switchover::recipe::{build, CostModel, RecipeOptions};
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::{Device, Topology};
+    /// /// An ioeventfd change costs 2 ms with its own address-space update, 0.2 ms
+    /// /// inside a transaction.
+    /// struct Kvm;
+    /// impl CostModel for Kvm {
+    ///     fn cost(&self, _device: &Device, _kind: &StepKind) -> Duration {
+    ///         Duration::from_millis(2)
+    ///     }
+    ///     fn batched_cost(&self, _device: &Device, _kind: &StepKind, _ring: Option<u32>) -> Duration {
+    ///         Duration::from_micros(200)
+    ///     }
+    /// }
+    /// let topo = Arc::new(Topology::preset("single-net").unwrap());
+    /// let on = |opts: &RecipeOptions| {
+    ///     let p = build(&topo, Side::Destination, opts, &Kvm).unwrap();
+    ///     p.steps().iter().find(|s| s.kind == StepKind::HostNotifierOn).unwrap().cost
+    /// };
+    /// assert_eq!(on(&RecipeOptions::baseline()), Duration::from_millis(2)); // one by one
+    /// assert_eq!(on(&RecipeOptions::qemu()), Duration::from_micros(200)); // one transaction per device
+    /// ```
+    fn batched_cost(&self, device: &Device, kind: &StepKind, ring: Option<u32>) -> Duration {
+        self.cost_at(device, kind, ring)
+    }
     /// The server that serialises host-notifier changes, if the model has one
     /// (a VM's ioeventfd lock in KVM).
     ///
@@ -431,7 +497,10 @@ impl Ctx<'_> {
         }
     }
     fn cost(&self, d: DeviceId, kind: &StepKind) -> Duration {
-        self.costs.cost(self.topo.device(d), kind)
+        self.costs.cost_at(self.topo.device(d), kind, None)
+    }
+    fn cost_at(&self, d: DeviceId, kind: &StepKind, ring: Option<u32>) -> Duration {
+        self.costs.cost_at(self.topo.device(d), kind, ring)
     }
     /// A request on the device's control channel (split-phase).
     fn msg(&mut self, d: DeviceId, kind: StepKind, ring: Option<u32>, w: Window, after: &[StepId]) -> StepId {
@@ -441,7 +510,7 @@ impl Ctx<'_> {
         };
         let mut s = StepSpec::new(d, kind.clone(), self.win(w))
             .split(Server::Channel(d))
-            .cost(self.cost(d, &kind))
+            .cost(self.cost_at(d, &kind, ring))
             .deadline(self.opts.deadline)
             .footprint(&[fp])
             .after(after);
@@ -457,7 +526,7 @@ impl Ctx<'_> {
             None => Resource::device(d),
         };
         let mut s = StepSpec::new(d, kind.clone(), self.win(w))
-            .cost(self.cost(d, &kind))
+            .cost(self.cost_at(d, &kind, ring))
             .deadline(self.opts.deadline)
             .footprint(&[fp])
             .after(after);
@@ -469,12 +538,14 @@ impl Ctx<'_> {
     fn notifier(&mut self, d: DeviceId, kind: StepKind, r: u32, w: Window, after: &[StepId]) -> StepId {
         let host = matches!(kind, StepKind::HostNotifierOn | StepKind::HostNotifierOff);
         let fp = if host { Resource::host_notifier(d, r) } else { Resource::guest_notifier(d, r) };
-        let mut s = StepSpec::new(d, kind.clone(), self.win(w))
-            .ring(r)
-            .cost(self.cost(d, &kind))
-            .deadline(self.opts.deadline)
-            .footprint(&[fp])
-            .after(after);
+        // Host notifiers change inside a memory-map transaction whenever changes are batched.
+        let cost = if host && self.opts.notifier_batch != NotifierBatch::None {
+            self.costs.batched_cost(self.topo.device(d), &kind, Some(r))
+        } else {
+            self.cost_at(d, &kind, Some(r))
+        };
+        let mut s =
+            StepSpec::new(d, kind.clone(), self.win(w)).ring(r).cost(cost).deadline(self.opts.deadline).footprint(&[fp]).after(after);
         if host {
             if let Some(sv) = self.costs.host_notifier_server() {
                 s = s.serialised_on(sv);
@@ -486,7 +557,7 @@ impl Ctx<'_> {
     fn caller(&mut self, d: DeviceId, kind: StepKind, ring: Option<u32>, w: Window, what: Resource, after: &[StepId]) -> StepId {
         let mut s = StepSpec::new(d, kind.clone(), self.win(w))
             .affinity(Affinity::Caller)
-            .cost(self.cost(d, &kind))
+            .cost(self.cost_at(d, &kind, ring))
             .deadline(self.opts.deadline)
             .footprint(&[Resource::BIG_LOCK, what])
             .after(after);
@@ -619,7 +690,7 @@ fn source_vhost(c: &mut Ctx<'_>, dev: &Device, all_txn: Option<StepId>) -> Sourc
                     c.b.add(
                         StepSpec::new(d, StepKind::DrainInflight, Window::Blackout)
                             .ring(r)
-                            .cost(c.cost(d, &StepKind::DrainInflight))
+                            .cost(c.cost_at(d, &StepKind::DrainInflight, Some(r)))
                             .deadline(deadline)
                             .footprint(&[Resource::vring(d, r)])
                             .after(a),
@@ -697,6 +768,30 @@ fn dest_vhost(c: &mut Ctx<'_>, dev: &Device, commit: Option<StepId>, route: Opti
     let reconcile = c.opts.reconcile.then(|| c.msg(d, StepKind::Reconcile, None, Window::Blackout, &[]));
     let storage =
         (c.opts.storage && dev.kind == DeviceKind::Blk).then(|| c.work(d, StepKind::StorageActivate, None, Window::Blackout, &[]));
+    // Host notifiers when they are not in the one transaction of every device:
+    // in one transaction of the device's own, or one by one.
+    let mut ring_on: Vec<Option<StepId>> = vec![None; dev.rings() as usize];
+    let commit = match (commit, c.opts.notifier_batch) {
+        (Some(all), _) => Some(all),
+        (None, NotifierBatch::PerDevice) => {
+            let begin = c.txn(d, StepKind::MemTxnBegin, Window::Prepare, &[]);
+            let ons: Vec<StepId> =
+                (0..dev.rings()).map(|r| c.notifier(d, StepKind::HostNotifierOn, r, Window::Prepare, &[begin])).collect();
+            Some(c.txn(d, StepKind::MemTxnCommit, Window::Prepare, &ons))
+        }
+        (None, _) => {
+            for r in 0..dev.rings() {
+                ring_on[r as usize] = Some(c.notifier(d, StepKind::HostNotifierOn, r, Window::Prepare, &[]));
+            }
+            None
+        }
+    };
+    // Routes when they are not committed once for every device.
+    let route = match (route, c.opts.routes) {
+        (Some(once), _) => Some(once),
+        (None, RouteCommits::PerDevice) => Some(c.caller(d, StepKind::RouteCommit, None, Window::Blackout, Resource::ROUTING, &[])),
+        _ => None,
+    };
     let mut ends = Vec::new();
     for r in 0..dev.rings() {
         let num = c.msg(d, StepKind::SetVringNum, Some(r), Window::Prepare, &[mt]);
@@ -710,8 +805,12 @@ fn dest_vhost(c: &mut Ctx<'_>, dev: &Device, commit: Option<StepId>, route: Opti
         let enable = c.msg(d, StepKind::VringEnable, Some(r), Window::Blackout, &[base]);
         let mut kick_after = vec![enable];
         kick_after.extend(commit);
+        kick_after.extend(ring_on[r as usize]);
         kick_after.extend(route);
         kick_after.extend(storage);
+        if c.opts.routes == RouteCommits::PerVector {
+            kick_after.push(c.caller(d, StepKind::RouteCommit, Some(r), Window::Blackout, Resource::ROUTING, &[]));
+        }
         let kick = c.msg(d, StepKind::SetVringKick, Some(r), Window::Blackout, &kick_after);
         ends.push(kick);
         if c.opts.routes != RouteCommits::None {
@@ -724,7 +823,8 @@ fn dest_vhost(c: &mut Ctx<'_>, dev: &Device, commit: Option<StepId>, route: Opti
 }
 
 /// Today's VMMs, QEMU's order, one chain per device: host notifiers on (in one
-/// transaction per device, or one by one), guest notifiers on with their routes,
+/// transaction per device, or one by one), guest notifiers on with their routes
+/// (per vector, or once per device — also for [`RouteCommits::Once`]),
 /// SET_FEATURES, SET_MEM_TABLE, then per ring NUM, ADDR, BASE, CALL, ENABLE, KICK.
 fn dest_vhost_chain(c: &mut Ctx<'_>, dev: &Device) {
     let d = dev.id;
@@ -751,7 +851,9 @@ fn dest_vhost_chain(c: &mut Ctx<'_>, dev: &Device) {
             push(c, &|c, a| c.caller(d, StepKind::RouteCommit, Some(r), Window::Blackout, Resource::ROUTING, a));
         }
     }
-    if c.opts.routes == RouteCommits::PerDevice {
+    // A chain has no step before every device's: one commit for all becomes one
+    // per device.
+    if matches!(c.opts.routes, RouteCommits::PerDevice | RouteCommits::Once) {
         push(c, &|c, a| c.caller(d, StepKind::RouteCommit, None, Window::Blackout, Resource::ROUTING, a));
     }
     push(c, &|c, a| c.msg(d, StepKind::SetFeatures, None, Window::Blackout, a));

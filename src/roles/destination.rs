@@ -21,7 +21,7 @@ use super::message::Message;
 use super::path::ReturnPath;
 use super::session::Session;
 use super::setup::{Deadlines, Outcome, SideSetup, SwitchoverReport};
-use crate::exec::{Engine, Progress, RunReport, StepOutcome};
+use crate::exec::{Engine, FailurePolicy, Progress, RunReport, StepOutcome};
 use crate::ids::{DeviceId, Side, Window};
 use crate::recipe;
 use crate::step::StepKind;
@@ -209,7 +209,10 @@ impl<'a> Destination<'a> {
             Ok(plan) => {
                 let plan = Arc::new(plan);
                 let mut fp = Progress::new(&plan);
-                let r = self.engine.run(&plan, Window::Blackout, rc.actions.clone(), &mut fp);
+                // Every ring that can be stopped is stopped, whatever failed on
+                // another device (which is then cut off below).
+                let r =
+                    self.engine.run_with_policy(&plan, Window::Blackout, rc.actions.clone(), &mut fp, FailurePolicy::ContinueIndependent);
                 Some((plan, r))
             }
             Err(e) => {

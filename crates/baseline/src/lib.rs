@@ -48,7 +48,7 @@ use switchover::exec::{Engine, RunReport};
 use switchover::ids::{Side, Window};
 use switchover::plan::{LowerBound, Plan};
 use switchover::recipe::RecipeOptions;
-use switchover::roles::{run_in_process, Outcome, SideSetup};
+use switchover::roles::{run_in_process, HookError, HookKind, Outcome, SideSetup, SwitchoverError};
 
 pub use chains::{run_chains, run_one};
 pub use instant::InstantDevices;
@@ -249,9 +249,9 @@ pub struct Executed {
 /// Runs `strategy` over two prepared sides, simulated or real: `serial` and `qemu`
 /// (`workers` ignored) and `pool` run each device's chain with every step inside
 /// the window (the prepare window's steps — dirty logging started — before it
-/// opens) and no rollback, as the harness models today's VMMs; `engine` runs the
-/// two roles, each on its own engine of `workers` workers, with their rollback and
-/// fence.
+/// opens) and no rollback, as the harness models today's VMMs, calling the sides'
+/// VMM hooks where the roles do; `engine` runs the two roles, each on its own
+/// engine of `workers` workers, with their rollback and fence.
 ///
 /// The sides' plans must have been built with [`Strategy::recipe`].
 ///
@@ -306,33 +306,59 @@ pub fn execute(strategy: Strategy, workers: usize, src: &SideSetup, dst: &SideSe
     }
     let lanes = if strategy == Strategy::Pool { workers.max(1) } else { 0 };
     let mut windows = Vec::new();
+    // The VMM's hooks at the points the roles call them.
+    let hook = |side: Side, hook: HookKind, r: Result<(), HookError>| r.map_err(|source| SwitchoverError::Hook { side, hook, source });
+    let mut failure: Option<SwitchoverError> = src
+        .hooks
+        .snapshot_config()
+        .map_err(|source| SwitchoverError::Hook { side: Side::Source, hook: HookKind::SnapshotConfig, source })
+        .and_then(|c| hook(Side::Destination, HookKind::StageConfig, dst.hooks.stage_config(&c)))
+        .err();
     // Migration start: each side's prepare steps (dirty logging), the guest running.
-    let mut failure = None;
     for side in [src, dst] {
         if side.plan.in_window(Window::Prepare).next().is_some() && failure.is_none() {
             let run = run_chains(&side.plan, &*side.actions, lanes, Window::Prepare);
-            failure = run.failure.clone();
+            failure = run.failure.clone().map(SwitchoverError::from);
             windows.push(WindowRun { plan: side.plan.clone(), report: run, rollback: false, fence: false });
         }
     }
+    if failure.is_none() {
+        failure = hook(Side::Source, HookKind::Precopy, src.hooks.precopy()).err();
+    }
     let opened = Instant::now();
     if failure.is_none() {
+        failure = hook(Side::Source, HookKind::StopVcpus, src.hooks.stop_vcpus()).err();
+    }
+    if failure.is_none() {
         let src_run = run_chains(&src.plan, &*src.actions, lanes, Window::Blackout);
-        failure = src_run.failure.clone();
+        failure = src_run.failure.clone().map(SwitchoverError::from);
         windows.push(WindowRun { plan: src.plan.clone(), report: src_run, rollback: false, fence: false });
+    }
+    if failure.is_none() {
+        failure = match src.hooks.save_state() {
+            Ok(devices) => hook(Side::Destination, HookKind::LoadState, dst.hooks.load_state(&devices)).err(),
+            Err(source) => Some(SwitchoverError::Hook { side: Side::Source, hook: HookKind::SaveState, source }),
+        };
     }
     if failure.is_none() {
         dst.state.import(&src.state.export());
         dst.state.hand_over(&src.state.inflight());
         let dst_run = run_chains(&dst.plan, &*dst.actions, lanes, Window::Blackout);
-        failure = dst_run.failure.clone();
+        failure = dst_run.failure.clone().map(SwitchoverError::from);
         windows.push(WindowRun { plan: dst.plan.clone(), report: dst_run, rollback: false, fence: false });
+    }
+    if failure.is_none() {
+        failure = hook(Side::Destination, HookKind::ResumeVcpus, dst.hooks.resume_vcpus()).err();
     }
     let downtime = opened.elapsed();
     // The harness's baselines have no rollback: a failure leaves the VM stopped.
+    // Devices only probed after their start (no REPLY_ACK) leave it unverified.
+    let mut probed: Vec<_> = dst.plan.steps().iter().filter(|s| s.kind == switchover::step::StepKind::Probe).map(|s| s.device).collect();
+    probed.dedup();
     let outcome = match failure {
-        None => Outcome::Completed,
-        Some(cause) => Outcome::Failed { rollback: None, cause: cause.into() },
+        None if probed.is_empty() => Outcome::Completed,
+        None => Outcome::CompletedUnverified { devices: probed },
+        Some(cause) => Outcome::Failed { rollback: None, cause },
     };
     Executed { outcome, downtime, window_opened: opened, windows }
 }
@@ -463,6 +489,43 @@ impl Default for Checks {
     }
 }
 
+/// One of a run's safety checks beyond the vring bases (the guest on one side,
+/// storage owned by one side, the destination fenced, …): its name, and what it
+/// found wrong (nothing when it held).
+///
+/// ```
+/// use switchover_baseline::SafetyCheck;
+/// assert!(SafetyCheck::new("fence", vec![]).ok());
+/// assert!(!SafetyCheck::new("storage", vec!["blk0: a write by the src refused".into()]).ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafetyCheck {
+    /// What it checks, in a few words.
+    pub name: String,
+    /// What it found wrong.
+    pub findings: Vec<String>,
+    /// What it checks holds only where every backend acknowledged its start: a
+    /// `completed_unverified` outcome (backends without `REPLY_ACK`) does not
+    /// promise it, and says so.
+    pub needs_ack: bool,
+}
+
+impl SafetyCheck {
+    /// A check named `name` with its findings.
+    pub fn new(name: &str, findings: Vec<String>) -> SafetyCheck {
+        SafetyCheck { name: name.into(), findings, needs_ack: false }
+    }
+    /// The check, marked as one a start without `REPLY_ACK` cannot promise.
+    pub fn unverified_without_ack(mut self) -> SafetyCheck {
+        self.needs_ack = true;
+        self
+    }
+    /// Whether it held.
+    pub fn ok(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
 /// What one strategy did, and what its checks found.
 ///
 /// ```
@@ -507,6 +570,9 @@ pub struct StrategyRun {
     pub lower_bound: LowerBound2,
     /// The checks.
     pub checks: Checks,
+    /// The safety checks of the world the run happened in (empty when the
+    /// harness has none for it).
+    pub safety: Vec<SafetyCheck>,
 }
 
 impl StrategyRun {
@@ -522,11 +588,45 @@ impl StrategyRun {
             lanes,
             lower_bound,
             checks,
+            safety: vec![],
         }
     }
-    /// Duration of each window that ran (the rollback as the source's blackout).
+    /// The run with these safety checks.
+    pub fn with_safety(mut self, safety: Vec<SafetyCheck>) -> StrategyRun {
+        self.safety = safety;
+        self
+    }
+    /// Whether the run ended safe: an outcome where the guest runs on one side
+    /// (completed, with the vring bases preserved; completed unverified;
+    /// completed with cleanup errors; rolled back; aborted), and every safety
+    /// check held (but those a `completed_unverified` outcome does not promise).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::ids::Side;
+    /// use switchover::topology::Topology;
+    /// use switchover_baseline::{execute, Checks, InstantDevices, LowerBound2, SafetyCheck, Strategy, StrategyRun};
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let (src, dst) = (InstantDevices::setup(&topo, Side::Source, &Strategy::Engine.recipe()), InstantDevices::setup(&topo, Side::Destination, &Strategy::Engine.recipe()));
+    /// let lb = LowerBound2::of(&src.plan, &dst.plan, 3);
+    /// let r = StrategyRun::new(Strategy::Engine, false, execute(Strategy::Engine, 2, &src, &dst), 3, lb, Checks::default());
+    /// assert!(r.safe());
+    /// assert!(!r.with_safety(vec![SafetyCheck::new("fence", vec!["dst net0 ring 0 still live".into()])]).safe());
+    /// ```
+    pub fn safe(&self) -> bool {
+        use switchover::roles::Outcome as O;
+        let outcome_ok = match &self.outcome {
+            O::Completed => self.checks.vring_bases_preserved,
+            O::CompletedUnverified { .. } | O::CompletedWithCleanupErrors { .. } | O::RolledBack { .. } | O::Aborted { .. } => true,
+            _ => false,
+        };
+        let unverified = matches!(self.outcome, O::CompletedUnverified { .. });
+        outcome_ok && self.safety.iter().all(|c| c.ok() || unverified && c.needs_ack)
+    }
+    /// Duration of each window of the plans that ran (not the rollback or the
+    /// fence: see [`StrategyRun::rollback`] and [`StrategyRun::fence`]).
     pub fn phases(&self) -> Vec<(Side, Window, Duration)> {
-        self.windows.iter().map(|w| (w.side(), w.window(), w.report.wall)).collect()
+        self.windows.iter().filter(|w| !w.rollback && !w.fence).map(|w| (w.side(), w.window(), w.report.wall)).collect()
     }
     /// Duration of one side's window, if it ran (not the rollback or the fence).
     pub fn phase(&self, side: Side, window: Window) -> Option<Duration> {

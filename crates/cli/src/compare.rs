@@ -23,7 +23,8 @@ use switchover_sim::{run, Fault, KvmModel, SimConfig, DEFAULT_SCALE};
 use crate::topology_file;
 
 /// Stop and start all of a VM's devices concurrently at migration switchover:
-/// compares `serial`, `pool` and `engine` on SIMULATED vhost-user backends.
+/// compares `serial` (QEMU before 2023), `pool` (the 2021 RFC), `qemu` (QEMU
+/// today) and `engine` on SIMULATED vhost-user backends.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -51,9 +52,28 @@ struct Cli {
     /// Inject a fault: KIND:STEP:DEVICE[:RING], KIND one of error, hang, crash.
     #[arg(long)]
     inject: Vec<String>,
-    /// Per-step deadline in milliseconds.
+    /// Per-step deadline in milliseconds (also each blk ring's drain, unless
+    /// --drain-deadline-ms says otherwise).
     #[arg(long, default_value_t = 10_000)]
     deadline_ms: u64,
+    /// How long each blk ring's drain may wait for its requests in flight, in
+    /// milliseconds (default: --deadline-ms).
+    #[arg(long)]
+    drain_deadline_ms: Option<u64>,
+    /// Simulated backends without REPLY_ACK: start messages are fire-and-forget,
+    /// the destination probes each backend once after its start, and a switchover
+    /// that completes says `completed_unverified`.
+    #[arg(long)]
+    no_reply_ack: bool,
+    /// Devices whose configuration the simulated guest changes during precopy
+    /// (comma separated, e.g. net1,blk0): the destination must redo their steps in
+    /// the window.
+    #[arg(long, value_delimiter = ',')]
+    precopy_changes: Vec<String>,
+    /// Guest memory the simulated dirty log covers, in GiB (the log sync scans its
+    /// bitmap; the RFC does not give its VM's memory).
+    #[arg(long)]
+    guest_ram_gib: Option<u32>,
     /// Block requests in flight per blk ring when the guest stops (simulated guest).
     #[arg(long, default_value_t = 0)]
     blk_inflight: u32,
@@ -64,7 +84,7 @@ struct Cli {
     #[arg(long, default_value = "drain")]
     blk_policy: String,
     /// Strategies to run (comma separated).
-    #[arg(long, default_value = "serial,pool,engine", value_delimiter = ',')]
+    #[arg(long, default_value = "serial,pool,qemu,engine", value_delimiter = ',')]
     strategies: Vec<String>,
     /// Write the engine run's timeline picture (SVG) here.
     #[arg(long)]
@@ -126,7 +146,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
     for s in &cli.strategies {
         match Strategy::parse(s) {
             Some(x) => strategies.push(x),
-            None => return fail(format!("unknown strategy '{s}' (serial, pool, engine)")),
+            None => return fail(format!("unknown strategy '{s}' (serial, pool, qemu, engine)")),
         }
     }
     let blk_policy = match cli.blk_policy.as_str() {
@@ -134,14 +154,33 @@ pub fn main(args: Vec<String>) -> ExitCode {
         "hand-over" | "handover" => BlkPolicy::HandOver,
         other => return fail(format!("unknown --blk-policy '{other}' (drain, hand-over)")),
     };
-    let cfg = SimConfig::new(topo)
+    for d in &cli.precopy_changes {
+        match topo.device_by_name(d) {
+            Some(dev) if dev.rings() > 0 => {}
+            Some(_) => return fail(format!("--precopy-changes {d}: not a vhost-user device")),
+            None => return fail(format!("--precopy-changes {d}: no device named '{d}' in {}", topo.name())),
+        }
+    }
+    if cli.guest_ram_gib == Some(0) || cli.guest_ram_gib.is_some_and(|g| g > 1 << 20) {
+        return fail("--guest-ram-gib must be in 1..=1048576");
+    }
+    let changes: Vec<&str> = cli.precopy_changes.iter().map(String::as_str).collect();
+    let mut cfg = SimConfig::new(topo)
         .blk_policy(blk_policy)
         .blk_inflight(cli.blk_inflight, std::time::Duration::from_micros(cli.blk_io_us))
         .scale(cli.scale)
         .workers(cli.workers)
         .kvm(kvm)
         .faults(faults)
+        .reply_ack(!cli.no_reply_ack)
+        .precopy_changes(&changes)
         .deadline(std::time::Duration::from_millis(cli.deadline_ms.max(1)));
+    if let Some(ms) = cli.drain_deadline_ms {
+        cfg = cfg.drain_deadline(std::time::Duration::from_millis(ms.max(1)));
+    }
+    if let Some(g) = cli.guest_ram_gib {
+        cfg.profile.window.guest_ram_gib = g;
+    }
     let runs = strategies.iter().map(|s| run(&cfg, *s)).collect();
     let kvm_runs = if cli.no_kvm_comparison || !cfg.faults.is_empty() {
         vec![]

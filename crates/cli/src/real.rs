@@ -18,10 +18,13 @@ use clap::Parser;
 use serde_json::json;
 
 use switchover::ids::Side;
+use switchover::step::StepKind;
 use switchover_baseline::Strategy;
 use switchover_report::{json as report_json, table, Comparison};
+use switchover_testbed::guest::Change;
 use switchover_testbed::side::BackendKind;
 use switchover_testbed::{backend, run_strategy, BlkBackend, RealConfig, RealRun};
+use switchover_vhost::kvm::measure_routing;
 
 /// Compares `serial`, `pool` and `engine` on REAL vhost-user backends (own net and
 /// blk backends in child processes, qemu-storage-daemon) and real KVM notifiers.
@@ -67,6 +70,69 @@ struct Args {
     /// (SIGKILL the backend). Repeatable. Only `engine` rolls back.
     #[arg(long)]
     inject: Vec<String>,
+    /// During precopy the guest changes net1's ring addresses (driver reload),
+    /// net0's active queue pairs, blk0's first MSI-X entry, and resets blk1's
+    /// first ring; the destination must reconcile them in the window.
+    #[arg(long)]
+    precopy_changes: bool,
+    /// Tx packets per tx ring the guest publishes without a kick just before the
+    /// stop (still in the rings when the source stops).
+    #[arg(long, default_value_t = 0)]
+    unkicked_tx: u16,
+}
+
+/// The steps a two-host migration adds to the window (and `log_start` in the
+/// source's prepare), as the report names them.
+pub const NEW_STEPS: [StepKind; 6] =
+    [StepKind::LogStart, StepKind::LogSync, StepKind::FinalPass, StepKind::Reconcile, StepKind::RouteCommit, StepKind::RingNotify];
+
+/// What one kind of step cost in a run (REAL): how many ran, their total, median
+/// and longest duration.
+///
+/// ```
+/// # use switchover_testbed::run::RealRun;
+/// # use switchover_sim::{run, SimConfig};
+/// # use switchover_baseline::Strategy;
+/// # use switchover::topology::Topology;
+/// use switchover::step::StepKind;
+/// use switchover_cli::real::step_costs;
+/// let r = RealRun::bare(run(&SimConfig::new(Topology::preset("small").unwrap()).scale(0.02), Strategy::Engine));
+/// let c = step_costs(&r, &StepKind::LogSync);
+/// assert_eq!(c.count, 1); // once, after every device stopped
+/// assert!(c.median_ms <= c.max_ms && c.max_ms <= c.total_ms);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepCost {
+    /// Steps of the kind that ran (rollback and fence excluded).
+    pub count: usize,
+    /// Their total duration (ms).
+    pub total_ms: f64,
+    /// The median one (ms).
+    pub median_ms: f64,
+    /// The longest (ms).
+    pub max_ms: f64,
+}
+
+/// What the steps of `kind` cost in `r`'s windows (its rollback and fence excluded).
+pub fn step_costs(r: &RealRun, kind: &StepKind) -> StepCost {
+    let mut v: Vec<f64> = r
+        .run
+        .windows
+        .iter()
+        .filter(|w| !w.rollback && !w.fence)
+        .flat_map(|w| {
+            w.report
+                .records
+                .iter()
+                .filter(|x| w.plan.step(x.step).kind == *kind)
+                .map(|x| (x.end.saturating_sub(x.start)).as_secs_f64() * 1e3)
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return StepCost::default();
+    }
+    StepCost { count: v.len(), total_ms: v.iter().sum(), median_ms: v[v.len() / 2], max_ms: v[v.len() - 1] }
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -101,22 +167,13 @@ pub fn kvm_available() -> Result<(), KvmUnavailable> {
 /// # Examples
 ///
 /// ```
-/// # use switchover_testbed::run::{DiskCheck, RealRun};
+/// # use switchover_testbed::run::RealRun;
 /// # use switchover_sim::{run, SimConfig};
-/// # use switchover_baseline::{StrategyRun, Strategy};
-/// # use switchover::ids::Side;
+/// # use switchover_baseline::Strategy;
 /// # use switchover::topology::Topology;
-/// # let real = |run: StrategyRun| RealRun {
-/// #     runs_on: matches!(run.outcome, switchover::roles::Outcome::Completed).then_some(Side::Destination),
-/// #     run, bases: vec![], post_switchover: Ok(0), blk_rings_verified: 0, second_disable_ioctls: 0,
-/// #     second_disables_refused: 0, leftover_processes: vec![], leftover_dir: false, backends: vec![],
-/// #     reconnects: 0, reconnected: vec![], rollback: None, requests: vec![],
-/// #     disk: DiskCheck::default(), drains: vec![],
-/// # };
 /// # let small = || SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
-///
 /// use switchover_cli::real::checks_text;
-/// let text = checks_text(&[real(run(&small(), Strategy::Engine))]);
+/// let text = checks_text(&[RealRun::bare(run(&small(), Strategy::Engine))]);
 /// assert!(text.contains("engine  REAL checks"), "{text}");
 /// assert!(text.contains("socket dir removed"));
 /// ```
@@ -170,6 +227,64 @@ pub fn checks_text(runs: &[RealRun]) -> String {
             phases.push(format!("src rollback {:.2} ms", rb.as_secs_f64() * 1e3));
         }
         out.push_str(&format!("          REAL downtime {:.2} ms; phases: {}\n", r.run.downtime.as_secs_f64() * 1e3, phases.join(", ")));
+        let f = &r.fidelity;
+        let m = &f.memory;
+        out.push_str(&format!(
+            "          REAL memory per side: precopy {} passes, {} pages ({} logged by backends) in {:.1} ms; window: {} log sync(s), final pass {} pages ({} found only by the log sync) in {:.3} ms; {}; rx/read buffers {} checked, {} missing\n",
+            m.stats.passes,
+            m.stats.precopy_pages,
+            m.stats.precopy_logged,
+            f.precopy.as_secs_f64() * 1e3,
+            m.stats.log_syncs,
+            m.stats.final_pass_pages,
+            m.stats.final_from_log,
+            m.stats.final_pass.as_secs_f64() * 1e3,
+            if !m.compared {
+                "destination memory not compared (the guest does not run there)".to_string()
+            } else if m.differing.is_empty() {
+                format!("destination memory identical to the source's ({} used-ring pages served after the start)", m.served_after_start)
+            } else {
+                format!("{} DESTINATION PAGES DIFFER (first: {})", m.differing.len(), m.differing[0])
+            },
+            m.buffers_checked,
+            m.buffers_missing.len(),
+        ));
+        let rc = &f.routes;
+        out.push_str(&format!(
+            "          REAL routes: {} route commit(s) in the window ({} KVM_SET_GSI_ROUTING), {} MSI routes, {} masked, {} mismatched; committed before each ring's kick: {}; enabled before kicked: {}; net rings disabled before their stop: {}\n",
+            rc.commits_in_window,
+            rc.ioctls,
+            rc.routes,
+            rc.masked,
+            rc.mismatches.len(),
+            if rc.before_first_kick { "yes" } else { "NO" },
+            if rc.enable_before_kick { "yes" } else { "NO" },
+            rc.net_disables_before_stop,
+        ));
+        out.push_str(&format!(
+            "          REAL tx: {} published, {} transmitted, {} missing, {} twice; precopy changes: {}; reconciled: [{}] ({} requests); inactive queues served: {}{}\n",
+            f.tx.published,
+            f.tx.transmitted,
+            f.tx.missing.len(),
+            f.tx.twice.len(),
+            if f.changes.is_empty() { "none".to_string() } else { f.changes.iter().map(|(c, d)| format!("{c} on {d}")).collect::<Vec<_>>().join(", ") },
+            f.reconciled.join(", "),
+            f.reconcile_messages,
+            f.inactive_served.len(),
+            match f.log_after_failure {
+                Some(n) => format!("; pages logged after the failure: {n}"),
+                None => String::new(),
+            },
+        ));
+        let costs: Vec<String> = NEW_STEPS
+            .iter()
+            .map(|k| (k, step_costs(r, k)))
+            .filter(|(_, c)| c.count > 0)
+            .map(|(k, c)| format!("{k} {}× median {:.3} ms (total {:.3})", c.count, c.median_ms, c.total_ms))
+            .collect();
+        if !costs.is_empty() {
+            out.push_str(&format!("          REAL new steps: {}\n", costs.join(", ")));
+        }
         for d in &r.drains {
             out.push_str(&format!(
                 "          REAL drain_inflight on {}: {} steps, total {:.3} ms, longest {:.3} ms{}\n",
@@ -259,6 +374,8 @@ pub fn main(args: &[String]) -> ExitCode {
     cfg.deadline = Duration::from_millis(a.deadline_ms.max(1));
     cfg.inflight = a.inflight.clamp(1, 24);
     cfg.qsd_iops = a.qsd_iops.filter(|n| *n > 0);
+    cfg.precopy_changes = a.precopy_changes;
+    cfg.unkicked_tx = a.unkicked_tx.min(16);
     if cfg.qsd.is_none() && cfg.blks > 0 && blk_backend != BlkBackend::Own {
         eprintln!("switchover real: qemu-storage-daemon is not installed; all blk devices use the project's own blk backend");
     }
@@ -282,6 +399,11 @@ pub fn main(args: &[String]) -> ExitCode {
     for f in &cfg.inject {
         if topo.device_by_name(&f.device).is_none() {
             return fail(format!("--inject: no device named '{}' in this topology", f.device));
+        }
+    }
+    if cfg.precopy_changes {
+        if let Err(e) = Change::possible(&topo) {
+            return fail(format!("--precopy-changes: {e}"));
         }
     }
     let kinds = cfg.backends(&topo);
@@ -311,11 +433,39 @@ pub fn main(args: &[String]) -> ExitCode {
     };
     print!("{}", table(&cmp));
     print!("{}", checks_text(&reals));
+    // The routing table committed once against once per vector, side by side on
+    // a scratch VM, for as many vectors as the destination routes.
+    let vectors = reals.iter().map(|r| r.fidelity.routes.routes as usize).max().unwrap_or(0).max(1);
+    let routing = match measure_routing(vectors, 7) {
+        Ok(c) => {
+            println!(
+                "  REAL MSI routing, {} vectors (median of {} rounds, one scratch VM): one KVM_SET_GSI_ROUTING {:.3} ms, one per vector {:.3} ms ({:.0}×)",
+                c.vectors,
+                c.rounds,
+                c.one_commit.as_secs_f64() * 1e3,
+                c.per_vector.as_secs_f64() * 1e3,
+                c.ratio()
+            );
+            Some(c)
+        }
+        Err(e) => {
+            eprintln!("switchover real: routing measurement: {e}");
+            None
+        }
+    };
     // With an injected fault, serial and pool (no rollback) are expected to fail.
     let ok = reals.iter().all(|r| r.checks_ok() || (!cfg.inject.is_empty() && r.failed_without_rollback_ok()));
     if let Some(p) = &a.json {
         let mut v = report_json(&cmp);
+        // The two-host figures of the engine's run (or of the one strategy run).
+        let main = reals.iter().find(|r| r.run.strategy == Strategy::Engine).or(reals.first());
         v["real"] = json!({
+            "memory": "per-side",
+            "final_pass_pages": main.map(|r| r.fidelity.memory.stats.final_pass_pages),
+            "log_syncs": main.map(|r| r.fidelity.memory.stats.log_syncs),
+            "route_commits_in_window": main.map(|r| r.fidelity.routes.commits_in_window),
+            "reconciled_devices": main.map(|r| r.fidelity.reconciled.clone()).unwrap_or_default(),
+            "routing": routing.map(|c| json!({"vectors": c.vectors, "rounds": c.rounds, "one_commit_ms": c.one_commit.as_secs_f64() * 1e3, "per_vector_ms": c.per_vector.as_secs_f64() * 1e3, "ratio": c.ratio()})),
             "backends": kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
             "checks": reals.iter().map(|r| (r.run.strategy.name().to_string(), json!({
                 "ok": r.checks_ok(),
@@ -334,6 +484,40 @@ pub fn main(args: &[String]) -> ExitCode {
                 "requests": r.requests.iter().map(|q| json!({"device": q.device, "ring": q.ring, "published": q.published, "completed": q.completed})).collect::<Vec<_>>(),
                 "disk": json!({"submitted": r.disk.submitted, "acknowledged": r.disk.acknowledged, "on_disk": r.disk.on_disk, "missing": r.disk.missing}),
                 "drain_inflight": r.drains.iter().map(|d| json!({"backend": d.backend, "steps": d.steps, "total_ms": d.total_ms, "max_ms": d.max_ms})).collect::<Vec<_>>(),
+                "memory": {
+                    "precopy_passes": r.fidelity.memory.stats.passes,
+                    "precopy_pages": r.fidelity.memory.stats.precopy_pages,
+                    "precopy_logged_pages": r.fidelity.memory.stats.precopy_logged,
+                    "precopy_ms": r.fidelity.precopy.as_secs_f64() * 1e3,
+                    "log_syncs": r.fidelity.memory.stats.log_syncs,
+                    "final_pass_pages": r.fidelity.memory.stats.final_pass_pages,
+                    "final_pass_pages_only_logged": r.fidelity.memory.stats.final_from_log,
+                    "compared": r.fidelity.memory.compared,
+                    "differing": r.fidelity.memory.differing,
+                    "served_after_start": r.fidelity.memory.served_after_start,
+                    "buffers_checked": r.fidelity.memory.buffers_checked,
+                    "buffers_missing": r.fidelity.memory.buffers_missing,
+                },
+                "routes": {
+                    "commits_in_window": r.fidelity.routes.commits_in_window,
+                    "ioctls": r.fidelity.routes.ioctls,
+                    "routes": r.fidelity.routes.routes,
+                    "masked": r.fidelity.routes.masked,
+                    "mismatches": r.fidelity.routes.mismatches,
+                    "before_kicks": r.fidelity.routes.before_first_kick,
+                    "enable_before_kick": r.fidelity.routes.enable_before_kick,
+                    "net_disables_before_stop": r.fidelity.routes.net_disables_before_stop,
+                },
+                "tx": {"published": r.fidelity.tx.published, "transmitted": r.fidelity.tx.transmitted, "missing": r.fidelity.tx.missing, "twice": r.fidelity.tx.twice},
+                "precopy_changes": r.fidelity.changes.iter().map(|(c, d)| json!({"change": c, "device": d})).collect::<Vec<_>>(),
+                "reconciled_devices": r.fidelity.reconciled,
+                "reconcile_requests": r.fidelity.reconcile_messages,
+                "inactive_queues_served": r.fidelity.inactive_served,
+                "log_after_failure_pages": r.fidelity.log_after_failure,
+                "new_steps": NEW_STEPS.iter().map(|k| {
+                    let c = step_costs(r, k);
+                    (k.name().to_string(), json!({"count": c.count, "total_ms": c.total_ms, "median_ms": c.median_ms, "max_ms": c.max_ms}))
+                }).collect::<serde_json::Map<_, _>>(),
             }))).collect::<serde_json::Map<_, _>>(),
         });
         let text = serde_json::to_string_pretty(&v).expect("JSON of plain data");

@@ -19,6 +19,35 @@
 //! big_lock = true
 //! ```
 //!
+//! A step of a VMM-defined kind may name the step that undoes it when the
+//! switchover rolls back (`undo`), declared with `rollback_only = true` on the
+//! same side: a rollback runs the undo steps of the steps that ran, in reverse
+//! dependency order (the undo of a later step first), the guest still frozen.
+//!
+//! | key | where | meaning |
+//! |---|---|---|
+//! | `undo` | step, optional | the name of a `rollback_only` step of the same side that undoes this one |
+//! | `rollback_only` | step, optional | `true`: an undo step, run only by a rollback (source) or the destination's fence; it takes no `window`, `after` or `undo` |
+//!
+//! ```toml
+//! [[device]]
+//! kind = "generic"
+//! name = "vfio"
+//!   [[device.step]]
+//!   name = "quiesce"           # stops the device's DMA in the window
+//!   side = "source"
+//!   window = "blackout"
+//!   undo = "unquiesce"
+//!   [[device.step]]
+//!   name = "unquiesce"         # resumes it if the switchover rolls back
+//!   side = "source"
+//!   rollback_only = true
+//! ```
+//!
+//! Errors name the device group and the step: an `undo` that names no
+//! `rollback_only` step of the same side, a `rollback_only` step with a `window`,
+//! `after` or `undo`.
+//!
 //! # Examples
 //!
 //! ```
@@ -160,13 +189,16 @@ struct TomlDevice {
 struct TomlStep {
     name: String,
     side: String,
-    window: String,
+    window: Option<String>,
     #[serde(default)]
     after: Vec<String>,
     affinity: Option<String>,
     cost_ms: Option<f64>,
     #[serde(default)]
     big_lock: bool,
+    undo: Option<String>,
+    #[serde(default)]
+    rollback_only: bool,
 }
 
 impl TomlStep {
@@ -180,11 +212,15 @@ impl TomlStep {
             "destination" => Side::Destination,
             v => return Err(bad("side", v)),
         };
-        let window = match self.window.as_str() {
-            "prepare" => Window::Prepare,
-            "blackout" => Window::Blackout,
-            "cleanup" => Window::Cleanup,
-            v => return Err(bad("window", v)),
+        let invalid = |reason: String| TopologyError::Invalid { device: group.into(), reason: format!("step '{}': {reason}", self.name) };
+        let window = match (self.window.as_deref(), self.rollback_only) {
+            (Some(w), true) => return Err(invalid(format!("a rollback_only step runs in the rollback, not in window '{w}'"))),
+            (None, true) => Window::Blackout,
+            (None, false) => return Err(invalid("missing field `window`".into())),
+            (Some("prepare"), false) => Window::Prepare,
+            (Some("blackout"), false) => Window::Blackout,
+            (Some("cleanup"), false) => Window::Cleanup,
+            (Some(v), false) => return Err(bad("window", v)),
         };
         let affinity = match self.affinity.as_deref().unwrap_or("any") {
             "any" => Affinity::Any,
@@ -198,9 +234,12 @@ impl TomlStep {
                 reason: format!("step '{}': cost_ms {ms} out of range", self.name),
             });
         }
-        let mut s = GenericStep::new(&self.name, side, window).affinity(affinity).cost(Duration::from_secs_f64(ms / 1000.0));
+        let mut s =
+            if self.rollback_only { GenericStep::rollback_only(&self.name, side) } else { GenericStep::new(&self.name, side, window) };
+        s = s.affinity(affinity).cost(Duration::from_secs_f64(ms / 1000.0));
         s.after = self.after.clone();
         s.big_lock = self.big_lock;
+        s.undo = self.undo.clone();
         Ok(s)
     }
 }
@@ -232,6 +271,44 @@ mod tests {
         let text = "[[device]]\nkind = \"generic\"\nname = \"vbd\"\n[[device.step]]\nname = \"publish\"\nside = \"source\"\nwindow = \"blackout\"\naffinity = \"caller\"\nbig_lock = true\n";
         let t = from_toml_str(text, "t").unwrap();
         assert!(t.devices()[0].steps[0].big_lock);
+    }
+
+    const VFIO: &str = "[[device]]\nkind = \"generic\"\nname = \"vfio\"\n[[device.step]]\nname = \"quiesce\"\nside = \"source\"\nwindow = \"blackout\"\nundo = \"unquiesce\"\n";
+
+    #[test]
+    fn a_step_declares_its_undo_step() {
+        let text = format!("{VFIO}[[device.step]]\nname = \"unquiesce\"\nside = \"source\"\nrollback_only = true\ncost_ms = 0.5\n");
+        let t = from_toml_str(&text, "t").unwrap();
+        let steps = &t.devices()[0].steps;
+        assert_eq!(steps[0].undo.as_deref(), Some("unquiesce"));
+        assert!(steps[1].rollback_only && steps[1].undo.is_none());
+        assert_eq!(steps[1].cost, Duration::from_micros(500));
+    }
+
+    #[test]
+    fn undo_mistakes_name_the_device_and_the_step() {
+        let err = |text: &str| from_toml_str(text, "t").unwrap_err().to_string();
+        // No such undo step.
+        let e = err(VFIO);
+        assert!(e.contains("vfio0") && e.contains("'quiesce'") && e.contains("unquiesce"), "{e}");
+        // An undo step of the other side.
+        let e = err(&format!("{VFIO}[[device.step]]\nname = \"unquiesce\"\nside = \"destination\"\nrollback_only = true\n"));
+        assert!(e.contains("'quiesce'") && e.contains("not an undo step"), "{e}");
+        // A step that is not rollback-only.
+        let e = err(&format!("{VFIO}[[device.step]]\nname = \"unquiesce\"\nside = \"source\"\nwindow = \"cleanup\"\n"));
+        assert!(e.contains("not an undo step"), "{e}");
+        // A rollback-only step in a window, waiting, or undone itself.
+        let base = "[[device]]\nkind = \"generic\"\nname = \"fs\"\n[[device.step]]\nname = \"pause\"\nside = \"source\"\nwindow = \"blackout\"\n[[device.step]]\nname = \"unpause\"\nside = \"source\"\nrollback_only = true\n";
+        let e = err(&format!("{base}window = \"blackout\"\n"));
+        assert!(e.contains("'unpause'") && e.contains("rollback_only"), "{e}");
+        let e = err(&format!("{base}after = [\"pause\"]\n"));
+        assert!(e.contains("'unpause'"), "{e}");
+        // A step without a window that is not rollback-only.
+        let e = err("[[device]]\nkind = \"generic\"\nname = \"fs\"\n[[device.step]]\nname = \"pause\"\nside = \"source\"\n");
+        assert!(e.contains("'pause'") && e.contains("window"), "{e}");
+        // An unknown key is still refused.
+        let e = err("[[device]]\nkind = \"generic\"\nname = \"fs\"\n[[device.step]]\nname = \"pause\"\nside = \"source\"\nwindow = \"blackout\"\nundoes = \"x\"\n");
+        assert!(e.contains("unknown field `undoes`"), "{e}");
     }
 
     #[test]

@@ -161,7 +161,7 @@ fn rows_of(run: &StrategyRun) -> Rows {
     let own = own_times(&steps);
     let mut m: BTreeMap<RowKey, (usize, i64, Window)> = BTreeMap::new();
     for (s, o) in steps.iter().zip(own) {
-        if s.rollback {
+        if s.rollback || s.fence {
             continue;
         }
         let e = m.entry((s.side, s.device_kind.clone(), s.step.clone())).or_insert((0, 0, s.window));
@@ -216,10 +216,10 @@ pub fn table(cmp: &Comparison) -> String {
     keys.sort_by_key(|k| (k.0, keys_rank(k)));
     let _ = writeln!(
         out,
-        "{:<4} {:<5} {:<20} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}  engine window",
-        "side", "dev", "step", "count", "RFC orig", "RFC×scale", "serial", "pool", "engine"
+        "{:<4} {:<5} {:<20} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  engine window",
+        "side", "dev", "step", "count", "RFC orig", "RFC×scale", "serial", "pool", "qemu", "engine"
     );
-    let _ = writeln!(out, "{:<37} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "ms", "ms", "ms", "ms", "ms");
+    let _ = writeln!(out, "{:<37} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "ms", "ms", "ms", "ms", "ms", "ms");
     for k in &keys {
         let rfc_ms = rfc.iter().find(|r| r.side == k.0 && unit_name(r.unit) == k.1 && r.step.name() == k.2).map(|r| r.original_ms);
         let count = per.iter().filter_map(|(_, m)| m.get(k).map(|x| x.0)).max().unwrap_or(0);
@@ -233,7 +233,7 @@ pub fn table(cmp: &Comparison) -> String {
         let win = per.iter().find(|(x, _)| *x == Strategy::Engine).and_then(|(_, m)| m.get(k)).map(|x| x.2.name()).unwrap_or("-");
         let _ = writeln!(
             out,
-            "{:<4} {:<5} {:<20} {:>6} {:>9} {:>9} {} {} {}  {}",
+            "{:<4} {:<5} {:<20} {:>6} {:>9} {:>9} {} {} {} {}  {}",
             k.0.short(),
             k.1,
             k.2,
@@ -242,11 +242,13 @@ pub fn table(cmp: &Comparison) -> String {
             rfc_ms.map(|v| format!("{:.1}", v * scale)).unwrap_or_else(|| "-".into()),
             cell(Strategy::Serial),
             cell(Strategy::Pool),
+            cell(Strategy::Qemu),
             cell(Strategy::Engine),
             win
         );
     }
-    let _ = writeln!(out, "(own time per step kind; engine rows outside the blackout window are not downtime)");
+    let _ = writeln!(out, "(own time per step kind; engine rows outside the blackout window are not downtime; rows without an RFC figure are steps the RFC did not measure)");
+    out.push_str(&recovery_rows(cmp));
     let _ = writeln!(out);
     let dt = |s: Strategy| cmp.get(s).map(|r| dms(r.downtime));
     let _ = writeln!(out, "downtime (window open → destination running), {}:", if cmp.simulated { "SIMULATED" } else { "REAL" });
@@ -263,6 +265,9 @@ pub fn table(cmp: &Comparison) -> String {
             let _ = write!(out, "; the RFC's own pool: {RFC_CONCURRENT_MS:.0} ms × {scale} = {:.1} ms", RFC_CONCURRENT_MS * scale);
         }
         let _ = writeln!(out, ")");
+    }
+    if let Some(v) = dt(Strategy::Qemu) {
+        let _ = writeln!(out, "  qemu    {v:>9.1} ms   (QEMU today: serial, one memory-map transaction and one route commit per device)");
     }
     if let Some(e) = cmp.get(Strategy::Engine) {
         let lb = e.lower_bound.total();
@@ -283,14 +288,24 @@ pub fn table(cmp: &Comparison) -> String {
         );
         let ph: Vec<String> = e.phases().iter().map(|(s, w, d)| format!("{} {} {:.1} ms", s.short(), w.name(), dms(*d))).collect();
         let _ = writeln!(out, "          phases: {}", ph.join(", "));
-        if let (Some(s), Some(po)) = (cmp.get(Strategy::Serial), cmp.get(Strategy::Pool)) {
-            let _ = writeln!(
-                out,
-                "  speedup: engine vs serial {:.1}×, engine vs pool {:.1}×, pool vs serial {:.1}×",
-                ratio(s.downtime, e.downtime),
-                ratio(po.downtime, e.downtime),
-                ratio(s.downtime, po.downtime)
-            );
+        let mut parts = Vec::new();
+        for other in [Strategy::Qemu, Strategy::Serial, Strategy::Pool] {
+            if let Some(o) = cmp.get(other) {
+                parts.push(format!(
+                    "engine ÷ {} = {:.4} (1/{:.1})",
+                    other.name(),
+                    ratio(e.downtime, o.downtime),
+                    ratio(o.downtime, e.downtime)
+                ));
+            }
+        }
+        if !parts.is_empty() {
+            let _ = writeln!(out, "  measured side by side in this run: {}", parts.join(", "));
+        }
+        if let (Some(r), Some(f)) = (e.rollback(), e.fence()) {
+            let _ = writeln!(out, "          after the failure: dst fence {:.1} ms, then src rollback {:.1} ms", dms(f), dms(r));
+        } else if let Some(r) = e.rollback() {
+            let _ = writeln!(out, "          after the failure: src rollback {:.1} ms", dms(r));
         }
     }
     let _ = writeln!(out);
@@ -307,6 +322,22 @@ pub fn table(cmp: &Comparison) -> String {
         );
         if let Some(f) = r.outcome.cause() {
             let _ = writeln!(out, "          failure: {f}");
+        }
+        if let switchover::roles::Outcome::CompletedUnverified { devices } = &r.outcome {
+            let names: Vec<&str> = devices.iter().map(|d| cmp.topology.device(*d).name.as_str()).collect();
+            let _ = writeln!(out, "          unverified (no REPLY_ACK; probed once after their start): {}", names.join(", "));
+        }
+        if !r.safety.is_empty() {
+            let verdicts: Vec<String> = r.safety.iter().map(|c| format!("{} {}", c.name, if c.ok() { "ok" } else { "FAILED" })).collect();
+            let _ = writeln!(out, "          checks: {}", verdicts.join("; "));
+            for c in r.safety.iter().filter(|c| !c.ok()) {
+                for f in c.findings.iter().take(4) {
+                    let _ = writeln!(out, "            {}: {f}", c.name);
+                }
+                if c.findings.len() > 4 {
+                    let _ = writeln!(out, "            {}: … {} more", c.name, c.findings.len() - 4);
+                }
+            }
         }
         let io = &r.checks.io;
         if io.submitted > 0 {
@@ -327,13 +358,49 @@ pub fn table(cmp: &Comparison) -> String {
             let _ = writeln!(out, "  {:<7} {:>9.1} ms   (was {:.1} ms)", r.strategy.name(), dms(r.downtime), main);
         }
         let k = |s: Strategy| cmp.kvm_runs.iter().find(|r| r.strategy == s).map(|r| r.downtime);
-        if let (Some(s), Some(po), Some(e)) = (k(Strategy::Serial), k(Strategy::Pool), k(Strategy::Engine)) {
-            let _ = writeln!(out, "  speedup: engine vs serial {:.1}×, engine vs pool {:.1}×", ratio(s, e), ratio(po, e));
+        if let Some(e) = k(Strategy::Engine) {
+            let parts: Vec<String> = [Strategy::Qemu, Strategy::Serial, Strategy::Pool]
+                .iter()
+                .filter_map(|s| k(*s).map(|o| format!("engine ÷ {} = {:.4}", s.name(), ratio(e, o))))
+                .collect();
+            if !parts.is_empty() {
+                let _ = writeln!(out, "  measured side by side: {}", parts.join(", "));
+            }
         }
     }
     if let Some(d) = cmp.get(Strategy::Engine).or(cmp.runs.first()) {
         let _ = writeln!(out);
         out.push_str(&breakdown_table(d));
+    }
+    out
+}
+
+/// The steps each run made after a failure: the destination's fence (its started
+/// rings stopped, its storage given back) and the source's rollback, per kind.
+fn recovery_rows(cmp: &Comparison) -> String {
+    let mut out = String::new();
+    for r in &cmp.runs {
+        let steps = timed_steps(r);
+        let own = own_times(&steps);
+        let mut rows: BTreeMap<(u8, Side, String, String), (usize, i64)> = BTreeMap::new();
+        for (s, o) in steps.iter().zip(own) {
+            let what = match (s.fence, s.rollback) {
+                (true, _) => 0,
+                (_, true) => 1,
+                _ => continue,
+            };
+            let e = rows.entry((what, s.side, s.device_kind.clone(), s.step.clone())).or_default();
+            e.0 += 1;
+            e.1 += o;
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "{} after the failure ({}):", r.strategy.name(), if r.simulated { "SIMULATED" } else { "REAL" });
+        for ((what, side, dev, step), (n, ns)) in rows {
+            let label = if what == 0 { "fence" } else { "rollback" };
+            let _ = writeln!(out, "  {:<8} {:<4} {:<5} {:<20} {:>6} {:>9.1} ms", label, side.short(), dev, step, n, ms(ns));
+        }
     }
     out
 }
@@ -395,6 +462,14 @@ fn run_json(r: &StrategyRun, with_steps: bool) -> Value {
         "memory_transactions": { "commits": c.transactions.0, "notifier_changes": c.transactions.1 },
         "lanes": r.lanes,
         "lower_bound_ms": dms(r.lower_bound.total()),
+        "unverified_devices": match &r.outcome {
+            switchover::roles::Outcome::CompletedUnverified { devices } => json!(devices.iter().map(|d| d.0).collect::<Vec<_>>()),
+            _ => json!([]),
+        },
+        "rollback_ms": r.rollback().map(dms),
+        "fence_ms": r.fence().map(dms),
+        "safe": r.safe(),
+        "safety": r.safety.iter().map(|c| json!({ "name": c.name, "ok": c.ok(), "findings": c.findings })).collect::<Vec<_>>(),
         "phases": r.phases().iter().map(|(s, w, d)| json!({"side": s.short(), "window": w.name(), "ms": dms(*d)})).collect::<Vec<_>>(),
     });
     if with_steps {
@@ -403,7 +478,7 @@ fn run_json(r: &StrategyRun, with_steps: bool) -> Value {
             .map(|s| json!({
                 "side": s.side.short(), "window": s.window.name(), "device": s.device, "ring": s.ring, "step": s.step,
                 "lane": s.lane, "start_us": s.start_ns as f64 / 1e3, "end_us": s.end_ns as f64 / 1e3,
-                "outcome": s.outcome.name(), "rollback": s.rollback,
+                "outcome": s.outcome.name(), "rollback": s.rollback, "fence": s.fence,
             }))
             .collect::<Vec<_>>());
     }
@@ -411,8 +486,13 @@ fn run_json(r: &StrategyRun, with_steps: bool) -> Value {
 }
 
 /// The JSON document: `simulated`, `topology`, `lower_bound_ms`,
-/// `strategies.<name>.downtime_ms`, per-step intervals, `vring_bases_preserved`,
-/// the engine run's [`breakdown`] rows (`breakdown.rows`), …
+/// `strategies.<name>` for each strategy that ran (`serial`, `pool`, `qemu`,
+/// `engine`) with its `downtime_ms`, `outcome` (`completed_unverified` listing
+/// `unverified_devices`), `safe` and its `safety` checks, `rollback_ms` and
+/// `fence_ms`, and per-step intervals (each with `rollback` and `fence`);
+/// `ratios.engine_over_<strategy>` and `ratios.engine_over_lower_bound`, measured
+/// in the same run; `vring_bases_preserved`; the engine run's [`breakdown`] rows
+/// (`breakdown.rows`), …
 ///
 /// ```
 /// use switchover_report::{Comparison, json};
@@ -429,6 +509,8 @@ fn run_json(r: &StrategyRun, with_steps: bool) -> Value {
 /// assert_eq!(doc["topology"]["rings"], 10);
 /// assert_eq!(doc["strategies"]["engine"]["steps"].as_array().unwrap().len(), steps);
 /// assert_eq!(doc["vring_bases_preserved"], true);
+/// assert_eq!(doc["strategies"]["engine"]["safe"], true);
+/// assert!(doc["strategies"]["engine"]["steps"][0]["fence"].is_boolean());
 /// ```
 pub fn json(cmp: &Comparison) -> Value {
     let mut strategies = serde_json::Map::new();
@@ -441,12 +523,28 @@ pub fn json(cmp: &Comparison) -> Value {
     }
     let engine = cmp.get(Strategy::Engine);
     let outcome = engine.map(|e| e.outcome.name()).unwrap_or("n/a");
+    let mut ratios = serde_json::Map::new();
+    if let Some(e) = engine {
+        for o in &cmp.runs {
+            if o.strategy != Strategy::Engine {
+                ratios.insert(format!("engine_over_{}", o.strategy.name()), json!(ratio(e.downtime, o.downtime)));
+            }
+        }
+        ratios.insert("engine_over_lower_bound".into(), json!(ratio(e.downtime, e.lower_bound.total())));
+    }
     let main_model = cmp.profile.as_ref().map(|p| p.kvm).unwrap_or(KvmModel::Rfc);
     json!({
         "simulated": cmp.simulated,
         "label": cmp.label,
         "profile": cmp.profile.as_ref().map(|p| json!({ "name": p.name, "scale": p.scale, "kvm_model": p.kvm.name(),
-            "rule": "each RFC Original row divided evenly over its instances in rfc-huge; unlisted messages share the remaining 30 ms; all × scale" })),
+            "rule": "each RFC Original row divided evenly over its instances in rfc-huge; unlisted messages share the remaining 30 ms; the steps the RFC did not measure (log, final pass, routes, ring notify, reconcile, probe, storage) charged on top at this machine's measured costs; all × scale",
+            "reply_ack": p.reply_ack, "guest_ram_gib": p.window.guest_ram_gib,
+            "window_costs_ns": {
+                "route_commit_base": p.window.route_commit_base.as_nanos() as u64, "route_commit_per_route": p.window.route_commit_per_route.as_nanos() as u64,
+                "eventfd_write": p.window.eventfd_write.as_nanos() as u64, "page_copy": p.window.page_copy.as_nanos() as u64,
+                "bitmap_scan_per_gib": p.window.bitmap_scan_per_gib.as_nanos() as u64,
+                "storage_inactivate": p.window.storage_inactivate.as_nanos() as u64, "storage_activate": p.window.storage_activate.as_nanos() as u64,
+            } })),
         "topology": { "name": cmp.topology.name(), "summary": cmp.topology.summary(), "devices": cmp.topology.devices().len(), "rings": cmp.topology.total_rings() },
         "workers": cmp.workers,
         "faults": cmp.faults,
@@ -459,6 +557,7 @@ pub fn json(cmp: &Comparison) -> Value {
         })).collect::<Vec<_>>() })),
         "rfc": cmp.profile.as_ref().map(|_| json!({ "original_ms": RFC_ORIGINAL_MS, "concurrent_ms": RFC_CONCURRENT_MS })),
         "vring_bases_preserved": cmp.runs.iter().all(|r| r.checks.vring_bases_preserved),
+        "ratios": ratios,
         "strategies": strategies,
         "other_kvm_model": { "model": if main_model == KvmModel::Rfc { "per-vm-ioeventfd" } else { "rfc" }, "strategies": kvm },
     })
@@ -635,7 +734,8 @@ pub struct BreakdownRow {
     pub side: Side,
     /// Device kind (`net`, `blk` or a generic kind).
     pub device_kind: String,
-    /// Step kind, with ` (rollback)` appended for rollback steps.
+    /// Step kind, with ` (rollback)` appended for rollback steps and ` (fence)`
+    /// for the destination's fence steps.
     pub step: String,
     /// Number of steps.
     pub count: usize,
@@ -682,7 +782,11 @@ pub fn breakdown(run: &StrategyRun) -> Vec<BreakdownRow> {
     let mut groups: Vec<Group> = Vec::new();
     let mut index: std::collections::HashMap<Key, usize> = std::collections::HashMap::new();
     for (i, s) in steps.iter().enumerate() {
-        let step = if s.rollback { format!("{} (rollback)", s.step) } else { s.step.clone() };
+        let step = match (s.rollback, s.fence) {
+            (true, _) => format!("{} (rollback)", s.step),
+            (_, true) => format!("{} (fence)", s.step),
+            _ => s.step.clone(),
+        };
         let key = (s.window, s.side, s.device_kind.clone(), step);
         let g = *index.entry(key.clone()).or_insert_with(|| {
             groups.push((key, s.start_ns, Vec::new(), (0, 0)));

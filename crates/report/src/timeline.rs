@@ -88,7 +88,8 @@ const LANE_H: f64 = 12.0;
 const LANE_PITCH: f64 = 14.0;
 
 /// The identity of a step in the picture and the trace:
-/// `side:device[:ringN]:step`, with `:rollback` appended for rollback steps.
+/// `side:device[:ringN]:step`, with `:rollback` appended for rollback steps and
+/// `:fence` for the destination's fence steps.
 ///
 /// ```
 /// use switchover_baseline::timed_steps;
@@ -110,6 +111,9 @@ pub fn step_id(s: &TimedStep) -> String {
     let _ = write!(id, ":{}", s.step);
     if s.rollback {
         id.push_str(":rollback");
+    }
+    if s.fence {
+        id.push_str(":fence");
     }
     id
 }
@@ -413,7 +417,7 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
     let _ = write!(o, "<title>{}</title>", esc(&title));
     let _ = write!(
         o,
-        "<style>.n{{fill:{NET_COLOUR}}}.b{{fill:{BLK_COLOUR}}}{}.f{{stroke:#d00;stroke-width:1}}.r{{fill-opacity:.55;stroke:#000;stroke-width:.5;stroke-dasharray:1 1}}.l{{fill:#333}}.s{{stroke:#222;stroke-width:.6}}.q{{stroke:#999;stroke-width:.6}}.c{{stroke:#000;stroke-width:1.6}}.t{{fill:#555;font-size:10px}}.k{{stroke:#ccc;stroke-width:.5}}</style>",
+        "<style>.n{{fill:{NET_COLOUR}}}.b{{fill:{BLK_COLOUR}}}{}.f{{stroke:#d00;stroke-width:1}}.r{{fill-opacity:.55;stroke:#000;stroke-width:.5;stroke-dasharray:1 1}}.x{{fill-opacity:.35;stroke:#704;stroke-width:.8;stroke-dasharray:3 1}}.l{{fill:#333}}.s{{stroke:#222;stroke-width:.6}}.q{{stroke:#999;stroke-width:.6}}.c{{stroke:#000;stroke-width:1.6}}.t{{fill:#555;font-size:10px}}.k{{stroke:#ccc;stroke-width:.5}}</style>",
         GENERIC_COLOURS.iter().enumerate().map(|(i, c)| format!(".g{i}{{fill:{c}}}")).collect::<String>()
     );
     let _ = write!(o, r##"<rect width="100%" height="100%" fill="#fff"/>"##);
@@ -475,7 +479,18 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
     if steps.iter().any(|s| s.rollback) {
         let _ = write!(
             o,
-            r#"<rect x="{}" y="{}" width="14" height="10" class="n r"/><text x="{}" y="{}">rollback step</text>"#,
+            r#"<rect x="{}" y="{}" width="14" height="10" class="n r"/><text x="{}" y="{}">rollback step (source)</text>"#,
+            px(lx),
+            ly,
+            px(lx + 18.0),
+            ly + 9.0
+        );
+        lx += 26.0 + 5.6 * 22.0;
+    }
+    if steps.iter().any(|s| s.fence) {
+        let _ = write!(
+            o,
+            r#"<rect x="{}" y="{}" width="14" height="10" class="n x"/><text x="{}" y="{}">fence step (destination)</text>"#,
             px(lx),
             ly,
             px(lx + 18.0),
@@ -620,6 +635,9 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
             if s.rollback {
                 class.push_str(" r");
             }
+            if s.fence {
+                class.push_str(" x");
+            }
             let ring = s.ring.map(|r| format!(" ring {r}")).unwrap_or_default();
             let when = if on_channel(s) {
                 format!("sent {}, served {} → {} ms", ms3(s.start_ns), ms3(a), ms3(b))
@@ -628,7 +646,7 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
             };
             let _ = write!(
                 o,
-                r#"<rect data-step="{}" x="{}" width="{}" height="{}" class="{class}"><title>{} {}{ring} {} · lane {} · {when}{}</title></rect>"#,
+                r#"<rect data-step="{}" x="{}" width="{}" height="{}" class="{class}"><title>{} {}{ring} {}{} · lane {} · {when}{}</title></rect>"#,
                 esc(&step_id(s)),
                 px(xa),
                 px((xb - xa).max(0.5)),
@@ -636,6 +654,13 @@ pub fn svg(run: &StrategyRun, caption: &str) -> String {
                 s.side.short(),
                 esc(&s.device),
                 esc(&s.step),
+                if s.rollback {
+                    " (rollback)"
+                } else if s.fence {
+                    " (fence)"
+                } else {
+                    ""
+                },
                 s.lane,
                 if matches!(s.outcome, switchover::exec::StepOutcome::Done) { String::new() } else { format!(" · {:?}", s.outcome) }
             );

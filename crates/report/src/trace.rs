@@ -173,9 +173,14 @@ pub fn chrome_trace(run: &StrategyRun) -> Value {
     for (i, s) in steps.iter().enumerate() {
         let (start, tid) =
             if on_channel(s) { (s.end_ns - own[i], chan_tid[&(s.side, s.device.clone())]) } else { (s.start_ns, u32::from(s.lane) + 1) };
+        let name = match (s.rollback, s.fence) {
+            (true, _) => format!("{} (rollback)", s.step),
+            (_, true) => format!("{} (fence)", s.step),
+            _ => s.step.clone(),
+        };
         events.push(json!({
             "ph": "X",
-            "name": s.step,
+            "name": name,
             "cat": s.device_kind,
             "pid": pid(s.side),
             "tid": tid,
@@ -189,6 +194,7 @@ pub fn chrome_trace(run: &StrategyRun) -> Value {
                 "lane": s.lane,
                 "outcome": s.outcome.name(),
                 "rollback": s.rollback,
+                "fence": s.fence,
                 "critical_path": on_path[i],
                 "start_us": us(s.start_ns),
                 "end_us": us(s.end_ns),

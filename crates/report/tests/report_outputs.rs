@@ -106,6 +106,57 @@ fn svg_of_a_rolled_back_run_shows_rollback_steps_once() {
     assert_eq!(ids, run_ids);
 }
 
+#[test]
+fn a_destination_failure_shows_its_fence_and_the_rollback_in_every_view() {
+    // The destination's net0 start fails after other rings were kicked: it fences
+    // itself (stops what it started, gives the images back), the source rolls back.
+    let fault: Fault = "hang:set_vring_kick:net0".parse().unwrap();
+    let cfg = SimConfig::new(Topology::preset("small").unwrap())
+        .scale(0.05)
+        .workers(3)
+        .faults(vec![fault])
+        .deadline(std::time::Duration::from_millis(150));
+    let r = run(&cfg, Strategy::Engine);
+    assert_eq!(r.outcome.name(), "rolled_back");
+    let steps = timed_steps(&r);
+    assert!(steps.iter().any(|s| s.fence && s.side == Side::Destination && s.step == "get_vring_base"));
+    assert!(steps.iter().any(|s| s.rollback && s.side == Side::Source));
+    assert!(steps.iter().all(|s| !(s.fence && s.rollback)));
+    // SVG: every step once, fence and rollback steps marked.
+    let text = switchover_report::timeline::svg(&r, "small");
+    let ids = once_each(&svg_step_ids(&text));
+    assert_eq!(ids, steps.iter().map(step_id).collect::<BTreeSet<_>>());
+    assert!(ids.iter().any(|i| i.ends_with(":fence")) && ids.iter().any(|i| i.ends_with(":rollback")));
+    assert!(text.contains("fence step (destination)") && text.contains("rollback step (source)"));
+    // Trace: the spans say which.
+    let doc = switchover_report::trace::chrome_trace(&r);
+    let spans: Vec<&Value> = doc["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").collect();
+    assert_eq!(spans.iter().filter(|e| e["args"]["fence"] == true).count(), steps.iter().filter(|s| s.fence).count());
+    assert!(spans.iter().any(|e| e["name"].as_str().unwrap().ends_with("(fence)")));
+    // Table and JSON.
+    let cmp = Comparison::simulated(&cfg, vec![r], vec![]);
+    let text = table(&cmp);
+    assert!(text.contains("engine after the failure") && text.contains("  fence    dst"), "{text}");
+    assert!(text.contains("after the failure: dst fence"), "{text}");
+    let doc = switchover_report::json(&cmp);
+    assert!(doc["strategies"]["engine"]["fence_ms"].as_f64().is_some());
+    assert!(doc["strategies"]["engine"]["rollback_ms"].as_f64().is_some());
+    assert!(doc["strategies"]["engine"]["steps"].as_array().unwrap().iter().any(|s| s["fence"] == true));
+}
+
+#[test]
+fn completed_unverified_is_named_in_the_table_and_the_json() {
+    let cfg = SimConfig::new(Topology::preset("small").unwrap()).scale(0.05).reply_ack(false);
+    let r = run(&cfg, Strategy::Engine);
+    assert_eq!(r.outcome.name(), "completed_unverified");
+    assert!(timed_steps(&r).iter().any(|s| s.step == "probe"));
+    let cmp = Comparison::simulated(&cfg, vec![r], vec![]);
+    assert!(table(&cmp).contains("unverified (no REPLY_ACK; probed once after their start): net0, net1, blk0, blk1"));
+    let doc = switchover_report::json(&cmp);
+    assert_eq!(doc["strategies"]["engine"]["outcome"], "completed_unverified");
+    assert_eq!(doc["strategies"]["engine"]["unverified_devices"].as_array().unwrap().len(), 4);
+}
+
 fn is_channel(s: &TimedStep) -> bool {
     s.split && matches!(s.server, Some(Server::Channel(_)))
 }

@@ -12,12 +12,12 @@ use super::fault::{Fault, FaultKind};
 use super::io::{IoEnd, IoLedger};
 use super::profile::{unit_of, Profile};
 use super::vm::{NotifierOutcome, SimVm};
+use super::world::SimWorld;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use switchover::error::StepFailure;
 use switchover::exec::{Completion, StepActions};
 use switchover::ids::DeviceId;
 use switchover::ids::{Affinity, Side};
-use switchover::recipe::CostModel;
 use switchover::state::{DeviceState, InflightReq};
 use switchover::step::{Step, StepKind};
 use switchover::topology::Topology;
@@ -60,6 +60,8 @@ pub struct SimSide {
     faults: Vec<(Fault, AtomicBool)>,
     ledger: Arc<IoLedger>,
     hand_over: bool,
+    world: Arc<SimWorld>,
+    custom: Mutex<Vec<(DeviceId, String)>>,
 }
 
 impl std::fmt::Debug for SimSide {
@@ -128,6 +130,38 @@ impl SimSide {
         ledger: Arc<IoLedger>,
         hand_over: bool,
     ) -> SimSide {
+        let world = Arc::new(SimWorld::one_side(topo.clone(), side));
+        SimSide::in_world(topo, side, profile, faults, state, ledger, hand_over, world)
+    }
+
+    /// As [`SimSide::with_io`], in `world` (shared with the other side: storage,
+    /// memory, configuration and the guest; see [`SimWorld`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::ids::{DeviceId, Side};
+    /// use switchover::state::DeviceState;
+    /// use switchover::topology::Topology;
+    /// use switchover_sim::{IoLedger, Profile, SimSide, SimWorld};
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let world = Arc::new(SimWorld::new(topo.clone(), vec![], true));
+    /// let p = Profile::rfc_original(0.02);
+    /// let state = Arc::new(DeviceState::new(&topo));
+    /// let src = SimSide::in_world(&topo, Side::Source, &p, &[], state, Arc::new(IoLedger::default()), false, world.clone());
+    /// assert!(Arc::ptr_eq(src.world(), &world));
+    /// assert_eq!(world.owner(DeviceId(2)), Some(Side::Source));
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn in_world(
+        topo: &Arc<Topology>,
+        side: Side,
+        profile: &Profile,
+        faults: &[Fault],
+        state: Arc<DeviceState>,
+        ledger: Arc<IoLedger>,
+        hand_over: bool,
+        world: Arc<SimWorld>,
+    ) -> SimSide {
         let running = side == Side::Source;
         let backends = topo
             .devices()
@@ -136,8 +170,11 @@ impl SimSide {
                 parking_lot::RwLock::new((d.rings() > 0).then(|| {
                     let id = d.id.0;
                     let f = move |r: u32| SimSide::guest_base(id, r);
-                    let io = blk_io(d, profile, &ledger);
-                    Arc::new(SimBackend::start(&d.name, d.rings(), if running { Some(&f) } else { None }, io))
+                    let io = blk_io(d, profile, &ledger, &world);
+                    let b = Arc::new(SimBackend::start(&d.name, d.rings(), if running { Some(&f) } else { None }, io));
+                    let (w, dev) = (world.clone(), d.id);
+                    b.on_death(Box::new(move || w.backend_died(dev, side)));
+                    b
                 }))
             })
             .collect();
@@ -155,7 +192,82 @@ impl SimSide {
                 .collect(),
             ledger,
             hand_over,
+            world,
+            custom: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The world this side lives in.
+    pub fn world(&self) -> &Arc<SimWorld> {
+        &self.world
+    }
+
+    /// The steps of VMM-defined devices this side performed, in order (device, step).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover_sim::{Profile, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::ids::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let src = SimSide::new(&topo, Side::Source, &Profile::rfc_original(0.02), &[], Arc::new(DeviceState::new(&topo)));
+    /// assert!(src.custom_steps().is_empty());
+    /// ```
+    pub fn custom_steps(&self) -> Vec<(DeviceId, String)> {
+        self.custom.lock().clone()
+    }
+
+    /// Rings of this side still live: their backend runs and the ring is started
+    /// (`dst net0 ring 3`).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover_sim::{Profile, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::ids::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let src = SimSide::new(&topo, Side::Source, &Profile::rfc_original(0.02), &[], Arc::new(DeviceState::new(&topo)));
+    /// assert_eq!(src.live_rings().len(), topo.total_rings() as usize); // the guest runs here
+    /// ```
+    pub fn live_rings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in self.topo.devices() {
+            let Some(b) = self.backend(d.id) else { continue };
+            if !b.alive() {
+                continue;
+            }
+            for (r, ring) in b.rings().iter().enumerate() {
+                if ring.started {
+                    out.push(format!("{} {} ring {r}", self.side.short(), d.name));
+                }
+            }
+        }
+        out
+    }
+
+    /// Cuts a device's backend off for good (its process stopped): no ring of it
+    /// runs any more. `false` if it has no backend.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover_sim::{Profile, SimSide};
+    /// use switchover::state::DeviceState;
+    /// use switchover::ids::{DeviceId, Side};
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let src = SimSide::new(&topo, Side::Source, &Profile::rfc_original(0.02), &[], Arc::new(DeviceState::new(&topo)));
+    /// assert!(src.kill_backend(DeviceId(0)));
+    /// assert!(src.backend(DeviceId(0)).is_none() && !src.kill_backend(DeviceId(0)));
+    /// ```
+    pub fn kill_backend(&self, d: DeviceId) -> bool {
+        let Some(slot) = self.backends.get(d.0 as usize) else { return false };
+        let old = slot.write().take();
+        if let Some(o) = &old {
+            o.kill(false);
+        }
+        old.is_some()
     }
 
     /// The block-request ledger.
@@ -261,9 +373,18 @@ impl SimSide {
         if dev.rings() == 0 {
             return false;
         }
-        let io = blk_io(dev, &self.profile, &self.ledger);
-        let old = slot.write().replace(Arc::new(SimBackend::start(&dev.name, dev.rings(), None, io)));
+        let io = blk_io(dev, &self.profile, &self.ledger, &self.world);
+        let b = Arc::new(SimBackend::start(&dev.name, dev.rings(), None, io));
+        let (w, side) = (self.world.clone(), self.side);
+        b.on_death(Box::new(move || w.backend_died(d, side)));
+        let old = slot.write().replace(b);
+        if let Some(o) = &old {
+            // The new process of this side takes over the old one's image lock,
+            // or opens the image if the old one died with it.
+            o.kill(true);
+        }
         drop(old);
+        self.world.reopen(d, self.side);
         true
     }
 
@@ -336,12 +457,13 @@ impl SimSide {
     }
 }
 
-fn blk_io(d: &switchover::topology::Device, profile: &Profile, ledger: &Arc<IoLedger>) -> Option<BlkIo> {
+fn blk_io(d: &switchover::topology::Device, profile: &Profile, ledger: &Arc<IoLedger>, world: &Arc<SimWorld>) -> Option<BlkIo> {
     (d.kind == switchover::topology::DeviceKind::Blk && profile.blk_inflight > 0).then(|| BlkIo {
         per_ring: profile.blk_inflight,
         io: profile.blk_io.mul_f64(profile.scale),
         ledger: ledger.clone(),
         device: d.id.0,
+        world: Some(world.clone()),
     })
 }
 
@@ -487,18 +609,29 @@ impl SimActions {
 
     fn blocking(&self, step: &Step, fault: Option<FaultKind>) -> Result<(), StepFailure> {
         let s = &self.side;
-        let cost = s.profile.cost(s.topo.device(step.device), &step.kind);
+        let dev = s.topo.device(step.device);
+        // The plan's cost: the profile's, batched where the plan batches.
+        let cost = step.cost;
         match fault {
             Some(FaultKind::Error | FaultKind::Crash) => {
-                return Err(StepFailure::Injected { what: format!("{:?} at {} on {}", fault, step.kind, s.topo.device(step.device).name) })
+                return Err(StepFailure::Injected { what: format!("{:?} at {} on {}", fault, step.kind, dev.name) })
+            }
+            Some(FaultKind::Hang) if step.kind == StepKind::DrainInflight => {
+                // The ring's requests never complete: the drain waits out its
+                // deadline and fails (it honours the deadline it is given).
+                sleep_until(Instant::now() + step.deadline);
+                return Err(StepFailure::Timeout { after: step.deadline });
             }
             Some(FaultKind::Hang) => {
-                // A hung ioctl: the lane is stuck past the deadline; the engine
-                // abandons the step and ignores the late answer.
-                sleep_until(Instant::now() + step.deadline.saturating_mul(2).min(Duration::from_secs(30)));
+                // A hung ioctl: the lane is stuck past the deadline (the engine
+                // abandons the step), then the call fails.
+                let stuck = (step.deadline + step.deadline / 4 + Duration::from_millis(1)).min(Duration::from_secs(30));
+                sleep_until(Instant::now() + stuck);
+                return Err(StepFailure::Timeout { after: step.deadline });
             }
             None => {}
         }
+        let refused = |message: String| StepFailure::Backend { message };
         match &step.kind {
             StepKind::HostNotifierOn | StepKind::HostNotifierOff | StepKind::GuestNotifierOn | StepKind::GuestNotifierOff => {
                 let host = matches!(step.kind, StepKind::HostNotifierOn | StepKind::HostNotifierOff);
@@ -529,6 +662,34 @@ impl SimActions {
                 sleep_until(Instant::now() + cost);
                 s.vm.commit().map(|_| ())
             }
+            StepKind::LogSync => {
+                sleep_until(Instant::now() + cost);
+                s.world.log_sync();
+                Ok(())
+            }
+            StepKind::FinalPass => {
+                sleep_until(Instant::now() + cost);
+                s.world.final_pass();
+                Ok(())
+            }
+            // The image lock is the backend process's: a dead backend holds
+            // nothing and can take nothing.
+            StepKind::StorageInactivate => {
+                sleep_until(Instant::now() + cost);
+                s.world.give_up(step.device, s.side).map_err(refused)
+            }
+            StepKind::StorageActivate | StepKind::StorageReactivate => {
+                sleep_until(Instant::now() + cost);
+                if !s.backend(step.device).is_some_and(|b| b.alive()) {
+                    return Err(StepFailure::Disconnected);
+                }
+                s.world.activate(step.device, s.side).map_err(refused)
+            }
+            StepKind::Custom(name) => {
+                sleep_until(Instant::now() + cost);
+                s.custom.lock().push((step.device, name.to_string()));
+                Ok(())
+            }
             _ => {
                 sleep_until(Instant::now() + cost);
                 Ok(())
@@ -540,6 +701,10 @@ impl SimActions {
 impl StepActions for SimActions {
     fn reconnect(&self, device: DeviceId) -> bool {
         self.side.restart_backend(device)
+    }
+
+    fn abandon(&self, device: DeviceId) -> bool {
+        self.side.kill_backend(device)
     }
 
     fn recover_base(&self, device: DeviceId, ring: u32) -> Option<u16> {
@@ -568,39 +733,64 @@ impl StepActions for SimActions {
         };
         let mut value = 0u16;
         let mut resubmit = Vec::new();
-        if step.kind == StepKind::GetVringBase && s.hand_over {
-            value = 1;
-        }
-        if step.kind == StepKind::SetVringKick {
-            let end = if s.side == Side::Destination { IoEnd::Destination } else { IoEnd::Source };
-            resubmit =
-                step.ring.map(|r| s.state.take_inflight(step.device, r)).unwrap_or_default().into_iter().map(|q| (q.id, end)).collect();
-        }
-        if step.kind == StepKind::SetVringBase {
-            match step.ring.and_then(|r| s.state.base(step.device, r)) {
+        let mut cost = step.cost;
+        match step.kind {
+            StepKind::GetVringBase if s.hand_over => value = 1,
+            StepKind::SetVringKick => {
+                let end = if s.side == Side::Destination { IoEnd::Destination } else { IoEnd::Source };
+                resubmit =
+                    step.ring.map(|r| s.state.take_inflight(step.device, r)).unwrap_or_default().into_iter().map(|q| (q.id, end)).collect();
+                if let (Side::Destination, Some(r)) = (s.side, step.ring) {
+                    // The backend reads the used index from this side's memory.
+                    s.world.ring_starts(step.device, r, s.state.base(step.device, r).unwrap_or(0));
+                }
+            }
+            StepKind::SetVringBase => match step.ring.and_then(|r| s.state.base(step.device, r)) {
                 Some(b) => value = b,
                 None => {
                     done.complete(Err(StepFailure::MissingState { what: "no vring base was captured for this ring".into() }));
                     return;
                 }
-            }
+            },
+            StepKind::SetVringAddr => value = s.world.generation_for(step.device, s.side, &s.state) as u16,
+            // A started ring's source stops logging after a failed migration.
+            StepKind::SetFeatures if s.side == Side::Source => s.world.set_logging(step.device, false),
+            StepKind::Reconcile => match s.world.reconcile(step.device, &s.state) {
+                // Redo the device's set-up with the loaded configuration.
+                Some(generation) => {
+                    value = generation as u16;
+                    cost = s.profile.reconcile_redo(dev).mul_f64(s.profile.scale);
+                }
+                // Unchanged: nothing to send, nothing to pay.
+                None => {
+                    done.complete(Ok(()));
+                    return;
+                }
+            },
+            _ => {}
         }
         let unit = unit_of(dev).expect("messages only for vhost-user devices");
-        let cost = s.profile.cost(dev, &step.kind);
         let acked = s.profile.acked(unit, &step.kind);
         let (device, ring, kind) = (step.device, step.ring, step.kind.clone());
         let state = s.state.clone();
+        let world = (s.side == Side::Source).then(|| s.world.clone());
         let mut pending = Some(done);
         let reply: Option<super::backend::Reply> = if acked {
             let done = pending.take().expect("completion");
             Some(Box::new(move |r: Result<(u16, Vec<u64>), StepFailure>| match r {
                 Ok((v, handed)) => {
-                    if kind == StepKind::GetVringBase {
-                        if let Some(ring) = ring {
+                    match (&kind, ring, &world) {
+                        (StepKind::GetVringBase, Some(ring), _) => {
                             state.set_base(device, ring, v);
                             let reqs: Vec<InflightReq> = handed.into_iter().map(|id| InflightReq { device: device.0, ring, id }).collect();
                             state.hand_over(&reqs);
+                            // The backend wrote its last used index before replying.
+                            if let Some(w) = &world {
+                                w.backend_write(device, ring, v);
+                            }
                         }
+                        (StepKind::LogStart, _, Some(w)) => w.set_logging(device, true),
+                        _ => {}
                     }
                     done.complete(Ok(()));
                 }

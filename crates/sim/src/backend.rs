@@ -11,7 +11,9 @@ use parking_lot::Mutex;
 use super::clock::sleep_until;
 use super::fault::FaultKind;
 use super::io::{IoEnd, IoLedger};
+use super::world::SimWorld;
 use switchover::error::StepFailure;
+use switchover::ids::{DeviceId, Side};
 use switchover::step::StepKind;
 
 /// The reply to a request: the value (a vring base for `GET_VRING_BASE`) and the
@@ -26,7 +28,7 @@ pub(crate) type Reply = Box<dyn FnOnce(Result<(u16, Vec<u64>), StepFailure>) + S
 /// use std::time::Duration;
 /// use switchover_sim::{BlkIo, IoLedger, SimBackend};
 /// let ledger = Arc::new(IoLedger::default());
-/// let io = BlkIo { per_ring: 2, io: Duration::from_millis(1), ledger: ledger.clone(), device: 0 };
+/// let io = BlkIo { per_ring: 2, io: Duration::from_millis(1), ledger: ledger.clone(), device: 0, world: None };
 /// let _b = SimBackend::start("blk0", 4, Some(&|_| 1), Some(io));
 /// assert_eq!(ledger.summary(false).submitted, 8); // 2 requests in flight on each of 4 rings
 /// ```
@@ -40,6 +42,22 @@ pub struct BlkIo {
     pub ledger: Arc<IoLedger>,
     /// The device's index (request ids are unique per topology).
     pub device: u32,
+    /// The world whose storage the completed requests write to (their writes are
+    /// refused unless the side owns the image).
+    pub world: Option<Arc<SimWorld>>,
+}
+
+impl BlkIo {
+    fn complete(&self, id: u64, end: IoEnd) {
+        if let Some(w) = &self.world {
+            match end {
+                IoEnd::Source => drop(w.write(DeviceId(self.device), Side::Source)),
+                IoEnd::Destination => drop(w.write(DeviceId(self.device), Side::Destination)),
+                IoEnd::Lost => {}
+            }
+        }
+        self.ledger.end(id, end);
+    }
 }
 
 /// One request on the control channel.
@@ -78,14 +96,27 @@ pub struct SimRing {
     pub started: bool,
     /// Enabled.
     pub enabled: bool,
+    /// The configuration generation its ring set-up (`SET_VRING_ADDR`, a
+    /// reconcile) came from.
+    pub config: u16,
 }
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("alive", &self.alive).field("rings", &self.rings).field("served", &self.served).finish()
+    }
+}
+
+#[derive(Default)]
 struct Shared {
     features: bool,
     mem: bool,
     /// Writes to guest memory are logged.
     logging: bool,
+    /// The backend process runs (false once it crashed).
+    alive: bool,
+    /// Called once when the process dies.
+    on_death: Option<Box<dyn FnOnce() + Send>>,
     rings: Vec<SimRing>,
     served: u64,
     /// Per ring: requests in flight and when each completes (set at the stop).
@@ -125,7 +156,7 @@ impl SimBackend {
     pub fn start(name: &str, rings: u32, running: Option<&dyn Fn(u32) -> u16>, io: Option<BlkIo>) -> SimBackend {
         let rings_v = (0..rings)
             .map(|r| match running {
-                Some(base) => SimRing { num: true, addr: true, call: true, base: Some(base(r)), started: true, enabled: true },
+                Some(base) => SimRing { num: true, addr: true, call: true, base: Some(base(r)), started: true, enabled: true, config: 1 },
                 None => SimRing::default(),
             })
             .collect();
@@ -143,6 +174,8 @@ impl SimBackend {
             features: running.is_some(),
             mem: running.is_some(),
             logging: false,
+            alive: true,
+            on_death: None,
             rings: rings_v,
             served: 0,
             inflight,
@@ -211,6 +244,35 @@ impl SimBackend {
         self.shared.lock().rings.clone()
     }
 
+    /// Calls `f` once when the backend process dies (crashes, or is stopped by
+    /// [`SimBackend::kill`]).
+    pub(crate) fn on_death(&self, f: Box<dyn FnOnce() + Send>) {
+        self.shared.lock().on_death = Some(f);
+    }
+
+    /// Stops the backend process for good; `replaced`: a new process of the same
+    /// side takes over what it held (its `on_death` is not called).
+    pub(crate) fn kill(&self, replaced: bool) {
+        let on_death = {
+            let mut g = self.shared.lock();
+            g.alive = false;
+            g.on_death.take()
+        };
+        if let (Some(f), false) = (on_death, replaced) {
+            f();
+        }
+    }
+
+    /// Whether the backend process still runs (false once it crashed).
+    ///
+    /// ```
+    /// use switchover_sim::SimBackend;
+    /// assert!(SimBackend::start("net0", 1, None, None).alive());
+    /// ```
+    pub fn alive(&self) -> bool {
+        self.shared.lock().alive
+    }
+
     /// When the last request in flight on `ring` completes. The guest has stopped
     /// when this is asked, so requests not yet scheduled start completing now (the
     /// stop message may still be queued, as it is fire-and-forget). `None` if
@@ -220,7 +282,7 @@ impl SimBackend {
     /// use std::sync::Arc;
     /// use std::time::{Duration, Instant};
     /// use switchover_sim::{BlkIo, IoLedger, SimBackend};
-    /// let io = BlkIo { per_ring: 3, io: Duration::from_millis(30), ledger: Arc::new(IoLedger::default()), device: 0 };
+    /// let io = BlkIo { per_ring: 3, io: Duration::from_millis(30), ledger: Arc::new(IoLedger::default()), device: 0, world: None };
     /// let b = SimBackend::start("blk0", 1, Some(&|_| 1), Some(io));
     /// let asked = Instant::now();
     /// let done = b.drained_at(0).unwrap();
@@ -287,6 +349,14 @@ fn serve(name: &str, rx: &Receiver<Req>, sh: &Mutex<Shared>) {
             Some(FaultKind::Crash) => {
                 // The process dies: this and every queued request go unanswered and
                 // the channel closes.
+                let on_death = {
+                    let mut g = sh.lock();
+                    g.alive = false;
+                    g.on_death.take()
+                };
+                if let Some(f) = on_death {
+                    f();
+                }
                 if let Some(r) = req.reply {
                     r(Err(StepFailure::Disconnected));
                 }
@@ -365,9 +435,16 @@ fn apply_inner(sh: &mut Shared, req: &Req, handed: &mut Vec<u64>) -> Result<u16,
             sh.logging = true;
             return Ok(0);
         }
-        // Re-sent configuration of a device whose guest changed it, and the round
-        // trip that proves a backend without REPLY_ACK is alive.
-        StepKind::Reconcile | StepKind::Probe => return Ok(0),
+        // Re-sent configuration of a device whose guest changed it (features, every
+        // ring's geometry and addresses, from the loaded generation `value`).
+        StepKind::Reconcile => {
+            for ring in &mut sh.rings {
+                ring.config = req.value;
+            }
+            return Ok(0);
+        }
+        // The round trip that proves a backend without REPLY_ACK is alive.
+        StepKind::Probe => return Ok(0),
         _ => {}
     }
     let mem = sh.mem;
@@ -382,9 +459,9 @@ fn apply_inner(sh: &mut Shared, req: &Req, handed: &mut Vec<u64>) -> Result<u16,
                 // without it they complete after the base was read: lost to the guest.
                 for (id, t) in reqs.drain(..) {
                     match t {
-                        Some(t) if t <= now => io.ledger.end(id, IoEnd::Source),
+                        Some(t) if t <= now => io.complete(id, IoEnd::Source),
                         _ if req.value == 1 => handed.push(id),
-                        _ => io.ledger.end(id, IoEnd::Lost),
+                        _ => io.complete(id, IoEnd::Lost),
                     }
                 }
             }
@@ -413,6 +490,7 @@ fn apply_inner(sh: &mut Shared, req: &Req, handed: &mut Vec<u64>) -> Result<u16,
                 return bad("SET_VRING_ADDR before SET_MEM_TABLE".into());
             }
             ring.addr = true;
+            ring.config = req.value;
         }
         StepKind::SetVringCall => ring.call = true,
         StepKind::SetVringBase => {
@@ -429,7 +507,7 @@ fn apply_inner(sh: &mut Shared, req: &Req, handed: &mut Vec<u64>) -> Result<u16,
             // The started ring resubmits the requests handed over to it.
             if let Some(io) = &io {
                 for (id, end) in &req.resubmit {
-                    io.ledger.end(*id, *end);
+                    io.complete(*id, *end);
                 }
             }
         }

@@ -21,8 +21,10 @@ fn tighten_timer_slack() {
     });
 }
 
-/// Sleeps until `deadline`: the OS sleep for the bulk, a yielding spin for the last
-/// few microseconds.
+/// Sleeps until `deadline`: the OS sleep for the bulk, a busy spin for the last
+/// few microseconds. (Not a yielding spin: with more runnable threads than cores —
+/// the simulated backends, the lanes — a yield hands the core away for a whole
+/// time slice, and a step of a microsecond would take milliseconds.)
 ///
 /// ```
 /// let t = std::time::Instant::now() + std::time::Duration::from_micros(300);
@@ -40,7 +42,7 @@ pub fn sleep_until(deadline: Instant) {
         if left > Duration::from_micros(30) {
             std::thread::sleep(left - Duration::from_micros(10));
         } else {
-            std::thread::yield_now();
+            std::hint::spin_loop();
         }
     }
 }

@@ -2,9 +2,22 @@
 //! processes (`switchover real __backend net|blk SOCK QUEUES [FILE]`), that really
 //! process descriptors:
 //!
-//! * net: a tx ring's buffers are consumed and completed; an rx ring's buffers are
-//!   filled with a packet (virtio-net header + 60 bytes) and completed;
+//! * net: a tx ring's packets are transmitted (appended, with the ring, to the
+//!   wire file FILE if given) and completed; an rx ring's buffers are filled with
+//!   a packet (virtio-net header + 60 bytes, stamped with the used-ring position
+//!   it completes at) and completed;
 //! * blk: virtio-blk requests (IN, OUT, FLUSH, GET_ID) read and write a file.
+//!
+//! Both log every write they make to guest memory while the frontend asks them to
+//! (`VHOST_F_LOG_ALL` and `LOG_SHMFD` offered; `SET_LOG_BASE` maps the shared
+//! log): guest memory is mapped with a bitmap ([`LogGate`]) that marks the
+//! pages in the log, and stops marking them once `SET_FEATURES` comes without
+//! `VHOST_F_LOG_ALL` (a failed migration). vhost-user-backend alone keeps
+//! logging then.
+//!
+//! A net tx ring follows the spec's ring states: started (it has a kick) but
+//! disabled, it processes and discards its packets (they are completed, not
+//! transmitted). vhost-user-backend alone just leaves them in the ring.
 //!
 //! The frontend listens and the backend connects (no start-up race). The backend
 //! completes every buffer it takes under the vring lock, so `GET_VRING_BASE` never
@@ -21,17 +34,22 @@
 
 use std::fs::File;
 use std::io;
+use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use vhost_user_backend::bitmap::{AtomicBitmapMmap, BitmapMmapRegion, BitmapReplace};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringStateGuard, VringStateMutGuard, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_queue::QueueT;
+use virtio_queue::{Error as VirtQueError, QueueT};
+use vm_memory::bitmap::{Bitmap, BitmapSlice, WithBitmapSlice};
+use vm_memory::mmap::NewBitmap;
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
@@ -45,28 +63,210 @@ const VIRTIO_BLK_T_OUT: u32 = 1;
 const VIRTIO_BLK_T_FLUSH: u32 = 4;
 const VIRTIO_BLK_T_GET_ID: u32 = 8;
 
+/// `VHOST_F_LOG_ALL`.
+const LOG_ALL: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
+
+/// Whether the frontend asks this backend to log its writes (`SET_FEATURES` with
+/// `VHOST_F_LOG_ALL`). One backend process serves one device.
+static LOGGING: AtomicBool = AtomicBool::new(false);
+/// Whether this process serves a net device (its odd rings transmit).
+static NET: AtomicBool = AtomicBool::new(false);
+/// Rings created so far (the handler creates them in queue order).
+static RINGS: AtomicUsize = AtomicUsize::new(0);
+/// Where transmitted packets go (net, optional).
+static WIRE: OnceLock<parking_lot::Mutex<File>> = OnceLock::new();
+
+/// Guest memory's dirty bitmap in an own backend: vhost-user-backend's
+/// [`BitmapMmapRegion`] (the shared log `SET_LOG_BASE` maps), marked only while
+/// the frontend has `VHOST_F_LOG_ALL` set.
+///
+/// ```
+/// use switchover_testbed::backend::LogGate;
+/// use vm_memory::bitmap::Bitmap;
+/// let b = LogGate::default();
+/// b.mark_dirty(0, 8); // no log mapped yet: nothing to mark
+/// assert!(!b.dirty_at(0));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct LogGate(BitmapMmapRegion);
+
+impl Bitmap for LogGate {
+    fn mark_dirty(&self, offset: usize, len: usize) {
+        if LOGGING.load(Ordering::Acquire) {
+            self.0.mark_dirty(offset, len);
+        }
+    }
+    fn dirty_at(&self, offset: usize) -> bool {
+        self.0.dirty_at(offset)
+    }
+    fn slice_at(&self, offset: usize) -> Self {
+        LogGate(self.0.slice_at(offset))
+    }
+}
+
+impl BitmapSlice for LogGate {}
+
+impl WithBitmapSlice<'_> for LogGate {
+    type S = Self;
+}
+
+impl NewBitmap for LogGate {
+    fn with_len(len: usize) -> Self {
+        LogGate(BitmapMmapRegion::with_len(len))
+    }
+}
+
+impl BitmapReplace for LogGate {
+    type InnerBitmap = AtomicBitmapMmap;
+    fn replace(&self, bitmap: AtomicBitmapMmap) {
+        self.0.replace(bitmap);
+    }
+}
+
+type Gm = GuestMemoryAtomic<GuestMemoryMmap<LogGate>>;
+
+/// A ring of an own backend: vhost-user-backend's, with the spec's rule for a
+/// net tx ring that is started but disabled (its packets are discarded).
+#[derive(Clone)]
+struct OwnVring {
+    inner: VringRwLock<Gm>,
+    mem: Gm,
+    tx: bool,
+}
+
+impl OwnVring {
+    /// Completes every packet in the ring without transmitting it.
+    fn discard(&self) {
+        let mem = self.mem.memory();
+        let mut st = self.inner.get_mut();
+        if !st.get_queue().ready() {
+            return;
+        }
+        if let Ok(u) = st.get_queue().used_idx(&*mem, Ordering::Acquire) {
+            st.get_queue_mut().set_next_used(u.0);
+        }
+        let mut any = false;
+        while let Some(chain) = st.get_queue_mut().pop_descriptor_chain(mem.clone()) {
+            let head = chain.head_index();
+            if st.get_queue_mut().add_used(&*mem, head, 0).is_err() {
+                break;
+            }
+            any = true;
+        }
+        drop(st);
+        if any {
+            let _ = self.inner.signal_used_queue();
+        }
+    }
+}
+
+impl<'a> VringStateGuard<'a, Gm> for OwnVring {
+    type G = <VringRwLock<Gm> as VringStateGuard<'a, Gm>>::G;
+}
+
+impl<'a> VringStateMutGuard<'a, Gm> for OwnVring {
+    type G = <VringRwLock<Gm> as VringStateMutGuard<'a, Gm>>::G;
+}
+
+impl VringT<Gm> for OwnVring {
+    fn new(mem: Gm, max_queue_size: u16) -> Result<Self, VirtQueError> {
+        let index = RINGS.fetch_add(1, Ordering::AcqRel);
+        let tx = NET.load(Ordering::Acquire) && index % 2 == 1;
+        Ok(OwnVring { inner: VringRwLock::new(mem.clone(), max_queue_size)?, mem, tx })
+    }
+    fn get_ref(&self) -> <Self as VringStateGuard<'_, Gm>>::G {
+        self.inner.get_ref()
+    }
+    fn get_mut(&self) -> <Self as VringStateMutGuard<'_, Gm>>::G {
+        self.inner.get_mut()
+    }
+    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), VirtQueError> {
+        self.inner.add_used(desc_index, len)
+    }
+    fn signal_used_queue(&self) -> io::Result<()> {
+        self.inner.signal_used_queue()
+    }
+    fn enable_notification(&self) -> Result<bool, VirtQueError> {
+        self.inner.enable_notification()
+    }
+    fn disable_notification(&self) -> Result<(), VirtQueError> {
+        self.inner.disable_notification()
+    }
+    fn needs_notification(&self) -> Result<bool, VirtQueError> {
+        self.inner.needs_notification()
+    }
+    fn set_enabled(&self, enabled: bool) {
+        self.inner.set_enabled(enabled);
+        // A started tx ring being disabled discards what it holds.
+        if self.tx && !enabled {
+            self.discard();
+        }
+    }
+    fn set_queue_info(&self, desc_table: u64, avail_ring: u64, used_ring: u64) -> Result<(), VirtQueError> {
+        self.inner.set_queue_info(desc_table, avail_ring, used_ring)
+    }
+    fn queue_next_avail(&self) -> u16 {
+        self.inner.queue_next_avail()
+    }
+    fn set_queue_next_avail(&self, base: u16) {
+        self.inner.set_queue_next_avail(base)
+    }
+    fn set_queue_next_used(&self, idx: u16) {
+        self.inner.set_queue_next_used(idx)
+    }
+    fn queue_used_idx(&self) -> Result<u16, VirtQueError> {
+        self.inner.queue_used_idx()
+    }
+    fn set_queue_size(&self, num: u16) {
+        self.inner.set_queue_size(num)
+    }
+    fn set_queue_event_idx(&self, enabled: bool) {
+        self.inner.set_queue_event_idx(enabled)
+    }
+    fn set_queue_ready(&self, ready: bool) {
+        self.inner.set_queue_ready(ready);
+        // A tx ring started (kicked) while disabled discards what it holds.
+        if self.tx && ready && !self.inner.get_ref().is_enabled() {
+            self.discard();
+        }
+    }
+    fn set_kick(&self, file: Option<File>) {
+        self.inner.set_kick(file)
+    }
+    fn read_kick(&self) -> io::Result<bool> {
+        self.inner.read_kick()
+    }
+    fn set_call(&self, file: Option<File>) {
+        self.inner.set_call(file)
+    }
+    fn set_err(&self, file: Option<File>) {
+        self.inner.set_err(file)
+    }
+}
+
 #[derive(Clone)]
 struct OwnBackend {
     blk: bool,
     queues: usize,
     file: Option<Arc<File>>,
-    mem: GuestMemoryAtomic<GuestMemoryMmap<()>>,
+    mem: Gm,
 }
 
 impl OwnBackend {
-    fn process(&self, vring: &VringRwLock, q: usize) -> io::Result<()> {
+    fn process(&self, vring: &OwnVring, q: usize) -> io::Result<()> {
         let mem = self.mem.memory();
         let mut st = vring.get_mut();
         // vhost-user-backend's SET_VRING_BASE sets next_avail only: resynchronise
         // next_used with the used ring (this backend never holds buffers).
-        if let Ok(u) = st.get_queue().used_idx(&*mem, std::sync::atomic::Ordering::Acquire) {
+        if let Ok(u) = st.get_queue().used_idx(&*mem, Ordering::Acquire) {
             st.get_queue_mut().set_next_used(u.0);
         }
         let mut any = false;
         while let Some(chain) = st.get_queue_mut().pop_descriptor_chain(mem.clone()) {
             let head = chain.head_index();
             let descs: Vec<_> = chain.collect();
-            let len = if self.blk { self.blk_request(&mem, &descs) } else { net_buffer(&mem, &descs, q) };
+            let at = st.get_queue().next_used();
+            let len = if self.blk { self.blk_request(&mem, &descs) } else { net_buffer(&mem, &descs, q, at) };
             st.get_queue_mut().add_used(&*mem, head, len).map_err(|e| io::Error::other(format!("add_used: {e}")))?;
             any = true;
         }
@@ -77,7 +277,7 @@ impl OwnBackend {
         Ok(())
     }
 
-    fn blk_request(&self, mem: &GuestMemoryMmap<()>, d: &[virtio_queue::desc::split::Descriptor]) -> u32 {
+    fn blk_request(&self, mem: &GuestMemoryMmap<LogGate>, d: &[virtio_queue::desc::split::Descriptor]) -> u32 {
         let (Some(first), Some(last)) = (d.first(), d.last()) else {
             return 0;
         };
@@ -134,12 +334,22 @@ impl OwnBackend {
     }
 }
 
-fn net_buffer(mem: &GuestMemoryMmap<()>, d: &[virtio_queue::desc::split::Descriptor], q: usize) -> u32 {
+/// Processes one net buffer of ring `q`, completed at used-ring position `at`.
+fn net_buffer(mem: &GuestMemoryMmap<LogGate>, d: &[virtio_queue::desc::split::Descriptor], q: usize, at: u16) -> u32 {
     if q % 2 == 1 {
-        // tx: consume the packet.
+        // tx: transmit the packet (on the wire: ring, then the packet's id).
+        if let (Some(w), Some(desc)) = (WIRE.get(), d.first()) {
+            let mut id = [0u8; 8];
+            if desc.len() >= 20 && mem.read_slice(&mut id, vm_memory::GuestAddress(desc.addr().0 + 12)).is_ok() {
+                let mut rec = (q as u32).to_le_bytes().to_vec();
+                rec.extend_from_slice(&id);
+                let _ = w.lock().write_all(&rec);
+            }
+        }
         return 0;
     }
-    // rx: one packet, header (12 bytes, num_buffers = 1) then 60 bytes of payload.
+    // rx: one packet, header (12 bytes, num_buffers = 1) then 60 bytes of payload,
+    // its first four the used-ring position it completes at.
     let Some(desc) = d.iter().find(|x| x.is_write_only()) else {
         return 0;
     };
@@ -148,6 +358,7 @@ fn net_buffer(mem: &GuestMemoryMmap<()>, d: &[virtio_queue::desc::split::Descrip
     for (i, b) in pkt[12..].iter_mut().enumerate() {
         *b = (i as u8) ^ (q as u8);
     }
+    pkt[12..16].copy_from_slice(&u32::from(at).to_le_bytes());
     let n = pkt.len().min(desc.len() as usize);
     if mem.write_slice(&pkt[..n], desc.addr()).is_err() {
         return 0;
@@ -156,8 +367,8 @@ fn net_buffer(mem: &GuestMemoryMmap<()>, d: &[virtio_queue::desc::split::Descrip
 }
 
 impl VhostUserBackend for OwnBackend {
-    type Bitmap = ();
-    type Vring = VringRwLock;
+    type Bitmap = LogGate;
+    type Vring = OwnVring;
 
     fn num_queues(&self) -> usize {
         self.queues
@@ -166,14 +377,18 @@ impl VhostUserBackend for OwnBackend {
         usize::from(QSIZE)
     }
     fn features(&self) -> u64 {
-        (1u64 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        (1u64 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() | LOG_ALL
+    }
+    fn acked_features(&self, features: u64) {
+        // Logging on with VHOST_F_LOG_ALL, off without it (a failed migration).
+        LOGGING.store(features & LOG_ALL != 0, Ordering::Release);
     }
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         // REPLY_ACK is added by the vhost crate's request handler.
-        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::LOG_SHMFD
     }
     fn set_event_idx(&self, _enabled: bool) {}
-    fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMemoryMmap<()>>) -> io::Result<()> {
+    fn update_memory(&self, _mem: Gm) -> io::Result<()> {
         Ok(())
     }
     fn queues_per_thread(&self) -> Vec<u64> {
@@ -183,7 +398,7 @@ impl VhostUserBackend for OwnBackend {
         // Without an exit event the worker never ends and dropping the daemon hangs.
         new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
     }
-    fn handle_event(&self, device_event: u16, evset: EventSet, vrings: &[VringRwLock], _thread_id: usize) -> io::Result<()> {
+    fn handle_event(&self, device_event: u16, evset: EventSet, vrings: &[OwnVring], _thread_id: usize) -> io::Result<()> {
         if evset != EventSet::IN {
             return Ok(());
         }
@@ -196,6 +411,7 @@ impl VhostUserBackend for OwnBackend {
 }
 
 /// The child-process entry: serve one frontend connection on `sock`, then exit.
+/// `file` is a blk device's image, or a net device's wire (optional).
 ///
 /// # Errors
 /// Start-up failures (the socket, the file, the daemon).
@@ -220,14 +436,22 @@ fn serve_inner(kind: &str, sock: &str, queues: usize, file: Option<&Path>) -> Re
     let blk = match kind {
         "net" => false,
         "blk" => true,
+        // The backend with an inflight region (its options in SWITCHOVER_BLK_ARGS).
+        "blk-inflight" => return crate::blk::serve_from_env(sock, queues, file),
         other => return Err(RigError::Config(format!("unknown backend kind '{other}' (net, blk)"))),
     };
-    let file = match file {
-        Some(p) => Some(Arc::new(File::options().read(true).write(true).open(p).map_err(RigError::io(p.display().to_string()))?)),
-        None if blk => return Err(RigError::Config("a blk backend needs a file".into())),
-        None => None,
+    NET.store(!blk, Ordering::Release);
+    let file = match (file, blk) {
+        (Some(p), true) => Some(Arc::new(File::options().read(true).write(true).open(p).map_err(RigError::io(p.display().to_string()))?)),
+        (Some(p), false) => {
+            let w = File::options().append(true).create(true).open(p).map_err(RigError::io(p.display().to_string()))?;
+            let _ = WIRE.set(parking_lot::Mutex::new(w));
+            None
+        }
+        (None, true) => return Err(RigError::Config("a blk backend needs a file".into())),
+        (None, false) => None,
     };
-    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<LogGate>::new());
     let be = OwnBackend { blk, queues, file, mem: mem.clone() };
     let mut daemon = VhostUserDaemon::new(format!("switchover-{kind}"), be, mem)
         .map_err(|source| RigError::Daemon { what: "daemon".into(), source: source.into() })?;

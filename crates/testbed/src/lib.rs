@@ -10,8 +10,13 @@
 //! host and is labelled REAL. See `docs/real.md` for how the pieces fit.
 //!
 //! * [`dir`] — a private 0700 directory for sockets and images, removed on drop;
-//! * [`mem`] — memfd-backed guest memory, and its ring layout;
+//! * [`mem`] — memfd-backed guest memory of one side, and its ring layout;
+//! * [`vmm`] — the rig's VMM state: device configurations, the migration of
+//!   guest memory, the hooks the roles call;
+//! * [`guest`] — the guest's workload over a migration;
 //! * [`backend`] — the project's own vhost-user net and blk backends (child processes);
+//! * [`blk`] — the own vhost-user-blk backend with an inflight region: a stop that
+//!   does not wait for the disk, resubmission, dirty log, storage hand-over;
 //! * [`qsd`] — qemu-storage-daemon as a third-party vhost-user-blk backend;
 //! * [`driver`] — a guest-side driver that puts requests in the rings;
 //! * [`side`] — one side's world: VM and notifiers, devices, backends, state;
@@ -34,14 +39,17 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub mod backend;
+pub mod blk;
 pub mod dir;
 pub mod driver;
 pub mod error;
+pub mod guest;
 pub mod mem;
 pub mod qsd;
 pub mod rig;
 pub mod run;
 pub mod side;
+pub mod vmm;
 
 pub use error::RigError;
 pub use run::{run_strategy, BlkBackend, RealConfig, RealFault, RealRun};

@@ -16,6 +16,10 @@
 //! Each fault fires once (on the named ring, or on the first ring performing the
 //! step). Rollback runs on [`RigActions::for_rollback`], which injects nothing.
 //!
+//! Negative controls ([`Switches`], for tests): a mechanism taken away so that a
+//! test can see its check fail — the window's log sync, the net order at the
+//! source's stop, the destination's enable before kick.
+//!
 //! # Examples
 //!
 //! ```
@@ -30,14 +34,42 @@ use std::sync::Arc;
 
 use switchover::error::StepFailure;
 use switchover::exec::{Completion, StepActions};
-use switchover::ids::DeviceId;
+use switchover::ids::{DeviceId, Side};
+use switchover::recipe::RouteCommits;
 use switchover::step::{Step, StepKind};
+use switchover::topology::DeviceKind;
 use switchover_sim::{Fault, FaultKind};
-use switchover_vhost::actions::VhostActions;
+use switchover_vhost::actions::{VhostActions, VhostDevices};
+use switchover_vhost::log::Migration;
 
 use crate::side::RealSide;
 
 const NONE: u32 = u32::MAX;
+
+/// Mechanisms a test takes away to see its check fail (all on by default).
+///
+/// ```
+/// use switchover_testbed::rig::Switches;
+/// let s = Switches::default();
+/// assert!(!s.skip_log_sync && !s.disable_net_before_stop && !s.kick_before_enable && !s.keep_logging);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Switches {
+    /// The source's `log_sync` does nothing: the backends' writes since the last
+    /// precopy pass never reach the destination.
+    pub skip_log_sync: bool,
+    /// Every net ring is disabled (`SET_VRING_ENABLE 0`) before its
+    /// `GET_VRING_BASE`, as the recipe did before: a spec-conforming backend
+    /// discards the tx packets still in the ring.
+    pub disable_net_before_stop: bool,
+    /// The destination kicks a ring before it enables it (its `vring_enable` does
+    /// nothing, its `set_vring_kick` sends the kick, then the enable).
+    pub kick_before_enable: bool,
+    /// After a failed migration the source's backends keep logging: the
+    /// rollback's `SET_FEATURES` keeps `VHOST_F_LOG_ALL` (and an aborted
+    /// migration does not stop logging).
+    pub keep_logging: bool,
+}
 
 /// [`VhostActions`] on a real side, with fault injection and sent-base records.
 #[derive(Debug, Clone)]
@@ -46,6 +78,8 @@ pub struct RigActions {
     inner: VhostActions,
     faults: Arc<Vec<(Fault, AtomicBool)>>,
     sent: Arc<Vec<AtomicU32>>,
+    switches: Switches,
+    rollback: bool,
 }
 
 impl RigActions {
@@ -57,13 +91,33 @@ impl RigActions {
             faults.iter().filter(|f| topo.device_by_name(&f.device).is_some()).map(|f| (f.clone(), AtomicBool::new(false))).collect();
         let inner = VhostActions::new(side.clone(), side.mem().clone(), side.notifiers().clone(), side.state().clone());
         let sent = (0..topo.total_rings()).map(|_| AtomicU32::new(NONE)).collect();
-        RigActions { side, inner, faults: Arc::new(faults), sent: Arc::new(sent) }
+        RigActions { side, inner, faults: Arc::new(faults), sent: Arc::new(sent), switches: Switches::default(), rollback: false }
+    }
+
+    /// The same, migrating guest memory with `migration` (dirty log, final pass)
+    /// and committing routes as `routes` says.
+    pub fn with_migration(mut self, migration: Arc<dyn Migration>, routes: RouteCommits) -> RigActions {
+        let topo = self.side.topology().clone();
+        self.inner = self.inner.with_migration(migration).with_routes(routes, topo);
+        self
+    }
+
+    /// The same with mechanisms taken away (tests).
+    pub fn with_switches(mut self, switches: Switches) -> RigActions {
+        self.switches = switches;
+        self
+    }
+
+    /// The frontend actions underneath (what `reconcile` redid, the migration
+    /// steps' figures).
+    pub fn vhost(&self) -> &VhostActions {
+        &self.inner
     }
 
     /// The same side's rollback actions: nothing injected, and a restarted ring
     /// gets its call eventfd again before its kick.
     pub fn for_rollback(&self) -> RigActions {
-        RigActions { inner: self.inner.for_rollback(), faults: Arc::new(Vec::new()), ..self.clone() }
+        RigActions { inner: self.inner.for_rollback(), faults: Arc::new(Vec::new()), rollback: true, ..self.clone() }
     }
 
     /// The base a backend acknowledged with `SET_VRING_BASE` for global ring `g`.
@@ -95,8 +149,46 @@ impl RigActions {
     }
 }
 
+impl RigActions {
+    /// A negative control's version of the step, if one applies; `None` to run it
+    /// as it is.
+    fn switched(&self, step: &Step) -> Option<Result<(), StepFailure>> {
+        let sw = self.switches;
+        let r = step.ring.unwrap_or(0);
+        let net = self.side.topology().device(step.device).kind == DeviceKind::Net;
+        match &step.kind {
+            StepKind::LogSync if sw.skip_log_sync => Some(Ok(())),
+            StepKind::SetFeatures if sw.keep_logging && self.rollback && step.side == Side::Source => {
+                let fe = self.side.frontend(step.device)?;
+                Some(fe.set_features(fe.logging_features(), step.deadline).wait())
+            }
+            StepKind::GetVringBase if sw.disable_net_before_stop && net && step.side == Side::Source => {
+                // Disabled first (and waited for); the base is read after.
+                let fe = self.side.frontend(step.device)?;
+                match fe.set_vring_enable(r, false, step.deadline).wait() {
+                    Ok(()) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            }
+            StepKind::VringEnable if sw.kick_before_enable && step.side == Side::Destination => Some(Ok(())),
+            StepKind::SetVringKick if sw.kick_before_enable && step.side == Side::Destination => {
+                let fe = self.side.frontend(step.device)?;
+                let kick = self.side.notifiers().kick(step.device, r)?;
+                let on = self.side.config(step.device).and_then(|c| c.rings.get(r as usize).map(|s| s.enabled)).unwrap_or(true);
+                let sent = fe.set_vring_kick(r, std::os::fd::AsRawFd::as_raw_fd(kick), step.deadline).wait();
+                Some(sent.and_then(|()| fe.set_vring_enable(r, on, step.deadline).wait()))
+            }
+            _ => None,
+        }
+    }
+}
+
 impl StepActions for RigActions {
     fn start(&self, step: &Step, done: Completion) {
+        if let Some(r) = self.switched(step) {
+            done.complete(r);
+            return;
+        }
         let fault = if self.faults.is_empty() { None } else { self.fault_for(step) };
         match fault {
             Some(f @ (FaultKind::Hang | FaultKind::Crash)) => {
@@ -123,7 +215,11 @@ impl StepActions for RigActions {
             _ => {}
         }
         let injected = (fault == Some(FaultKind::Error)).then(|| self.injected(step, FaultKind::Error));
-        let record = (step.kind == StepKind::SetVringBase).then(|| {
+        // A ring the guest never set up gets no SET_VRING_BASE: nothing to record.
+        let set_up = step
+            .ring
+            .map_or(true, |r| self.side.config(step.device).map_or(true, |c| c.rings.get(r as usize).is_some_and(|s| s.vring.is_some())));
+        let record = (step.kind == StepKind::SetVringBase && set_up).then(|| {
             let r = step.ring.unwrap_or(0);
             (self.sent.clone(), self.side.global(step.device, r), self.side.state().base(step.device, r))
         });

@@ -1,6 +1,8 @@
 //! The serial / pool / engine comparison on REAL components: for each strategy a
-//! fresh pair of sides (backend processes, VMs, connections) on fresh guest memory,
-//! the same topology, the same guest traffic, then the same checks.
+//! fresh pair of sides (backend processes, VMs, connections), each with its own
+//! guest memory, the same topology, the same guest traffic, a migration of guest
+//! memory from one to the other (precopy passes while the guest runs, the dirty
+//! log, the final pass in the window), then the same checks.
 //!
 //! # Examples
 //!
@@ -13,27 +15,32 @@
 //! assert_eq!(cfg.backends(&t), vec![BackendKind::OwnNet, BackendKind::OwnBlk, BackendKind::OwnBlk]);
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchover::ids::Side;
+use switchover::ids::{DeviceId, Side, Window};
 use switchover::notifier::NotifierState;
 use switchover::recipe::{build, CostModel, RecipeOptions, RouteCommits};
 use switchover::roles::{Outcome, SideSetup};
 use switchover::state::DeviceState;
 use switchover::step::{Server, StepKind};
 use switchover::topology::{Device, DeviceKind, Topology};
-use switchover_baseline::{execute, Checks, IoSummary, LowerBound2, Strategy, StrategyRun};
+use switchover_baseline::{execute, Checks, IoSummary, LowerBound2, Strategy, StrategyRun, WindowRun};
+use switchover_vhost::actions::VhostDevices;
+use switchover_vhost::log::PAGE;
 use switchover_vhost::sink::NotifierSink;
 
 use crate::dir::PrivateDir;
 use crate::driver::{self, BlkOp, DriverRing, RingKind};
 use crate::error::RigError;
-use crate::mem::GuestMem;
+use crate::guest::{spare_areas, Change, Workload, WorkloadConfig};
+use crate::mem::{GuestMem, GPA_BASE, RING_AREA};
 use crate::qsd;
-use crate::rig::RigActions;
+use crate::rig::{RigActions, Switches};
 use crate::side::{BackendKind, RealSide, SideConfig};
+use crate::vmm::{Devices, GuestControl, MemStats, RigHooks, RigMigration};
 
 /// Which backend serves the blk devices.
 ///
@@ -110,13 +117,31 @@ pub struct RealConfig {
     pub exe: PathBuf,
     /// qemu-storage-daemon, if installed.
     pub qsd: Option<PathBuf>,
-    /// A real fault to cause on the source just before the window opens.
+    /// A real fault to cause on the source as the window opens (the guest stops).
     pub fault: Option<RealFault>,
     /// Limit qemu-storage-daemon to this many I/O operations per second (a
     /// throttle node), so that requests are really in flight at the stop.
     pub qsd_iops: Option<u32>,
     /// Block writes per blk ring left in flight when the window opens (1..=24).
     pub inflight: u16,
+    /// During precopy the guest changes four devices (see [`Change`]): one
+    /// net's ring addresses, another's active queue pairs, a blk's MSI-X entry,
+    /// another blk's first ring (reset). Needs 2 nets of 2 queue pairs and 2 blks.
+    pub precopy_changes: bool,
+    /// Tests only, with `precopy_changes`: three more changes ([`Change::EXTRA`]:
+    /// a moved doorbell, a vector set to none, a ring torn down).
+    pub precopy_extra: bool,
+    /// The destination reconciles what prepare staged with the loaded
+    /// configuration (`reconcile`), where the strategy's recipe has it. Tests
+    /// turn it off to see the checks fail.
+    pub reconcile: bool,
+    /// Tests only: mechanisms taken away to see their checks fail.
+    pub switches: Switches,
+    /// Tx packets per active tx ring published without a kick just before the
+    /// stop (still in the ring when the source stops).
+    pub unkicked_tx: u16,
+    /// Precopy passes after the first (full) one.
+    pub precopy_passes: u32,
     /// Faults injected at steps (`KIND:STEP:DEVICE[:RING]`, see
     /// [`crate::rig`]), on whichever side runs the step.
     pub inject: Vec<switchover_sim::Fault>,
@@ -174,6 +199,12 @@ impl RealConfig {
             hostile: Vec::new(),
             inflight: 1,
             qsd_iops: None,
+            precopy_changes: false,
+            precopy_extra: false,
+            reconcile: true,
+            switches: Switches::default(),
+            unkicked_tx: 0,
+            precopy_passes: 3,
         }
     }
 
@@ -233,8 +264,9 @@ impl RealConfig {
     }
 }
 
-/// Expected costs of real steps (medians probed on this machine kind); they only
-/// order the engine's ready steps and give the lower-bound estimate.
+/// Expected costs of real steps (medians measured on this machine kind, see
+/// docs/real.md); they only order the engine's ready steps and give the
+/// lower-bound estimate.
 ///
 /// # Examples
 ///
@@ -246,22 +278,37 @@ impl RealConfig {
 /// let t = Topology::preset("small").unwrap();
 /// let d = &t.devices()[0];
 /// assert!(RealCosts.cost(d, &StepKind::SetMemTable) > RealCosts.cost(d, &StepKind::HostNotifierOn));
+/// assert!(RealCosts.cost(d, &StepKind::FinalPass) > RealCosts.cost(d, &StepKind::LogSync));
 /// assert_eq!(RealCosts.host_notifier_server(), Some(Server::VmIoeventfd));
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RealCosts;
 
 impl CostModel for RealCosts {
-    fn cost(&self, _d: &Device, kind: &StepKind) -> Duration {
+    fn cost(&self, d: &Device, kind: &StepKind) -> Duration {
+        // The two-host steps' figures are medians of `real` runs on the default
+        // topology (see docs/real.md): log_start 0.2–0.3 ms per device when one
+        // device at a time (serial), log_sync 4–9 µs (the log of 5 MiB of guest
+        // memory), final_pass 0.7–0.9 ms (about 640 pages), route_commit 39–44 µs
+        // when nothing else runs (160 routes), ring_notify 2–3 µs, reconcile 1 µs
+        // on an unchanged device.
         let us = match kind {
             StepKind::SetMemTable => 150,
             StepKind::GetVringBase => 50,
+            // SET_LOG_BASE, SET_FEATURES and one SET_VRING_ADDR per ring, pipelined.
+            StepKind::LogStart => 100 + 15 * u64::from(d.rings()),
+            // An unchanged device pays nothing; a changed one a few messages.
+            StepKind::Reconcile => 1,
             k if k.is_message() => 40,
             StepKind::DrainInflight => 5,
             StepKind::HostNotifierOn => 2,
             StepKind::HostNotifierOff => 10,
             StepKind::GuestNotifierOn => 1,
             StepKind::GuestNotifierOff => 50,
+            StepKind::LogSync => 8,
+            StepKind::FinalPass => 800,
+            StepKind::RouteCommit => 45,
+            StepKind::RingNotify => 3,
             _ => 1,
         };
         Duration::from_micros(us)
@@ -287,7 +334,7 @@ pub struct RingBase {
     pub device: String,
     /// Ring.
     pub ring: u32,
-    /// Requests the guest had published when the window opened.
+    /// Requests the guest had kicked when the window opened.
     pub expected: u16,
     /// Base read with `GET_VRING_BASE` on the source.
     pub read: Option<u16>,
@@ -296,26 +343,171 @@ pub struct RingBase {
     pub set: Option<u16>,
 }
 
+/// The two copies of guest memory after the migration.
+///
+/// # Examples
+///
+/// ```
+/// use switchover_testbed::run::MemoryCheck;
+/// let m = MemoryCheck::default();
+/// assert!(m.differing.is_empty() && m.buffers_missing.is_empty());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryCheck {
+    /// What the migration of guest memory did.
+    pub stats: MemStats,
+    /// Whether the destination's memory was compared with the source's (the
+    /// guest runs on the destination).
+    pub compared: bool,
+    /// Pages that differ although nothing explains it (each with the ring area it
+    /// is in): data the destination started on without.
+    pub differing: Vec<String>,
+    /// Pages that differ because the destination served requests that were in
+    /// the rings, unprocessed, at the stop (their used rings).
+    pub served_after_start: usize,
+    /// Rx packets and read data the guest saw completed before the stop (the
+    /// last one of every buffer slot), looked for in the destination's memory.
+    pub buffers_checked: usize,
+    /// Those not there.
+    pub buffers_missing: Vec<String>,
+    /// Rings whose used ring the backends' dirty log reported at least once (the
+    /// backend logs its writes).
+    pub logged_rings: Vec<String>,
+}
+
+/// The guest's transmitted packets, as the backends' wires saw them.
+///
+/// # Examples
+///
+/// ```
+/// use switchover_testbed::run::TxCheck;
+/// let t = TxCheck { published: 4, transmitted: 4, missing: vec![], twice: vec![] };
+/// assert!(t.missing.is_empty() && t.published == t.transmitted);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TxCheck {
+    /// Tx packets the guest published.
+    pub published: u64,
+    /// Transmitted, on either side's wire.
+    pub transmitted: u64,
+    /// Published and never transmitted (discarded, lost): `ring seq`.
+    pub missing: Vec<String>,
+    /// Transmitted more than once.
+    pub twice: Vec<String>,
+}
+
+/// The destination's MSI routes and the order of its start.
+///
+/// # Examples
+///
+/// ```
+/// use switchover_testbed::run::RouteCheck;
+/// let r = RouteCheck::default();
+/// assert!(r.before_first_kick && r.enable_before_kick && r.mismatches.is_empty());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCheck {
+    /// `route_commit` steps in the destination's blackout window.
+    pub commits_in_window: usize,
+    /// `KVM_SET_GSI_ROUTING` ioctls on the destination's VM.
+    pub ioctls: u64,
+    /// MSI routes in its routing table at the end.
+    pub routes: u64,
+    /// Rings whose vector is masked (no route must be there).
+    pub masked: usize,
+    /// Rings whose route is not their loaded MSI-X entry's message.
+    pub mismatches: Vec<String>,
+    /// Every ring's route was committed before the ring was kicked (one commit
+    /// for the VM: before the first kick of all).
+    pub before_first_kick: bool,
+    /// Every ring was enabled before it was kicked.
+    pub enable_before_kick: bool,
+    /// Net rings disabled before their `GET_VRING_BASE` on the source (must be 0).
+    pub net_disables_before_stop: usize,
+    /// Rings whose ioeventfd is not at the doorbell of the loaded configuration.
+    pub doorbells: Vec<String>,
+}
+
+impl Default for RouteCheck {
+    fn default() -> Self {
+        RouteCheck {
+            commits_in_window: 0,
+            ioctls: 0,
+            routes: 0,
+            masked: 0,
+            mismatches: vec![],
+            before_first_kick: true,
+            enable_before_kick: true,
+            net_disables_before_stop: 0,
+            doorbells: vec![],
+        }
+    }
+}
+
+/// What a two-host migration asks beyond the bases: memory per side, the dirty
+/// log, routes, reconciliation, the net order.
+///
+/// # Examples
+///
+/// ```
+/// use switchover_testbed::run::Fidelity;
+/// let f = Fidelity::default();
+/// assert!(f.ok());
+/// assert!(!Fidelity { log_after_failure: Some(3), ..Fidelity::default() }.ok());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fidelity {
+    /// The two copies of guest memory.
+    pub memory: MemoryCheck,
+    /// Tx packets.
+    pub tx: TxCheck,
+    /// Routes and start order.
+    pub routes: RouteCheck,
+    /// Devices the destination's `reconcile` redid (by name, in device order).
+    pub reconciled: Vec<String>,
+    /// Requests those redos sent.
+    pub reconcile_messages: usize,
+    /// What differed, device by device (`net0: calls [0]`, …).
+    pub reconcile_diffs: Vec<String>,
+    /// Changes the guest made during precopy: (what, device).
+    pub changes: Vec<(String, String)>,
+    /// Rings of inactive queue pairs that got requests served after the stop.
+    pub inactive_served: Vec<String>,
+    /// Pages the backends logged after a failed migration (the guest back on the
+    /// source): logging must be off, so 0.
+    pub log_after_failure: Option<u64>,
+    /// How long the precopy hook took (passes and the guest's traffic).
+    pub precopy: Duration,
+}
+
+impl Fidelity {
+    /// Whether every check passed.
+    pub fn ok(&self) -> bool {
+        self.memory.differing.is_empty()
+            && self.memory.buffers_missing.is_empty()
+            && self.tx.missing.is_empty()
+            && self.tx.twice.is_empty()
+            && self.routes.mismatches.is_empty()
+            && self.routes.before_first_kick
+            && self.routes.enable_before_kick
+            && self.routes.net_disables_before_stop == 0
+            && self.routes.doorbells.is_empty()
+            && self.inactive_served.is_empty()
+            && self.log_after_failure.unwrap_or(0) == 0
+    }
+}
+
 /// What one real strategy run did and what was checked.
 ///
 /// # Examples
 ///
 /// ```
-/// # use switchover_testbed::run::{DiskCheck, RealRun};
+/// # use switchover_testbed::run::RealRun;
 /// # use switchover_sim::{run, SimConfig};
-/// # use switchover_baseline::{StrategyRun, Strategy};
-/// # use switchover::ids::Side;
+/// # use switchover_baseline::Strategy;
 /// # use switchover::topology::Topology;
-/// # let real = |run: StrategyRun| RealRun {
-/// #     runs_on: matches!(run.outcome, switchover::roles::Outcome::Completed).then_some(Side::Destination),
-/// #     run, bases: vec![], post_switchover: Ok(0), blk_rings_verified: 0, second_disable_ioctls: 0,
-/// #     second_disables_refused: 0, leftover_processes: vec![], leftover_dir: false, backends: vec![],
-/// #     reconnects: 0, reconnected: vec![], rollback: None, requests: vec![],
-/// #     disk: DiskCheck::default(), drains: vec![],
-/// # };
 /// # let small = || SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
-///
-/// let mut r = real(run(&small(), Strategy::Engine));
+/// let mut r = RealRun::bare(run(&small(), Strategy::Engine));
 /// assert!(r.checks_ok());
 /// r.leftover_processes.push(4242); // a backend outlived the run
 /// assert!(!r.checks_ok());
@@ -326,7 +518,8 @@ pub struct RealRun {
     pub run: StrategyRun,
     /// Every ring's base.
     pub bases: Vec<RingBase>,
-    /// Requests submitted after the switchover completed where the guest runs.
+    /// Rings that served a request submitted after the switchover completed
+    /// where the guest runs.
     pub post_switchover: Result<usize, Arc<RigError>>,
     /// Blk rings whose data written before the switchover read back identical
     /// through the destination's backend.
@@ -358,6 +551,8 @@ pub struct RealRun {
     pub disk: DiskCheck,
     /// The `drain_inflight` steps of this run, per blk backend kind.
     pub drains: Vec<DrainCost>,
+    /// Memory per side, dirty log, routes, reconciliation, net order.
+    pub fidelity: Fidelity,
 }
 
 /// One ring's request count at the end of a run.
@@ -375,7 +570,9 @@ pub struct RingRequests {
     pub device: String,
     /// Ring.
     pub ring: u32,
-    /// Requests the guest published (`avail.idx`).
+    /// Requests the guest published in the ring's current setup (on a ring of an
+    /// inactive queue pair: those it kicked while the pair was active; the
+    /// buffers it left there must stay unused).
     pub published: u16,
     /// Requests completed (`used.idx`).
     pub completed: u16,
@@ -395,11 +592,11 @@ pub struct RingRequests {
 pub struct DiskCheck {
     /// Writes the guest submitted (before the stop, in flight at the stop, after).
     pub submitted: usize,
-    /// Writes the guest saw completed (status 0, below `used.idx`).
+    /// Writes the guest saw completed (reaped with status 0).
     pub acknowledged: usize,
     /// Acknowledged writes whose data is in the image file.
     pub on_disk: usize,
-    /// Acknowledged writes whose data is not on disk (`device ring request`).
+    /// Acknowledged writes whose data is not on disk (`device ring write`).
     pub missing: Vec<String>,
 }
 
@@ -408,8 +605,8 @@ pub struct DiskCheck {
 /// # Examples
 ///
 /// ```
-/// use switchover_testbed::run::DrainCost;
 /// use switchover_testbed::side::BackendKind;
+/// use switchover_testbed::run::DrainCost;
 /// let c = DrainCost { backend: BackendKind::Qsd.name().into(), steps: 4, total_ms: 0.8, max_ms: 0.3 };
 /// assert!(c.max_ms <= c.total_ms);
 /// assert_eq!(c.backend, "qemu-storage-daemon");
@@ -427,26 +624,41 @@ pub struct DrainCost {
 }
 
 impl RealRun {
+    /// A run with nothing checked but what its strategy reported (for reports
+    /// and examples; [`run_strategy`] fills every check in).
+    pub fn bare(run: StrategyRun) -> RealRun {
+        RealRun {
+            runs_on: matches!(run.outcome, Outcome::Completed).then_some(Side::Destination),
+            run,
+            bases: vec![],
+            post_switchover: Ok(0),
+            blk_rings_verified: 0,
+            second_disable_ioctls: 0,
+            second_disables_refused: 0,
+            leftover_processes: vec![],
+            leftover_dir: false,
+            backends: vec![],
+            reconnects: 0,
+            reconnected: vec![],
+            rollback: None,
+            requests: vec![],
+            disk: DiskCheck::default(),
+            drains: vec![],
+            fidelity: Fidelity::default(),
+        }
+    }
+
     /// Whether every check passed.
     ///
     /// # Examples
     ///
     /// ```
-    /// # use switchover_testbed::run::{DiskCheck, RealRun};
+    /// # use switchover_testbed::run::RealRun;
     /// # use switchover_sim::{run, SimConfig};
-    /// # use switchover_baseline::{StrategyRun, Strategy};
-    /// # use switchover::ids::Side;
+    /// # use switchover_baseline::Strategy;
     /// # use switchover::topology::Topology;
-    /// # let real = |run: StrategyRun| RealRun {
-    /// #     runs_on: matches!(run.outcome, switchover::roles::Outcome::Completed).then_some(Side::Destination),
-    /// #     run, bases: vec![], post_switchover: Ok(0), blk_rings_verified: 0, second_disable_ioctls: 0,
-    /// #     second_disables_refused: 0, leftover_processes: vec![], leftover_dir: false, backends: vec![],
-    /// #     reconnects: 0, reconnected: vec![], rollback: None, requests: vec![],
-    /// #     disk: DiskCheck::default(), drains: vec![],
-    /// # };
     /// # let small = || SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
-    ///
-    /// let mut r = real(run(&small(), Strategy::Engine));
+    /// let mut r = RealRun::bare(run(&small(), Strategy::Engine));
     /// assert!(r.checks_ok());
     /// r.leftover_dir = true;
     /// assert!(!r.checks_ok());
@@ -460,6 +672,7 @@ impl RealRun {
             && self.disk.missing.is_empty()
             && self.leftover_processes.is_empty()
             && !self.leftover_dir
+            && self.fidelity.ok()
     }
 
     /// Whether the run ended as a strategy without rollback must end after an
@@ -468,24 +681,15 @@ impl RealRun {
     /// # Examples
     ///
     /// ```
-    /// # use switchover_testbed::run::{DiskCheck, RealRun};
+    /// # use switchover_testbed::run::RealRun;
     /// # use switchover_sim::{run, SimConfig};
-    /// # use switchover_baseline::{StrategyRun, Strategy};
-    /// # use switchover::ids::Side;
+    /// # use switchover_baseline::Strategy;
     /// # use switchover::topology::Topology;
-    /// # let real = |run: StrategyRun| RealRun {
-    /// #     runs_on: matches!(run.outcome, switchover::roles::Outcome::Completed).then_some(Side::Destination),
-    /// #     run, bases: vec![], post_switchover: Ok(0), blk_rings_verified: 0, second_disable_ioctls: 0,
-    /// #     second_disables_refused: 0, leftover_processes: vec![], leftover_dir: false, backends: vec![],
-    /// #     reconnects: 0, reconnected: vec![], rollback: None, requests: vec![],
-    /// #     disk: DiskCheck::default(), drains: vec![],
-    /// # };
     /// # let small = || SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
-    ///
     /// let faulty = small().faults(vec!["error:get_vring_base:net1".parse().unwrap()]);
-    /// let serial = real(run(&faulty, Strategy::Serial));
+    /// let serial = RealRun::bare(run(&faulty, Strategy::Serial));
     /// assert!(serial.failed_without_rollback_ok()); // failed, nothing left behind
-    /// assert!(!real(run(&small(), Strategy::Serial)).failed_without_rollback_ok());
+    /// assert!(!RealRun::bare(run(&small(), Strategy::Serial)).failed_without_rollback_ok());
     /// ```
     pub fn failed_without_rollback_ok(&self) -> bool {
         matches!(self.run.outcome, Outcome::Failed { .. })
@@ -500,22 +704,13 @@ impl RealRun {
     /// # Examples
     ///
     /// ```
-    /// # use switchover_testbed::run::{DiskCheck, RealRun};
+    /// # use switchover_testbed::run::RealRun;
     /// # use switchover_sim::{run, SimConfig};
-    /// # use switchover_baseline::{StrategyRun, Strategy};
-    /// # use switchover::ids::Side;
+    /// # use switchover_baseline::Strategy;
     /// # use switchover::topology::Topology;
-    /// # let real = |run: StrategyRun| RealRun {
-    /// #     runs_on: matches!(run.outcome, switchover::roles::Outcome::Completed).then_some(Side::Destination),
-    /// #     run, bases: vec![], post_switchover: Ok(0), blk_rings_verified: 0, second_disable_ioctls: 0,
-    /// #     second_disables_refused: 0, leftover_processes: vec![], leftover_dir: false, backends: vec![],
-    /// #     reconnects: 0, reconnected: vec![], rollback: None, requests: vec![],
-    /// #     disk: DiskCheck::default(), drains: vec![],
-    /// # };
     /// # let small = || SimConfig::new(Topology::preset("small").unwrap()).scale(0.02);
-    ///
     /// use switchover_testbed::run::RingRequests;
-    /// let mut r = real(run(&small(), Strategy::Engine));
+    /// let mut r = RealRun::bare(run(&small(), Strategy::Engine));
     /// r.requests.push(RingRequests { device: "net0".into(), ring: 0, published: 5, completed: 5 });
     /// assert!(r.requests_exact());
     /// r.requests[0].completed = 6; // completed twice
@@ -531,23 +726,6 @@ fn pid_alive(pid: u32) -> bool {
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
-fn ring_kinds(topo: &Topology) -> Vec<DriverRing> {
-    let mut v = Vec::new();
-    let mut g = 0;
-    for d in topo.devices() {
-        for r in 0..d.rings() {
-            let kind = match d.kind {
-                DeviceKind::Blk => RingKind::Blk,
-                _ if r % 2 == 0 => RingKind::NetRx,
-                _ => RingKind::NetTx,
-            };
-            v.push(DriverRing { g, device: d.id, ring: r, kind, avail: 0 });
-            g += 1;
-        }
-    }
-    v
-}
-
 /// Requests the guest submits on global ring `g` before the switchover (1..=23,
 /// different on neighbouring rings).
 ///
@@ -560,6 +738,14 @@ fn ring_kinds(topo: &Topology) -> Vec<DriverRing> {
 /// ```
 pub fn pre_requests(g: u32) -> u16 {
     1 + ((g * 7 + 3) % 23) as u16
+}
+
+/// The records of the steps of `kind` in one window run.
+fn records<'a>(
+    w: &'a WindowRun,
+    kind: &'a StepKind,
+) -> impl Iterator<Item = (&'a switchover::exec::StepRecord, &'a switchover::step::Step)> + 'a {
+    w.report.records.iter().map(|r| (r, w.plan.step(r.step))).filter(move |(_, s)| s.kind == *kind)
 }
 
 /// Runs `strategy` once on fresh real components and checks the result.
@@ -582,6 +768,12 @@ pub fn pre_requests(g: u32) -> u16 {
 /// ```
 pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, RigError> {
     let topo = Arc::new(cfg.topology()?);
+    if cfg.precopy_changes {
+        Change::possible(&topo).map_err(RigError::Config)?;
+    }
+    if topo.devices().iter().any(|d| d.kind == DeviceKind::Blk && u64::from(d.rings()) * driver::SECTORS_PER_RING > 2048) {
+        return Err(RigError::Config("a blk device has more than 8 queues (each queue writes its own 128 KiB of a 1 MiB image)".into()));
+    }
     let dir = PrivateDir::new().map_err(RigError::io("private directory"))?;
     let dir_path = dir.path().to_path_buf();
     let backends = cfg.backends(&topo);
@@ -607,73 +799,72 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
         qsd_iops: cfg.qsd_iops,
         hostile: hostile_on(Side::Source),
     };
-    let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).map_err(RigError::io("guest memory"))?);
+    // Two hosts: each side its own guest memory, the same layout.
+    let areas = topo.total_rings() + if cfg.precopy_changes { spare_areas(&topo) } else { 0 };
+    let src_mem = Arc::new(GuestMem::new(areas as usize).map_err(RigError::io("source guest memory"))?);
+    let dst_mem = Arc::new(GuestMem::new(areas as usize).map_err(RigError::io("destination guest memory"))?);
     let src_state = Arc::new(DeviceState::new(&topo));
     let dst_state = Arc::new(DeviceState::new(&topo));
-    let src = Arc::new(RealSide::connect(&side_cfg, Side::Source, &topo, mem.clone(), src_state.clone())?);
+    let src_devices = Arc::new(Devices::initial(&topo));
+    let dst_devices = Arc::new(Devices::empty(&topo));
+    let src = Arc::new(RealSide::connect(&side_cfg, Side::Source, &topo, src_mem.clone(), src_state.clone(), src_devices.clone())?);
     src.bring_up(cfg.deadline)?;
-    let kick = |side: &RealSide, r: &DriverRing| -> Result<(), RigError> {
-        let fd = side.notifiers().kick(r.device, r.ring).ok_or_else(|| RigError::Config(format!("no kick eventfd for ring {}", r.g)))?;
-        driver::kick(fd)
+    let migration = Arc::new(RigMigration::new(src_mem.clone(), dst_mem.clone()).map_err(RigError::io("dirty log"))?);
+    let wcfg = WorkloadConfig {
+        inflight: cfg.inflight.clamp(1, 24),
+        changes: cfg.precopy_changes,
+        extra: cfg.precopy_changes && cfg.precopy_extra,
+        unkicked_tx: cfg.unkicked_tx,
+        passes: cfg.precopy_passes,
+        budget: 12,
+        in_flight_ok: topo
+            .devices()
+            .iter()
+            .flat_map(|d| {
+                let qsd = backends[d.id.0 as usize] == BackendKind::Qsd;
+                (0..d.rings()).map(move |_| qsd)
+            })
+            .collect(),
     };
+    let workload = Arc::new(Workload::new(topo.clone(), src.clone(), migration.clone(), wcfg, cfg.deadline));
 
     // The guest runs on the source: requests on every ring.
-    let mut rings = ring_kinds(&topo);
-    let names: Vec<String> = topo.devices().iter().flat_map(|d| (0..d.rings()).map(move |r| format!("{} ring {r}", d.name))).collect();
-    let name_of = |r: &DriverRing| names[r.g as usize].clone();
-    // The guest's blk writes (global ring, ring, request), checked on disk at the end.
-    let mut writes: Vec<(u32, u32, u16)> = Vec::new();
-    for r in &mut rings {
-        for _ in 0..pre_requests(r.g) {
-            if r.kind == RingKind::Blk {
-                writes.push((r.g, r.ring, r.avail));
+    {
+        let mut st = workload.state();
+        let names = st.names.clone();
+        let name_of = |r: &DriverRing| names[r.g as usize].clone();
+        for r in st.rings.iter_mut() {
+            for _ in 0..pre_requests(r.g) {
+                driver::submit(&src_mem, r, BlkOp::Write)?;
             }
-            driver::submit(&mem, r, BlkOp::Write)?;
+            r.kicked = r.avail;
+            let fd = src.notifiers().kick(r.device, r.ring).ok_or_else(|| RigError::Config(format!("no kick eventfd for ring {}", r.g)))?;
+            driver::kick(fd)?;
         }
-        kick(&src, r)?;
-    }
-    driver::wait_all(&mem, &rings, &name_of, Duration::from_secs(10))?;
-    for r in rings.iter().filter(|r| r.kind == RingKind::Blk) {
-        for k in 0..r.avail {
-            let (st, _) = driver::blk_result(&mem, r.g, k);
-            if st != 0 {
-                return Err(RigError::Guest(format!("src {}: write request {k} ended with status {st}", name_of(r))));
-            }
-        }
+        driver::wait_all(&src_mem, &mut st.rings, &name_of, Duration::from_secs(10))?;
     }
 
     // The destination's backends and connections exist before the switchover.
     side_cfg.hostile = hostile_on(Side::Destination);
-    let dst = Arc::new(RealSide::connect(&side_cfg, Side::Destination, &topo, mem.clone(), dst_state.clone())?);
+    let dst = Arc::new(RealSide::connect(&side_cfg, Side::Destination, &topo, dst_mem.clone(), dst_state.clone(), dst_devices.clone())?);
 
-    // More writes per blk ring, submitted once the destination is connected, so
-    // they are still in flight when the window opens: the drain step waits for them.
-    let inflight = cfg.inflight.clamp(1, 24);
-    for r in rings.iter_mut().filter(|r| r.kind == RingKind::Blk) {
-        for _ in 0..inflight {
-            writes.push((r.g, r.ring, r.avail));
-            driver::submit(&mem, r, BlkOp::Write)?;
-        }
-        kick(&src, r)?;
-    }
-    let expected: Vec<u16> = rings.iter().map(|r| r.avail).collect();
-
+    let all_rings: Vec<(DeviceId, u32)> = topo.devices().iter().flat_map(|d| (0..d.rings()).map(move |r| (d.id, r))).collect();
     let ioctls_before = |s: &RealSide| -> Vec<(u32, u32)> {
-        rings.iter().map(|r| (s.notifiers().ioctls(r.device, r.ring, true), s.notifiers().ioctls(r.device, r.ring, false))).collect()
+        all_rings.iter().map(|&(d, r)| (s.notifiers().ioctls(d, r, true), s.notifiers().ioctls(d, r, false))).collect()
     };
     let src_before = ioctls_before(&src);
     let dst_before = ioctls_before(&dst);
 
-    // Not yet on the real rig: dirty logging, route commits, reconciliation and
-    // storage hand-over (one memory on one host, IOAPIC pins, image locking off).
+    // Two hosts: dirty logging and the final pass, route commits, reconciliation.
+    // Storage hand-over is not on the rig yet (image locking off).
+    let recipe = strategy.recipe();
     let opts = RecipeOptions {
         deadline: cfg.deadline,
         drain_deadline: cfg.deadline,
-        dirty_log: false,
-        reconcile: false,
-        routes: RouteCommits::None,
+        dirty_log: true,
+        reconcile: recipe.reconcile && cfg.reconcile,
         storage: false,
-        ..strategy.recipe()
+        ..recipe
     };
     let lanes = strategy.lanes(cfg.workers);
     if let Some(f) = &cfg.fault {
@@ -682,22 +873,28 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
             RealFault::Hang(n) => (n, libc::SIGSTOP),
         };
         let d = topo.device_by_name(name).ok_or_else(|| RigError::Config(format!("fault: no device named '{name}'")))?;
-        src.signal_backend(d.id, sig)?;
+        // When the window opens (the guest stops), after prepare and precopy.
+        workload.signal_at_stop(d.id, sig);
     }
     let src_plan = Arc::new(build(&topo, Side::Source, &opts, &RealCosts)?);
     let dst_plan = Arc::new(build(&topo, Side::Destination, &opts, &RealCosts)?);
     let lower_bound = LowerBound2::of(&src_plan, &dst_plan, lanes);
-    let src_act = Arc::new(RigActions::new(src.clone(), &cfg.inject));
-    let dst_act = Arc::new(RigActions::new(dst.clone(), &cfg.inject));
+    let act = |side: &Arc<RealSide>| {
+        Arc::new(RigActions::new(side.clone(), &cfg.inject).with_migration(migration.clone(), opts.routes).with_switches(cfg.switches))
+    };
+    let src_act = act(&src);
+    let dst_act = act(&dst);
     let rb_act = Arc::new(src_act.for_rollback());
     let fence_act = Arc::new(dst_act.for_rollback());
-    let s = SideSetup::new(src_plan.clone(), src_act.clone(), src_state.clone()).with_recovery(
-        opts.clone(),
-        Arc::new(RealCosts),
-        rb_act.clone(),
-    );
-    let d =
-        SideSetup::new(dst_plan.clone(), dst_act.clone(), dst_state.clone()).with_recovery(opts.clone(), Arc::new(RealCosts), fence_act);
+    let guest: Arc<dyn GuestControl> = workload.clone();
+    let src_hooks = Arc::new(RigHooks::new(Side::Source, src_devices.clone(), guest.clone()));
+    let dst_hooks = Arc::new(RigHooks::new(Side::Destination, dst_devices.clone(), guest));
+    let s = SideSetup::new(src_plan.clone(), src_act.clone(), src_state.clone())
+        .with_recovery(opts.clone(), Arc::new(RealCosts), rb_act.clone())
+        .with_hooks(src_hooks.clone());
+    let d = SideSetup::new(dst_plan.clone(), dst_act.clone(), dst_state.clone())
+        .with_recovery(opts.clone(), Arc::new(RealCosts), fence_act)
+        .with_hooks(dst_hooks.clone());
     let executed = execute(strategy, cfg.workers, &s, &d);
     let outcome = executed.outcome.clone();
     let completed = matches!(outcome, Outcome::Completed | Outcome::CompletedWithCleanupErrors { .. });
@@ -710,28 +907,98 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     };
     if runs_on != Some(Side::Destination) {
         // The destination will not run the guest: it is discarded (its backends
-        // stop and can no longer touch the shared rings).
+        // stop and can no longer touch its memory).
         dst.shutdown();
     }
-    let running = match runs_on {
-        Some(Side::Destination) => Some((&dst, &dst_act)),
-        Some(Side::Source) => Some((&src, &rb_act)),
-        None => None,
+    let mut fid = Fidelity { precopy: workload.precopy_time(), ..Fidelity::default() };
+    if matches!(outcome, Outcome::Aborted { .. }) && !cfg.switches.keep_logging {
+        // The migration was cancelled before the window: the VMM stops logging
+        // (after a window, the rollback plan does).
+        for dev in topo.devices() {
+            if let Err(e) = src_act.vhost().stop_logging(dev.id, cfg.deadline) {
+                tracing::warn!(device = %dev.name, error = %e, "stopping dirty logging after an aborted migration");
+            }
+        }
+    }
+    let (running, run_mem) = match runs_on {
+        Some(Side::Destination) => (Some((&dst, &dst_act)), Some(&dst_mem)),
+        Some(Side::Source) => (Some((&src, &rb_act)), Some(&src_mem)),
+        None => (None, None),
     };
+    if let Some(on) = runs_on {
+        // Where the guest runs now: the destination resumed it there, the source
+        // after a rollback; an aborted migration never stopped it.
+        workload.resume(on);
+    }
+
+    // The destination's memory, compared with the source's before the guest
+    // touches it: identical but for the used rings of requests still in the rings
+    // at the stop, which the destination served once it started.
+    let mut st = workload.state();
+    let names = st.names.clone();
+    let at_stop = st.at_stop.clone();
+    let pending_at_stop: Vec<u32> =
+        st.rings.iter().filter(|r| r.active && at_stop.as_ref().is_some_and(|a| a[r.g as usize] != r.avail)).map(|r| r.area).collect();
+    fid.memory.stats = migration.stats();
+    let logged = migration.logged();
+    fid.memory.logged_rings =
+        st.rings.iter().filter(|r| logged.pages().any(|p| p == GuestMem::used(r.area))).map(|r| names[r.g as usize].clone()).collect();
+    if runs_on == Some(Side::Destination) {
+        fid.memory.compared = true;
+        for page in src_mem.differing_pages(&dst_mem) {
+            let area = ((page - GPA_BASE) / RING_AREA) as u32;
+            let off = (page - GPA_BASE) % RING_AREA;
+            if off == 0x2000 && pending_at_stop.contains(&area) {
+                fid.memory.served_after_start += 1;
+                continue;
+            }
+            let owner =
+                st.rings.iter().find(|r| r.area == area).map(|r| names[r.g as usize].clone()).unwrap_or_else(|| format!("area {area}"));
+            let what = match off / PAGE {
+                0 => "descriptors",
+                1 => "avail ring",
+                2 => "used ring",
+                _ => "buffers",
+            };
+            fid.memory.differing.push(format!("page {page:#x} ({owner} {what})"));
+        }
+    }
+    // Every rx packet and read the guest saw completed is in the memory it runs
+    // on; then the guest reaps what completed while it was stopped.
+    if let Some(mem) = run_mem {
+        for r in &st.rings {
+            let (n, missing) = driver::check_filled(mem, r);
+            fid.memory.buffers_checked += n;
+            fid.memory.buffers_missing.extend(missing);
+        }
+    }
+    // After a failed migration, logging is off: nothing the backends write now
+    // is logged.
+    let log = migration.log().clone();
+    let check_log = runs_on == Some(Side::Source) && src_plan.steps().iter().any(|s| s.kind == StepKind::LogStart);
+    if check_log {
+        let _ = log.sync(GPA_BASE, src_mem.size());
+    }
+
     let lost = src.reconnected();
     let mut bases = Vec::new();
     let mut mismatches = Vec::new();
-    for d in topo.devices() {
-        for r in 0..d.rings() {
-            let g = src.global(d.id, r);
+    for dev in topo.devices() {
+        for r in 0..dev.rings() {
+            let g = src.global(dev.id, r);
+            let ring = &st.rings[g as usize];
+            let expected = at_stop.as_ref().map_or(ring.kicked, |a| a[g as usize]);
             let rb = RingBase {
-                device: d.name.clone(),
+                device: dev.name.clone(),
                 ring: r,
-                expected: expected[g as usize],
-                read: src_state.base(d.id, r),
+                expected,
+                read: src_state.base(dev.id, r),
                 set: running.and_then(|(_, a)| a.sent_base(g)),
             };
+            let torn = ring.frozen_used.is_some();
             let ok = match runs_on {
+                // A ring the guest tore down is reset (base 0) and never started again.
+                Some(Side::Destination) if torn => rb.read == Some(0) && rb.set.is_none(),
                 // Every base read on the source was set on the destination.
                 Some(Side::Destination) => rb.read == Some(rb.expected) && rb.set == rb.read,
                 // A restarted source ring gets the base the guest reached (read,
@@ -739,82 +1006,110 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
                 // A replaced backend's rings restart at the used index recovered
                 // from guest memory: requests the lost backend took but never
                 // completed (at most those in flight at the stop) are served again.
-                Some(Side::Source) if lost.contains(&d.id) => {
-                    rb.set.is_some()
-                        && rb.set == rb.read
-                        && rb.read.is_some_and(|b| rb.expected.wrapping_sub(b) <= if d.kind == DeviceKind::Blk { inflight } else { 0 })
+                Some(Side::Source) if lost.contains(&dev.id) => {
+                    let in_flight = st.in_flight_at_stop.iter().filter(|(x, _)| *x == g).count() as u16;
+                    rb.set.is_some() && rb.set == rb.read && rb.read.is_some_and(|b| rb.expected.wrapping_sub(b) <= in_flight)
                 }
                 Some(Side::Source) => rb.set.map_or(true, |b| b == rb.expected) && rb.read.map_or(true, |b| b == rb.expected),
                 None => true,
             };
             if !ok {
-                mismatches.push((d.name.clone(), r, rb.set, rb.expected));
+                mismatches.push((dev.name.clone(), r, rb.set, rb.expected));
             }
             bases.push(rb);
         }
     }
     let preserved = runs_on.is_some() && mismatches.is_empty();
 
-    // The guest continues where it runs: per blk ring one more write and a read of
-    // the first write; per net ring one request. All must complete there.
+    // The guest continues where it runs: it reaps what completed while it was
+    // stopped, then per active blk ring one more write and a read of its first
+    // write, per active net ring one request. All must complete there.
     let mut blk_rings_verified = 0;
-    let post_switchover = match running {
-        None => Err(Arc::new(RigError::Guest("the guest runs nowhere (switchover failed without rollback)".to_string()))),
-        Some((side, _)) => (|| {
+    let post_switchover = match (running, run_mem) {
+        (Some((side, _)), Some(mem)) => (|| {
             let mut reads = Vec::new();
-            for r in &mut rings {
+            let mut served = 0;
+            for r in st.rings.iter_mut().filter(|r| r.active) {
+                driver::reap(mem, r).map_err(RigError::Guest)?;
                 if r.kind == RingKind::Blk {
-                    writes.push((r.g, r.ring, r.avail));
-                    driver::submit(&mem, r, BlkOp::Write)?;
+                    driver::submit(mem, r, BlkOp::Write)?;
                     reads.push((r.g, r.avail));
+                    driver::submit(mem, r, BlkOp::Read(0))?;
+                } else {
+                    driver::submit(mem, r, BlkOp::Write)?;
                 }
-                driver::submit(&mem, r, BlkOp::Read(0))?;
-                kick(side, r)?;
+                r.kicked = r.avail;
+                let fd =
+                    side.notifiers().kick(r.device, r.ring).ok_or_else(|| RigError::Config(format!("no kick eventfd for ring {}", r.g)))?;
+                driver::kick(fd)?;
+                served += 1;
             }
-            driver::wait_all(&mem, &rings, &name_of, Duration::from_secs(10))?;
-            for (g, k) in reads {
-                let (st, data) = driver::blk_result(&mem, g, k);
-                if st != 0 || data != driver::pattern(g, 0) {
-                    return Err(RigError::Guest(format!("{}: read-back after switchover differs (status {st})", names[g as usize])));
+            let name_of = |r: &DriverRing| names[r.g as usize].clone();
+            let mut active: Vec<DriverRing> = st.rings.iter().filter(|r| r.active).cloned().collect();
+            let waited = driver::wait_all(mem, &mut active, &name_of, Duration::from_secs(3));
+            for r in active {
+                let g = r.g as usize;
+                st.rings[g] = r;
+            }
+            waited?;
+            for (g, _) in reads {
+                // The read of write 0 was reaped and checked against its pattern.
+                if st.rings[g as usize].outstanding.is_empty() {
+                    blk_rings_verified += 1;
                 }
-                blk_rings_verified += 1;
             }
-            Ok(rings.len())
+            Ok(served)
         })()
         .map_err(Arc::new),
+        _ => Err(Arc::new(RigError::Guest("the guest runs nowhere (switchover failed without rollback)".to_string()))),
     };
     // Nothing completes twice: give late completions a moment to show.
     std::thread::sleep(Duration::from_millis(20));
-    let requests: Vec<RingRequests> = rings
+    if let Some(mem) = run_mem {
+        for r in st.rings.iter_mut() {
+            if let Err(e) = driver::reap(mem, r) {
+                tracing::warn!(error = %e, "late completion");
+                mismatches.push((names[r.g as usize].clone(), r.ring, None, r.avail));
+            }
+        }
+    }
+    if check_log {
+        fid.log_after_failure = Some(log.sync(GPA_BASE, src_mem.size()).len() as u64);
+    }
+    let requests: Vec<RingRequests> = st
+        .rings
         .iter()
         .map(|r| {
             let (device, ring) =
                 names[r.g as usize].split_once(" ring ").map(|(d, x)| (d.to_string(), x.parse().unwrap_or(0))).unwrap_or_default();
-            RingRequests { device, ring, published: r.avail, completed: mem.used_idx(r.g) }
+            let completed = run_mem.map_or(0, |m| m.used_idx(r.area));
+            let published = match (r.active, r.frozen_used) {
+                (_, Some(u)) => u,
+                (true, None) => r.avail,
+                (false, None) => r.kicked,
+            };
+            RingRequests { device, ring, published, completed }
         })
         .collect();
+    for r in st.rings.iter().filter(|r| !r.active) {
+        if run_mem.is_some_and(|m| m.used_idx(r.area) != r.frozen_used.unwrap_or(r.kicked)) {
+            fid.inactive_served.push(names[r.g as usize].clone());
+        }
+    }
 
-    // The blk write left in flight on every blk ring when the window opened: it
-    // completed exactly once where the guest runs (before the base was read, or,
-    // after a rollback, by the restarted backend).
+    // The blk writes in flight when the window opened: each completed exactly
+    // once where the guest runs (before the base was read, or, after a rollback,
+    // by the restarted backend).
     let mut io = IoSummary::default();
-    for (r, b) in rings.iter().zip(&bases).filter(|(r, _)| r.kind == RingKind::Blk) {
-        for k in (0..inflight).map(|i| b.expected.wrapping_sub(inflight - i)) {
-            io.submitted += 1;
-            let (st, _) = driver::blk_result(&mem, r.g, k);
-            let used = mem.used_idx(r.g);
-            // Completed as the guest sees it: status 0 and `used.idx` past it. Twice or
-            // lost shows in the ring's request count ([`RealRun::requests_exact`]).
-            let seen = used.wrapping_sub(k).wrapping_sub(1) < 0x8000;
-            if st != 0 || !seen {
-                io.never += 1;
-            } else if running.is_none() {
-                io.lost += 1;
-            } else if used.wrapping_sub(r.avail) != 0 && used.wrapping_sub(r.avail) < 0x8000 {
-                io.completed_twice += 1;
-            } else {
-                io.completed_once += 1;
-            }
+    for &(g, head) in &st.in_flight_at_stop {
+        io.submitted += 1;
+        let r = &st.rings[g as usize];
+        if r.outstanding.contains_key(&head) {
+            io.never += 1;
+        } else if running.is_none() {
+            io.lost += 1;
+        } else {
+            io.completed_once += 1;
         }
     }
 
@@ -823,16 +1118,16 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     let mut second_disables_refused = 0;
     if completed {
         let n = src.notifiers();
-        for r in &rings {
+        for &(dv, rg) in &all_rings {
             for host in [true, false] {
                 // A notifier whose disable failed (an injected cleanup fault) is
                 // still on: disabling it again is the retry, not a second disable.
-                if n.state(r.device, r.ring, host) != Some(NotifierState::Disabled) {
+                if n.state(dv, rg, host) != Some(NotifierState::Disabled) {
                     continue;
                 }
-                let before = n.ioctls(r.device, r.ring, host);
-                let again = if host { n.host_notifier(r.device, r.ring, false) } else { n.guest_notifier(r.device, r.ring, false) };
-                let issued = n.ioctls(r.device, r.ring, host) - before;
+                let before = n.ioctls(dv, rg, host);
+                let again = if host { n.host_notifier(dv, rg, false) } else { n.guest_notifier(dv, rg, false) };
+                let issued = n.ioctls(dv, rg, host) - before;
                 if again.is_ok() && issued == 0 {
                     second_disables_refused += 1;
                 }
@@ -842,11 +1137,12 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     }
     let mut double_ioctls = 0;
     for (s, before) in [(&src, &src_before), (&dst, &dst_before)] {
-        for (r, (h, gu)) in rings.iter().zip(before) {
-            if s.notifiers().ioctls(r.device, r.ring, true) - h > 1 {
+        for (&(dv, rg), (h, gu)) in all_rings.iter().zip(before) {
+            // A moved doorbell re-registers its ioeventfd (two ioctls per move).
+            if s.notifiers().ioctls(dv, rg, true) - h > 1 + 2 * s.notifiers().moves(dv, rg) {
                 double_ioctls += 1;
             }
-            if s.notifiers().ioctls(r.device, r.ring, false) - gu > 1 {
+            if s.notifiers().ioctls(dv, rg, false) - gu > 1 {
                 double_ioctls += 1;
             }
         }
@@ -855,51 +1151,161 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     let (c2, n2) = dst.notifiers().transactions();
     let reconnects = src.reconnects();
 
-    // Teardown: channels closed, every backend process stopped and reaped, the
-    // private directory (sockets, images) removed.
+    // Routes and the order of the destination's start.
+    let dst_windows: Vec<&WindowRun> =
+        executed.windows.iter().filter(|w| w.side() == Side::Destination && w.window() == Window::Blackout && !w.fence).collect();
+    let mut rc = RouteCheck::default();
+    for w in &dst_windows {
+        let commits: Vec<_> = records(w, &StepKind::RouteCommit).collect();
+        rc.commits_in_window += commits.len();
+        // Each ring's route is committed before the ring is kicked: with one
+        // commit for the VM, before the first kick of all.
+        for (k, ks) in records(w, &StepKind::SetVringKick) {
+            let covering = commits.iter().filter(|(_, cs)| match opts.routes {
+                RouteCommits::Once => true,
+                RouteCommits::PerDevice => cs.device == ks.device,
+                _ => cs.device == ks.device && cs.ring == ks.ring,
+            });
+            for (c, _) in covering {
+                rc.before_first_kick &= c.end <= k.start;
+            }
+        }
+        let enables: BTreeMap<(DeviceId, u32), Duration> =
+            records(w, &StepKind::VringEnable).map(|(r, s)| ((s.device, s.ring.unwrap_or(0)), r.end)).collect();
+        for (r, s) in records(w, &StepKind::SetVringKick) {
+            if enables.get(&(s.device, s.ring.unwrap_or(0))).map_or(true, |e| *e > r.start) {
+                rc.enable_before_kick = false;
+            }
+        }
+    }
+    let rs = dst.notifiers().route_stats();
+    (rc.ioctls, rc.routes) = (rs.commits, rs.msi_routes);
+    if runs_on == Some(Side::Destination) {
+        for &(dv, rg) in &all_rings {
+            let want = dst.config(dv).and_then(|c| c.msi(rg));
+            let masked = dst.config(dv).is_some_and(|c| c.rings[rg as usize].vector.is_some() && c.msi(rg).is_none());
+            rc.masked += usize::from(masked);
+            let have = dst.notifiers().route(dv, rg);
+            if have != want {
+                rc.mismatches.push(format!("{} ring {rg}: route {have:?}, MSI-X {want:?}", topo.device(dv).name));
+            }
+            let (bell, want_bell) = (dst.notifiers().doorbell(dv, rg), dst.config(dv).map(|c| c.rings[rg as usize].doorbell));
+            if bell != want_bell {
+                rc.doorbells.push(format!("{} ring {rg}: ioeventfd at {bell:x?}, doorbell {want_bell:x?}", topo.device(dv).name));
+            }
+        }
+    }
+    for w in executed.windows.iter().filter(|w| w.side() == Side::Source && w.window() == Window::Blackout && !w.rollback) {
+        rc.net_disables_before_stop +=
+            records(w, &StepKind::VringDisable).filter(|(_, s)| topo.device(s.device).kind == DeviceKind::Net).count();
+    }
+    if cfg.switches.disable_net_before_stop {
+        // The switch disables every net ring before its base is read, outside the plan.
+        rc.net_disables_before_stop +=
+            topo.devices().iter().filter(|d| d.kind == DeviceKind::Net).map(|d| d.rings() as usize).sum::<usize>();
+    }
+    fid.routes = rc;
+    let mut reconciled: Vec<_> = dst_act.vhost().reconciled();
+    reconciled.sort_by_key(|r| r.device);
+    fid.reconciled = reconciled.iter().map(|r| topo.device(r.device).name.clone()).collect();
+    fid.reconcile_messages = reconciled.iter().map(|r| r.messages).sum();
+    fid.reconcile_diffs = reconciled
+        .iter()
+        .map(|r| {
+            let d = &r.diff;
+            format!(
+                "{}: features {}, moved {:?}, calls {:?}, doorbells {:?}, enables {:?}, vectors {}",
+                topo.device(r.device).name,
+                d.features,
+                d.moved,
+                d.calls,
+                d.doorbells,
+                d.enables,
+                d.vectors
+            )
+        })
+        .collect();
+    fid.changes = st.changes.iter().map(|(c, d)| (c.name().to_string(), topo.device(*d).name.clone())).collect();
+
+    // Teardown: channels closed, every backend process stopped and reaped.
     let pids: Vec<u32> = src.pids().into_iter().chain(dst.pids()).collect();
-    drop((src_act, dst_act, rb_act, s, d));
+    let wires: Vec<(DeviceId, Vec<PathBuf>)> = topo
+        .devices()
+        .iter()
+        .filter(|d| d.kind == DeviceKind::Net)
+        .map(|d| (d.id, [src.wire(d.id), dst.wire(d.id)].into_iter().flatten().collect()))
+        .collect();
+    drop((src_act, dst_act, rb_act, s, d, src_hooks, dst_hooks));
     src.shutdown();
     dst.shutdown();
     drop(src);
     drop(dst);
 
-    // Every write the guest saw completed is in the image file.
-    let mut disk = DiskCheck { submitted: writes.len(), ..DiskCheck::default() };
-    let dev_of_ring: Vec<(usize, &str)> =
-        topo.devices().iter().flat_map(|d| (0..d.rings()).map(move |_| (d.id.0 as usize, d.name.as_str()))).collect();
-    for &(g, ring, k) in &writes {
-        let (st, _) = driver::blk_result(&mem, g, k);
-        let used = mem.used_idx(g);
-        let completed_k = used.wrapping_sub(k).wrapping_sub(1) < 0x8000;
-        if st != 0 || !completed_k {
-            continue;
+    // Every tx packet the guest published went out exactly once, on one side's wire.
+    let mut tx = TxCheck::default();
+    for (dev, paths) in &wires {
+        let mut seen: BTreeMap<(u32, u32), u32> = BTreeMap::new();
+        for p in paths {
+            let bytes = std::fs::read(p).unwrap_or_default();
+            for rec in bytes.chunks_exact(12) {
+                let g = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
+                let seq = u32::from_le_bytes([rec[8], rec[9], rec[10], rec[11]]);
+                *seen.entry((g, seq)).or_default() += 1;
+                tx.transmitted += 1;
+            }
         }
-        disk.acknowledged += 1;
-        let (di, dname) = dev_of_ring[g as usize];
-        let mut buf = vec![0u8; 512];
-        let ok = side_cfg.images[di]
-            .as_ref()
-            .and_then(|p| std::fs::File::open(p).ok())
-            .map(|f| {
-                use std::os::unix::fs::FileExt;
-                f.read_exact_at(&mut buf, (u64::from(ring) * 64 + u64::from(k)) * 512).is_ok() && buf == driver::pattern(g, k)
-            })
-            .unwrap_or(false);
-        if ok {
-            disk.on_disk += 1;
-        } else {
-            disk.missing.push(format!("{dname} ring {ring} request {k}"));
+        for r in st.rings.iter().filter(|r| r.kind == RingKind::NetTx && r.device == *dev) {
+            for seq in 0..r.seq {
+                tx.published += 1;
+                match seen.get(&(r.g, seq)).copied().unwrap_or(0) {
+                    0 => tx.missing.push(format!("{} packet {seq}", names[r.g as usize])),
+                    1 => {}
+                    n => tx.twice.push(format!("{} packet {seq} ({n} times)", names[r.g as usize])),
+                }
+            }
         }
     }
+    fid.tx = tx;
+
+    // Every write the guest saw completed is in the image file.
+    let mut disk = DiskCheck::default();
+    for r in st.rings.iter().filter(|r| r.kind == RingKind::Blk) {
+        disk.submitted += r.writes as usize;
+        let dev = topo.device(r.device);
+        for &seq in &r.acked_writes {
+            disk.acknowledged += 1;
+            let mut buf = vec![0u8; 512];
+            let ok = side_cfg.images[r.device.0 as usize]
+                .as_ref()
+                .and_then(|p| std::fs::File::open(p).ok())
+                .map(|f| {
+                    use std::os::unix::fs::FileExt;
+                    f.read_exact_at(&mut buf, driver::sector(r.ring, seq) * 512).is_ok() && buf == driver::pattern(r.g, seq)
+                })
+                .unwrap_or(false);
+            if ok {
+                disk.on_disk += 1;
+            } else {
+                disk.missing.push(format!("{} ring {} write {seq}", dev.name, r.ring));
+            }
+        }
+    }
+    drop(st);
+    drop(workload);
+    drop(migration);
     drop(dir);
     let leftover_processes: Vec<u32> = pids.into_iter().filter(|p| pid_alive(*p)).collect();
     let leftover_dir = dir_path.exists();
 
     let drains = drain_costs(&backends, &executed.windows);
     let rollback_wall = executed.windows.iter().find(|w| w.rollback).map(|w| w.report.wall);
-    let checks =
-        Checks { vring_bases_preserved: preserved, base_mismatches: mismatches, double_ioctls, transactions: (c1 + c2, n1 + n2), io };
+    let checks = Checks {
+        vring_bases_preserved: preserved && mismatches.is_empty(),
+        base_mismatches: mismatches,
+        double_ioctls,
+        transactions: (c1 + c2, n1 + n2),
+        io,
+    };
     let run = StrategyRun::new(strategy, false, executed, lanes, lower_bound, checks);
     Ok(RealRun {
         run,
@@ -918,11 +1324,12 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
         requests,
         disk,
         drains,
+        fidelity: fid,
     })
 }
 
 /// The `drain_inflight` steps that completed, summed per blk backend kind.
-fn drain_costs(backends: &[BackendKind], windows: &[switchover_baseline::WindowRun]) -> Vec<DrainCost> {
+fn drain_costs(backends: &[BackendKind], windows: &[WindowRun]) -> Vec<DrainCost> {
     let mut out: Vec<DrainCost> = Vec::new();
     for w in windows {
         for rec in &w.report.records {

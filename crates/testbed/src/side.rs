@@ -1,6 +1,10 @@
 //! One side's real world: a KVM VM and its notifiers, a vhost-user backend process
-//! and [`Frontend`] per device, guest memory, and the state captured or applied.
-//! It is the rig's VMM: it implements the frontend crate's [`VhostDevices`].
+//! and [`Frontend`] per device, the side's own guest memory, its devices'
+//! configurations, and the state captured or applied. It is the rig's VMM: it
+//! implements the frontend crate's [`VhostDevices`].
+//!
+//! Each ring's irqfd raises a GSI of its own (`FIRST_MSI_GSI + g`), routed to
+//! the MSI message of the ring's vector once the VM's routing table is committed.
 //!
 //! # Examples
 //!
@@ -27,7 +31,8 @@
 //! # };
 //! # let mem = Arc::new(GuestMem::new(topo.total_rings() as usize).unwrap());
 //! # let state = Arc::new(DeviceState::new(&topo));
-//! let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state).unwrap());
+//! # let devices = Arc::new(switchover_testbed::vmm::Devices::initial(&topo));
+//! let side = Arc::new(RealSide::connect(&cfg, Side::Source, &topo, mem, state, devices).unwrap());
 //! side.bring_up(Duration::from_secs(5)).unwrap(); // a running source: rings at base 0
 //! assert_eq!(side.notifiers().ioctls(DeviceId(0), 0, true), 1); // ioeventfd registered once
 //! side.shutdown();
@@ -40,24 +45,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
+use switchover::error::StepFailure;
 use switchover::ids::{DeviceId, Side};
 use switchover::state::DeviceState;
 use switchover::topology::{Device, DeviceKind, Topology};
 use switchover_vhost::actions::VhostDevices;
+use switchover_vhost::config::DeviceConfig;
 use switchover_vhost::frontend::{Frontend, FrontendConfig};
-use switchover_vhost::kvm::{KvmNotifiers, KvmVm, RingSlot};
+use switchover_vhost::kvm::{KvmNotifiers, KvmVm, RingSlot, FIRST_MSI_GSI};
 use switchover_vhost::memory::VringConfig;
-use switchover_vhost::sink::NotifierSink;
+use switchover_vhost::sink::{NotifierSink, Route};
 
 use crate::backend::{spawn_own, ChildProc};
 use crate::error::RigError;
 use crate::mem::GuestMem;
 use crate::qsd;
+use crate::vmm::Devices;
 
 /// MMIO address of the first ring's doorbell; ring `g`'s is 4 bytes further each.
 pub const DOORBELL_BASE: u64 = 0xd000_0000;
-/// GSIs of the in-kernel irqchip the rings' irqfds share.
-const GSIS: u32 = 24;
 
 /// Who serves a device.
 ///
@@ -113,6 +119,7 @@ pub struct RealSide {
     side: Side,
     topo: Arc<Topology>,
     mem: Arc<GuestMem>,
+    devices_cfg: Arc<Devices>,
     _vm: KvmVm,
     notifiers: Arc<KvmNotifiers>,
     cfg: SideConfig,
@@ -133,6 +140,8 @@ impl std::fmt::Debug for RealSide {
 impl RealSide {
     /// Creates the side's VM and notifiers, starts a backend per device and
     /// connects to it (handshake done; nothing set up on its rings yet).
+    /// `devices` holds the side's device configurations (the source's as the
+    /// guest set them up; the destination's arrive with the migration).
     ///
     /// # Errors
     /// [`RigError`]: KVM, a backend that does not start, a failed handshake.
@@ -142,6 +151,7 @@ impl RealSide {
         topo: &Arc<Topology>,
         mem: Arc<GuestMem>,
         state: Arc<DeviceState>,
+        devices_cfg: Arc<Devices>,
     ) -> Result<RealSide, RigError> {
         let vm = KvmVm::new()?;
         let mut first_ring = Vec::new();
@@ -151,7 +161,7 @@ impl RealSide {
             first_ring.push(n);
             for r in 0..d.rings() {
                 let g = n + r;
-                slots.push(RingSlot { device: d.id, ring: r, doorbell: DOORBELL_BASE + 4 * u64::from(g), gsi: g % GSIS });
+                slots.push(RingSlot { device: d.id, ring: r, doorbell: DOORBELL_BASE + 4 * u64::from(g), gsi: FIRST_MSI_GSI + g });
             }
             n += d.rings();
         }
@@ -169,6 +179,7 @@ impl RealSide {
             side,
             topo: topo.clone(),
             mem,
+            devices_cfg,
             _vm: vm,
             notifiers,
             cfg: cfg.clone(),
@@ -182,7 +193,8 @@ impl RealSide {
     }
 
     /// Starts every ring of every device with base 0, as a running source does
-    /// (notifiers registered, features, memory, ring set-up, kick, call, enable).
+    /// (notifiers registered, features, memory, ring set-up, kick, call, enable as
+    /// the guest has it), and commits the VM's MSI routes.
     ///
     /// # Errors
     /// The request or registration that failed, naming device and ring.
@@ -197,24 +209,93 @@ impl RealSide {
                 let n = &self.notifiers;
                 n.host_notifier(d.id, r, true).map_err(RigError::step(at("host_notifier_on")))?;
                 n.guest_notifier(d.id, r, true).map_err(RigError::step(at("guest_notifier_on")))?;
-                let v = self.ring_config(d.id, r);
-                let hva = |gpa| self.mem.host_addr(gpa);
-                let kick = n.kick_fd(d.id, r).ok_or_else(|| RigError::Config(at("no kick eventfd")))?;
-                let call = n.call_fd(d.id, r).ok_or_else(|| RigError::Config(at("no call eventfd")))?;
-                let pending = [
-                    fe.set_vring_num(r, v.size, deadline),
-                    fe.set_vring_addr(r, hva(v.desc), hva(v.used), hva(v.avail), deadline),
-                    fe.set_vring_base(r, 0, deadline),
-                    fe.set_vring_kick(r, kick, deadline),
-                    fe.set_vring_call(r, call, deadline),
-                    fe.set_vring_enable(r, true, deadline),
-                ];
-                for p in pending {
-                    p.wait().map_err(RigError::step(at("start")))?;
-                }
+                self.start_ring(d.id, r, false, deadline).map_err(RigError::step(at("start")))?;
             }
         }
+        self.commit_routes().map_err(RigError::step("KVM_SET_GSI_ROUTING"))?;
         Ok(())
+    }
+
+    /// Sets a ring up as the guest has it and starts it at base 0 (NUM, ADDR —
+    /// with the log flag while dirty logging runs —, BASE, CALL or none, ENABLE
+    /// or not, KICK), waiting for every reply: what the VMM does when the guest
+    /// (re)initialises a ring.
+    ///
+    /// # Errors
+    /// A request failed.
+    pub fn start_ring(&self, d: DeviceId, r: u32, logged: bool, deadline: Duration) -> Result<(), StepFailure> {
+        let fe = self.frontend(d).ok_or_else(|| StepFailure::MissingState { what: format!("no device {}", d.0) })?;
+        let setup = self.config(d).and_then(|c| c.rings.get(r as usize).copied());
+        let setup = setup.ok_or_else(|| StepFailure::MissingState { what: format!("no configuration for ring {r}") })?;
+        let Some(v) = setup.vring else { return Ok(()) };
+        let n = &self.notifiers;
+        let hva = |gpa| self.mem.host_addr(gpa);
+        let kick = n.kick_fd(d, r).ok_or_else(|| StepFailure::MissingState { what: "no kick eventfd".into() })?;
+        let call = n.call_fd(d, r).ok_or_else(|| StepFailure::MissingState { what: "no call eventfd".into() })?;
+        let addr = if logged {
+            fe.set_vring_addr_logged(r, hva(v.desc), hva(v.used), hva(v.avail), v.used, deadline)
+        } else {
+            fe.set_vring_addr(r, hva(v.desc), hva(v.used), hva(v.avail), deadline)
+        };
+        // Enabled before it is kicked (QEMU's order since 2022): a net tx ring
+        // started while disabled would discard what it holds.
+        let pending = [
+            fe.set_vring_num(r, v.size, deadline),
+            addr,
+            fe.set_vring_base(r, 0, deadline),
+            if setup.vector.is_some() { fe.set_vring_call(r, call, deadline) } else { fe.set_vring_call_none(r, deadline) },
+            fe.set_vring_enable(r, setup.enabled, deadline),
+            fe.set_vring_kick(r, kick, deadline),
+        ];
+        for p in pending {
+            p.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Stops a ring (`GET_VRING_BASE`), as the VMM does when the guest resets it.
+    ///
+    /// # Errors
+    /// The request failed.
+    pub fn stop_ring(&self, d: DeviceId, r: u32, deadline: Duration) -> Result<u16, StepFailure> {
+        let fe = self.frontend(d).ok_or_else(|| StepFailure::MissingState { what: format!("no device {}", d.0) })?;
+        fe.get_vring_base(r, deadline).wait()
+    }
+
+    /// Enables or disables a ring (the guest changed its active queue pairs).
+    ///
+    /// # Errors
+    /// The request failed.
+    pub fn enable_ring(&self, d: DeviceId, r: u32, on: bool, deadline: Duration) -> Result<(), StepFailure> {
+        let fe = self.frontend(d).ok_or_else(|| StepFailure::MissingState { what: format!("no device {}", d.0) })?;
+        fe.set_vring_enable(r, on, deadline).wait()
+    }
+
+    /// Commits the VM's routing table from every device's MSI-X table (what the
+    /// VMM does when the guest writes an MSI-X entry).
+    ///
+    /// # Errors
+    /// The commit failed.
+    pub fn commit_routes(&self) -> Result<(), StepFailure> {
+        let mut routes = Vec::new();
+        for d in self.topo.devices() {
+            let c = self.config(d.id);
+            for r in 0..d.rings() {
+                routes.push(Route { device: d.id, ring: r, msi: c.as_ref().and_then(|c| c.msi(r)) });
+            }
+        }
+        self.notifiers.commit_routes(&routes)
+    }
+
+    /// The side's device configurations.
+    pub fn devices(&self) -> &Arc<Devices> {
+        &self.devices_cfg
+    }
+
+    /// Where a net device's backend writes the packets it transmits.
+    pub fn wire(&self, d: DeviceId) -> Option<PathBuf> {
+        let dev = self.topo.devices().get(d.0 as usize)?;
+        (dev.kind == DeviceKind::Net).then(|| wire_path(&self.cfg.dir, self.side, &dev.name))
     }
 
     /// Which side it is.
@@ -241,8 +322,9 @@ impl RealSide {
     pub fn global(&self, d: DeviceId, r: u32) -> u32 {
         self.first_ring.get(d.0 as usize).copied().unwrap_or(0) + r
     }
+    /// Where a ring lives now (its configuration's, or its own area's).
     fn ring_config(&self, d: DeviceId, r: u32) -> VringConfig {
-        GuestMem::vring(self.global(d, r))
+        self.config(d).and_then(|c| c.rings.get(r as usize).and_then(|s| s.vring)).unwrap_or_else(|| GuestMem::vring(self.global(d, r)))
     }
 
     /// Sends `sig` to a device's backend process and waits (up to 500 ms) until it
@@ -346,6 +428,9 @@ impl VhostDevices for RealSide {
     fn vring(&self, device: DeviceId, ring: u32) -> Option<VringConfig> {
         (ring < self.topo.devices().get(device.0 as usize)?.rings()).then(|| self.ring_config(device, ring))
     }
+    fn config(&self, device: DeviceId) -> Option<DeviceConfig> {
+        self.devices_cfg.get(device)
+    }
     fn reconnect(&self, device: DeviceId) -> bool {
         match self.replace_backend(device) {
             Ok(()) => true,
@@ -368,8 +453,9 @@ fn start_backend(cfg: &SideConfig, side: Side, d: &Device, hostile: Option<&str>
     let image = cfg.images.get(d.id.0 as usize).cloned().flatten();
     let tag = side.short();
     let label = format!("{tag}-{}", d.name);
+    let wire = wire_path(&cfg.dir, side, &d.name);
     let (stream, p) = match (kind, &d.kind) {
-        (BackendKind::OwnNet, DeviceKind::Net) => spawn_own(&cfg.exe, &cfg.dir, &label, false, d.rings(), None, hostile)?,
+        (BackendKind::OwnNet, DeviceKind::Net) => spawn_own(&cfg.exe, &cfg.dir, &label, false, d.rings(), Some(&wire), hostile)?,
         (BackendKind::OwnBlk, DeviceKind::Blk) => spawn_own(&cfg.exe, &cfg.dir, &label, true, d.rings(), image.as_deref(), hostile)?,
         (BackendKind::Qsd, DeviceKind::Blk) => {
             let bin = cfg.qsd.as_ref().ok_or_else(|| RigError::Config(format!("{}: qemu-storage-daemon is not installed", d.name)))?;
@@ -383,6 +469,11 @@ fn start_backend(cfg: &SideConfig, side: Side, d: &Device, hostile: Option<&str>
         FrontendConfig { resend_addr_after_base: kind == BackendKind::Qsd, ..FrontendConfig::new(&format!("{tag} {}", d.name), d.rings()) };
     let fe = Frontend::connect(stream, &fcfg)?;
     Ok((fe, p))
+}
+
+/// The wire file of a side's net device.
+fn wire_path(dir: &std::path::Path, side: Side, name: &str) -> PathBuf {
+    dir.join(format!("{}-{name}.wire", side.short()))
 }
 
 fn process_running(pid: u32) -> bool {

@@ -44,7 +44,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -74,13 +74,44 @@ use crate::reply::{request_name, validate_reply, Reply, ReplyError, REPLY_BODY};
 /// ```
 pub type OnReply = Box<dyn FnOnce(Result<Reply, StepFailure>) + Send + 'static>;
 
+/// What runs when the reply to a request whose reply carries a body of its own
+/// size and one file descriptor (`GET_INFLIGHT_FD`) arrives: the body and the
+/// descriptor, or the failure.
+pub type OnFdReply = Box<dyn FnOnce(Result<FdReply, StepFailure>) + Send + 'static>;
+
+/// A reply that carries a file descriptor: its body and the descriptor (owned).
+#[derive(Debug)]
+pub struct FdReply {
+    /// The reply's body.
+    pub body: Vec<u8>,
+    /// The descriptor that came with it.
+    pub fd: std::os::fd::OwnedFd,
+}
+
+/// How a queued request's reply is shaped and who takes it.
+enum Handler {
+    /// An 8-byte body, no descriptor (acks, `u64`s, vring states).
+    Plain(OnReply),
+    /// A body of `size` bytes and exactly one descriptor.
+    WithFd { size: u32, on_reply: OnFdReply },
+}
+
+impl Handler {
+    fn fail(self, f: StepFailure) {
+        match self {
+            Handler::Plain(h) => h(Err(f)),
+            Handler::WithFd { on_reply, .. } => on_reply(Err(f)),
+        }
+    }
+}
+
 struct Queued {
     code: u32,
     /// The ring a `GET_VRING_BASE` asked about (its reply must name it).
     ring: Option<u32>,
     deadline: Instant,
     after: Duration,
-    on_reply: OnReply,
+    handler: Handler,
 }
 
 struct Inner {
@@ -199,9 +230,54 @@ impl Channel {
     /// assert_eq!(rx.recv().unwrap(), Err(StepFailure::Disconnected));
     /// ```
     pub fn send(&self, req: FrontendReq, body: &[u8], fds: &[RawFd], deadline: Duration, on_reply: OnReply) {
+        self.send_with(req, body, fds, deadline, Handler::Plain(on_reply));
+    }
+
+    /// Sends a request whose reply carries a body of `reply_size` bytes and exactly
+    /// one file descriptor (`GET_INFLIGHT_FD`); any other shape of reply breaks the
+    /// stream as a malformed reply does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::os::fd::AsRawFd;
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    /// use switchover_vhost::channel::Channel;
+    /// use vhost::vhost_user::message::FrontendReq;
+    /// use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    /// let (front, mut backend) = UnixStream::pair().unwrap();
+    /// let ch = Channel::start("blk0", front).unwrap();
+    /// let b = std::thread::spawn(move || {
+    ///     let mut req = [0u8; 12 + 24];
+    ///     backend.read_exact(&mut req).unwrap();
+    ///     let code = u32::from(FrontendReq::GET_INFLIGHT_FD);
+    ///     let mut reply: Vec<u8> = [code, 0x5, 24].iter().flat_map(|v| v.to_le_bytes()).collect();
+    ///     reply.extend_from_slice(&[7u8; 24]);
+    ///     let f = std::fs::File::open("/dev/null").unwrap();
+    ///     backend.send_with_fds(&[&reply[..]], &[f.as_raw_fd()]).unwrap();
+    ///     backend
+    /// });
+    /// let r = ch.request_with_fd(FrontendReq::GET_INFLIGHT_FD, &[0u8; 24], &[], Duration::from_secs(5), 24).wait().unwrap();
+    /// assert_eq!(r.body, vec![7u8; 24]);
+    /// assert!(r.fd.as_raw_fd() >= 0);
+    /// let _backend = b.join().unwrap();
+    /// ```
+    pub fn request_with_fd(&self, req: FrontendReq, body: &[u8], fds: &[RawFd], deadline: Duration, reply_size: u32) -> Pending<FdReply> {
+        let (p, answer) = Pending::new();
+        self.send_with(req, body, fds, deadline, Handler::WithFd { size: reply_size, on_reply: answer });
+        p
+    }
+
+    fn send_with(&self, req: FrontendReq, body: &[u8], fds: &[RawFd], deadline: Duration, handler: Handler) {
         let code: u32 = req.into();
-        let flags =
-            if req == FrontendReq::GET_VRING_BASE || req == FrontendReq::GET_FEATURES { 0 } else { VhostUserHeaderFlag::NEED_REPLY.bits() };
+        // Requests with a reply of their own never ask for an ack as well
+        // (a second reply would put the stream out of step): GET_*, and
+        // SET_LOG_BASE under LOG_SHMFD.
+        let own_reply = [FrontendReq::GET_VRING_BASE, FrontendReq::GET_FEATURES, FrontendReq::GET_INFLIGHT_FD, FrontendReq::SET_LOG_BASE]
+            .contains(&req);
+        let flags = if own_reply { 0 } else { VhostUserHeaderFlag::NEED_REPLY.bits() };
         // The header (request, flags with protocol version 1, body size); the
         // crate's header type is private, its layout is the spec's.
         let mut msg = Vec::with_capacity(12 + body.len());
@@ -212,7 +288,7 @@ impl Channel {
         let mut g = self.inner.lock();
         if let Some(f) = g.closed.clone() {
             drop(g);
-            on_reply(Err(f));
+            handler.fail(f);
             return;
         }
         let r = g.stream.send_with_fds(&[&msg[..]], fds);
@@ -220,13 +296,13 @@ impl Channel {
             Ok(n) if n == msg.len() => {
                 let ring = (req == FrontendReq::GET_VRING_BASE && body.len() >= 4)
                     .then(|| u32::from_le_bytes([body[0], body[1], body[2], body[3]]));
-                g.pending.push_back(Queued { code, ring, deadline: Instant::now() + deadline, after: deadline, on_reply });
+                g.pending.push_back(Queued { code, ring, deadline: Instant::now() + deadline, after: deadline, handler });
             }
             Ok(n) => {
                 drop(g);
-                on_reply(Err(StepFailure::Other {
+                handler.fail(StepFailure::Other {
                     message: format!("{}: short write of {} ({n} of {} bytes)", self.name, request_name(code), msg.len()),
-                }));
+                });
             }
             Err(e) => {
                 drop(g);
@@ -237,7 +313,7 @@ impl Channel {
                         source: std::io::Error::from_raw_os_error(e.errno()).into(),
                     },
                 };
-                on_reply(Err(f));
+                handler.fail(f);
             }
         }
     }
@@ -289,6 +365,25 @@ impl Channel {
     /// ```
     pub fn in_flight(&self) -> usize {
         self.inner.lock().pending.len()
+    }
+
+    /// Whether the channel is closed (the backend went away, or the stream was given up).
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// use switchover_vhost::channel::Channel;
+    /// let (front, backend) = UnixStream::pair().unwrap();
+    /// let ch = Channel::start("blk0", front).unwrap();
+    /// assert!(!ch.is_closed());
+    /// drop(backend);
+    /// let t = std::time::Instant::now();
+    /// while !ch.is_closed() && t.elapsed() < std::time::Duration::from_secs(5) {
+    ///     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// }
+    /// assert!(ch.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().closed.is_some()
     }
 
     /// If the oldest request is past its deadline, shuts the socket down: the reader
@@ -358,7 +453,7 @@ impl Channel {
         };
         for p in drained {
             let f = if self.timed_out.load(Ordering::Acquire) { StepFailure::Timeout { after: p.after } } else { f.clone() };
-            (p.on_reply)(Err(f));
+            p.handler.fail(f);
         }
     }
 }
@@ -377,9 +472,10 @@ enum ReadError {
 }
 
 /// Reads exactly `buf.len()` bytes with `recvmsg`, so that file descriptors passed
-/// with `SCM_RIGHTS` are seen: each one is closed at once and counted (also those
-/// the kernel dropped because the control buffer was too small, `MSG_CTRUNC`).
-fn recv_exact(fd: RawFd, buf: &mut [u8], fds: &mut usize) -> io::Result<()> {
+/// with `SCM_RIGHTS` are seen: each one is taken into `fds` (owned: closed when
+/// dropped); descriptors the kernel dropped because the control buffer was too
+/// small (`MSG_CTRUNC`) are counted in `lost`.
+fn recv_exact(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>, lost: &mut usize) -> io::Result<()> {
     const SPACE: usize = 256;
     let mut got = 0;
     while got < buf.len() {
@@ -408,15 +504,14 @@ fn recv_exact(fd: RawFd, buf: &mut [u8], fds: &mut usize) -> io::Result<()> {
                     let data = libc::CMSG_DATA(c).cast::<RawFd>();
                     let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
                     for i in 0..len / std::mem::size_of::<RawFd>() {
-                        libc::close(std::ptr::read_unaligned(data.add(i)));
-                        *fds += 1;
+                        fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
                     }
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
         }
         if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-            *fds += 1;
+            *lost += 1;
         }
         if n == 0 {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
@@ -426,35 +521,73 @@ fn recv_exact(fd: RawFd, buf: &mut [u8], fds: &mut usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads one reply frame: header, then a body of the one size every expected
-/// reply has. A frame carrying file descriptors or of another size is garbage
-/// (the body is not read: the stream is given up).
-fn read_reply(fd: RawFd) -> Result<(u32, u32, [u8; 8]), ReadError> {
+/// The body of the rust-vmm backend's answer to `SET_LOG_BASE` (the log region).
+const LOG_BASE_REPLY_BODY: u32 = 16;
+
+/// One reply frame as read: its header and body, and the descriptors that came with it.
+struct Frame {
+    code: u32,
+    flags: u32,
+    body: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+/// Reads one reply frame: the header, then a body of the size the reply to the
+/// request it answers has — 8 bytes and no descriptor for most (`SET_LOG_BASE`'s
+/// answer may also be the 16-byte log region), `size` bytes and exactly one
+/// descriptor for a request sent with [`Channel::request_with_fd`] (`expect` gives
+/// the front request's code and that size, once the header is read). A frame of
+/// another shape is garbage: the body is not read, the stream is given up,
+/// descriptors are closed.
+fn read_reply(fd: RawFd, expect: &dyn Fn() -> Option<(u32, Option<u32>)>) -> Result<Frame, ReadError> {
     let mut h = [0u8; 12];
-    let mut fds = 0usize;
-    recv_exact(fd, &mut h, &mut fds).map_err(ReadError::Io)?;
+    let (mut fds, mut lost) = (Vec::new(), 0usize);
+    recv_exact(fd, &mut h, &mut fds, &mut lost).map_err(ReadError::Io)?;
     let code = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
     let flags = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
     let size = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-    if fds > 0 {
-        return Err(ReadError::Garbage(ReplyError::FileDescriptors { code, count: fds }));
+    let with_fd = match expect() {
+        Some((c, Some(sz))) if c == code => Some(sz),
+        _ => None,
+    };
+    let want = with_fd.unwrap_or(REPLY_BODY);
+    if with_fd.is_none() && (!fds.is_empty() || lost > 0) {
+        return Err(ReadError::Garbage(ReplyError::FileDescriptors { code, count: fds.len() + lost }));
     }
-    if size != REPLY_BODY {
+    // SET_LOG_BASE's answer is an acknowledgement whose body backends disagree
+    // on: libvhost-user sends a u64, the rust-vmm backend the log region (16 bytes).
+    let log_base = code == u32::from(FrontendReq::SET_LOG_BASE) && with_fd.is_none();
+    if size != want && !(log_base && size == LOG_BASE_REPLY_BODY) {
         return Err(ReadError::Garbage(ReplyError::BodySize { code, size }));
     }
-    let mut body = [0u8; 8];
-    recv_exact(fd, &mut body, &mut fds).map_err(ReadError::Io)?;
-    if fds > 0 {
-        return Err(ReadError::Garbage(ReplyError::FileDescriptors { code, count: fds }));
+    let mut body = vec![0u8; size as usize];
+    recv_exact(fd, &mut body, &mut fds, &mut lost).map_err(ReadError::Io)?;
+    let expected_fds = usize::from(with_fd.is_some());
+    if fds.len() + lost != expected_fds || lost > 0 {
+        return Err(ReadError::Garbage(ReplyError::FileDescriptors { code, count: fds.len() + lost }));
     }
-    Ok((code, flags, body))
+    if log_base {
+        // Not a status: what it echoes (the log's size or region) is no error.
+        body = vec![0u8; REPLY_BODY as usize];
+    }
+    Ok(Frame { code, flags, body, fds })
 }
 
 fn reader_loop(rd: UnixStream, ch: std::sync::Weak<Channel>) {
     use std::os::fd::AsRawFd;
     let fd = rd.as_raw_fd();
     loop {
-        let r = read_reply(fd);
+        // The shape of the reply expected next: the front request's, looked at once
+        // the header is in (the request is queued before it is written).
+        let expect = || {
+            ch.upgrade().and_then(|c| {
+                c.inner.lock().pending.front().map(|p| match &p.handler {
+                    Handler::Plain(_) => (p.code, None),
+                    Handler::WithFd { size, .. } => (p.code, Some(*size)),
+                })
+            })
+        };
+        let r = read_reply(fd, &expect);
         let Some(ch) = ch.upgrade() else { return };
         let garbage = |ch: &Channel, what: ReplyError| {
             // The stream is out of step or the backend lies: nothing more it sends
@@ -462,7 +595,7 @@ fn reader_loop(rd: UnixStream, ch: std::sync::Weak<Channel>) {
             ch.fail_all(StepFailure::Garbage { what: what.to_string() });
             let _ = rd.shutdown(Shutdown::Both);
         };
-        let (code, flags, body) = match r {
+        let frame = match r {
             Ok(x) => x,
             Err(ReadError::Garbage(what)) => {
                 garbage(&ch, what);
@@ -477,21 +610,27 @@ fn reader_loop(rd: UnixStream, ch: std::sync::Weak<Channel>) {
                 return;
             }
         };
+        let Frame { code, flags, body, mut fds } = frame;
         let front = ch.inner.lock().pending.pop_front();
         let Some(p) = front else {
             garbage(&ch, ReplyError::Unsolicited { code });
             return;
         };
-        match validate_reply(p.code, p.ring, code, flags, &body) {
-            Err(what) => {
-                (p.on_reply)(Err(StepFailure::Garbage { what: what.to_string() }));
+        let head: [u8; 8] = body[..8].try_into().expect("a reply body has at least 8 bytes");
+        match (validate_reply(p.code, p.ring, code, flags, &head), p.handler) {
+            (Err(what), h) => {
+                h.fail(StepFailure::Garbage { what: what.to_string() });
                 garbage(&ch, what);
                 return;
             }
-            Ok(Reply::U64(v)) if v != 0 && code != u32::from(FrontendReq::GET_FEATURES) => {
-                (p.on_reply)(Err(StepFailure::Backend { message: format!("{} answered {} with status {v}", ch.name, request_name(code)) }));
+            (Ok(_), Handler::WithFd { on_reply, .. }) => match fds.pop() {
+                Some(fd) => on_reply(Ok(FdReply { body, fd })),
+                None => on_reply(Err(StepFailure::Garbage { what: format!("{} came without its descriptor", request_name(code)) })),
+            },
+            (Ok(Reply::U64(v)), Handler::Plain(h)) if v != 0 && code != u32::from(FrontendReq::GET_FEATURES) => {
+                h(Err(StepFailure::Backend { message: format!("{} answered {} with status {v}", ch.name, request_name(code)) }));
             }
-            Ok(reply) => (p.on_reply)(Ok(reply)),
+            (Ok(reply), Handler::Plain(h)) => h(Ok(reply)),
         }
     }
 }

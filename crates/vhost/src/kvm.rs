@@ -22,19 +22,34 @@
 //! assert_eq!(n.ioctls(DeviceId(0), 0, true), 1);
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use kvm_bindings::{
+    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
+    KVM_IRQ_ROUTING_MSI,
+};
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VmFd};
+use parking_lot::Mutex;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use switchover::error::StepFailure;
 use switchover::ids::DeviceId;
 use switchover::notifier::{Notifier, NotifierState};
 
-use crate::sink::NotifierSink;
+use crate::config::MsiVector;
+use crate::sink::{NotifierSink, Route};
+
+/// The first GSI free for MSI routes: 0–23 are the in-kernel irqchip's pins
+/// (PIC and IOAPIC), which every routing table keeps.
+///
+/// ```
+/// assert_eq!(switchover_vhost::kvm::FIRST_MSI_GSI, 24);
+/// ```
+pub const FIRST_MSI_GSI: u32 = 24;
 
 /// A KVM VM with the in-kernel irqchip: what irqfds need.
 ///
@@ -90,7 +105,8 @@ pub struct RingSlot {
     pub ring: u32,
     /// MMIO address of the ring's doorbell (its ioeventfd).
     pub doorbell: u64,
-    /// The GSI its irqfd raises.
+    /// The GSI its irqfd raises: pre-allocated, at or above [`FIRST_MSI_GSI`] for
+    /// an MSI route committed later.
     pub gsi: u32,
 }
 
@@ -104,6 +120,29 @@ struct RingNotifiers {
     host_ioctls: AtomicU32,
     guest_ioctls: AtomicU32,
     slot: RingSlot,
+    /// Where its ioeventfd is (or goes): the slot's, until the guest moves it.
+    doorbell: AtomicU64,
+    /// Times its doorbell moved.
+    moves: AtomicU32,
+}
+
+/// What the routing-table commits of a VM did.
+///
+/// ```
+/// use switchover_vhost::kvm::RouteStats;
+/// let s = RouteStats::default();
+/// assert_eq!((s.commits, s.msi_routes), (0, 0));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteStats {
+    /// `KVM_SET_GSI_ROUTING` ioctls issued.
+    pub commits: u64,
+    /// MSI routes in the table after the last one.
+    pub msi_routes: u64,
+    /// Time spent in them.
+    pub time: Duration,
+    /// When the last one ended.
+    pub last: Option<Instant>,
 }
 
 /// The notifiers of every ring of a VM, on KVM.
@@ -116,6 +155,8 @@ pub struct KvmNotifiers {
     txn_changes: AtomicU64,
     commits: AtomicU64,
     carried: AtomicU64,
+    /// The MSI routes of the VM's routing table, by GSI.
+    routes: Mutex<(BTreeMap<u32, MsiVector>, RouteStats)>,
 }
 
 impl KvmNotifiers {
@@ -135,6 +176,8 @@ impl KvmNotifiers {
                 guest: Notifier::new(NotifierState::Disabled),
                 host_ioctls: AtomicU32::new(0),
                 guest_ioctls: AtomicU32::new(0),
+                doorbell: AtomicU64::new(slot.doorbell),
+                moves: AtomicU32::new(0),
                 slot,
             });
         }
@@ -146,7 +189,30 @@ impl KvmNotifiers {
             txn_changes: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             carried: AtomicU64::new(0),
+            routes: Mutex::new((BTreeMap::new(), RouteStats::default())),
         })
+    }
+
+    /// What the routing-table commits did so far.
+    pub fn route_stats(&self) -> RouteStats {
+        self.routes.lock().1
+    }
+
+    /// The MSI message routed to a ring's GSI, if any.
+    pub fn route(&self, d: DeviceId, r: u32) -> Option<MsiVector> {
+        let gsi = self.ring(d, r).ok()?.slot.gsi;
+        self.routes.lock().0.get(&gsi).copied()
+    }
+
+    /// How many times the ring's doorbell moved (each move re-registers its
+    /// ioeventfd: one deassign and one assign more).
+    pub fn moves(&self, d: DeviceId, r: u32) -> u32 {
+        self.ring(d, r).map(|n| n.moves.load(Ordering::Acquire)).unwrap_or(0)
+    }
+
+    /// The ring's doorbell now (its slot's, unless the guest moved it).
+    pub fn doorbell(&self, d: DeviceId, r: u32) -> Option<u64> {
+        self.ring(d, r).ok().map(|n| n.doorbell.load(Ordering::Acquire))
     }
 
     fn ring(&self, d: DeviceId, r: u32) -> Result<&RingNotifiers, StepFailure> {
@@ -189,7 +255,7 @@ impl KvmNotifiers {
         let Ok(t) = (if on { st.begin_enable() } else { st.begin_disable() }) else {
             return Ok(());
         };
-        let addr = IoEventAddress::Mmio(n.slot.doorbell);
+        let addr = IoEventAddress::Mmio(n.doorbell.load(Ordering::Acquire));
         let r = match (host, on) {
             (true, true) => self.vm.register_ioevent(&n.kick, &addr, NoDatamatch),
             (true, false) => self.vm.unregister_ioevent(&n.kick, &addr, NoDatamatch),
@@ -241,4 +307,147 @@ impl NotifierSink for KvmNotifiers {
         self.commits.fetch_add(1, Ordering::AcqRel);
         self.carried.fetch_add(self.txn_changes.swap(0, Ordering::AcqRel), Ordering::AcqRel);
     }
+    fn move_host_notifier(&self, device: DeviceId, ring: u32, doorbell: u64) -> Result<(), StepFailure> {
+        let n = self.ring(device, ring)?;
+        if n.doorbell.load(Ordering::Acquire) == doorbell {
+            return Ok(());
+        }
+        let on = n.host.state() == NotifierState::Enabled;
+        if on {
+            self.change(device, ring, true, false)?;
+        }
+        n.doorbell.store(doorbell, Ordering::Release);
+        n.moves.fetch_add(1, Ordering::AcqRel);
+        if on {
+            self.change(device, ring, true, true)?;
+        }
+        Ok(())
+    }
+    fn commit_routes(&self, routes: &[Route]) -> Result<(), StepFailure> {
+        let mut g = self.routes.lock();
+        for r in routes {
+            let gsi = self.ring(r.device, r.ring)?.slot.gsi;
+            match r.msi {
+                Some(m) => g.0.insert(gsi, m),
+                None => g.0.remove(&gsi),
+            };
+        }
+        let t = Instant::now();
+        set_gsi_routing(&self.vm, &g.0)
+            .map_err(|e| StepFailure::io("KVM_SET_GSI_ROUTING", std::io::Error::from_raw_os_error(e.errno())))?;
+        let end = Instant::now();
+        let routed = g.0.len() as u64;
+        let st = &mut g.1;
+        st.msi_routes = routed;
+        st.commits += 1;
+        st.time += end - t;
+        st.last = Some(end);
+        Ok(())
+    }
+}
+
+/// The routing table the in-kernel irqchip starts with (QEMU's
+/// `kvm_pc_setup_irq_routing`): GSIs 0–15 on the PICs, 0–23 on the IOAPIC pins.
+fn irqchip_routes() -> Vec<kvm_irq_routing_entry> {
+    let chip = |gsi: u32, irqchip: u32, pin: u32| {
+        // SAFETY: a plain-data union, zeroed, then the irqchip member written.
+        let mut e: kvm_irq_routing_entry = unsafe { std::mem::zeroed() };
+        e.gsi = gsi;
+        e.type_ = KVM_IRQ_ROUTING_IRQCHIP;
+        e.u.irqchip.irqchip = irqchip;
+        e.u.irqchip.pin = pin;
+        e
+    };
+    let mut v = Vec::new();
+    for i in (0..8).filter(|i| *i != 2) {
+        v.push(chip(i, KVM_IRQCHIP_PIC_MASTER, i));
+    }
+    for i in 8..16 {
+        v.push(chip(i, KVM_IRQCHIP_PIC_SLAVE, i - 8));
+    }
+    for i in (0..24).filter(|i| *i != 2) {
+        v.push(chip(i, KVM_IRQCHIP_IOAPIC, if i == 0 { 2 } else { i }));
+    }
+    v
+}
+
+/// One `KVM_SET_GSI_ROUTING`: the irqchip's pins and every MSI route of `msi`.
+fn set_gsi_routing(vm: &VmFd, msi: &BTreeMap<u32, MsiVector>) -> Result<(), vmm_sys_util::errno::Error> {
+    let mut entries = irqchip_routes();
+    for (&gsi, m) in msi {
+        // SAFETY: a plain-data union, zeroed, then the msi member written.
+        let mut e: kvm_irq_routing_entry = unsafe { std::mem::zeroed() };
+        e.gsi = gsi;
+        e.type_ = KVM_IRQ_ROUTING_MSI;
+        e.u.msi.address_lo = m.address as u32;
+        e.u.msi.address_hi = (m.address >> 32) as u32;
+        e.u.msi.data = m.data;
+        entries.push(e);
+    }
+    let table = KvmIrqRouting::from_entries(&entries).map_err(|_| vmm_sys_util::errno::Error::new(libc::EINVAL))?;
+    vm.set_gsi_routing(&table)
+}
+
+/// One routing-table commit carrying every vector against one commit per vector,
+/// measured side by side on a scratch VM of this host.
+///
+/// ```
+/// use switchover_vhost::kvm::RoutingCosts;
+/// let c = RoutingCosts { vectors: 160, rounds: 3, one_commit: std::time::Duration::from_micros(40), per_vector: std::time::Duration::from_millis(8) };
+/// assert!(c.ratio() > 100.0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutingCosts {
+    /// Vectors routed.
+    pub vectors: usize,
+    /// Rounds measured (each figure is the median).
+    pub rounds: usize,
+    /// One `KVM_SET_GSI_ROUTING` with every vector's route.
+    pub one_commit: Duration,
+    /// One commit per vector, the table growing by one route each time (what a
+    /// VMM without batching does).
+    pub per_vector: Duration,
+}
+
+impl RoutingCosts {
+    /// `per_vector / one_commit`.
+    pub fn ratio(&self) -> f64 {
+        self.per_vector.as_secs_f64() / self.one_commit.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Measures [`RoutingCosts`] for `vectors` MSI routes, `rounds` times each way
+/// (alternating), on a scratch VM with an in-kernel irqchip.
+///
+/// # Errors
+/// [`KvmError`]: no KVM, or a routing ioctl failed.
+///
+/// ```no_run
+/// let c = switchover_vhost::kvm::measure_routing(64, 5).unwrap(); // needs /dev/kvm
+/// assert!(c.per_vector > c.one_commit);
+/// ```
+pub fn measure_routing(vectors: usize, rounds: usize) -> Result<RoutingCosts, KvmError> {
+    let vm = KvmVm::new()?;
+    let msi = |i: usize| MsiVector { address: 0xfee0_0000 | ((i as u64 % 2) << 12), data: 0x4000 | (i as u32 & 0xff), masked: false };
+    let err = |source| KvmError { op: "KVM_SET_GSI_ROUTING", source };
+    let (mut one, mut per) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.max(1) {
+        // Back to the irqchip's own table between rounds.
+        set_gsi_routing(vm.fd(), &BTreeMap::new()).map_err(err)?;
+        let all: BTreeMap<u32, MsiVector> = (0..vectors).map(|i| (FIRST_MSI_GSI + i as u32, msi(i))).collect();
+        let t = Instant::now();
+        set_gsi_routing(vm.fd(), &all).map_err(err)?;
+        one.push(t.elapsed());
+        set_gsi_routing(vm.fd(), &BTreeMap::new()).map_err(err)?;
+        let mut table = BTreeMap::new();
+        let t = Instant::now();
+        for i in 0..vectors {
+            table.insert(FIRST_MSI_GSI + i as u32, msi(i));
+            set_gsi_routing(vm.fd(), &table).map_err(err)?;
+        }
+        per.push(t.elapsed());
+    }
+    one.sort();
+    per.sort();
+    Ok(RoutingCosts { vectors, rounds: one.len(), one_commit: one[one.len() / 2], per_vector: per[per.len() / 2] })
 }

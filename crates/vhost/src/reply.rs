@@ -1,9 +1,12 @@
 //! The trust model's reply rules: what a backend's reply must be for the frontend
 //! to believe it (docs/trust-model.md).
 //!
-//! 1. no file descriptors (the reader closes any that come, at once);
+//! 1. no file descriptors (the reader closes any that come, at once) — except the
+//!    reply to `GET_INFLIGHT_FD`, which carries exactly one (the inflight region);
 //! 2. a body of exactly the size the message defines (checked from the header,
-//!    before the body is read);
+//!    before the body is read): 8 bytes; 24 for `GET_INFLIGHT_FD`; for
+//!    `SET_LOG_BASE` 8 or 16 (backends answer it with a `u64` or with the log
+//!    region; the answer only acknowledges);
 //! 3. a request must be pending;
 //! 4. the reply's request type must be the pending request's;
 //! 5. the REPLY flag and protocol version 1 set;
@@ -233,14 +236,16 @@ pub fn parse_replies(bytes: &[u8], expected: &[(u32, Option<u32>)]) -> (Vec<Repl
         let code = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
         let flags = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
         let size = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-        if size != REPLY_BODY {
+        let log_base = code == u32::from(FrontendReq::SET_LOG_BASE);
+        if size != REPLY_BODY && !(log_base && size == 16) {
             return (out, Some(ReplyError::BodySize { code, size }));
         }
-        if tail.len() < 8 {
+        if tail.len() < size as usize {
             return (out, Some(ReplyError::PartialBody));
         }
-        let (b, tail) = tail.split_at(8);
-        let body: [u8; 8] = b.try_into().expect("8 bytes");
+        let (b, tail) = tail.split_at(size as usize);
+        // SET_LOG_BASE's answer is no status (see the reader).
+        let body: [u8; 8] = if log_base { [0; 8] } else { b.try_into().expect("8 bytes") };
         let Some(&(pc, pr)) = pending.next() else {
             return (out, Some(ReplyError::Unsolicited { code }));
         };
