@@ -84,6 +84,7 @@ pub mod ids;
 pub mod lock_order;
 pub mod notifier;
 pub mod plan;
+pub mod predict;
 pub mod recipe;
 pub mod resource;
 pub mod roles;

@@ -15,9 +15,10 @@
 //! | 7 | [`ResourceKind::GuestNotifier`] | a ring's irqfd (backend → guest interrupt) | any lane |
 //! | 8 | [`ResourceKind::Custom`] | a resource a VMM declares for its own device kind | any lane |
 //!
-//! The executor never *waits* for a footprint: it acquires a step's whole footprint
-//! at once, under its scheduler lock, or does not start the step. So step footprints
-//! cannot deadlock whatever the order. The ranks order the footprint (a step's
+//! The executor never *waits* for a footprint: it acquires a step's contended
+//! footprint at once, under its mutex, or does not start the step (the rest of the
+//! footprint is excluded by the plan's dependencies: [`crate::plan::Plan::contended`]).
+//! So step footprints cannot deadlock whatever the order. The ranks order the footprint (a step's
 //! resources are interned and held in rank order) and say why the caller lane, and
 //! only it, may need the big lock: rank 0 is outermost, so no lane that holds
 //! anything else may ever ask for it, which is the deadlock of the 2021 thread-pool
@@ -26,7 +27,11 @@
 //!
 //! The crates' own locks do not nest: each is held around one data structure and
 //! released before a completion is delivered, so no lock order between them exists
-//! to break. (The engine's scheduler lock is the only lock a completion takes.)
+//! to break — with one exception, inside the engine: a lane's own lock (its ready
+//! steps and records) comes before the engine's mutex. A lane may take the mutex
+//! while it holds its own lock; nothing takes a lane's lock while it holds the
+//! mutex (the watchdog and the end of a run release the mutex first). A
+//! completion delivered off its lane takes only the engine's mutex.
 //!
 //! # Examples
 //!

@@ -531,7 +531,43 @@ impl PlanBuilder {
         for (r, &id) in by_rank.iter().enumerate() {
             rank[id as usize] = r as u32;
         }
-        Ok(Plan { topology: topo, side: self.side, steps, preds, succs, footprint, resources, priority, rank, by_rank })
+        let contended = contended_footprints(&steps, &preds, &footprint, resources.len());
+        // Each window's steps, and each step's predecessors in its own window.
+        let mut windows: [Vec<StepId>; 3] = Default::default();
+        let mut window_preds = vec![0u32; n];
+        let mut exec = vec![0u8; n];
+        let mut min_deadline = [Duration::MAX; 3];
+        for (i, s) in steps.iter().enumerate() {
+            windows[s.window as usize].push(s.id);
+            window_preds[i] = preds.get(i).iter().filter(|&&p| steps[p as usize].window == s.window).count() as u32;
+            let w = &mut min_deadline[s.window as usize];
+            *w = (*w).min(s.deadline);
+            if s.affinity == Affinity::Caller {
+                exec[i] |= EXEC_CALLER;
+            }
+            if !contended.get(i).is_empty() {
+                exec[i] |= EXEC_CONTENDED;
+            }
+        }
+        let starts = Window::ALL.map(|w| WindowStart::new(&windows[w as usize], &window_preds, &exec, &rank, n));
+        Ok(Plan {
+            topology: topo,
+            side: self.side,
+            steps,
+            preds,
+            succs,
+            footprint,
+            contended,
+            resources,
+            priority,
+            rank,
+            by_rank,
+            windows,
+            window_preds,
+            exec,
+            min_deadline,
+            starts,
+        })
     }
 }
 
@@ -553,6 +589,64 @@ impl Csr {
     fn get(&self, i: usize) -> &[u32] {
         &self.items[self.offsets[i] as usize..self.offsets[i + 1] as usize]
     }
+}
+
+/// How many steps an ancestry check may visit before it gives up and counts the
+/// two steps as unordered (which only costs the engine a lock it did not need).
+const ANCESTRY_VISITS: usize = 4096;
+
+/// Per step, the resources of its footprint that another step of its window may
+/// hold at the same time: those whose users in that window are not all ordered
+/// by the plan's dependencies. Every other footprint resource is excluded by the
+/// dependencies themselves (each of its users starts only after the previous one
+/// ended), so the executor locks only these at run time.
+fn contended_footprints(steps: &[Step], preds: &Csr, footprint: &Csr, resources: usize) -> Csr {
+    // Users of each resource per window, in id (topological) order.
+    let windows = Window::ALL.len();
+    let mut users: Vec<Vec<u32>> = vec![Vec::new(); resources * windows];
+    for (i, s) in steps.iter().enumerate() {
+        for &r in footprint.get(i) {
+            users[r as usize * windows + s.window as usize].push(i as u32);
+        }
+    }
+    let mut seen = vec![0u32; steps.len()];
+    let mut mark = 0u32;
+    let mut stack = Vec::new();
+    // Whether `a` (< `b`) is an ancestor of `b`: a walk back from `b` over
+    // predecessors with ids above `a`.
+    let mut ancestor = |a: u32, b: u32| -> bool {
+        mark += 1;
+        stack.clear();
+        stack.push(b);
+        let mut visits = 0;
+        while let Some(x) = stack.pop() {
+            for &p in preds.get(x as usize) {
+                if p == a {
+                    return true;
+                }
+                if p > a && seen[p as usize] != mark {
+                    seen[p as usize] = mark;
+                    visits += 1;
+                    if visits > ANCESTRY_VISITS {
+                        return false;
+                    }
+                    stack.push(p);
+                }
+            }
+        }
+        false
+    };
+    // A resource is contended in a window unless its users there form a chain
+    // (each one an ancestor of the next; by transitivity then of all later ones).
+    let contended: Vec<bool> = users.iter().map(|u| u.windows(2).any(|w| !ancestor(w[0], w[1]))).collect();
+    let mut out = Csr::default();
+    let mut list = Vec::new();
+    for (i, s) in steps.iter().enumerate() {
+        list.clear();
+        list.extend(footprint.get(i).iter().copied().filter(|&r| contended[r as usize * windows + s.window as usize]));
+        out.push(&list);
+    }
+    out
 }
 
 /// A validated DAG of steps for one side.
@@ -580,11 +674,77 @@ pub struct Plan {
     preds: Csr,
     succs: Csr,
     footprint: Csr,
+    contended: Csr,
     resources: Vec<Resource>,
     priority: Vec<u64>,
     rank: Vec<u32>,
     by_rank: Vec<u32>,
+    windows: [Vec<StepId>; 3],
+    window_preds: Vec<u32>,
+    /// Per step, what the executor needs to know without touching the step:
+    /// [`EXEC_CALLER`], [`EXEC_CONTENDED`].
+    exec: Vec<u8>,
+    min_deadline: [Duration; 3],
+    starts: [WindowStart; 3],
 }
+
+/// Where the executor starts a window's first attempt (every earlier window done,
+/// none of this one's steps run yet): built with the plan, before any window
+/// opens, so that a run's setup is a copy.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WindowStart {
+    /// Per step: rank (low 32 bits), gate (next 24 bits: [`GATE_OUTSIDE`] for the
+    /// other windows' steps; 0, ready at once; 1, ready when its one predecessor
+    /// ends; `2 + k`, counted down from `counts[k]`), exec flags (high 8 bits).
+    pub info: Vec<u64>,
+    /// Initial countdowns of the steps that wait for more than one predecessor.
+    pub counts: Vec<u32>,
+    /// Ranks of the any-lane and the caller-affine steps ready at once.
+    pub ready_any: Vec<u32>,
+    pub ready_caller: Vec<u32>,
+    /// Whether any of the window's steps locks part of its footprint at run time.
+    pub contended: bool,
+}
+
+/// [`WindowStart::info`]: a step outside the window.
+pub(crate) const GATE_OUTSIDE: u32 = 0x00ff_ffff;
+
+/// One step's [`WindowStart::info`].
+#[inline]
+pub(crate) fn pack_info(rank: u32, gate: u32, flags: u8) -> u64 {
+    u64::from(rank) | u64::from(gate) << 32 | u64::from(flags) << 56
+}
+
+impl WindowStart {
+    fn new(steps: &[StepId], window_preds: &[u32], exec: &[u8], rank: &[u32], n: usize) -> WindowStart {
+        let mut s = WindowStart { info: (0..n).map(|i| pack_info(rank[i], GATE_OUTSIDE, 0)).collect(), ..WindowStart::default() };
+        for id in steps {
+            let i = id.0 as usize;
+            let (rem, f) = (window_preds[i], exec[i]);
+            let gate = match rem {
+                0 | 1 => rem,
+                _ => {
+                    s.counts.push(rem);
+                    1 + s.counts.len() as u32
+                }
+            };
+            s.info[i] = pack_info(rank[i], gate, f);
+            s.contended |= f & EXEC_CONTENDED != 0;
+            if rem == 0 {
+                if f & EXEC_CALLER == 0 {
+                    s.ready_any.push(rank[i]);
+                } else {
+                    s.ready_caller.push(rank[i]);
+                }
+            }
+        }
+        s
+    }
+}
+/// [`Plan::exec_flags`]: the step is caller-affine.
+pub(crate) const EXEC_CALLER: u8 = 1;
+/// [`Plan::exec_flags`]: part of the step's footprint is locked at run time.
+pub(crate) const EXEC_CONTENDED: u8 = 2;
 
 fn ids(l: &[u32]) -> &[StepId] {
     // SAFETY: StepId is a #[repr(transparent)]-equivalent newtype of u32 with no
@@ -731,6 +891,34 @@ impl Plan {
     /// ```
     pub fn footprint_ids(&self, id: StepId) -> &[u32] {
         self.footprint.get(id.0 as usize)
+    }
+    /// The part of a step's footprint that the executor locks at run time: the
+    /// resources another step of the same window may hold at the same time. A
+    /// resource whose users in a window are all ordered by the plan's
+    /// dependencies is excluded by them alone (each user starts only after the
+    /// previous one ended), so it needs no lock.
+    ///
+    /// ```
+    /// use switchover::ids::{DeviceId, Side, Window};
+    /// use switchover::plan::{PlanBuilder, StepSpec};
+    /// use switchover::resource::Resource;
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Topology;
+    /// let d = DeviceId(0);
+    /// let (dev, ring) = (Resource::device(d), Resource::vring(d, 0));
+    /// let mut b = PlanBuilder::new(Topology::preset("single-net").unwrap().into(), Side::Destination);
+    /// let base = b.add(StepSpec::new(d, StepKind::SetVringBase, Window::Blackout).ring(0).footprint(&[ring]));
+    /// let kick = b.add(StepSpec::new(d, StepKind::SetVringKick, Window::Blackout).ring(0).footprint(&[ring]).after(&[base]));
+    /// // Two device-wide steps that nothing orders: they must exclude each other at run time.
+    /// let x = b.add(StepSpec::new(d, StepKind::Reconcile, Window::Blackout).footprint(&[dev]));
+    /// let y = b.add(StepSpec::new(d, StepKind::StorageActivate, Window::Blackout).footprint(&[dev]));
+    /// let plan = b.build().unwrap();
+    /// assert!(plan.contended(base).is_empty() && plan.contended(kick).is_empty()); // ordered
+    /// assert_eq!(plan.contended(x), plan.footprint_ids(x));
+    /// assert_eq!(plan.contended(y), plan.footprint_ids(y));
+    /// ```
+    pub fn contended(&self, id: StepId) -> &[u32] {
+        self.contended.get(id.0 as usize)
     }
     /// A step's footprint as resources.
     ///
@@ -913,7 +1101,63 @@ impl Plan {
     /// assert!(!plan.in_window(Window::Blackout).any(|s| s.kind.is_notifier()));
     /// ```
     pub fn in_window(&self, w: Window) -> impl Iterator<Item = &Step> + '_ {
-        self.steps.iter().filter(move |s| s.window == w)
+        self.windows[w as usize].iter().map(|id| &self.steps[id.0 as usize])
+    }
+    /// The ids of one window's steps, in id order.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// let ids: Vec<_> = plan.in_window(Window::Blackout).map(|s| s.id).collect();
+    /// assert_eq!(plan.window_steps(Window::Blackout), &ids[..]);
+    /// ```
+    pub fn window_steps(&self, w: Window) -> &[StepId] {
+        &self.windows[w as usize]
+    }
+    /// The executor's flags of a step ([`EXEC_CALLER`], [`EXEC_CONTENDED`]).
+    pub(crate) fn exec_flags(&self, id: StepId) -> u8 {
+        self.exec[id.0 as usize]
+    }
+    /// Where the executor starts the first attempt at window `w`.
+    pub(crate) fn window_start(&self, w: Window) -> &WindowStart {
+        &self.starts[w as usize]
+    }
+    /// The shortest deadline of a window's steps (`Duration::MAX` if it has none).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use switchover::plan::DEFAULT_DEADLINE;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// assert_eq!(plan.min_deadline(Window::Blackout), DEFAULT_DEADLINE);
+    /// ```
+    pub fn min_deadline(&self, w: Window) -> Duration {
+        self.min_deadline[w as usize]
+    }
+    /// How many of a step's predecessors run in its own window.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::ids::Side;
+    /// use switchover::topology::Topology;
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = build(&topo, Side::Destination, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// for s in plan.steps() {
+    ///     let same = plan.preds(s.id).iter().filter(|p| plan.step(**p).window == s.window).count();
+    ///     assert_eq!(plan.window_preds(s.id) as usize, same);
+    /// }
+    /// ```
+    pub fn window_preds(&self, id: StepId) -> u32 {
+        self.window_preds[id.0 as usize]
     }
     /// Whether any step of the plan touches a resource of `kind`.
     ///
@@ -968,31 +1212,77 @@ impl Plan {
     /// assert_eq!(lb.bound, lb.server_bound);
     /// ```
     pub fn lower_bound(&self, w: Window, lanes: usize) -> LowerBound {
+        self.lower_bound_by(w, lanes, |s| {
+            let lane = if s.mode == ExecMode::Blocking { s.cost } else { Duration::ZERO };
+            BoundCost { answer: s.cost, server: s.cost, lane }
+        })
+    }
+
+    /// [`Plan::lower_bound`] with each step's costs given by `cost` (measured costs,
+    /// say, instead of the expected ones the plan was built with): the largest of
+    /// the longest dependency chain of answers, each serialised server's busy time
+    /// (after the earliest any of its requests can be sent, and before the shortest
+    /// chain of answers that must follow its last one), and the lanes' work divided
+    /// by the number of lanes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::plan::BoundCost;
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::step::StepKind;
+    /// use switchover::topology::Topology;
+    /// let t = std::sync::Arc::new(Topology::preset("single-net").unwrap());
+    /// let p = build(&t, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap();
+    /// // Measured: each `get_vring_base` answers in 30 µs and holds its channel 10 µs.
+    /// let lb = p.lower_bound_by(Window::Blackout, 2, |s| match s.kind {
+    ///     StepKind::GetVringBase => BoundCost { answer: Duration::from_micros(30), server: Duration::from_micros(10), lane: Duration::ZERO },
+    ///     _ => BoundCost::default(),
+    /// });
+    /// assert_eq!(lb.chain, Duration::from_micros(30)); // the rings are independent
+    /// assert_eq!(lb.busiest_server.unwrap().1, Duration::from_micros(20)); // two rings, one channel
+    /// assert_eq!(lb.bound, Duration::from_micros(30));
+    /// ```
+    pub fn lower_bound_by(&self, w: Window, lanes: usize, cost: impl Fn(&Step) -> BoundCost) -> LowerBound {
         let n = self.steps.len();
-        let cost = |s: &Step| s.cost.as_nanos() as u64;
+        // Per step of the window: (answer, server, lane) in nanoseconds.
+        let costs: Vec<(u64, u64, u64)> = self
+            .steps
+            .iter()
+            .map(|s| {
+                if s.window != w {
+                    return (0, 0, 0);
+                }
+                let c = cost(s);
+                (ns(c.answer), ns(c.server), ns(c.lane))
+            })
+            .collect();
         let mut finish = vec![0u64; n];
         let mut start_at = vec![0u64; n];
         let mut chain = 0u64;
         let mut blocking = 0u64;
-        for s in &self.steps {
-            if s.window != w {
-                continue;
-            }
+        for &id in self.window_steps(w) {
+            let s = &self.steps[id.0 as usize];
+            let i = id.0 as usize;
+            let answer = costs[i].0;
             let start = self.preds(s.id).iter().map(|p| finish[p.0 as usize]).max().unwrap_or(0);
-            start_at[s.id.0 as usize] = start;
-            finish[s.id.0 as usize] = start + cost(s);
-            chain = chain.max(start + cost(s));
-            if s.mode == ExecMode::Blocking {
-                blocking += cost(s);
-            }
+            start_at[i] = start;
+            finish[i] = start + answer;
+            chain = chain.max(start + answer);
+            blocking += costs[i].2;
         }
-        // The longest chain of this window's steps after each step (itself excluded).
+        // The longest chain of this window's answers after each step (itself excluded).
         let mut tail = vec![0u64; n];
         for s in self.steps.iter().rev() {
             if s.window != w {
                 continue;
             }
-            let after = self.succs(s.id).iter().map(|x| self.step(*x)).filter(|x| x.window == w).map(|x| cost(x) + tail[x.id.0 as usize]);
+            let after = self
+                .succs(s.id)
+                .iter()
+                .map(|x| self.step(*x))
+                .filter(|x| x.window == w)
+                .map(|x| costs[x.id.0 as usize].0 + tail[x.id.0 as usize]);
             tail[s.id.0 as usize] = after.max().unwrap_or(0);
         }
         // Per server: busy time, the earliest any of its requests can start, the
@@ -1003,11 +1293,11 @@ impl Plan {
             let i = s.id.0 as usize;
             match servers.iter_mut().find(|(x, ..)| *x == sv) {
                 Some(e) => {
-                    e.1 += cost(s);
+                    e.1 += costs[i].1;
                     e.2 = e.2.min(start_at[i]);
                     e.3 = e.3.min(tail[i]);
                 }
-                None => servers.push((sv, cost(s), start_at[i], tail[i])),
+                None => servers.push((sv, costs[i].1, start_at[i], tail[i])),
             }
         }
         let server_bound = |e: &(Server, u64, u64, u64)| e.2 + e.1 + e.3;
@@ -1034,6 +1324,26 @@ impl Plan {
             limiter,
         }
     }
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One step's costs for [`Plan::lower_bound_by`].
+///
+/// ```
+/// use switchover::plan::BoundCost;
+/// assert_eq!(BoundCost::default().answer, std::time::Duration::ZERO);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BoundCost {
+    /// From its start to its answer, with nothing queued before it.
+    pub answer: std::time::Duration,
+    /// How long it keeps its serialised server busy (if it has one).
+    pub server: std::time::Duration,
+    /// How long it holds a lane.
+    pub lane: std::time::Duration,
 }
 
 /// What limits a window's duration at best.

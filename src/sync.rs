@@ -16,7 +16,7 @@
 #[cfg(not(loom))]
 mod imp {
     use parking_lot::{Condvar as PlCondvar, Mutex as PlMutex, MutexGuard as PlGuard};
-    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
     pub(crate) use std::sync::Arc;
     pub(crate) use std::thread_local;
 
@@ -73,7 +73,7 @@ mod imp {
 
 #[cfg(loom)]
 mod imp {
-    pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
     pub(crate) use loom::sync::Arc;
 
     /// loom's `thread_local!`, also accepting std's `const { .. }` initialiser

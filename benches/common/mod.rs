@@ -22,11 +22,13 @@ pub fn list_mode() -> bool {
 /// The target directory this benchmark was built in: the nearest ancestor of its
 /// executable that holds cargo's `CACHEDIR.TAG` (cargo runs a benchmark in its
 /// package's directory, `benches/`, so a relative `target` would be the wrong one),
-/// else `$CARGO_TARGET_DIR`, else `target`.
+/// else `$CARGO_TARGET_DIR`, else the workspace's `target`.
 pub fn target_dir() -> PathBuf {
     let built_in =
         std::env::current_exe().ok().and_then(|exe| exe.ancestors().find(|d| d.join("CACHEDIR.TAG").is_file()).map(PathBuf::from));
-    built_in.or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("target"))
+    let workspace =
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("target"), |w| w.join("target"));
+    built_in.or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from)).unwrap_or_else(workspace)
 }
 
 /// `<target dir>/criterion/summary` (beside criterion's own reports), created.

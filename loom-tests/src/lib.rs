@@ -61,9 +61,8 @@ pub fn custom(name: &str) -> StepKind {
 
 /// A step on device 0 with its own custom resource `index` as footprint, no
 /// deadline (loom has no clock), blocking, any lane, with an expected cost of
-/// 1 ms: not *brief*, so a lane takes it on its own rather than in a batch of
-/// brief steps, and independent steps can run on different lanes at once. Use
-/// `.cost(Duration::ZERO)` for a brief step.
+/// 1 ms (the cost only sets priorities: a longer remaining path first). Use
+/// `.cost(Duration::ZERO)` for a step that declares none.
 pub fn spec(name: &str, index: u32) -> StepSpec {
     spec_in(name, index, Window::Blackout)
 }

@@ -6,8 +6,13 @@
 //! delivers it) and fails on a second entry. A split-phase step keeps its
 //! footprint until its answer arrives.
 //!
-//! Footprints are the engine's only locks: the scheduler takes a step's whole
-//! footprint at once, under its own lock, so no lane ever waits for a resource
+//! Two mechanisms exclude footprints. A resource whose users in a window are all
+//! ordered by the plan's dependencies is excluded by them alone: the engine takes
+//! no lock for it (`Plan::contended` is empty), and each user starts only after
+//! the previous one delivered its answer — the third model checks that under
+//! every interleaving, with the answers delivered from other threads. The
+//! other resources (*contended*) are taken at once, under the engine's mutex, or
+//! the step waits parked on the busy one, so no lane ever waits for a resource
 //! and no lock order can be broken. (The ranked mutexes an earlier version
 //! offered to step code, and this model's part about them, are gone: no
 //! production lock nests; `lock_order` now only ranks resources.)
@@ -42,6 +47,28 @@ fn overlapping_footprints_never_overlap_in_time() {
         for i in 0..3 {
             assert_eq!(rec.starts(i), 1);
         }
+    });
+}
+
+/// a → b → c, all on R0: ordered by the plan, so R0 is not contended and the
+/// engine takes no lock for it; b and the answers come from other threads. The
+/// recorder still never sees two steps inside R0.
+#[test]
+fn ordered_users_of_a_resource_never_overlap_without_a_lock() {
+    check("m3 ordered users of one resource, 1 worker + caller, a,b split", 3, || {
+        let p = plan(vec![
+            spec("a", 0).footprint(&[r(0)]),
+            spec("b", 1).footprint(&[r(0)]).after(&[StepId(0)]),
+            spec("c", 2).footprint(&[r(0)]).after(&[StepId(1)]),
+        ]);
+        assert!((0..3).all(|i| p.contended(StepId(i)).is_empty()), "excluded by the dependencies alone");
+        let mut engine = Engine::new(1);
+        let actions = StdArc::new(Recorder::new(&p, &[0, 1]));
+        let rec = actions.rec.clone();
+        let mut progress = Progress::new(&p);
+        let r = engine.run(&p, Window::Blackout, actions, &mut progress);
+        assert!(r.ok() && progress.all_done());
+        assert_eq!((rec.starts(0), rec.starts(1), rec.starts(2)), (1, 1, 1));
     });
 }
 

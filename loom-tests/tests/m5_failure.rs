@@ -25,14 +25,14 @@ use std::time::Duration;
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use switchover::error::StepFailure;
 use switchover::exec::{Completion, Engine, FailurePolicy, Progress, StepActions, StepOutcome, Threads};
-use switchover::ids::{DeviceId, Side, StepId, Window};
+use switchover::ids::{Affinity, DeviceId, Side, StepId, Window};
 use switchover::plan::{Plan, StepSpec};
 use switchover::recipe::{build, rollback, BlkPolicy, NoCosts, RecipeOptions};
 use switchover::resource::Resource;
 use switchover::state::DeviceState;
 use switchover::step::{Step, StepKind};
 use switchover::topology::Topology;
-use switchover_loom_tests::{check, plan, Recorder};
+use switchover_loom_tests::{check, plan, spec, Recorder};
 
 fn msg(kind: StepKind, ring: u32, fp: Resource) -> StepSpec {
     StepSpec::new(DeviceId(0), kind, Window::Blackout).ring(ring).footprint(&[fp]).deadline(Duration::MAX)
@@ -86,6 +86,46 @@ fn failure_continue_independent() {
 #[test]
 fn failure_stop_all() {
     check("m5 failure, StopAll, 1 worker + caller", 3, || failure_model(FailurePolicy::StopAll));
+}
+
+/// The caller lane opens the run with a caller-affine step (so the worker takes
+/// the whole pool meanwhile), and an any-lane step fails under `StopAll`: its
+/// dependent never starts, no step starts twice, every started step has the
+/// outcome it answered, and the run returns.
+fn caller_affine_first_model() {
+    let p = plan(vec![
+        spec("hold", 0).cost(Duration::ZERO).affinity(Affinity::Caller),
+        spec("a", 1).cost(Duration::ZERO),
+        spec("f", 2).cost(Duration::ZERO),
+        spec("b", 3).cost(Duration::ZERO),
+        spec("after_f", 4).cost(Duration::ZERO).after(&[StepId(2)]),
+    ]);
+    let mut engine = Engine::with_spawner(1, FailurePolicy::StopAll, &Threads);
+    let fail = StepFailure::Backend { message: "EIO".into() };
+    let actions = StdArc::new(Recorder::new(&p, &[]).failing(2, fail.clone()));
+    let rec = actions.rec.clone();
+    let mut progress = Progress::new(&p);
+    let r = engine.run(&p, Window::Blackout, actions, &mut progress);
+    assert_eq!(rec.starts(4), 0, "the failed step's dependent started");
+    assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
+    assert_eq!(r.failure.as_ref().expect("failure").step, StepId(2));
+    assert_eq!(progress.outcome(StepId(2)), StepOutcome::Failed);
+    let started: usize = (0..p.len()).map(|i| rec.starts(i)).sum();
+    assert_eq!(r.records.len(), started, "report and recorder disagree on what started");
+    for i in 0..p.len() {
+        let o = progress.outcome(StepId(i as u32));
+        match rec.starts(i) {
+            0 => assert_eq!(o, StepOutcome::NotRun),
+            1 if i == 2 => {}
+            1 => assert_eq!(o, StepOutcome::Done, "step {i}"),
+            n => panic!("step {i} started {n} times"),
+        }
+    }
+}
+
+#[test]
+fn failure_stop_all_caller_affine_first() {
+    check("m5 failure, StopAll, caller-affine step first, 1 worker + caller", 3, caller_affine_first_model);
 }
 
 /// A vhost-user backend reduced to what rollback touches: per ring, whether it is

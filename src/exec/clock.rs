@@ -58,16 +58,20 @@ pub(crate) struct Clock {
     origin: Instant,
     origin_tsc: u64,
     rate: Option<f64>,
+    /// Nanoseconds per tick, in 32.32 fixed point.
+    ns_per_tick: u64,
 }
 
-/// A timestamp from [`Clock::now`].
+/// A timestamp from [`Clock::now`], in the clock's own units (TSC ticks since the
+/// origin, or nanoseconds where the TSC is not used); [`Clock::ns`] converts.
 pub(crate) type Stamp = u64;
 
 impl Clock {
     /// A clock whose origin is now.
     pub(crate) fn start() -> Clock {
         let rate = rate();
-        Clock { origin: Instant::now(), origin_tsc: if rate.is_some() { tsc() } else { 0 }, rate }
+        let ns_per_tick = rate.map_or(1 << 32, |r| ((1.0 / r) * 4_294_967_296.0) as u64);
+        Clock { origin: Instant::now(), origin_tsc: if rate.is_some() { tsc() } else { 0 }, rate, ns_per_tick }
     }
 
     /// When the clock started.
@@ -75,17 +79,45 @@ impl Clock {
         self.origin
     }
 
-    /// Now, as nanoseconds since the origin.
+    /// Now, in clock units since the origin (one TSC read: no conversion on the
+    /// engine's hot path).
     #[inline]
     pub(crate) fn now(&self) -> Stamp {
         match self.rate {
-            Some(r) => (tsc().saturating_sub(self.origin_tsc) as f64 / r) as u64,
+            Some(_) => tsc().saturating_sub(self.origin_tsc),
             None => self.origin.elapsed().as_nanos() as u64,
+        }
+    }
+
+    /// A stamp in nanoseconds since the origin.
+    #[inline]
+    pub(crate) fn ns(&self, s: Stamp) -> u64 {
+        match self.rate {
+            Some(_) => ((u128::from(s) * u128::from(self.ns_per_tick)) >> 32) as u64,
+            None => s,
+        }
+    }
+
+    /// A duration in clock units (saturating: a deadline too far to express is
+    /// never reached).
+    pub(crate) fn ticks(&self, d: Duration) -> u64 {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        match self.rate {
+            Some(r) => {
+                let t = ns as f64 * r;
+                if t >= u64::MAX as f64 {
+                    u64::MAX
+                } else {
+                    t as u64
+                }
+            }
+            None => ns,
         }
     }
 
     /// A stamp as an instant.
     pub(crate) fn instant(&self, s: Stamp) -> Instant {
-        self.origin + Duration::from_nanos(s)
+        let ns = self.ns(s);
+        self.origin.checked_add(Duration::from_nanos(ns)).unwrap_or(self.origin + Duration::from_secs(86_400 * 365))
     }
 }

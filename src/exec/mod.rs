@@ -1,17 +1,31 @@
 //! The executor: a worker pool started before the window opens, which runs one
 //! window of a plan at a time.
 //!
-//! * Ready steps are taken longest-remaining-path first.
-//! * A step starts only when its whole footprint is free; footprints are taken at
-//!   once, under the scheduler lock, so no lane ever waits for a footprint, and two
-//!   conflicting steps never run at the same time.
+//! * Each lane (the caller's and each worker's) runs the steps it made ready
+//!   itself, most urgent (longest remaining path) first, without a shared lock: a
+//!   step whose one remaining predecessor ended is ready at once, a step waiting
+//!   for several counts them down atomically. The engine's one mutex is taken only
+//!   on slow paths: the shared pool holds a more urgent step (or the lane has
+//!   none), a worker waits for work (the lane hands its other steps over), a
+//!   caller-affine step became ready on a worker, a step's footprint is contended,
+//!   a step failed, or a split-phase step did not answer before `start` returned.
+//! * A step starts only when its whole footprint is free, and two conflicting
+//!   steps never run at the same time. Footprint resources whose users in a window
+//!   are all ordered by the plan's dependencies are excluded by those alone
+//!   ([`crate::plan::Plan::contended`]); the rest are taken at once, under the
+//!   engine's mutex, or the step waits parked on the busy one — no lane ever waits
+//!   for a footprint.
 //! * Caller-affine steps run only on the thread that called [`Engine::run`] (the
 //!   caller lane), which also takes other steps; workers never run them, so a worker
 //!   never waits for the caller's big lock.
 //! * Split-phase steps return after sending their request; the reply completes them
 //!   from whichever thread receives it, so one lane keeps many round trips in flight.
 //! * Each step runs at most once; a failed step's dependents never start; a step
-//!   that passes its deadline fails with a time-out and its late answer is ignored.
+//!   that passes its deadline fails with a time-out and its late answer is ignored
+//!   (a step whose action returns past its deadline, on any lane, timed out
+//!   whatever it answered; so did a step whose action reports a time-out). Once a
+//!   failure stops the run, no lane starts another step of it; the step a worker
+//!   is stuck in is the one named.
 //!
 //! # Examples
 //!
@@ -43,22 +57,25 @@
 mod caller;
 mod clock;
 mod completion;
+mod lane;
 mod ready;
-mod sched;
+mod run;
 
 use std::sync::Arc as StdArc;
 use std::time::{Duration, Instant};
 
 pub use caller::CallerLane;
 pub use completion::Completion;
-pub use sched::{Lane, CALLER};
+pub use lane::Lane;
 
 use crate::error::{StepError, StepFailure};
-use crate::ids::{Affinity, DeviceId, Side, StepId, Window};
+use crate::ids::{DeviceId, Side, StepId, Window};
 use crate::plan::Plan;
+use crate::predict::{Expected, RoundTrip};
 use crate::step::Step;
-use crate::sync::{Arc, AtomicU32, Condvar, Mutex, Ordering};
-use sched::{Sched, Woken};
+use crate::sync::{Arc, AtomicU64, Condvar, Mutex, Ordering};
+use lane::{LaneCtx, LaneHandle, Slot};
+use run::{Inner, Rec, RunData, RunInner};
 
 /// What performs steps. `start` must eventually call `done.complete(..)` exactly once
 /// (dropping `done` unanswered fails the step as abandoned). A blocking step completes
@@ -127,7 +144,7 @@ pub trait StepActions: Send + Sync + 'static {
     /// ```
     fn start(&self, step: &Step, done: Completion);
 
-    /// Starts a caller-affine step ([`Affinity::Caller`]) on the thread that called
+    /// Starts a caller-affine step ([`Affinity::Caller`](crate::ids::Affinity::Caller)) on the thread that called
     /// [`Engine::run`] — the one that holds the VMM's big lock. `lane` proves it:
     /// only the engine makes a [`CallerLane`], only on that thread, and it cannot
     /// be sent to another. VMM code that needs its big lock can ask for
@@ -258,6 +275,65 @@ pub trait StepActions: Send + Sync + 'static {
     fn abandon(&self, _device: DeviceId) -> bool {
         false
     }
+
+    /// Measures, before the window opens, a round trip on `device`'s backend: a
+    /// request that changes nothing and has a reply (vhost-user `GET_FEATURES`,
+    /// say), once alone and then a few back to back. The prediction
+    /// ([`crate::predict`]) takes from it what a plain request costs on that
+    /// channel. `None` (the default): cannot measure.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::exec::{Completion, StepActions};
+    /// use switchover::ids::DeviceId;
+    /// use switchover::predict::RoundTrip;
+    /// use switchover::step::Step;
+    /// struct Backend;
+    /// impl StepActions for Backend {
+    ///     fn start(&self, _step: &Step, done: Completion) {
+    ///         done.complete(Ok(()));
+    ///     }
+    ///     fn probe(&self, _device: DeviceId) -> Option<RoundTrip> {
+    ///         // e.g. timed GET_FEATURES requests on the device's control channel
+    ///         Some(RoundTrip { alone: Duration::from_micros(40), per_request: Duration::from_micros(12) })
+    ///     }
+    /// }
+    /// assert_eq!(Backend.probe(DeviceId(0)).unwrap().transport(), Duration::from_micros(28));
+    /// ```
+    fn probe(&self, _device: DeviceId) -> Option<RoundTrip> {
+        None
+    }
+
+    /// What the actions expect `step` to cost if it ran now, from what they know
+    /// of their own backends (their own measurements, the dirty pages a final RAM
+    /// pass would copy, the requests a drain would wait for). `None` (the
+    /// default): the prediction works it out from measurements and the plan.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::exec::{Completion, StepActions};
+    /// use switchover::predict::Expected;
+    /// use switchover::step::{Step, StepKind};
+    /// struct Vmm {
+    ///     dirty_pages: u64,
+    /// }
+    /// impl StepActions for Vmm {
+    ///     fn start(&self, _step: &Step, done: Completion) {
+    ///         done.complete(Ok(()));
+    ///     }
+    ///     fn expect(&self, step: &Step) -> Option<Expected> {
+    ///         // The final pass copies what is dirty now, at 2 GB/s.
+    ///         (step.kind == StepKind::FinalPass).then(|| Expected::blocking(Duration::from_nanos(self.dirty_pages * 4096 / 2)))
+    ///     }
+    /// }
+    /// let topo = switchover::topology::Topology::preset("single-net").unwrap();
+    /// let plan = switchover::recipe::build(&topo.into(), switchover::ids::Side::Source, &switchover::recipe::RecipeOptions::engine(), &switchover::recipe::NoCosts).unwrap();
+    /// let pass = plan.steps().iter().find(|s| s.kind == StepKind::FinalPass).unwrap();
+    /// assert_eq!(Vmm { dirty_pages: 1000 }.expect(pass).unwrap().service, Duration::from_micros(2048));
+    /// ```
+    fn expect(&self, _step: &Step) -> Option<Expected> {
+        None
+    }
 }
 
 /// What the engine does when a step fails.
@@ -382,6 +458,11 @@ impl StepOutcome {
 #[derive(Debug, Clone)]
 pub struct Progress {
     outcome: Vec<StepOutcome>,
+    /// Per window, how many of its steps are done.
+    done_in: [usize; 3],
+    /// Per window, whether it ran already (its steps' outcomes are not all
+    /// `NotRun` any more).
+    attempted: [bool; 3],
 }
 
 impl Progress {
@@ -400,7 +481,7 @@ impl Progress {
     /// assert!(!p.all_done());
     /// ```
     pub fn new(plan: &Plan) -> Self {
-        Progress { outcome: vec![StepOutcome::NotRun; plan.len()] }
+        Progress { outcome: vec![StepOutcome::NotRun; plan.len()], done_in: [0; 3], attempted: [false; 3] }
     }
     /// A step's outcome.
     ///
@@ -416,9 +497,6 @@ impl Progress {
     /// ```
     pub fn outcome(&self, id: StepId) -> StepOutcome {
         self.outcome[id.0 as usize]
-    }
-    fn set(&mut self, id: StepId, o: StepOutcome) {
-        self.outcome[id.0 as usize] = o;
     }
     /// Whether every step is done.
     ///
@@ -545,7 +623,8 @@ pub struct RunReport {
     pub wall: Duration,
     /// Lanes available (workers + caller).
     pub lanes: usize,
-    /// Records of the steps that were started.
+    /// Records of the steps that were started, lane by lane, each lane's in the
+    /// order it started them (sort by `start` or `step` for another order).
     pub records: Vec<StepRecord>,
     /// The first failure, naming device and step.
     pub failure: Option<StepError>,
@@ -678,152 +757,195 @@ impl Spawn for Threads {
     }
 }
 
-struct RunState {
-    epoch: u64,
-    plan: StdArc<Plan>,
-    actions: StdArc<dyn StepActions>,
-    sched: Sched,
-    clock: clock::Clock,
-}
+/// The CALLER lane's number.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchover::exec::{Completion, Engine, Progress, StepActions, CALLER};
+/// use switchover::recipe::{build, NoCosts, RecipeOptions};
+/// use switchover::ids::{Side, Window};
+/// use switchover::step::Step;
+/// use switchover::topology::Topology;
+/// struct Inline;
+/// impl StepActions for Inline {
+///     fn start(&self, _step: &Step, done: Completion) {
+///         done.complete(Ok(()));
+///     }
+/// }
+/// let topo = Arc::new(Topology::preset("small").unwrap());
+/// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+/// // With no workers, the caller lane runs every step.
+/// let r = Engine::new(0).run(&plan, Window::Blackout, Arc::new(Inline), &mut Progress::new(&plan));
+/// assert!(!r.records.is_empty() && r.records.iter().all(|x| x.lane == CALLER));
+/// ```
+pub const CALLER: Lane = 0;
 
-struct State {
-    shutdown: bool,
-    epoch: u64,
-    run: Option<RunState>,
-    idle_workers: usize,
-}
-
+/// What the engine's threads share: the slow-path state under one mutex, the
+/// hint word the lanes read once per step, and each lane's own state.
 pub(crate) struct Shared {
-    state: Mutex<State>,
+    inner: Mutex<Inner>,
     workers_cv: Condvar,
     caller_cv: Condvar,
-    /// The tag of the run whose lanes may start steps ([`live_tag`]); 0 once it
-    /// stopped or ended.
-    live: AtomicU32,
-    /// Per lane, the step it is starting or running now (id + 1; 0 for none).
-    current: Box<[AtomicU32]>,
+    hints: Padded<AtomicU64>,
+    lanes: Vec<Padded<Slot>>,
 }
 
-/// Steps a lane takes per lock acquisition when they are brief.
-const BATCH: usize = 16;
+/// A value on cache lines of its own (two, for the adjacent-line prefetcher), so
+/// that one lane's writes do not slow another's reads.
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub T);
 
-/// A step a lane started: when, and its answer (with its time) if it came inline.
-type Started = (StepId, clock::Stamp, Option<(Result<(), StepFailure>, clock::Stamp)>);
-
-/// What a lane needs to start the steps of its batch.
-struct LaneCtx<'a> {
-    shared: &'a Arc<Shared>,
-    epoch: u64,
-    plan: &'a Plan,
-    actions: &'a dyn StepActions,
-    lane: Lane,
-    clock: clock::Clock,
-    /// Present on the caller lane only.
-    caller: Option<&'a CallerLane>,
-    /// Whether a failure stops the run (then the rest of a batch does not start
-    /// after a step of it failed).
-    stop_on_failure: bool,
-}
-
-/// The tag of a run in [`Shared::live`].
-fn live_tag(epoch: u64) -> u32 {
-    epoch as u32
-}
-
-/// Starts each step of a batch on this lane, stamping its real start (and inline
-/// end). A step that answered inline after its deadline has timed out. The steps
-/// of the batch not started — the run stopped meanwhile, or a step of the batch
-/// failed and failures stop the run — go to `rest`, to be given back.
-fn run_batch(cx: &LaneCtx<'_>, batch: &mut Vec<StepId>, done: &mut Vec<Started>, rest: &mut Vec<StepId>) {
-    let mut stop = false;
-    for id in batch.drain(..) {
-        stop = stop || (!done.is_empty() && cx.shared.live.load(Ordering::Acquire) != live_tag(cx.epoch));
-        if stop {
-            rest.push(id);
-            continue;
-        }
-        cx.shared.current[cx.lane as usize].store(id.0 + 1, Ordering::Release);
-        let t0 = cx.clock.now();
-        let mut inline = start_step(cx.shared, cx.epoch, cx.plan, cx.actions, id, cx.lane, cx.caller).map(|r| (r, cx.clock.now()));
-        if let Some((r, at)) = &mut inline {
-            let deadline = cx.plan.step(id).deadline;
-            if u128::from(at.saturating_sub(t0)) > deadline.as_nanos() {
-                *r = Err(StepFailure::Timeout { after: deadline });
-            }
-            stop = cx.stop_on_failure && r.is_err();
-        }
-        done.push((id, t0, inline));
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
     }
 }
 
 impl Shared {
-    /// Delivers a step's answer from any thread.
+    /// Delivers the answer of a step that did not answer inline, from any thread.
     pub(crate) fn complete(&self, epoch: u64, id: StepId, r: Result<(), StepFailure>) {
-        let mut st = self.state.lock();
-        let w = Self::record(&mut st, epoch, id, r);
-        self.halt_if_stopping(&st);
-        self.wake(&st, w, 0);
-    }
-
-    /// Records a lane's batch: when each step really started and, for those that
-    /// answered before `start` returned, their answer and its time; gives back the
-    /// steps it did not start. The lane goes on to take more steps itself.
-    fn record_batch(&self, st: &mut State, epoch: u64, lane: Lane, done: &mut Vec<Started>, rest: &mut Vec<StepId>) {
-        let mut total = Woken::default();
-        let mut add = |w: Woken| {
-            total.any += w.any;
-            total.caller += w.caller;
-        };
-        if let Some(run) = st.run.as_mut().filter(|r| r.epoch == epoch) {
-            let RunState { plan, sched, .. } = run;
-            for (id, started, inline) in done.drain(..) {
-                sched.restamp(id, started);
-                if let Some((r, at)) = inline {
-                    add(sched.complete(plan, id, r, at).unwrap_or_default());
-                }
-            }
-            for id in rest.drain(..) {
-                add(sched.unstart(plan, id));
-            }
-        }
-        done.clear();
-        rest.clear();
-        // Under the lock, so an expiry never sees a lane between its last answer
-        // and this record.
-        self.current[lane as usize].store(0, Ordering::Release);
-        self.halt_if_stopping(st);
-        self.wake(st, total, 1);
-    }
-
-    /// Once the run stops taking new steps, lanes stop starting the rest of their batches.
-    fn halt_if_stopping(&self, st: &State) {
-        if st.run.as_ref().is_some_and(|r| r.sched.stopping()) {
-            self.live.store(0, Ordering::Release);
-        }
-    }
-
-    fn record(st: &mut State, epoch: u64, id: StepId, r: Result<(), StepFailure>) -> Woken {
-        let Some(run) = st.run.as_mut() else { return Woken::default() };
-        if run.epoch != epoch {
-            return Woken::default();
-        }
-        let now = run.clock.now();
-        let RunState { plan, sched, .. } = run;
-        sched.complete(plan, id, r, now).unwrap_or_default()
-    }
-
-    /// Wakes whoever can now make progress; `lane_continues` of the newly ready
-    /// any-lane steps are left to the lane that made them ready.
-    fn wake(&self, st: &State, w: Woken, lane_continues: usize) {
-        let idle = st.idle_workers;
-        let finished = st.run.as_ref().is_some_and(|r| r.sched.finished());
-        let any = w.any.saturating_sub(lane_continues);
-        for _ in 0..any.min(idle) {
+        let mut inner = self.inner.lock();
+        let Some(run) = inner.run_of(epoch) else { return };
+        let now = run.data.clock.now();
+        let before = run.pool.len();
+        run.answer(id.0, r, now);
+        let fresh = run.pool.len() - before;
+        let wake = inner.wake_for(fresh);
+        self.hints.store(inner.hints(), Ordering::Release);
+        for _ in 0..wake {
             self.workers_cv.notify_one();
         }
-        if w.caller > 0 || finished || any > idle {
+        // The caller lane takes new steps too, runs caller-affine ones, and ends
+        // the run once nothing can make progress.
+        if inner.caller_waiting {
             self.caller_cv.notify_one();
         }
+    }
+}
+
+fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
+    let (handle, _reserve) = LaneHandle::new(shared.clone());
+    let w = lane as usize - 1;
+    let mut active = false;
+    let (mut take, mut none) = (Vec::new(), Vec::new());
+    loop {
+        let data = {
+            let mut inner = shared.inner.lock();
+            if active {
+                if !std::mem::take(&mut inner.stuck[w]) {
+                    inner.active -= 1;
+                }
+                if inner.caller_waiting && inner.quiescent() {
+                    shared.caller_cv.notify_one();
+                }
+            }
+            loop {
+                if inner.shutdown {
+                    return;
+                }
+                if let Some(run) = inner.run.as_mut().filter(|r| !r.stopping && !r.pool.is_empty()) {
+                    let data = run.data.clone();
+                    for _ in 0..run.batch() {
+                        match run.pool.pop() {
+                            Some(r) => take.push(r),
+                            None => break,
+                        }
+                    }
+                    inner.active += 1;
+                    active = true;
+                    shared.hints.store(inner.hints(), Ordering::Release);
+                    break data;
+                }
+                inner.parked += 1;
+                shared.hints.store(inner.hints(), Ordering::Release);
+                shared.workers_cv.wait(&mut inner);
+                inner.parked -= 1;
+                inner.notified = inner.notified.saturating_sub(1);
+                shared.hints.store(inner.hints(), Ordering::Release);
+            }
+        };
+        let cx = LaneCtx { shared, handle: &handle, data: &data, lane, caller: None };
+        lane::work(&cx, &mut take, &mut none);
+    }
+}
+
+/// The watchdog, run by the caller lane while it waits: fails split-phase steps
+/// past their deadline, and finds workers inside a step past its deadline (see
+/// [`claim`]). Returns when to look again, and those workers.
+fn watchdog(shared: &Shared, inner: &mut Inner, now: clock::Stamp, late: &mut Vec<(usize, u32, clock::Stamp)>) -> Option<clock::Stamp> {
+    let run = inner.run.as_mut()?;
+    let data = run.data.clone();
+    let (_, mut next) = run.expire(now);
+    if data.min_deadline == u64::MAX {
+        return next; // no step of this window has a deadline
+    }
+    for (w, slot) in shared.lanes.iter().enumerate().skip(1) {
+        let start = slot.started.load(Ordering::Acquire);
+        let id = slot.current.load(Ordering::Acquire);
+        if start == 0 || id == 0 {
+            continue;
+        }
+        let at = start.saturating_add(data.deadline_ticks(id - 1));
+        if at <= now {
+            late.push((w, id - 1, start));
+        } else {
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+    }
+    // A step a worker starts later has a deadline at least the window's shortest
+    // deadline away: look again by then.
+    if inner.active > 0 {
+        let at = now.saturating_add(data.min_deadline);
+        next = Some(next.map_or(at, |n| n.min(at)));
+    }
+    next
+}
+
+/// Ends step `id` of worker `w`, still inside its action past its deadline (or
+/// answered from another thread while its action has not returned): it times out
+/// unless that answer came, the worker's other ready steps go to the pool, and the
+/// worker counts as stuck until it comes back. Takes the worker's lock, then the
+/// engine's, and checks again under them.
+fn claim(shared: &Shared, epoch: u64, w: usize, id: u32, start: clock::Stamp) {
+    let slot = &shared.lanes[w];
+    let mut g = slot.local.lock();
+    let mut inner = shared.inner.lock();
+    let valid = g.epoch == epoch
+        && g.current == Some(id)
+        && !g.claimed
+        && slot.started.load(Ordering::Acquire) == start
+        && inner.run_of(epoch).is_some();
+    if !valid {
+        return; // it came back in time, or moved on
+    }
+    let run = inner.run_of(epoch).expect("checked");
+    g.claimed = true;
+    g.any.move_into(&mut run.pool);
+    drop(g);
+    run.set_ended(id);
+    let now = run.data.clock.now();
+    // An answer that came from another thread while the action still ran stands;
+    // otherwise the step timed out.
+    match run.take_early(id) {
+        Some((r, at)) => {
+            let outcome = run::code_of(&r);
+            run.claimed.push(Rec { step: id, lane: w as Lane, outcome, start, end: at });
+            run.end(id, r);
+        }
+        None => {
+            run.claimed.push(Rec { step: id, lane: w as Lane, outcome: run::TIMED_OUT, start, end: now });
+            let after = run.data.plan.steps()[id as usize].deadline;
+            run.fail(id, StepFailure::Timeout { after });
+        }
+    }
+    inner.stuck[w - 1] = true;
+    inner.active -= 1;
+    let wake = inner.wake_for(usize::MAX);
+    shared.hints.store(inner.hints(), Ordering::Release);
+    for _ in 0..wake {
+        shared.workers_cv.notify_one();
     }
 }
 
@@ -855,6 +977,9 @@ impl Shared {
 /// ```
 pub struct Engine {
     shared: Arc<Shared>,
+    /// The caller lane's handle, and its reserve reference (see `LaneHandle::new`).
+    handle: StdArc<LaneHandle>,
+    _reserve: StdArc<LaneHandle>,
     handles: std::sync::Mutex<Vec<Box<dyn WorkerHandle>>>,
     workers: usize,
     policy: FailurePolicy,
@@ -887,11 +1012,11 @@ impl Engine {
     /// ```
     pub fn with_spawner(workers: usize, policy: FailurePolicy, spawn: &dyn Spawn) -> Engine {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { shutdown: false, epoch: 0, run: None, idle_workers: 0 }),
+            inner: Mutex::new(Inner::new(workers)),
             workers_cv: Condvar::new(),
             caller_cv: Condvar::new(),
-            live: AtomicU32::new(0),
-            current: (0..=workers).map(|_| AtomicU32::new(0)).collect(),
+            hints: Padded(AtomicU64::new(run::Hints::NONE)),
+            lanes: (0..=workers).map(|_| Padded(Slot::new())).collect(),
         });
         let handles = (0..workers)
             .map(|i| {
@@ -900,7 +1025,8 @@ impl Engine {
                 spawn.spawn(format!("switchover-w{lane}"), Box::new(move || worker_loop(&sh, lane)))
             })
             .collect();
-        Engine { shared, handles: std::sync::Mutex::new(handles), workers, policy }
+        let (handle, reserve) = LaneHandle::new(shared.clone());
+        Engine { shared, handle, _reserve: reserve, handles: std::sync::Mutex::new(handles), workers, policy }
     }
 
     /// Sets the failure policy for later runs.
@@ -932,6 +1058,18 @@ impl Engine {
     /// ```
     pub fn set_policy(&mut self, p: FailurePolicy) {
         self.policy = p;
+    }
+
+    /// The failure policy of runs started with [`Engine::run`].
+    ///
+    /// ```
+    /// use switchover::exec::{Engine, FailurePolicy, Threads};
+    /// assert_eq!(Engine::new(1).policy(), FailurePolicy::StopAll);
+    /// let e = Engine::with_spawner(1, FailurePolicy::ContinueIndependent, &Threads);
+    /// assert_eq!(e.policy(), FailurePolicy::ContinueIndependent);
+    /// ```
+    pub fn policy(&self) -> FailurePolicy {
+        self.policy
     }
 
     /// Number of workers (the caller lane not counted).
@@ -988,141 +1126,257 @@ impl Engine {
     /// assert_eq!(ran, plan.in_window(Window::Blackout).map(|s| s.id).collect::<Vec<_>>());
     /// ```
     pub fn run(&mut self, plan: &StdArc<Plan>, window: Window, actions: StdArc<dyn StepActions>, progress: &mut Progress) -> RunReport {
+        self.run_with_policy(plan, window, actions, progress, self.policy)
+    }
+
+    /// [`Engine::run`] with `policy` for this run only, whatever the engine's own
+    /// ([`Engine::policy`]): a fence that must stop every ring it can, say, on an
+    /// engine whose windows stop at their first failure.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::error::StepFailure;
+    /// use switchover::exec::{Completion, Engine, FailurePolicy, Progress, StepActions, StepOutcome};
+    /// use switchover::recipe::{build, NoCosts, RecipeOptions};
+    /// use switchover::ids::{Side, Window};
+    /// use switchover::step::{Step, StepKind};
+    /// use switchover::topology::Topology;
+    /// struct FailDisable;
+    /// impl StepActions for FailDisable {
+    ///     fn start(&self, step: &Step, done: Completion) {
+    ///         let fail = step.kind == StepKind::VringDisable && step.device.0 == 0;
+    ///         done.complete(if fail { Err(StepFailure::Disconnected) } else { Ok(()) });
+    ///     }
+    /// }
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let plan = Arc::new(build(&topo, Side::Source, &RecipeOptions::engine(), &NoCosts).unwrap());
+    /// let mut engine = Engine::new(0);
+    /// let mut p = Progress::new(&plan);
+    /// engine.run_with_policy(&plan, Window::Blackout, Arc::new(FailDisable), &mut p, FailurePolicy::ContinueIndependent);
+    /// // The other devices stopped all the same, and the engine's own policy is unchanged.
+    /// let blk1 = topo.device_by_name("blk1").unwrap().id;
+    /// assert!(plan.in_window(Window::Blackout).filter(|s| s.device == blk1).all(|s| p.outcome(s.id) == StepOutcome::Done));
+    /// assert_eq!(engine.policy(), FailurePolicy::StopAll);
+    /// ```
+    pub fn run_with_policy(
+        &mut self,
+        plan: &StdArc<Plan>,
+        window: Window,
+        actions: StdArc<dyn StepActions>,
+        progress: &mut Progress,
+        policy: FailurePolicy,
+    ) -> RunReport {
         let span = tracing::info_span!("window", side = plan.side().short(), window = window.name());
         let _g = span.enter();
-        let clock = clock::Clock::start();
-        let t0 = clock.origin();
-        let epoch;
+        let sh = &self.shared;
+        let lanes = self.workers + 1;
+        // `&mut self` keeps a second run from starting while this one runs; a run
+        // left behind by a panic outside any action is superseded (its late
+        // answers carry an old epoch and are ignored).
+        let epoch = sh.inner.lock().epoch + 1;
+        let (data, any, mut caller) = RunData::new(epoch, plan.clone(), actions, window, policy, lanes, progress);
+        let data = StdArc::new(data);
+        let t0 = data.clock.origin();
+        let mut any = any;
         {
-            let mut st = self.shared.state.lock();
-            // `&mut self` keeps a second run from starting while this one runs; a
-            // run left behind by a panic outside any action is superseded (its
-            // late answers carry an old epoch and are ignored).
-            st.epoch += 1;
-            epoch = st.epoch;
-            let sched = Sched::new(plan, window, self.policy, progress);
-            st.run = Some(RunState { epoch, plan: plan.clone(), actions: actions.clone(), sched, clock });
-            self.shared.live.store(live_tag(epoch), Ordering::Release);
-        }
-        self.shared.workers_cv.notify_all();
-        // The caller lane.
-        let caller = CallerLane::here();
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut answers = Vec::with_capacity(BATCH);
-        let mut rest = Vec::new();
-        let mut st = self.shared.state.lock();
-        loop {
-            let run = st.run.as_mut().expect("run present");
-            let now = run.clock.now();
-            let current = |lane: Lane| self.shared.current.get(lane as usize).map_or(0, |c| c.load(Ordering::Acquire));
-            if run.sched.expire(plan, now, &current) > 0 {
-                self.shared.halt_if_stopping(&st);
-                continue;
+            let mut inner = sh.inner.lock();
+            inner.epoch = epoch;
+            let mut run = RunInner::new(data.clone());
+            if self.workers > 0 {
+                // Into the pool, then the caller lane's own share back out of it
+                // (so it starts at once, without contending with the workers) —
+                // none if it starts with a caller-affine step: the workers share
+                // the pool meanwhile.
+                for r in any.drain(..) {
+                    run.pool.insert(r);
+                }
+                let share = if caller.is_empty() { run.batch() } else { 0 };
+                if !caller.is_empty() {
+                    data.caller_busy.store(1, Ordering::Relaxed);
+                }
+                for _ in 0..share {
+                    match run.pool.pop() {
+                        Some(r) => any.push(r),
+                        None => break,
+                    }
+                }
             }
-            if run.sched.finished() {
+            let ready = run.pool.len();
+            inner.run = Some(run);
+            let wake = inner.wake_for(ready);
+            sh.hints.store(inner.hints(), Ordering::Release);
+            for _ in 0..wake {
+                sh.workers_cv.notify_one();
+            }
+        }
+        // The caller lane.
+        let token = CallerLane::here();
+        let cx = LaneCtx { shared: sh, handle: &self.handle, data: &data, lane: CALLER, caller: Some(&token) };
+        let mut late = Vec::new();
+        loop {
+            lane::work(&cx, &mut any, &mut caller);
+            let mut inner = sh.inner.lock();
+            let mut spin = true;
+            let done = loop {
+                let Some(run) = inner.run.as_mut() else { break true };
+                if !run.stopping {
+                    if !run.inbox.is_empty() {
+                        while let Some(r) = run.inbox.pop() {
+                            caller.push(r);
+                        }
+                        break false;
+                    }
+                    if !run.pool.is_empty() {
+                        for _ in 0..run.batch() {
+                            match run.pool.pop() {
+                                Some(r) => any.push(r),
+                                None => break,
+                            }
+                        }
+                        break false;
+                    }
+                }
+                let now = data.clock.now();
+                let next = watchdog(sh, &mut inner, now, &mut late);
+                // A time-out may have stopped the run: the lanes see it before
+                // their next step.
+                sh.hints.store(inner.hints(), Ordering::Release);
+                if !late.is_empty() {
+                    // The worker's lock comes before the engine's.
+                    drop(inner);
+                    for (w, id, start) in late.drain(..) {
+                        claim(sh, epoch, w, id, start);
+                    }
+                    inner = sh.inner.lock();
+                    continue;
+                }
+                let run = inner.run.as_ref().expect("run present");
+                if !(run.stopping || run.pool.is_empty() && run.inbox.is_empty()) {
+                    continue;
+                }
+                if inner.quiescent() {
+                    break true;
+                }
+                if spin {
+                    // Before sleeping, watch the hint word for a moment: a worker
+                    // ending the run or making work ready usually does so within
+                    // microseconds, and waking from a sleep takes longer.
+                    spin = false;
+                    let before = sh.hints.load(Ordering::Acquire);
+                    drop(inner);
+                    for i in 0..SPINS {
+                        if sh.hints.load(Ordering::Acquire) != before {
+                            break;
+                        }
+                        if i % 64 == 63 {
+                            std::thread::yield_now();
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    inner = sh.inner.lock();
+                    continue;
+                }
+                inner.caller_waiting = true;
+                match next {
+                    Some(t) => {
+                        sh.caller_cv.wait_until(&mut inner, data.clock.instant(t));
+                    }
+                    None => sh.caller_cv.wait(&mut inner),
+                }
+                inner.caller_waiting = false;
+            };
+            sh.hints.store(inner.hints(), Ordering::Release);
+            if done {
                 break;
             }
-            run.sched.next_batch(plan, CALLER, now, BATCH, &mut batch);
-            if !batch.is_empty() {
-                let clock = run.clock;
-                let stop_on_failure = run.sched.stops_on_failure();
-                drop(st);
-                let cx = LaneCtx {
-                    shared: &self.shared,
-                    epoch,
-                    plan,
-                    actions: &*actions,
-                    lane: CALLER,
-                    clock,
-                    caller: Some(&caller),
-                    stop_on_failure,
-                };
-                run_batch(&cx, &mut batch, &mut answers, &mut rest);
-                st = self.shared.state.lock();
-                self.shared.record_batch(&mut st, epoch, CALLER, &mut answers, &mut rest);
+        }
+        // The run is over: collect what every lane recorded.
+        let run = {
+            let mut inner = sh.inner.lock();
+            let run = inner.run.take().expect("run present");
+            sh.hints.store(inner.hints(), Ordering::Release);
+            run
+        };
+        let wall = t0.elapsed();
+        // Every started step's record, lane by lane: the lanes' own (with the
+        // ends of those answered off their lane), and those the watchdog ended.
+        let clock = data.clock;
+        let ns = |t: clock::Stamp| Duration::from_nanos(clock.ns(t));
+        let mut ends = run.ends;
+        ends.sort_unstable_by_key(|e| e.0);
+        let mut records: Vec<StepRecord> = Vec::new();
+        for slot in &sh.lanes {
+            let mut g = slot.local.lock();
+            if g.epoch != epoch {
                 continue;
             }
-            match run.sched.next_deadline() {
-                Some(t) => {
-                    let at = run.clock.instant(t);
-                    self.shared.caller_cv.wait_until(&mut st, at);
+            g.open = None;
+            let base = records.len();
+            if records.is_empty() {
+                std::mem::swap(&mut records, &mut g.records);
+            } else {
+                records.append(&mut g.records);
+            }
+            for &i in &g.pending {
+                let r = &mut records[base + i as usize];
+                let (end, o) = match ends.binary_search_by_key(&r.step.0, |e| e.0) {
+                    Ok(k) => (ns(ends[k].1), outcome_of(ends[k].2)),
+                    Err(_) => (r.start, StepOutcome::TimedOut),
+                };
+                r.end = end.max(r.start);
+                r.outcome = o;
+            }
+            g.pending.clear();
+        }
+        for c in &run.claimed {
+            records.push(StepRecord {
+                step: StepId(c.step),
+                outcome: outcome_of(c.outcome),
+                lane: c.lane,
+                start: ns(c.start),
+                end: ns(c.end).max(ns(c.start)),
+            });
+        }
+        // Outcomes: a step that did not start keeps `done` from an earlier
+        // attempt, and is not run otherwise.
+        let attempted = std::mem::replace(&mut progress.attempted[window as usize], true);
+        let mut done = 0;
+        if attempted {
+            for &id in plan.window_steps(window) {
+                let o = &mut progress.outcome[id.0 as usize];
+                if *o == StepOutcome::Done {
+                    done += 1;
+                } else {
+                    *o = StepOutcome::NotRun;
                 }
-                None => self.shared.caller_cv.wait(&mut st),
             }
         }
-        let run = st.run.take().expect("run present");
-        self.shared.live.store(0, Ordering::Release);
-        drop(st);
-        let wall = t0.elapsed();
-        run.sched.settle(plan, progress);
-        let failures: Vec<StepError> = run.sched.failures.iter().map(|(id, f)| StepError::new(plan, *id, f.clone())).collect();
-        let records = plan
-            .in_window(window)
-            .filter(|s| run.sched.was_started(s.id))
-            .map(|s| {
-                let t = run.sched.times[s.id.0 as usize];
-                StepRecord {
-                    step: s.id,
-                    outcome: progress.outcome(s.id),
-                    lane: t.lane,
-                    start: Duration::from_nanos(t.start_ns),
-                    end: Duration::from_nanos(t.end_ns.max(t.start_ns)),
-                }
-            })
-            .collect::<Vec<_>>();
-        tracing::info!(steps = records.len(), wall_us = wall.as_micros() as u64, failed = failures.len(), "window done");
-        RunReport {
-            side: plan.side(),
-            window,
-            started_at: t0,
-            wall,
-            lanes: self.workers + 1,
-            records,
-            failure: failures.first().cloned(),
-            failures,
+        for r in &records {
+            let o = &mut progress.outcome[r.step.0 as usize];
+            // A started step was not done before (done steps never start again).
+            done += usize::from(r.outcome == StepOutcome::Done);
+            *o = r.outcome;
         }
+        progress.done_in[window as usize] = done;
+        let failures: Vec<StepError> = run.failures.iter().map(|(id, f)| StepError::new(plan, *id, f.clone())).collect();
+        tracing::info!(steps = records.len(), wall_us = wall.as_micros() as u64, failed = failures.len(), "window done");
+        RunReport { side: plan.side(), window, started_at: t0, wall, lanes, records, failure: failures.first().cloned(), failures }
     }
 }
 
-/// Starts a step on this lane; returns its answer if it answered before `start`
-/// returned (the lane then records it and takes its next step under one lock).
-///
-/// A panic in the action is caught here: the step fails as
-/// [`StepFailure::Panicked`] (unless it had already answered) and the lane goes on,
-/// so neither a worker nor the caller's run is lost to it.
-fn start_step(
-    shared: &Arc<Shared>,
-    epoch: u64,
-    plan: &Plan,
-    actions: &dyn StepActions,
-    id: StepId,
-    lane: Lane,
-    caller: Option<&CallerLane>,
-) -> Option<Result<(), StepFailure>> {
-    let step = plan.step(id);
-    tracing::trace!(step = id.0, kind = step.kind.name(), device = plan.device_name(id), lane, "start");
-    completion::begin_inline(shared, epoch, id);
-    let done = Completion::engine(shared.clone(), epoch, id);
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match (caller, step.affinity) {
-        (Some(token), Affinity::Caller) => actions.start_on_caller(step, token, done),
-        _ => actions.start(step, done),
-    }));
-    let answer = completion::end_inline();
-    match r {
-        Ok(()) => answer,
-        Err(payload) => {
-            let message = panic_message(&*payload);
-            tracing::error!(step = id.0, kind = step.kind.name(), device = plan.device_name(id), %message, "step action panicked");
-            match answer {
-                // It panicked before answering: the dropped completion answered
-                // "panicked" inline; give that answer the panic's message.
-                Some(Err(StepFailure::Panicked { .. })) | None => Some(Err(StepFailure::Panicked { message })),
-                // It answered, then panicked: the answer stands.
-                Some(a) => Some(a),
-            }
-        }
+/// A record's outcome code as an outcome.
+fn outcome_of(code: u8) -> StepOutcome {
+    match code {
+        run::DONE => StepOutcome::Done,
+        run::FAILED => StepOutcome::Failed,
+        _ => StepOutcome::TimedOut,
     }
 }
+
+/// How long the caller lane watches for the run's end before it sleeps (hint
+/// reads; one under loom, whose scheduler a spin would only slow).
+const SPINS: u32 = if cfg!(loom) { 1 } else { 4096 };
 
 /// The message of a caught panic.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -1135,48 +1389,9 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
-    let mut cached: Option<(u64, StdArc<Plan>, StdArc<dyn StepActions>)> = None;
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut answers = Vec::with_capacity(BATCH);
-    let mut rest = Vec::new();
-    let mut st = shared.state.lock();
-    loop {
-        if st.shutdown {
-            return;
-        }
-        let mut epoch = 0;
-        let mut clock = None;
-        let mut stop_on_failure = true;
-        if let Some(run) = st.run.as_mut() {
-            if cached.as_ref().map(|c| c.0) != Some(run.epoch) {
-                cached = Some((run.epoch, run.plan.clone(), run.actions.clone()));
-            }
-            let plan = &cached.as_ref().expect("cached").1;
-            let now = run.clock.now();
-            run.sched.next_batch(plan, lane, now, BATCH, &mut batch);
-            epoch = run.epoch;
-            clock = Some(run.clock);
-            stop_on_failure = run.sched.stops_on_failure();
-        }
-        let (false, Some(clock)) = (batch.is_empty(), clock) else {
-            st.idle_workers += 1;
-            shared.workers_cv.wait(&mut st);
-            st.idle_workers -= 1;
-            continue;
-        };
-        drop(st);
-        let (_, plan, actions) = cached.as_ref().expect("cached");
-        let cx = LaneCtx { shared, epoch, plan, actions: &**actions, lane, clock, caller: None, stop_on_failure };
-        run_batch(&cx, &mut batch, &mut answers, &mut rest);
-        st = shared.state.lock();
-        shared.record_batch(&mut st, epoch, lane, &mut answers, &mut rest);
-    }
-}
-
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.shared.state.lock().shutdown = true;
+        self.shared.inner.lock().shutdown = true;
         self.shared.workers_cv.notify_all();
         let handles = std::mem::take(&mut *self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         for h in handles {

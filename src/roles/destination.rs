@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::error::{HookKind, MessageKind, SwitchoverError};
+use super::forecast;
 use super::message::Message;
 use super::path::ReturnPath;
 use super::session::Session;
@@ -90,11 +91,17 @@ impl<'a> Destination<'a> {
             Ok(ms) => ms,
             Err(cause) => return self.not_ready(path, cause, runs),
         };
-        if let Err(cause) = self.session.send(path, SIDE, Message::Ready { prepare_ms, estimate_ms: None }) {
+        // This side's share of the downtime, measured on its own backends after
+        // prepare; the source adds it to its own before it stops the guest.
+        let prediction = forecast::predict_side(self.setup, self.engine, &runs);
+        let estimate_ms = Some(prediction.this_side().as_secs_f64() * 1e3);
+        if let Err(cause) = self.session.send(path, SIDE, Message::Ready { prepare_ms, estimate_ms }) {
             let mut r = SwitchoverReport::not_opened(Outcome::Aborted { cause }, runs);
             r.session = Some(self.session);
+            r.prediction = Some(prediction);
             return r;
         }
+        let prediction = Some(prediction);
         let state = self.session.recv(path, SIDE, Instant::now() + self.deadlines.state, MessageKind::State);
         let (bases, inflight, devices) = match state {
             Ok(Message::State { bases, inflight, devices }) => (bases, inflight, devices),
@@ -102,6 +109,7 @@ impl<'a> Destination<'a> {
                 // The source could not stop and resumes its guest.
                 let mut r = SwitchoverReport::not_opened(Outcome::RolledBack { cause }, runs);
                 r.session = Some(self.session);
+                r.prediction = prediction;
                 return r;
             }
             other => {
@@ -114,6 +122,7 @@ impl<'a> Destination<'a> {
                 let _ = self.session.send(path, SIDE, Message::WillNotRun { cause: cause.clone() });
                 let mut r = SwitchoverReport::not_opened(Outcome::Aborted { cause }, runs);
                 r.session = Some(self.session);
+                r.prediction = prediction;
                 return r;
             }
         };
@@ -130,7 +139,11 @@ impl<'a> Destination<'a> {
             .and_then(|ms| hook(HookKind::ResumeVcpus, self.setup.hooks.resume_vcpus()).map(|()| ms));
         let blackout_ms = match started {
             Ok(ms) => ms,
-            Err(cause) => return self.fence(path, cause, &p, runs, opened, bases.len()),
+            Err(cause) => {
+                let mut r = self.fence(path, cause, &p, runs, opened, bases.len());
+                r.prediction = prediction;
+                return r;
+            }
         };
         // The guest runs here from now on.
         let unverified = self.unverified();
@@ -148,6 +161,7 @@ impl<'a> Destination<'a> {
         let mut r = SwitchoverReport::new(outcome, opened, downtime, runs);
         r.bases_carried = bases.len();
         r.running_here = true;
+        r.prediction = prediction;
         r.session = Some(self.session);
         r
     }
@@ -196,11 +210,9 @@ impl<'a> Destination<'a> {
                 let plan = Arc::new(plan);
                 let mut fp = Progress::new(&plan);
                 // Every ring that can be stopped is stopped, whatever failed on
-                // another device (which is then cut off below); the roles' windows
-                // run with `StopAll` again afterwards.
-                self.engine.set_policy(FailurePolicy::ContinueIndependent);
-                let r = self.engine.run(&plan, Window::Blackout, rc.actions.clone(), &mut fp);
-                self.engine.set_policy(FailurePolicy::StopAll);
+                // another device (which is then cut off below).
+                let r =
+                    self.engine.run_with_policy(&plan, Window::Blackout, rc.actions.clone(), &mut fp, FailurePolicy::ContinueIndependent);
                 Some((plan, r))
             }
             Err(e) => {

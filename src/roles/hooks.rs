@@ -107,6 +107,27 @@ pub trait VmmHooks: Send + Sync {
     fn resume_vcpus(&self) -> Result<(), HookError> {
         Ok(())
     }
+    /// How long the VMM expects `hook` to take, for the downtime prediction
+    /// ([`crate::predict`]): the hooks in the window (`stop_vcpus`, `save_state`,
+    /// `load_state`, `resume_vcpus`) are part of the downtime. `None` (the
+    /// default): not known, counted as nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover::roles::{HookKind, VmmHooks};
+    /// struct Vm;
+    /// impl VmmHooks for Vm {
+    ///     fn expected(&self, hook: HookKind) -> Option<Duration> {
+    ///         (hook == HookKind::SaveState).then(|| Duration::from_micros(300))
+    ///     }
+    /// }
+    /// assert_eq!(Vm.expected(HookKind::SaveState), Some(Duration::from_micros(300)));
+    /// assert_eq!(Vm.expected(HookKind::StopVcpus), None);
+    /// ```
+    fn expected(&self, hook: super::error::HookKind) -> Option<std::time::Duration> {
+        let _ = hook;
+        None
+    }
 }
 
 /// A VMM with nothing to do besides the plan's steps.

@@ -71,6 +71,7 @@ pub fn run_in_process_with(
         (s, h.join().expect("the destination role does not panic"))
     });
     s.runs.extend(d.runs);
+    s.destination_prediction = d.prediction;
     s.runs.sort_by_key(|r| r.started_at);
     if s.fence.is_none() {
         s.fence = d.fence;

@@ -64,10 +64,18 @@
 //!     // estimate before it stops the guest.
 //!     let source = Source::new(&src, &mut src_engine, Session::new(session, &topo), Deadlines::default());
 //!     let ready = source.prepare(&mut src_path).and_then(|p| p.wait_ready(&mut src_path)).unwrap();
+//!     // The downtime predicted before the guest stops: this side's share,
+//!     // measured on its own devices, and the destination's, from its ready-ack.
+//!     let predicted = ready.prediction().and_then(|p| p.downtime()).unwrap();
+//!     assert!(predicted >= ready.destination_estimate().unwrap());
 //!     ready.switch_over(&mut src_path)
 //! });
 //! assert_eq!(report.outcome, Outcome::Completed);
 //! assert_eq!(report.bases_carried, 10);
+//! // The prediction was made before the window opened, and sits beside the
+//! // measured downtime.
+//! assert!(report.prediction.as_ref().unwrap().made_at < report.window_opened);
+//! assert!(report.prediction_error().is_some());
 //! // A setup runs once.
 //! let again = Source::new(&src, &mut src_engine, Session::new(session, &topo), Deadlines::default()).run(&mut src_path);
 //! assert!(matches!(again.outcome, Outcome::Aborted { .. }));
@@ -75,6 +83,7 @@
 
 mod destination;
 mod error;
+mod forecast;
 mod hooks;
 mod in_process;
 pub mod message;

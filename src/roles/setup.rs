@@ -267,8 +267,17 @@ pub struct SwitchoverReport {
     pub fence: Option<(Arc<Plan>, RunReport)>,
     /// How many vring bases crossed to the destination.
     pub bases_carried: usize,
-    /// The destination's predicted blackout, as its ready-ack carried it (ms).
+    /// The destination's predicted share of the downtime (its blackout window and
+    /// its part of the hand-over), as its ready-ack carried it (ms).
     pub destination_estimate_ms: Option<f64>,
+    /// This side's prediction, made before the window opened: on the source, with
+    /// the destination's estimate, the predicted downtime
+    /// ([`crate::predict::Prediction::downtime`]) to set beside
+    /// [`SwitchoverReport::downtime`].
+    pub prediction: Option<crate::predict::Prediction>,
+    /// The destination's own prediction, where both roles ran in one process
+    /// ([`super::run_in_process`]).
+    pub destination_prediction: Option<crate::predict::Prediction>,
     /// Destination: whether it runs the guest (what it answers to a query).
     pub running_here: bool,
     /// Source, when the outcome is in doubt: what settles it.
@@ -293,10 +302,22 @@ impl SwitchoverReport {
             fence: None,
             bases_carried: 0,
             destination_estimate_ms: None,
+            prediction: None,
+            destination_prediction: None,
             running_here: false,
             unsettled: None,
             session: None,
         }
+    }
+    /// The predicted downtime beside the measured one, and the prediction's error
+    /// (predicted − measured, relative to measured), if the window opened and a
+    /// prediction with both sides' shares was made.
+    pub fn prediction_error(&self) -> Option<(Duration, f64)> {
+        let predicted = self.prediction.as_ref()?.downtime()?;
+        if self.downtime.is_zero() {
+            return None;
+        }
+        Some((predicted, (predicted.as_secs_f64() - self.downtime.as_secs_f64()) / self.downtime.as_secs_f64()))
     }
     /// Duration of one window of one side, if it ran.
     pub fn phase(&self, side: Side, w: Window) -> Option<Duration> {

@@ -14,6 +14,7 @@
 use std::time::{Duration, Instant};
 
 use super::error::{HookKind, MessageKind, SwitchoverError};
+use super::forecast;
 use super::message::Message;
 use super::path::ReturnPath;
 use super::session::Session;
@@ -21,6 +22,7 @@ use super::setup::{lost_devices, Deadlines, Outcome, SideSetup, SwitchoverReport
 use crate::error::StepError;
 use crate::exec::{Engine, Progress, RunReport, StepOutcome};
 use crate::ids::{Side, Window};
+use crate::predict::Prediction;
 use crate::recipe;
 use crate::step::StepKind;
 
@@ -44,6 +46,8 @@ impl std::fmt::Debug for Source<'_> {
 struct Done {
     progress: Progress,
     runs: Vec<RunReport>,
+    /// Its share of the downtime, predicted after its prepare window and precopy.
+    prediction: Option<Prediction>,
 }
 
 /// The source after its prepare window and precopy, before the destination is ready.
@@ -120,7 +124,7 @@ impl<'a> Source<'a> {
         if let Err(cause) = self.setup.claim() {
             return Err(Box::new(SwitchoverReport::not_opened(Outcome::Aborted { cause }, vec![])));
         }
-        let mut done = Done { progress: Progress::new(&self.setup.plan), runs: Vec::new() };
+        let mut done = Done { progress: Progress::new(&self.setup.plan), runs: Vec::new(), prediction: None };
         let devices = match hook(HookKind::SnapshotConfig, self.setup.hooks.snapshot_config()) {
             Ok(d) => d,
             Err(cause) => return Err(Box::new(self.aborted(path, cause, done.runs))),
@@ -134,6 +138,9 @@ impl<'a> Source<'a> {
         if let Err(cause) = hook(HookKind::Precopy, self.setup.hooks.precopy()) {
             return Err(Box::new(self.aborted(path, cause, done.runs)));
         }
+        // Its share of the downtime, measured on its own backends, before the
+        // destination's estimate arrives.
+        done.prediction = Some(forecast::predict_side(self.setup, self.engine, &done.runs));
         Ok(PreparedSource { src: self, done })
     }
 }
@@ -147,7 +154,13 @@ impl<'a> PreparedSource<'a> {
     pub fn wait_ready(mut self, path: &mut dyn ReturnPath) -> Result<ReadySource<'a>, Box<SwitchoverReport>> {
         let deadline = Instant::now() + self.src.deadlines.ready;
         match self.src.session.recv(path, SIDE, deadline, MessageKind::Ready) {
-            Ok(Message::Ready { estimate_ms, .. }) => Ok(ReadySource { src: self.src, done: self.done, estimate_ms }),
+            Ok(Message::Ready { estimate_ms, .. }) => {
+                let mut done = self.done;
+                if let Some(p) = done.prediction.as_mut() {
+                    p.other = estimate(estimate_ms);
+                }
+                Ok(ReadySource { src: self.src, done, estimate_ms })
+            }
             Ok(Message::NotReady { cause }) => {
                 let mut r = SwitchoverReport::not_opened(Outcome::Aborted { cause }, self.done.runs);
                 r.session = Some(self.src.session);
@@ -162,10 +175,32 @@ impl<'a> PreparedSource<'a> {
     }
 }
 
+/// A duration in milliseconds from the other side, if it is one.
+fn estimate(ms: Option<f64>) -> Option<Duration> {
+    ms.filter(|m| m.is_finite() && *m >= 0.0 && *m < 1e9).map(|m| Duration::from_secs_f64(m / 1e3))
+}
+
+impl PreparedSource<'_> {
+    /// This side's share of the downtime, predicted after its prepare window
+    /// (without the destination's share yet: see [`ReadySource::prediction`]).
+    pub fn prediction(&self) -> Option<&Prediction> {
+        self.done.prediction.as_ref()
+    }
+}
+
 impl ReadySource<'_> {
-    /// The destination's predicted blackout, as its ready-ack carried it.
+    /// The destination's predicted share of the downtime (its blackout window and
+    /// its part of the hand-over), as its ready-ack carried it.
     pub fn destination_estimate(&self) -> Option<Duration> {
-        self.estimate_ms.filter(|m| m.is_finite() && *m >= 0.0).map(|m| Duration::from_secs_f64(m / 1e3))
+        estimate(self.estimate_ms)
+    }
+
+    /// The downtime predicted before the window opens: this side's blackout
+    /// window and hand-over, measured on its own backends, and the destination's
+    /// estimate of its share ([`Prediction::downtime`]). A VMM reads it before it
+    /// decides to stop the guest.
+    pub fn prediction(&self) -> Option<&Prediction> {
+        self.done.prediction.as_ref()
     }
 
     /// Opens the window: the `stop_vcpus` hook, the blackout window (devices
@@ -246,6 +281,7 @@ fn clean_up(
     let mut r = SwitchoverReport::new(outcome, opened, downtime, done.runs);
     r.bases_carried = carried;
     r.destination_estimate_ms = estimate_ms;
+    r.prediction = done.prediction;
     r.session = Some(src.session);
     r
 }
@@ -261,6 +297,7 @@ fn in_doubt(
     let mut r = SwitchoverReport::new(Outcome::InDoubt { cause }, opened, opened.elapsed(), done.runs);
     r.bases_carried = carried;
     r.destination_estimate_ms = estimate_ms;
+    r.prediction = done.prediction;
     r.unsettled = Some(Unsettled { progress: done.progress, session: src.session, opened, carried, deadlines: src.deadlines });
     r
 }
@@ -321,6 +358,7 @@ fn roll_back(
     r.rollback = plan.zip(run);
     r.bases_carried = carried;
     r.destination_estimate_ms = estimate_ms;
+    r.prediction = done.prediction;
     r.session = Some(session);
     r
 }
@@ -353,7 +391,7 @@ impl Unsettled {
             .send(path, SIDE, Message::Query)
             .and_then(|()| session.recv_after_gap(path, SIDE, Instant::now() + wait, MessageKind::Verdict));
         let src = Source { setup, engine, session, deadlines };
-        let done = Done { progress, runs };
+        let done = Done { progress, runs, prediction: None };
         match asked {
             Ok(Message::Verdict { running: true, .. }) => clean_up(src, done, opened, opened.elapsed(), carried, vec![], None),
             Ok(Message::Verdict { running: false, cause }) => {
