@@ -549,6 +549,12 @@ impl PlanBuilder {
                 exec[i] |= EXEC_CONTENDED;
             }
         }
+        for (i, s) in steps.iter().enumerate() {
+            let joins = succs.get(i).iter().any(|&x| steps[x as usize].window == s.window && window_preds[x as usize] > 1);
+            if joins {
+                exec[i] |= EXEC_JOINS;
+            }
+        }
         let starts = Window::ALL.map(|w| WindowStart::new(&windows[w as usize], &window_preds, &exec, &rank, n));
         Ok(Plan {
             topology: topo,
@@ -745,6 +751,10 @@ impl WindowStart {
 pub(crate) const EXEC_CALLER: u8 = 1;
 /// [`Plan::exec_flags`]: part of the step's footprint is locked at run time.
 pub(crate) const EXEC_CONTENDED: u8 = 2;
+/// [`Plan::exec_flags`]: a successor in the step's window has another predecessor
+/// there, so another lane may make it ready and start it: the step's end is
+/// stamped as it ends (otherwise its lane's next timestamp serves).
+pub(crate) const EXEC_JOINS: u8 = 4;
 
 fn ids(l: &[u32]) -> &[StepId] {
     // SAFETY: StepId is a #[repr(transparent)]-equivalent newtype of u32 with no

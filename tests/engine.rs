@@ -344,3 +344,44 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_step_record_never_ends_after_a_successor_starts() {
+    // Reports, the critical path and the real rig's order checks (a route commit
+    // ends before the first kick) read the engine's records: whichever lane runs a
+    // successor, its start is not before its predecessors' recorded ends.
+    let topo = Arc::new(Topology::preset("medium").unwrap());
+    for side in [Side::Source, Side::Destination] {
+        let plan = Arc::new(build(&topo, side, &RecipeOptions::engine(), &TestCosts).unwrap());
+        for workers in [1, 3] {
+            let mut engine = Engine::new(workers);
+            for _ in 0..20 {
+                let rec = Recorder::new(plan.len(), HashSet::new(), Duration::ZERO);
+                let (p, reports) = run_all(&mut engine, &plan, rec);
+                assert!(p.all_done());
+                for r in &reports {
+                    let by_step: std::collections::HashMap<StepId, &switchover::exec::StepRecord> =
+                        r.records.iter().map(|x| (x.step, x)).collect();
+                    for x in &r.records {
+                        for pred in plan.preds(x.step) {
+                            if let Some(pr) = by_step.get(pred) {
+                                assert!(
+                                    pr.end <= x.start,
+                                    "{side:?} {:?} {workers} workers: {} (lane {}, {:?}) ended at {:?}, after its successor {} (lane {}) started at {:?}",
+                                    r.window,
+                                    plan.step(*pred).kind.name(),
+                                    pr.lane,
+                                    pr.outcome,
+                                    pr.end,
+                                    plan.step(x.step).kind.name(),
+                                    x.lane,
+                                    x.start
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

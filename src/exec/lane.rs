@@ -20,7 +20,7 @@ use super::clock::Clock;
 use super::clock::Stamp;
 use super::completion::{self, Completion, Inline, ANSWERED_ERR, ANSWERED_OK, NO_ANSWER};
 use super::ready::ReadySet;
-use super::run::{Hints, RunData, CALLER_AFFINE, CONTENDED};
+use super::run::{Hints, RunData, CALLER_AFFINE, CONTENDED, JOINS};
 use super::{panic_message, Shared, CALLER};
 use super::{StepOutcome, StepRecord};
 use crate::error::StepFailure;
@@ -198,6 +198,10 @@ pub(crate) fn work(cx: &LaneCtx<'_>, take_any: &mut Vec<u32>, take_caller: &mut 
         };
         let id = plan.at_rank(rank);
         if Hints::idle(h) && !g.any.is_empty() {
+            // Steps leave this lane: the step that made them ready ends now, before
+            // another lane can start them (a record never ends after a successor's
+            // start).
+            g.close(data.clock.now(), &data.clock);
             share(cx, &mut g.any);
         }
         if data.flags(id.0) & CONTENDED != 0 {
@@ -252,9 +256,15 @@ pub(crate) fn work(cx: &LaneCtx<'_>, take_any: &mut Vec<u32>, take_caller: &mut 
         let idx = g.records.len();
         let start = Duration::from_nanos(data.clock.ns(t));
         g.records.push(StepRecord { step: id, outcome: StepOutcome::Done, lane: cx.lane, start, end: start });
-        if answer == ANSWERED_OK && late.is_none() && data.flags(id.0) & CONTENDED == 0 {
+        let flags = data.flags(id.0);
+        if answer == ANSWERED_OK && late.is_none() && flags & CONTENDED == 0 {
             // The common case: answered inline, nothing to release.
             g.open = Some(idx);
+            if flags & JOINS != 0 {
+                // Another lane may start a successor as soon as this one is
+                // released: the step ends now, not at this lane's next step.
+                g.close(data.clock.now(), &data.clock);
+            }
             if !succeeded(cx, &mut g, id) {
                 break;
             }
@@ -340,6 +350,10 @@ fn succeeded(cx: &LaneCtx<'_>, g: &mut Local, id: StepId) -> bool {
             } else if cx.lane == CALLER {
                 g.caller.insert(rank);
             } else {
+                if !inbox {
+                    // The caller lane may start it at once: this step ends first.
+                    g.close(data.clock.now(), &data.clock);
+                }
                 inbox = true;
                 if !to_inbox(cx, rank) {
                     return false;
@@ -376,6 +390,9 @@ fn ended(cx: &LaneCtx<'_>, g: &mut Local, id: StepId, r: Result<(), StepFailure>
     if r.is_ok() && data.flags(id.0) & CONTENDED == 0 {
         return succeeded(cx, g, id);
     }
+    // Its successors go to the shared pool, where another lane may start them at
+    // once: the step ends first.
+    g.close(data.clock.now(), &data.clock);
     let mut inner = sh.inner.lock();
     let Some(run) = inner.run_of(data.epoch) else { return false };
     let before = run.pool.len();

@@ -27,7 +27,7 @@ use super::ready::ReadySet;
 use super::{FailurePolicy, Lane, Progress, StepActions, StepOutcome};
 use crate::error::StepFailure;
 use crate::ids::{StepId, Window};
-use crate::plan::{pack_info, Plan, EXEC_CALLER, EXEC_CONTENDED, GATE_OUTSIDE};
+use crate::plan::{pack_info, Plan, EXEC_CALLER, EXEC_CONTENDED, EXEC_JOINS, GATE_OUTSIDE};
 use crate::sync::{AtomicU32, AtomicU8, Ordering};
 
 /// How a started step ended, in a record.
@@ -111,6 +111,9 @@ pub(crate) const OUTSIDE: u32 = GATE_OUTSIDE;
 pub(crate) const CALLER_AFFINE: u8 = EXEC_CALLER;
 /// [`RunData::flags`]: part of the step's footprint is locked at run time.
 pub(crate) const CONTENDED: u8 = EXEC_CONTENDED;
+/// [`RunData::flags`]: another lane may start a successor of the step (it joins
+/// with another predecessor): its end is stamped as it ends.
+pub(crate) const JOINS: u8 = EXEC_JOINS;
 
 impl RunData {
     /// Sets up the window's steps; steps whose earlier-window predecessors did not

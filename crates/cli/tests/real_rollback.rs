@@ -108,7 +108,15 @@ fn assert_guest_safe(r: &RealRun, what: &str) {
     // Nothing left behind.
     assert!(r.leftover_processes.is_empty(), "{what}: processes left: {:?}", r.leftover_processes);
     assert!(!r.leftover_dir, "{what}: socket directory left behind");
-    assert!(r.checks_ok(), "{what}");
+    assert!(
+        r.checks_ok(),
+        "{what}: failed checks {:?}; routes {:?}; inactive served {:?}; torn started {:?}; logged after a failure {:?}",
+        r.failed_checks(),
+        r.fidelity.routes,
+        r.fidelity.inactive_served,
+        r.fidelity.torn_started,
+        r.fidelity.log_after_failure
+    );
 }
 
 #[test]
