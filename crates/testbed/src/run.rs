@@ -936,6 +936,15 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     // The destination's backends and connections exist before the switchover.
     side_cfg.hostile = hostile_on(Side::Destination);
     let dst = Arc::new(RealSide::connect(&side_cfg, Side::Destination, &topo, dst_mem.clone(), dst_state.clone(), dst_devices.clone())?);
+    if cfg.switches.skip_storage {
+        // The negative control without storage hand-over: the destination's
+        // backends take their images at once, next to the source's.
+        for d in topo.devices().iter().filter(|d| d.kind == DeviceKind::Blk) {
+            if let Some(c) = dst.control(d.id, cfg.deadline) {
+                c.activate().map_err(|e| RigError::Config(format!("{}: destination activate: {e}", d.name)))?;
+            }
+        }
+    }
 
     let all_rings: Vec<(DeviceId, u32)> = topo.devices().iter().flat_map(|d| (0..d.rings()).map(move |r| (d.id, r))).collect();
     let ioctls_before = |s: &RealSide| -> Vec<(u32, u32)> {
