@@ -175,6 +175,9 @@ fn real_without_reply_ack_a_switchover_is_unverified_and_a_dead_backend_is_probe
 
     // net0's destination backend is killed after every start message (sent
     // without acknowledgement) and before the probe's round trip.
+    // (The source probes net0 too, after its log_start: the fault is injected on
+    // the destination only.)
+    cfg.inject_side = Some(Side::Destination);
     let fault = "crash:probe:net0";
     let r = run(&cfg, fault, Switches::default());
     for k in [StepKind::SetVringKick, StepKind::VringEnable, StepKind::Probe] {
