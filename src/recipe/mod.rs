@@ -79,7 +79,8 @@ use crate::topology::{Device, DeviceKind, Topology};
 /// let opts = RecipeOptions::baseline();
 /// assert_eq!(opts.policy, WindowPolicy::AllInBlackout);
 /// let plan = build(&topo, Side::Source, &opts, &NoCosts).unwrap();
-/// // Everything in the window but dirty logging, which starts with the migration.
+/// // Everything in the window but dirty logging, which starts with the migration
+/// // (and, for a backend without REPLY_ACK, the probe that follows it).
 /// assert!(plan.steps().iter().all(|s| s.window == Window::Blackout || s.kind == StepKind::LogStart));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,7 +209,9 @@ pub struct RecipeOptions {
     /// some other way, and say so.
     pub storage_unmanaged: Vec<DeviceId>,
     /// Devices whose backends do not acknowledge requests (no `REPLY_ACK`): the
-    /// destination probes each once after its start.
+    /// destination probes each once after its start, and the source once after
+    /// its `log_start` (whose messages have no reply of their own: a backend
+    /// that hung or died there would otherwise go unseen until the window).
     pub unacked: Vec<DeviceId>,
     /// Deadline of every step.
     pub deadline: Duration,
@@ -692,7 +695,17 @@ fn source_vhost(c: &mut Ctx<'_>, dev: &Device, all_txn: Option<StepId>) -> Sourc
             .cost(c.cost(d, &StepKind::LogStart))
             .deadline(c.opts.deadline)
             .footprint(&[Resource::device(d)]);
-        c.b.add(s);
+        let started = c.b.add(s);
+        if c.opts.unacked.contains(&d) {
+            // In prepare whatever the policy, as `log_start` is.
+            let p = StepSpec::new(d, StepKind::Probe, Window::Prepare)
+                .split(Server::Channel(d))
+                .cost(c.cost(d, &StepKind::Probe))
+                .deadline(c.opts.deadline)
+                .footprint(&[Resource::device(d)])
+                .after(&[started]);
+            c.b.add(p);
+        }
     }
     let mut gets = Vec::with_capacity(rings as usize);
     if dev.kind == DeviceKind::Blk {

@@ -52,7 +52,7 @@ const NONE: u32 = u32::MAX;
 /// use switchover_testbed::rig::Switches;
 /// let s = Switches::default();
 /// assert!(!s.skip_log_sync && !s.disable_net_before_stop && !s.kick_before_enable && !s.keep_logging);
-/// assert!(!s.skip_fence && !s.no_image_lock);
+/// assert!(!s.skip_fence && !s.no_image_lock && !s.skip_storage && !s.skip_probe);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Switches {
@@ -76,6 +76,15 @@ pub struct Switches {
     /// The own blk backends do not lock their images (image locking off): a
     /// backend that should not hold the image can take it.
     pub no_image_lock: bool,
+    /// Storage is not handed over: every storage step succeeds without acting,
+    /// and the destination's own blk backends hold their images from the start,
+    /// as the source's do (with image locking on they cannot: set
+    /// `no_image_lock` too).
+    pub skip_storage: bool,
+    /// The destination's `probe` of a backend without `REPLY_ACK` succeeds
+    /// without a round trip (a fault injected at it still acts first): a backend
+    /// that died after its last fire-and-forget message goes unseen.
+    pub skip_probe: bool,
 }
 
 /// [`VhostActions`] on a real side, with fault injection and sent-base records.
@@ -223,8 +232,12 @@ impl StepActions for RigActions {
             }
             _ => {}
         }
+        if step.kind == StepKind::Probe && self.switches.skip_probe {
+            done.complete(Ok(()));
+            return;
+        }
         if matches!(step.kind, StepKind::StorageInactivate | StepKind::StorageActivate | StepKind::StorageReactivate) {
-            done.complete(self.storage(step));
+            done.complete(if self.switches.skip_storage { Ok(()) } else { self.storage(step) });
             return;
         }
         let injected = (fault == Some(FaultKind::Error)).then(|| self.injected(step, FaultKind::Error));

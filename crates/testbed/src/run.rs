@@ -147,6 +147,9 @@ pub struct RealConfig {
     /// Faults injected at steps (`KIND:STEP:DEVICE[:RING]`, see
     /// [`crate::rig`]), on whichever side runs the step.
     pub inject: Vec<switchover_sim::Fault>,
+    /// Inject them only on this side (`None`: on whichever side runs the step;
+    /// a kind both sides run then fails on each).
+    pub inject_side: Option<Side>,
     /// Tests only: devices served by the hostile test backend, as (side, device
     /// name, `MODE@REQUEST`); see [`super::backend::HOSTILE_MODES`]. Own backends
     /// only (a qemu-storage-daemon device ignores it).
@@ -209,6 +212,7 @@ impl RealConfig {
             qsd: qsd::find(),
             fault: None,
             inject: Vec::new(),
+            inject_side: None,
             hostile: Vec::new(),
             inflight: 1,
             qsd_iops: None,
@@ -936,6 +940,15 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     // The destination's backends and connections exist before the switchover.
     side_cfg.hostile = hostile_on(Side::Destination);
     let dst = Arc::new(RealSide::connect(&side_cfg, Side::Destination, &topo, dst_mem.clone(), dst_state.clone(), dst_devices.clone())?);
+    if cfg.switches.skip_storage {
+        // The negative control without storage hand-over: the destination's
+        // backends take their images at once, next to the source's.
+        for d in topo.devices().iter().filter(|d| d.kind == DeviceKind::Blk) {
+            if let Some(c) = dst.control(d.id, cfg.deadline) {
+                c.activate().map_err(|e| RigError::Config(format!("{}: destination activate: {e}", d.name)))?;
+            }
+        }
+    }
 
     let all_rings: Vec<(DeviceId, u32)> = topo.devices().iter().flat_map(|d| (0..d.rings()).map(move |r| (d.id, r))).collect();
     let ioctls_before = |s: &RealSide| -> Vec<(u32, u32)> {
@@ -999,7 +1012,8 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
     let dst_plan = Arc::new(build(&topo, Side::Destination, &opts, &RealCosts)?);
     let lower_bound = LowerBound2::of(&src_plan, &dst_plan, lanes);
     let act = |side: &Arc<RealSide>| {
-        Arc::new(RigActions::new(side.clone(), &cfg.inject).with_migration(migration.clone(), opts.routes).with_switches(cfg.switches))
+        let faults: &[switchover_sim::Fault] = if cfg.inject_side.map_or(true, |s| s == side.side()) { &cfg.inject } else { &[] };
+        Arc::new(RigActions::new(side.clone(), faults).with_migration(migration.clone(), opts.routes).with_switches(cfg.switches))
     };
     let src_act = act(&src);
     let dst_act = act(&dst);
@@ -1035,23 +1049,25 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
         }
         _ => vec![],
     };
-    // Before either side is discarded: who holds each image, who could take it,
-    // what the backends counted, and whether the destination's rings were all
-    // stopped when it said it would not run the guest.
-    let storage = storage_check(&topo, &src, &dst, runs_on, &opts, cfg.deadline);
+    // Before either side is discarded: what the backends counted, and whether
+    // the destination's rings were all stopped when it said it would not run
+    // the guest.
     let blk_stats = blk_stats(&topo, &src, &dst, cfg.deadline);
     let fence = fence_check(&topo, &dst, &sent, &backends);
+    // An aborted migration whose source backend failed (crashed, hung, erred
+    // while its logging started): the VMM brings that device back as it would
+    // after any backend crash, outside the switchover — a new backend, its
+    // inflight region carried over, its rings restarted where the guest is.
+    let repaired = repair(&src, &src_act, &lost_on_abort, cfg.deadline);
+    // Then, still before the destination is discarded: who holds each image, and
+    // whether the side that does not run the guest could take it.
+    let storage = storage_check(&topo, &src, &dst, runs_on, &opts, cfg.deadline);
     if runs_on != Some(Side::Destination) {
         // The destination will not run the guest: it is discarded (its backends
         // stop and can no longer touch its memory).
         dst.shutdown();
     }
     let mut fid = Fidelity { precopy: workload.precopy_time(), ..Fidelity::default() };
-    // An aborted migration whose source backend failed (crashed, hung, erred
-    // while its logging started): the VMM brings that device back as it would
-    // after any backend crash, outside the switchover — a new backend, its
-    // inflight region carried over, its rings restarted where the guest is.
-    let repaired = repair(&src, &src_act, &lost_on_abort, cfg.deadline);
     if matches!(outcome, Outcome::Aborted { .. }) && !cfg.switches.keep_logging {
         // The migration was cancelled before the window: the VMM stops logging
         // (after a window, the rollback plan does).

@@ -641,6 +641,10 @@ fn start_backend(cfg: &SideConfig, side: Side, d: &Device, hostile: Option<&str>
         inflight: if qsd { InflightMode::Unadvertised } else { InflightMode::Offered },
         // Own backends started without REPLY_ACK are driven fire-and-forget.
         require_reply_ack: cfg.reply_ack,
+        // rust-vmm's vhost backend library offers REPLY_ACK whatever the backend
+        // says: the own backends run without it only if the frontend declines it.
+        // qemu-storage-daemon keeps it (it always offers it).
+        decline_reply_ack: !cfg.reply_ack && !qsd,
         ..FrontendConfig::new(&format!("{tag} {}", d.name), d.rings())
     };
     let fe = Frontend::connect(stream, &fcfg)?;

@@ -213,7 +213,9 @@ impl VhostActions {
     /// Source: stops dirty logging on `device`'s backend after a migration that
     /// ended before its window (aborted): `SET_FEATURES` without
     /// `VHOST_F_LOG_ALL`, each ring's address without the log flag. (After a
-    /// window, the rollback plan does the same.) Waits for the replies.
+    /// window, the rollback plan does the same.) Waits for the replies; from a
+    /// backend without `REPLY_ACK`, for a probe's (the backend took every request
+    /// before it: logging is off).
     ///
     /// # Errors
     /// A request failed.
@@ -236,6 +238,10 @@ impl VhostActions {
             if let Some(v) = v {
                 p = both(p, self.set_addr(&fe, r, v, deadline)?);
             }
+        }
+        if !fe.acks() {
+            // Sent, not yet taken: only a round trip shows the backend took them.
+            p = both(p, fe.probe(deadline));
         }
         p.wait()
     }

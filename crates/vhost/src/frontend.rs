@@ -101,6 +101,12 @@ pub struct FrontendConfig {
     /// its start is then unverified beyond a [`Frontend::probe`], and the VMM
     /// must say so (`RecipeOptions::unacked`).
     pub require_reply_ack: bool,
+    /// Do not negotiate `REPLY_ACK` even where the backend offers it: the
+    /// backend is driven as one without it (fire-and-forget requests, no acks on
+    /// the wire). For test rigs: backends built on rust-vmm's `vhost` crate
+    /// always offer it, so this is how such a backend runs without it. Needs
+    /// `require_reply_ack` off.
+    pub decline_reply_ack: bool,
 }
 
 /// Which of the inflight protocol features the frontend negotiates.
@@ -141,6 +147,7 @@ impl FrontendConfig {
             inflight: InflightMode::Offered,
             pops_while_disabled: false,
             require_reply_ack: true,
+            decline_reply_ack: false,
         }
     }
 }
@@ -243,8 +250,11 @@ impl Frontend {
                 return Err(missing(format!("REPLY_ACK (protocol features {:#x})", pf.bits())));
             }
             // LOG_SHMFD where offered: dirty logging during a migration needs it.
-            protocol = pf & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::LOG_SHMFD)
-                | inflight_features(cfg.inflight, pf);
+            let mut wanted = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::LOG_SHMFD;
+            if cfg.decline_reply_ack && !cfg.require_reply_ack {
+                wanted.remove(VhostUserProtocolFeatures::REPLY_ACK);
+            }
+            protocol = pf & wanted | inflight_features(cfg.inflight, pf);
             fe.set_protocol_features(protocol).map_err(vh("SET_PROTOCOL_FEATURES"))?;
             if protocol.contains(VhostUserProtocolFeatures::MQ) {
                 let q = fe.get_queue_num().map_err(vh("GET_QUEUE_NUM"))?;
