@@ -12,7 +12,8 @@ use std::sync::Arc as StdArc;
 use crate::error::StepFailure;
 use crate::ids::StepId;
 
-use super::lane::LaneHandle;
+use super::Shared;
+use crate::sync::Arc;
 
 /// What a step's `start` left for its lane: [`NO_ANSWER`], [`ANSWERED_OK`] or
 /// [`ANSWERED_ERR`] (its failure in [`take_failure`]).
@@ -217,5 +218,22 @@ impl Drop for Completion {
             StepFailure::Abandoned
         };
         deliver(self.lane, self.key, self.epoch, self.callback.take(), Err(f));
+    }
+}
+
+/// A lane's handle on the engine, held by the completions it makes that outlive
+/// their step's `start`: one per lane, so those touch only the lane's own counter
+/// (an inline answer touches none; see `completion::end_inline`).
+pub(crate) struct LaneHandle {
+    pub shared: Arc<Shared>,
+}
+
+impl LaneHandle {
+    /// A lane's handle, and the reserve reference the lane holds beside it for as
+    /// long as it runs steps (see `completion::end_inline`).
+    pub(crate) fn new(shared: Arc<Shared>) -> (StdArc<LaneHandle>, StdArc<LaneHandle>) {
+        let h = StdArc::new(LaneHandle { shared });
+        let reserve = h.clone();
+        (h, reserve)
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc as StdArc;
 use super::caller::CallerLane;
 use super::clock::Clock;
 use super::clock::Stamp;
-use super::completion::{self, Completion, Inline, ANSWERED_ERR, ANSWERED_OK, NO_ANSWER};
+use super::completion::{self, Completion, Inline, LaneHandle, ANSWERED_ERR, ANSWERED_OK, NO_ANSWER};
 use super::ready::ReadySet;
 use super::run::{Hints, RunData, CALLER_AFFINE, CONTENDED, JOINS};
 use super::{panic_message, Shared, CALLER};
@@ -50,23 +50,6 @@ use std::time::Duration;
 /// assert!(r.records.iter().all(|x| usize::from(x.lane) <= engine.workers()));
 /// ```
 pub type Lane = u16;
-
-/// A lane's handle on the engine, held by the completions it makes that outlive
-/// their step's `start`: one per lane, so those touch only the lane's own counter
-/// (an inline answer touches none; see `completion::end_inline`).
-pub(crate) struct LaneHandle {
-    pub shared: Arc<Shared>,
-}
-
-impl LaneHandle {
-    /// A lane's handle, and the reserve reference the lane holds beside it for as
-    /// long as it runs steps (see `completion::end_inline`).
-    pub(crate) fn new(shared: Arc<Shared>) -> (StdArc<LaneHandle>, StdArc<LaneHandle>) {
-        let h = StdArc::new(LaneHandle { shared });
-        let reserve = h.clone();
-        (h, reserve)
-    }
-}
 
 /// A lane's own state, behind its own mutex.
 #[derive(Default)]

@@ -57,6 +57,7 @@
 mod caller;
 mod clock;
 mod completion;
+mod expect;
 mod lane;
 mod ready;
 mod run;
@@ -66,15 +67,16 @@ use std::time::{Duration, Instant};
 
 pub use caller::CallerLane;
 pub use completion::Completion;
+pub use expect::{Expected, RoundTrip};
 pub use lane::Lane;
 
 use crate::error::{StepError, StepFailure};
 use crate::ids::{DeviceId, Side, StepId, Window};
 use crate::plan::Plan;
-use crate::predict::{Expected, RoundTrip};
 use crate::step::Step;
 use crate::sync::{Arc, AtomicU64, Condvar, Mutex, Ordering};
-use lane::{LaneCtx, LaneHandle, Slot};
+use completion::LaneHandle;
+use lane::{LaneCtx, Slot};
 use run::{Inner, Rec, RunData, RunInner};
 
 /// What performs steps. `start` must eventually call `done.complete(..)` exactly once

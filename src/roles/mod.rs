@@ -98,5 +98,5 @@ pub use hooks::{NoHooks, VmmHooks};
 pub use in_process::{run_in_process, run_in_process_with};
 pub use message::Message;
 pub use session::Session;
-pub use setup::{lost_devices, Deadlines, Outcome, Recovery, SideSetup, SwitchoverReport};
-pub use source::{PreparedSource, ReadySource, Source, Unsettled};
+pub use setup::{lost_devices, Deadlines, Outcome, Recovery, SideSetup, SwitchoverReport, Unsettled};
+pub use source::{PreparedSource, ReadySource, Source};

@@ -281,7 +281,7 @@ pub struct SwitchoverReport {
     /// Destination: whether it runs the guest (what it answers to a query).
     pub running_here: bool,
     /// Source, when the outcome is in doubt: what settles it.
-    pub unsettled: Option<super::source::Unsettled>,
+    pub unsettled: Option<Unsettled>,
     /// The session, to go on talking to the other role (a destination answers a
     /// source's query with it).
     pub session: Option<super::session::Session>,
@@ -322,5 +322,23 @@ impl SwitchoverReport {
     /// Duration of one window of one side, if it ran.
     pub fn phase(&self, side: Side, w: Window) -> Option<Duration> {
         self.runs.iter().find(|r| r.side == side && r.window == w).map(|r| r.wall)
+    }
+}
+
+/// What settles an in-doubt switchover: the source stopped, its state left, and the
+/// destination did not say whether it runs the guest. Ask again when the path is
+/// back: the destination answers from what it did (it keeps its verdict):
+/// [`Unsettled::settle`].
+pub struct Unsettled {
+    pub(super) progress: crate::exec::Progress,
+    pub(super) session: super::session::Session,
+    pub(super) opened: Instant,
+    pub(super) carried: usize,
+    pub(super) deadlines: Deadlines,
+}
+
+impl std::fmt::Debug for Unsettled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unsettled").field("session", &self.session.id()).finish()
     }
 }

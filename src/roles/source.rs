@@ -18,7 +18,7 @@ use super::forecast;
 use super::message::Message;
 use super::path::ReturnPath;
 use super::session::Session;
-use super::setup::{lost_devices, Deadlines, Outcome, SideSetup, SwitchoverReport};
+use super::setup::{lost_devices, Deadlines, Outcome, SideSetup, SwitchoverReport, Unsettled};
 use crate::error::StepError;
 use crate::exec::{Engine, Progress, RunReport, StepOutcome};
 use crate::ids::{Side, Window};
@@ -361,23 +361,6 @@ fn roll_back(
     r.prediction = done.prediction;
     r.session = Some(session);
     r
-}
-
-/// What settles an in-doubt switchover: the source stopped, its state left, and the
-/// destination did not say whether it runs the guest. Ask again when the path is
-/// back: the destination answers from what it did (it keeps its verdict).
-pub struct Unsettled {
-    progress: Progress,
-    session: Session,
-    opened: Instant,
-    carried: usize,
-    deadlines: Deadlines,
-}
-
-impl std::fmt::Debug for Unsettled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Unsettled").field("session", &self.session.id()).finish()
-    }
 }
 
 impl Unsettled {
