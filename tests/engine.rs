@@ -385,3 +385,47 @@ fn a_step_record_never_ends_after_a_successor_starts() {
         }
     }
 }
+
+#[test]
+fn a_lane_inside_a_long_action_does_not_hold_back_its_other_ready_steps() {
+    // `x` makes `a` and `b` ready on its own lane; `a` (more urgent) blocks until
+    // `b` has run. An idle lane must take `b` from the busy lane's own set: a ready
+    // step waits for a lane only while every lane is busy.
+    struct WaitForB(std::sync::Mutex<bool>, std::sync::Condvar);
+    impl StepActions for WaitForB {
+        fn start(&self, step: &Step, done: Completion) {
+            let name = step.kind.name();
+            if name == "a" {
+                let g = self.0.lock().unwrap();
+                let (g, t) = self.1.wait_timeout_while(g, Duration::from_secs(5), |ran| !*ran).unwrap();
+                drop(g);
+                done.complete(if t.timed_out() {
+                    Err(StepFailure::Injected { what: "b never ran while a blocked".into() })
+                } else {
+                    Ok(())
+                });
+                return;
+            }
+            if name == "b" {
+                *self.0.lock().unwrap() = true;
+                self.1.notify_all();
+            }
+            done.complete(Ok(()));
+        }
+    }
+    let topo = Arc::new(Topology::builder().net(1, 1).build().unwrap());
+    let mut b = PlanBuilder::new(topo, Side::Source);
+    let x = b.add(StepSpec::new(DeviceId(0), StepKind::Custom("x".into()), Window::Blackout));
+    b.add(StepSpec::new(DeviceId(0), StepKind::Custom("a".into()), Window::Blackout).after(&[x]).cost(Duration::from_millis(50)));
+    b.add(StepSpec::new(DeviceId(0), StepKind::Custom("b".into()), Window::Blackout).after(&[x]).cost(Duration::from_micros(1)));
+    let plan = Arc::new(b.build().unwrap());
+    for workers in [1, 2] {
+        let mut engine = Engine::new(workers);
+        for _ in 0..20 {
+            let actions = Arc::new(WaitForB(std::sync::Mutex::new(false), std::sync::Condvar::new()));
+            let mut p = Progress::new(&plan);
+            let r = engine.run(&plan, Window::Blackout, actions, &mut p);
+            assert!(r.ok(), "{workers} workers: {:?}", r.failure);
+        }
+    }
+}

@@ -406,6 +406,9 @@ fn share(cx: &LaneCtx<'_>, any: &mut ReadySet) {
     for _ in 0..wake {
         sh.workers_cv.notify_one();
     }
+    if inner.caller_waiting {
+        sh.caller_cv.notify_one();
+    }
 }
 
 /// Starts a step on this lane; returns its answer if it answered before `start`

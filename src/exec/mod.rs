@@ -843,6 +843,7 @@ fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
                     shared.caller_cv.notify_one();
                 }
             }
+            let mut scanned = false;
             loop {
                 if inner.shutdown {
                     return;
@@ -862,6 +863,24 @@ fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
                 }
                 inner.parked += 1;
                 shared.hints.store(inner.hints(), Ordering::Release);
+                // Counted idle (a lane that sees it shares its own ready steps):
+                // once, ready steps another lane already holds in its own set come
+                // to the pool; then look again with the lock held throughout, so
+                // that no wake-up is lost before the wait.
+                if !std::mem::replace(&mut scanned, true) {
+                    if let Some(epoch) = inner.run.as_ref().filter(|r| !r.stopping).map(|r| r.data.epoch) {
+                        drop(inner);
+                        unload_others(shared, epoch, lane as usize);
+                        inner = shared.inner.lock();
+                        // Not parked yet; a wake-up meant for this worker meanwhile
+                        // went to another, or to nobody: never count more notified
+                        // than parked.
+                        inner.parked -= 1;
+                        inner.notified = inner.notified.min(inner.parked);
+                        shared.hints.store(inner.hints(), Ordering::Release);
+                        continue;
+                    }
+                }
                 shared.workers_cv.wait(&mut inner);
                 inner.parked -= 1;
                 inner.notified = inner.notified.saturating_sub(1);
@@ -871,6 +890,31 @@ fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
         let cx = LaneCtx { shared, handle: &handle, data: &data, lane, caller: None };
         lane::work(&cx, &mut take, &mut none);
     }
+}
+
+/// A lane counted idle moves the ready steps other lanes hold in their own sets
+/// into the pool, where it takes them: a lane inside a long action (a blocking
+/// step, a slow ioctl) does not hold back steps that an idle lane could run, so a
+/// ready step waits for a lane only while every lane is busy. Takes each lane's
+/// lock alone, then the engine's (as [`claim`]). Returns whether it moved any.
+fn unload_others(shared: &Shared, epoch: u64, me: usize) -> bool {
+    let mut moved = false;
+    for (i, slot) in shared.lanes.iter().enumerate() {
+        if i == me {
+            continue;
+        }
+        let mut g = slot.local.lock();
+        if g.epoch != epoch || g.any.is_empty() {
+            continue;
+        }
+        let mut inner = shared.inner.lock();
+        let Some(run) = inner.run_of(epoch) else { return moved };
+        g.any.move_into(&mut run.pool);
+        drop(g);
+        moved = true;
+        shared.hints.store(inner.hints(), Ordering::Release);
+    }
+    moved
 }
 
 /// The watchdog, run by the caller lane while it waits: fails split-phase steps
@@ -1219,6 +1263,7 @@ impl Engine {
             lane::work(&cx, &mut any, &mut caller);
             let mut inner = sh.inner.lock();
             let mut spin = true;
+            let mut unloaded = false;
             let done = loop {
                 let Some(run) = inner.run.as_mut() else { break true };
                 if !run.stopping {
@@ -1280,6 +1325,17 @@ impl Engine {
                     continue;
                 }
                 inner.caller_waiting = true;
+                sh.hints.store(inner.hints(), Ordering::Release);
+                if !std::mem::replace(&mut unloaded, true) {
+                    // Counted idle: once, steps other lanes hold in their own sets
+                    // come to the pool (see `unload_others`); then look again with
+                    // the lock held throughout, so that no wake-up is lost.
+                    drop(inner);
+                    unload_others(sh, epoch, CALLER as usize);
+                    inner = sh.inner.lock();
+                    inner.caller_waiting = false;
+                    continue;
+                }
                 match next {
                     Some(t) => {
                         sh.caller_cv.wait_until(&mut inner, data.clock.instant(t));
@@ -1287,6 +1343,7 @@ impl Engine {
                     None => sh.caller_cv.wait(&mut inner),
                 }
                 inner.caller_waiting = false;
+                sh.hints.store(inner.hints(), Ordering::Release);
             };
             sh.hints.store(inner.hints(), Ordering::Release);
             if done {

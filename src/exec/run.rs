@@ -523,7 +523,9 @@ impl Inner {
     pub(crate) fn hints(&self) -> u64 {
         let Some(r) = &self.run else { return Hints::NONE };
         let mut h = if r.stopping { u64::from(u32::MAX) | Hints::STOPPING } else { u64::from(r.pool.peek().unwrap_or(u32::MAX)) };
-        let idle = self.parked.saturating_sub(self.notified).min(0xffff) as u64;
+        // Parked workers not yet woken, and the caller lane waiting: a lane with
+        // ready steps of its own shares them while anyone idles.
+        let idle = (self.parked.saturating_sub(self.notified) + usize::from(self.caller_waiting)).min(0xffff) as u64;
         h |= idle << Hints::IDLE_SHIFT;
         if !r.inbox.is_empty() {
             h |= Hints::INBOX;
