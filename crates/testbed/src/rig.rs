@@ -256,6 +256,14 @@ impl StepActions for RigActions {
         self.inner.reconnect(device)
     }
 
+    fn probe(&self, device: DeviceId) -> Option<switchover::predict::RoundTrip> {
+        self.inner.probe(device)
+    }
+
+    fn expect(&self, step: &Step) -> Option<switchover::predict::Expected> {
+        self.inner.expect(step)
+    }
+
     fn recover_base(&self, device: DeviceId, ring: u32) -> Option<u16> {
         self.inner.recover_base(device, ring)
     }
