@@ -108,7 +108,7 @@ fn assert_guest_safe(r: &RealRun, what: &str) {
     // Nothing left behind.
     assert!(r.leftover_processes.is_empty(), "{what}: processes left: {:?}", r.leftover_processes);
     assert!(!r.leftover_dir, "{what}: socket directory left behind");
-    assert!(r.checks_ok(), "{what}");
+    assert!(r.checks_ok(), "{what}: failed checks {:?}, routes {:?}", r.failed_checks(), r.fidelity.routes);
 }
 
 #[test]
