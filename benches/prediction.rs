@@ -16,36 +16,13 @@
 
 mod common;
 
-use std::time::Duration;
-
 use switchover::exec::Engine;
 use switchover::ids::{Side, Window};
 use switchover::roles::{run_in_process, Outcome};
-use switchover::topology::{GenericStep, Topology};
+use switchover::topology::Topology;
 use switchover_sim::{SimConfig, SimRole};
 
 use common::{machine, median, ms, save, table, test_mode};
-
-/// Nets of 1 to 64 queue pairs, blks of 1 to 16 queues, a generic device.
-fn uneven() -> Topology {
-    let steps = vec![
-        GenericStep::new("quiesce", Side::Source, Window::Blackout).cost(Duration::from_micros(800)),
-        GenericStep::new("save_fw", Side::Source, Window::Blackout).cost(Duration::from_micros(400)).after("quiesce"),
-        GenericStep::new("load_fw", Side::Destination, Window::Blackout).cost(Duration::from_micros(600)),
-    ];
-    Topology::builder()
-        .name("uneven")
-        .net(1, 1)
-        .net(1, 4)
-        .net(1, 16)
-        .net(1, 64)
-        .blk(1, 1)
-        .blk(1, 4)
-        .blk(1, 16)
-        .generic(1, "gpu", steps)
-        .build()
-        .expect("a valid topology")
-}
 
 /// One round's figures (ms): predicted and measured downtime; per side,
 /// predicted and measured blackout window.
@@ -81,7 +58,11 @@ fn main() {
     }
     let rounds: usize =
         std::env::args().skip_while(|a| a != "--rounds").nth(1).and_then(|n| n.parse().ok()).unwrap_or(if test_mode() { 1 } else { 5 });
-    let topologies = [Topology::preset("rfc-huge").expect("preset"), uneven(), Topology::preset("medium").expect("preset")];
+    let topologies = [
+        Topology::preset("rfc-huge").expect("preset"),
+        Topology::preset("uneven").expect("preset"),
+        Topology::preset("medium").expect("preset"),
+    ];
     let mut all: Vec<Vec<Round>> = topologies.iter().map(|_| Vec::new()).collect();
     // Round after round, every topology once per round.
     for _ in 0..rounds {

@@ -509,13 +509,20 @@ impl Calibration {
     }
 
     /// Measures a round trip on each backend of `plan`'s devices
-    /// ([`crate::exec::StepActions::probe`]).
+    /// ([`crate::exec::StepActions::probe`]), every backend at once, one thread
+    /// each: as the window sends to all of them at once, so that backends that
+    /// share the machine's processors (with each other and with the lanes) show
+    /// what that sharing costs.
     pub fn probe(&mut self, plan: &Plan, actions: &dyn StepActions) {
         let mut devices: Vec<DeviceId> = plan.steps().iter().filter(|s| s.kind.is_message()).map(|s| s.device).collect();
         devices.sort();
         devices.dedup();
-        for d in devices {
-            if let Some(rt) = actions.probe(d) {
+        let measured: Vec<(DeviceId, Option<RoundTrip>)> = std::thread::scope(|sc| {
+            let probes: Vec<_> = devices.iter().map(|&d| (d, sc.spawn(move || actions.probe(d)))).collect();
+            probes.into_iter().map(|(d, h)| (d, h.join().ok().flatten())).collect()
+        });
+        for (d, rt) in measured {
+            if let Some(rt) = rt {
                 self.probes.insert(d, rt);
             }
         }
@@ -609,7 +616,10 @@ impl Calibration {
             }
         }
         let tail = answered.then(|| self.transport(step.device));
-        StepCost { lane: send, service: step.cost, tail, wake, source: CostSource::Declared }
+        // No request keeps its backend busy for less than a plain one measured
+        // on the same channel.
+        let floor = self.probes.get(&step.device).map_or(Duration::ZERO, |rt| rt.per_request);
+        StepCost { lane: send, service: step.cost.max(floor), tail, wake, source: CostSource::Declared }
     }
 
     /// Predicts window `w` of `plan` run by an engine of `lanes` lanes (workers
@@ -946,6 +956,46 @@ mod tests {
         let kick = plan.steps().iter().find(|s| s.kind == StepKind::SetVringKick).unwrap();
         let c = costs().cost(&plan, kick, &Knows);
         assert_eq!((c.source, c.service, c.tail), (CostSource::Actions, Duration::from_micros(7), None));
+    }
+
+    #[test]
+    fn backends_are_probed_at_once_and_a_request_costs_at_least_a_plain_one() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        /// A probe that takes 30 ms, counting how many run at once.
+        #[derive(Default)]
+        struct Slow {
+            now: AtomicUsize,
+            most: AtomicUsize,
+        }
+        impl StepActions for Slow {
+            fn start(&self, _s: &Step, done: Completion) {
+                done.complete(Ok(()));
+            }
+            fn probe(&self, _d: DeviceId) -> Option<RoundTrip> {
+                let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most.fetch_max(n, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(30));
+                self.now.fetch_sub(1, Ordering::SeqCst);
+                Some(RoundTrip { alone: Duration::from_micros(400), per_request: Duration::from_micros(300) })
+            }
+        }
+        let t = Arc::new(Topology::builder().net(4, 1).build().unwrap());
+        let plan = build(&t, Side::Source, &RecipeOptions::engine(), &Msg(50)).unwrap();
+        let slow = Slow::default();
+        let mut c = costs();
+        c.probe(&plan, &slow);
+        // The window sends to every backend at once: so does the probe.
+        assert!(slow.most.load(Ordering::SeqCst) > 1);
+        // A GET_VRING_BASE declared at 50 µs keeps its backend busy at least as
+        // long as the 300 µs plain request measured on its channel.
+        let get = plan.steps().iter().find(|s| s.kind == StepKind::GetVringBase).unwrap();
+        let cost = c.cost(&plan, get, &Inline);
+        assert_eq!(
+            (cost.source, cost.service, cost.tail),
+            (CostSource::Declared, Duration::from_micros(300), Some(Duration::from_micros(100)))
+        );
+        // Without the probe: the plan's 50 µs.
+        assert_eq!(costs().cost(&plan, get, &Inline).service, Duration::from_micros(50));
     }
 
     /// A run of window `w` where one lane started a step every microsecond and

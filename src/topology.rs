@@ -300,7 +300,7 @@ pub const MAX_DEVICES: u32 = 4096;
 /// use switchover::topology::{Topology, PRESETS};
 /// assert!(PRESETS.iter().all(|p| Topology::preset(p).is_ok()));
 /// ```
-pub const PRESETS: &[&str] = &["rfc-huge", "medium", "small", "single-net", "single-blk"];
+pub const PRESETS: &[&str] = &["rfc-huge", "medium", "small", "single-net", "single-blk", "uneven"];
 
 impl Topology {
     /// A builder for a topology in code.
@@ -317,7 +317,10 @@ impl Topology {
 
     /// A built-in preset: `rfc-huge` (16 nets × 32 queue pairs, 24 blks × 4 queues,
     /// the VM of the 2021 RFC), `medium` (4 × 8, 4 × 4), `small` (2 × 2, 2 × 1),
-    /// `single-net` (1 × 1), `single-blk` (1 × 1).
+    /// `single-net` (1 × 1), `single-blk` (1 × 1), `uneven` (nets of 1, 4, 16 and
+    /// 64 queue pairs, blks of 1, 4 and 16 queues, and one generic device `gpu0`
+    /// with steps in both sides' windows: `quiesce` 800 µs then `save_fw` 400 µs
+    /// on the source, `load_fw` 600 µs on the destination).
     ///
     /// # Errors
     /// [`TopologyError::UnknownPreset`] for any other name.
@@ -334,6 +337,15 @@ impl Topology {
             "small" => b.net(2, 2).blk(2, 1),
             "single-net" => b.net(1, 1),
             "single-blk" => b.blk(1, 1),
+            "uneven" => {
+                let us = Duration::from_micros;
+                let steps = vec![
+                    GenericStep::new("quiesce", Side::Source, Window::Blackout).cost(us(800)),
+                    GenericStep::new("save_fw", Side::Source, Window::Blackout).cost(us(400)).after("quiesce"),
+                    GenericStep::new("load_fw", Side::Destination, Window::Blackout).cost(us(600)),
+                ];
+                b.net(1, 1).net(1, 4).net(1, 16).net(1, 64).blk(1, 1).blk(1, 4).blk(1, 16).generic(1, "gpu", steps)
+            }
             _ => {
                 return Err(TopologyError::UnknownPreset { name: name.into(), known: PRESETS.join(", ") });
             }

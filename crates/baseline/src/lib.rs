@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 use switchover::exec::{Engine, RunReport};
 use switchover::ids::{Side, Window};
 use switchover::plan::{LowerBound, Plan};
+use switchover::predict::Prediction;
 use switchover::recipe::RecipeOptions;
 use switchover::roles::{run_in_process, HookError, HookKind, Outcome, SideSetup, SwitchoverError};
 
@@ -244,6 +245,55 @@ pub struct Executed {
     /// Every window each side ran, the rollback and the fence included, in the
     /// order they started.
     pub windows: Vec<WindowRun>,
+    /// What the roles predicted before the window opened (the engine only; the
+    /// baselines predict nothing).
+    pub predicted: Predicted,
+}
+
+/// The roles' predictions, each made before the window opened
+/// ([`switchover::predict`]): the source's, with the destination's estimate of
+/// its own share from its ready-ack (so the predicted downtime), and the
+/// destination's own.
+///
+/// ```
+/// use switchover_baseline::Predicted;
+/// let p = Predicted::default();
+/// assert!(p.downtime().is_none() && p.measured_bound().is_none());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Predicted {
+    /// The source's prediction.
+    pub source: Option<Prediction>,
+    /// The destination's prediction.
+    pub destination: Option<Prediction>,
+}
+
+impl Predicted {
+    /// The predicted downtime: the source's share and the destination's estimate.
+    pub fn downtime(&self) -> Option<Duration> {
+        self.source.as_ref()?.downtime()
+    }
+    /// Each side's lower bound from its measured costs
+    /// ([`Prediction::lower_bound`]), when both sides predicted.
+    pub fn measured_bound(&self) -> Option<LowerBound2> {
+        let (s, d) = (self.source.as_ref()?, self.destination.as_ref()?);
+        Some(LowerBound2 { src: s.window.lower_bound, dst: d.window.lower_bound })
+    }
+    /// (predicted − measured) / measured, for a measured `downtime`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchover_baseline::Predicted;
+    /// assert!(Predicted::default().error(Duration::from_millis(3)).is_none());
+    /// ```
+    pub fn error(&self, downtime: Duration) -> Option<f64> {
+        let p = self.downtime()?;
+        (!downtime.is_zero()).then(|| (p.as_secs_f64() - downtime.as_secs_f64()) / downtime.as_secs_f64())
+    }
+    /// The earlier of the two predictions' instants: both were made before it.
+    pub fn made_at(&self) -> Option<Instant> {
+        [self.source.as_ref(), self.destination.as_ref()].into_iter().flatten().map(|p| p.made_at.min(p.window.made_at)).min()
+    }
 }
 
 /// Runs `strategy` over two prepared sides, simulated or real: `serial` and `qemu`
@@ -302,7 +352,8 @@ pub fn execute(strategy: Strategy, workers: usize, src: &SideSetup, dst: &SideSe
         if let Some((plan, report)) = rep.rollback {
             windows.push(WindowRun { plan, report, rollback: true, fence: false });
         }
-        return Executed { outcome: rep.outcome, downtime: rep.downtime, window_opened: rep.window_opened, windows };
+        let predicted = Predicted { source: rep.prediction, destination: rep.destination_prediction };
+        return Executed { outcome: rep.outcome, downtime: rep.downtime, window_opened: rep.window_opened, windows, predicted };
     }
     let lanes = if strategy == Strategy::Pool { workers.max(1) } else { 0 };
     let mut windows = Vec::new();
@@ -360,7 +411,7 @@ pub fn execute(strategy: Strategy, workers: usize, src: &SideSetup, dst: &SideSe
         None => Outcome::CompletedUnverified { devices: probed },
         Some(cause) => Outcome::Failed { rollback: None, cause },
     };
-    Executed { outcome, downtime, window_opened: opened, windows }
+    Executed { outcome, downtime, window_opened: opened, windows, predicted: Predicted::default() }
 }
 
 /// The lower bound of a strategy's downtime, per side.
@@ -566,8 +617,15 @@ pub struct StrategyRun {
     pub outcome: Outcome,
     /// Lanes (workers + caller, or 1 for serial).
     pub lanes: usize,
-    /// Lower bound on the blackout (src + dst) from the plans run.
+    /// Lower bound on the blackout (src + dst): from the plans' expected costs, or
+    /// (see [`StrategyRun::bound_measured`]) from the costs measured before the
+    /// window.
     pub lower_bound: LowerBound2,
+    /// Whether [`StrategyRun::lower_bound`] is the roles' measured bound
+    /// ([`Predicted::measured_bound`]) rather than the plans' expected costs.
+    pub bound_measured: bool,
+    /// What the roles predicted before the window opened (the engine only).
+    pub predicted: Predicted,
     /// The checks.
     pub checks: Checks,
     /// The safety checks of the world the run happened in (empty when the
@@ -587,9 +645,20 @@ impl StrategyRun {
             outcome: e.outcome,
             lanes,
             lower_bound,
+            bound_measured: false,
+            predicted: e.predicted,
             checks,
             safety: vec![],
         }
+    }
+    /// The run with the roles' measured lower bound in place of the plans'
+    /// expected costs' (unchanged when the roles did not predict both sides).
+    pub fn with_measured_bound(mut self) -> StrategyRun {
+        if let Some(b) = self.predicted.measured_bound() {
+            self.lower_bound = b;
+            self.bound_measured = true;
+        }
+        self
     }
     /// The run with these safety checks.
     pub fn with_safety(mut self, safety: Vec<SafetyCheck>) -> StrategyRun {
@@ -639,6 +708,36 @@ impl StrategyRun {
     /// How long the destination's fence took, if there was one.
     pub fn fence(&self) -> Option<Duration> {
         self.windows.iter().find(|w| w.fence).map(|w| w.report.wall)
+    }
+    /// Whether every prediction the run holds was made before the window opened
+    /// and before the first step of either side's blackout window started
+    /// (`None`: no prediction).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchover::ids::Side;
+    /// use switchover::topology::Topology;
+    /// use switchover_baseline::{execute, Checks, InstantDevices, LowerBound2, Strategy, StrategyRun};
+    /// let topo = Arc::new(Topology::preset("small").unwrap());
+    /// let run = |s: Strategy| {
+    ///     let (src, dst) = (InstantDevices::setup(&topo, Side::Source, &s.recipe()), InstantDevices::setup(&topo, Side::Destination, &s.recipe()));
+    ///     let lb = LowerBound2::of(&src.plan, &dst.plan, 3);
+    ///     StrategyRun::new(s, false, execute(s, 2, &src, &dst), 3, lb, Checks::default())
+    /// };
+    /// assert_eq!(run(Strategy::Engine).predicted_before_window(), Some(true));
+    /// assert_eq!(run(Strategy::Serial).predicted_before_window(), None); // the baselines predict nothing
+    /// ```
+    pub fn predicted_before_window(&self) -> Option<bool> {
+        let made = [self.predicted.source.as_ref(), self.predicted.destination.as_ref()];
+        let made: Vec<Instant> = made.into_iter().flatten().flat_map(|p| [p.made_at, p.window.made_at]).collect();
+        let last = made.iter().max()?;
+        let first_step = self
+            .windows
+            .iter()
+            .filter(|w| !w.rollback && !w.fence && w.window() == Window::Blackout)
+            .flat_map(|w| w.report.records.iter().map(|r| w.report.started_at + r.start))
+            .min();
+        Some(*last < self.window_opened && first_step.map_or(true, |f| *last < f))
     }
     /// Number of steps started, over every window.
     pub fn steps_started(&self) -> usize {

@@ -84,6 +84,32 @@ fn json_has_the_documented_keys() {
     }
     assert!(r["engine_over_lower_bound"].as_f64().unwrap() > 0.0);
     assert!(stdout.contains("engine ÷ qemu") && stdout.contains("engine ÷ serial"));
+    // The engine's prediction, made before the window opened, beside what was
+    // measured; the baselines predict nothing. Simulated runs keep the bound from
+    // the plans' expected costs.
+    let en = &v["strategies"]["engine"];
+    let predicted = en["predicted_downtime_ms"].as_f64().unwrap();
+    let err = en["prediction_error_pct"].as_f64().unwrap();
+    assert!(predicted > 0.0);
+    assert!((err - (predicted - e) / e * 100.0).abs() < 1e-6, "{err}");
+    let p = &en["prediction"];
+    for k in [
+        "src_blackout_ms",
+        "dst_blackout_ms",
+        "measured_src_blackout_ms",
+        "measured_dst_blackout_ms",
+        "made_before_window_ms",
+        "dst_estimate_ms",
+    ] {
+        assert!(p[k].as_f64().is_some(), "{k}");
+    }
+    assert!(p["made_before_window_ms"].as_f64().unwrap() > 0.0);
+    for s in ["serial", "pool", "qemu"] {
+        assert!(v["strategies"][s]["predicted_downtime_ms"].is_null(), "{s}");
+    }
+    assert_eq!(v["lower_bound_from"], "expected_costs");
+    assert_eq!(en["lower_bound_from"], "expected_costs");
+    assert!(stdout.contains("predicted before the window opened (SIMULATED)"));
     assert_eq!(v["profile"]["reply_ack"], true);
 }
 
@@ -214,4 +240,21 @@ fn svg_and_trace_flags_draw_every_engine_step_once() {
     let spans = t["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").count();
     assert_eq!(spans, steps, "one span per step");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_uneven_preset_runs_with_its_generic_device_and_a_prediction() {
+    let p = std::env::temp_dir().join(format!("switchover-cli-uneven-{}.json", std::process::id()));
+    let args = ["--preset", "uneven", "--scale", "0.05", "--strategies", "engine", "--json"];
+    let out = bin().args(args).arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    // Nets of 1, 4, 16 and 64 queue pairs, blks of 1, 4 and 16 queues, a generic device.
+    assert_eq!(v["topology"]["devices"], 8);
+    assert_eq!(v["topology"]["rings"], 2 * (1 + 4 + 16 + 64) + 1 + 4 + 16);
+    let e = &v["strategies"]["engine"];
+    assert_eq!(e["outcome"], "completed");
+    assert!(e["steps"].as_array().unwrap().iter().any(|s| s["step"] == "quiesce"));
+    assert!(e["predicted_downtime_ms"].as_f64().unwrap() > 0.0);
 }

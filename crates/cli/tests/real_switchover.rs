@@ -88,6 +88,16 @@ fn real_engine_mixed_own_and_qemu_storage_daemon() {
     assert_switchover_ok(&r);
     // The engine batches notifier changes in one transaction per side.
     assert_eq!(r.run.checks.transactions.0, 2);
+    // Both sides predicted before the window opened; the source costed its
+    // plain requests from round trips measured on its own backends (the probe),
+    // and the run's lower bound is the one from those measured costs.
+    assert_eq!(r.run.predicted_before_window(), Some(true));
+    assert!(r.run.predicted.downtime().is_some());
+    let src = r.run.predicted.source.as_ref().unwrap();
+    let probed = src.window.sources.iter().find(|(s, _)| *s == switchover::predict::CostSource::PlainRequest).map_or(0, |x| x.1);
+    assert!(probed > 0, "{:?}", src.window.sources);
+    assert!(r.run.bound_measured);
+    assert_eq!(Some(r.run.lower_bound), r.run.predicted.measured_bound());
 }
 
 #[test]

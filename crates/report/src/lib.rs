@@ -273,11 +273,13 @@ pub fn table(cmp: &Comparison) -> String {
         let lb = e.lower_bound.total();
         let _ = writeln!(
             out,
-            "  engine  {:>9.1} ms   (lower bound {:.1} ms; engine / bound = {:.2})",
+            "  engine  {:>9.1} ms   (lower bound {:.1} ms, {}; engine / bound = {:.2})",
             dms(e.downtime),
             dms(lb),
+            bound_kind(e),
             ratio(e.downtime, lb)
         );
+        out.push_str(&prediction_lines(e));
         let _ = writeln!(
             out,
             "          lower bound: src {:.1} ms limited by {}, dst {:.1} ms limited by {}",
@@ -448,6 +450,80 @@ pub fn ratio(a: Duration, b: Duration) -> f64 {
     }
 }
 
+/// Where a run's lower bound came from, in words.
+fn bound_kind(r: &StrategyRun) -> &'static str {
+    if r.bound_measured {
+        "measured: from costs measured on this VM's backends before the window"
+    } else {
+        "estimated: from the plans' expected costs"
+    }
+}
+
+/// Each side's measured blackout window (ms), if it ran.
+fn blackout_ms(r: &StrategyRun, side: Side) -> Option<f64> {
+    r.phase(side, Window::Blackout).map(dms)
+}
+
+/// The engine's prediction beside what was measured, labelled SIMULATED or REAL.
+fn prediction_lines(r: &StrategyRun) -> String {
+    let mut out = String::new();
+    let label = if r.simulated { "SIMULATED" } else { "REAL" };
+    let p = &r.predicted;
+    let Some(predicted) = p.downtime() else {
+        if r.strategy == Strategy::Engine {
+            let _ = writeln!(out, "          predicted downtime: none (the roles made no prediction before the window)");
+        }
+        return out;
+    };
+    let err = p.error(r.downtime).map_or("-".into(), |e| format!("{:+.1} %", e * 100.0));
+    let _ = writeln!(
+        out,
+        "          predicted before the window opened ({label}): downtime {:.1} ms, measured {:.1} ms, error {err}",
+        dms(predicted),
+        dms(r.downtime)
+    );
+    let side = |pr: Option<&switchover::predict::Prediction>, s: Side| {
+        let pred = pr.map_or("-".into(), |x| format!("{:.1}", dms(x.window.duration)));
+        let meas = blackout_ms(r, s).map_or("-".into(), |x| format!("{x:.1}"));
+        format!("{} blackout {pred} / {meas} ms", s.short())
+    };
+    let lead = p.made_at().and_then(|m| r.window_opened.checked_duration_since(m)).map_or("-".into(), |d| format!("{:.1}", dms(d)));
+    let _ = writeln!(
+        out,
+        "          predicted / measured ({label}): {}, {}; made {lead} ms before the window opened",
+        side(p.source.as_ref(), Side::Source),
+        side(p.destination.as_ref(), Side::Destination)
+    );
+    out
+}
+
+/// The engine's prediction as JSON keys of its strategy (all null when it made none).
+fn prediction_json(r: &StrategyRun) -> Value {
+    let p = &r.predicted;
+    let win = |x: Option<&switchover::predict::Prediction>| x.map(|x| dms(x.window.duration));
+    let bound = |x: Option<&switchover::predict::Prediction>| x.map(|x| dms(x.lower_bound()));
+    let share = |x: Option<&switchover::predict::Prediction>| x.map(|x| dms(x.this_side()));
+    let sources = |x: Option<&switchover::predict::Prediction>| {
+        x.map(|x| x.window.sources.iter().map(|(s, n)| (s.name().to_string(), json!(n))).collect::<serde_json::Map<_, _>>())
+    };
+    json!({
+        "downtime_ms": p.downtime().map(dms),
+        "error_pct": p.error(r.downtime).map(|e| e * 100.0),
+        "made_before_window_ms": p.made_at().and_then(|m| r.window_opened.checked_duration_since(m)).map(dms),
+        "src_blackout_ms": win(p.source.as_ref()),
+        "dst_blackout_ms": win(p.destination.as_ref()),
+        "measured_src_blackout_ms": blackout_ms(r, Side::Source),
+        "measured_dst_blackout_ms": blackout_ms(r, Side::Destination),
+        "src_share_ms": share(p.source.as_ref()),
+        "dst_share_ms": share(p.destination.as_ref()),
+        "dst_estimate_ms": p.source.as_ref().and_then(|x| x.other).map(dms),
+        "src_lower_bound_ms": bound(p.source.as_ref()),
+        "dst_lower_bound_ms": bound(p.destination.as_ref()),
+        "src_cost_sources": sources(p.source.as_ref()),
+        "dst_cost_sources": sources(p.destination.as_ref()),
+    })
+}
+
 fn run_json(r: &StrategyRun, with_steps: bool) -> Value {
     let c = &r.checks;
     let mut v = json!({
@@ -462,6 +538,10 @@ fn run_json(r: &StrategyRun, with_steps: bool) -> Value {
         "memory_transactions": { "commits": c.transactions.0, "notifier_changes": c.transactions.1 },
         "lanes": r.lanes,
         "lower_bound_ms": dms(r.lower_bound.total()),
+        "lower_bound_from": if r.bound_measured { "measured" } else { "expected_costs" },
+        "predicted_downtime_ms": r.predicted.downtime().map(dms),
+        "prediction_error_pct": r.predicted.error(r.downtime).map(|e| e * 100.0),
+        "prediction": prediction_json(r),
         "unverified_devices": match &r.outcome {
             switchover::roles::Outcome::CompletedUnverified { devices } => json!(devices.iter().map(|d| d.0).collect::<Vec<_>>()),
             _ => json!([]),
@@ -487,7 +567,12 @@ fn run_json(r: &StrategyRun, with_steps: bool) -> Value {
 
 /// The JSON document: `simulated`, `topology`, `lower_bound_ms`,
 /// `strategies.<name>` for each strategy that ran (`serial`, `pool`, `qemu`,
-/// `engine`) with its `downtime_ms`, `outcome` (`completed_unverified` listing
+/// `engine`) with its `downtime_ms`, `lower_bound_ms` and `lower_bound_from`
+/// (`measured`: the roles' bound from costs measured before the window, on real
+/// runs; else `expected_costs`), the engine's `predicted_downtime_ms` and
+/// `prediction_error_pct` (null for the baselines) and `prediction` (each side's
+/// predicted and measured blackout, share, bound and cost sources, and how long
+/// before the window opened it was made), `outcome` (`completed_unverified` listing
 /// `unverified_devices`), `safe` and its `safety` checks, `rollback_ms` and
 /// `fence_ms`, and per-step intervals (each with `rollback` and `fence`);
 /// `ratios.engine_over_<strategy>` and `ratios.engine_over_lower_bound`, measured
@@ -551,6 +636,7 @@ pub fn json(cmp: &Comparison) -> Value {
         "outcome": outcome,
         "cause": engine.and_then(|e| e.outcome.cause()).map(cause_json),
         "lower_bound_ms": engine.map(|e| dms(e.lower_bound.total())),
+        "lower_bound_from": engine.map(|e| if e.bound_measured { "measured" } else { "expected_costs" }),
         "breakdown": engine.or(cmp.runs.first()).map(|r| json!({ "strategy": r.strategy.name(), "rows": breakdown(r).iter().map(|b| json!({
             "window": b.window.name(), "side": b.side.short(), "device_kind": b.device_kind, "step": b.step, "count": b.count,
             "total_ns": b.total_ns, "p50_ns": b.p50_ns, "max_ns": b.max_ns, "critical": b.critical, "critical_ns": b.critical_ns,

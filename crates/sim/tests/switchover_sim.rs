@@ -364,3 +364,26 @@ fn the_lower_bound_bounds_a_serial_run() {
     assert!(r.lower_bound.src.bound > Duration::ZERO);
     assert!(r.downtime >= r.lower_bound.total());
 }
+
+#[test]
+fn the_prediction_is_made_before_the_window_opens() {
+    let r = run(&cfg("medium"), Strategy::Engine);
+    assert_eq!(r.outcome, Outcome::Completed);
+    let (src, dst) = (r.predicted.source.as_ref().unwrap(), r.predicted.destination.as_ref().unwrap());
+    // Both sides' predictions, and the destination's estimate in the ready-ack.
+    assert!(src.other.is_some() && r.predicted.downtime().unwrap() > Duration::ZERO);
+    assert!(src.made_at < r.window_opened && dst.made_at < r.window_opened);
+    // Before any step of either side's blackout window started.
+    assert_eq!(r.predicted_before_window(), Some(true));
+    // The baselines predict nothing.
+    assert_eq!(run(&cfg("medium"), Strategy::Serial).predicted_before_window(), None);
+    // Negative control: the same run with its source prediction stamped after
+    // the run (as one computed from the run would be) fails the check.
+    let mut late = r.clone();
+    let now = std::time::Instant::now();
+    if let Some(p) = late.predicted.source.as_mut() {
+        p.made_at = now;
+        p.window.made_at = now;
+    }
+    assert_eq!(late.predicted_before_window(), Some(false));
+}

@@ -31,6 +31,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use switchover::error::StepFailure;
 use switchover::exec::{Completion, StepActions};
@@ -96,6 +97,9 @@ pub struct RigActions {
     sent: Arc<Vec<AtomicU32>>,
     switches: Switches,
     rollback: bool,
+    /// Per device with a storage switch: its control socket's round trip, as
+    /// measured by [`StepActions::probe`] before the window.
+    storage_rt: Arc<parking_lot::Mutex<std::collections::HashMap<DeviceId, Duration>>>,
 }
 
 impl RigActions {
@@ -107,7 +111,15 @@ impl RigActions {
             faults.iter().filter(|f| topo.device_by_name(&f.device).is_some()).map(|f| (f.clone(), AtomicBool::new(false))).collect();
         let inner = VhostActions::new(side.clone(), side.mem().clone(), side.notifiers().clone(), side.state().clone());
         let sent = (0..topo.total_rings()).map(|_| AtomicU32::new(NONE)).collect();
-        RigActions { side, inner, faults: Arc::new(faults), sent: Arc::new(sent), switches: Switches::default(), rollback: false }
+        RigActions {
+            side,
+            inner,
+            faults: Arc::new(faults),
+            sent: Arc::new(sent),
+            switches: Switches::default(),
+            rollback: false,
+            storage_rt: Arc::default(),
+        }
     }
 
     /// The same, migrating guest memory with `migration` (dirty log, final pass)
@@ -269,6 +281,25 @@ impl StepActions for RigActions {
         self.inner.reconnect(device)
     }
 
+    /// The vhost-user channel's round trips; and, for a device with a storage
+    /// switch, its control socket's (a `state` command, which changes nothing).
+    fn probe(&self, device: DeviceId) -> Option<switchover::predict::RoundTrip> {
+        if let Some(rt) = self.storage_round_trip(device) {
+            self.storage_rt.lock().insert(device, rt);
+        }
+        self.inner.probe(device)
+    }
+
+    /// A storage step costs at least its control socket's measured round trip
+    /// (connecting, the command, the answer); the rest is the plan's.
+    fn expect(&self, step: &Step) -> Option<switchover::predict::Expected> {
+        if matches!(step.kind, StepKind::StorageInactivate | StepKind::StorageActivate | StepKind::StorageReactivate) {
+            let rt = *self.storage_rt.lock().get(&step.device)?;
+            return Some(switchover::predict::Expected::blocking(rt.max(step.cost)));
+        }
+        self.inner.expect(step)
+    }
+
     fn recover_base(&self, device: DeviceId, ring: u32) -> Option<u16> {
         self.inner.recover_base(device, ring)
     }
@@ -282,6 +313,19 @@ impl StepActions for RigActions {
 }
 
 impl RigActions {
+    /// The mean of three `state` commands on the device's control socket, each
+    /// on a connection of its own as the storage steps make theirs.
+    fn storage_round_trip(&self, d: DeviceId) -> Option<Duration> {
+        let c = self.side.control(d, Duration::from_secs(1))?;
+        let mut total = Duration::ZERO;
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            c.is_active().ok()?;
+            total += t.elapsed();
+        }
+        Some(total / 3)
+    }
+
     /// A storage step on the device's own blk backend (its control socket,
     /// answered within the step's deadline).
     fn storage(&self, step: &Step) -> Result<(), StepFailure> {

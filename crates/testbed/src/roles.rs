@@ -37,7 +37,7 @@ use switchover::ids::Side;
 use switchover::roles::message::Envelope;
 use switchover::roles::path::{channel_pair, ChannelPath, ReturnPath};
 use switchover::roles::{Deadlines, Destination, MessageKind, Outcome, PathError, Session, SideSetup, Source, SwitchoverError};
-use switchover_baseline::{Executed, WindowRun};
+use switchover_baseline::{Executed, Predicted, WindowRun};
 
 /// A message a role sent, and when it left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,5 +124,6 @@ pub fn run_roles(workers: usize, src: &SideSetup, dst: &SideSetup) -> (Executed,
         windows.push(WindowRun { plan, report, rollback: true, fence: false });
     }
     let sent = log.lock().clone();
-    (Executed { outcome: s.outcome, downtime: s.downtime, window_opened: s.window_opened, windows }, sent)
+    let predicted = Predicted { source: s.prediction, destination: d.prediction };
+    (Executed { outcome: s.outcome, downtime: s.downtime, window_opened: s.window_opened, windows, predicted }, sent)
 }

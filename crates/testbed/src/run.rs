@@ -1542,7 +1542,9 @@ pub fn run_strategy(cfg: &RealConfig, strategy: Strategy) -> Result<RealRun, Rig
         transactions: (c1 + c2, n1 + n2),
         io,
     };
-    let run = StrategyRun::new(strategy, false, executed, lanes, lower_bound, checks);
+    // On real backends the bound is the roles' own, from costs measured on this
+    // VM's backends before the window (the engine; the baselines predict nothing).
+    let run = StrategyRun::new(strategy, false, executed, lanes, lower_bound, checks).with_measured_bound();
     Ok(RealRun {
         run,
         bases,

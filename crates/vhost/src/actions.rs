@@ -47,6 +47,7 @@ use parking_lot::Mutex;
 use switchover::error::StepFailure;
 use switchover::exec::{Completion, StepActions};
 use switchover::ids::{DeviceId, Side};
+use switchover::predict::RoundTrip;
 use switchover::recipe::RouteCommits;
 use switchover::state::DeviceState;
 use switchover::step::{Step, StepKind};
@@ -712,6 +713,45 @@ pub fn unacked_devices(topology: &switchover::topology::Topology, devices: &dyn 
     topology.devices().iter().filter(|d| devices.frontend(d.id).is_some_and(|f| !f.acks())).map(|d| d.id).collect()
 }
 
+/// How long a probe of a backend waits for each reply.
+const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Requests sent alone, and back to back, by [`probe_round_trip`].
+const PROBES_ALONE: u32 = 4;
+const PROBES_IN_A_ROW: u32 = 8;
+
+/// Measures round trips on `fe`'s control channel with `GET_FEATURES`: `alone`,
+/// the mean of 4 requests each sent once the one before it was
+/// answered (the backend woken by each: what a window's first request to an idle
+/// backend sees, scheduling delays on a loaded machine included — hence the mean,
+/// not the median); `per_request`, the backend's time per request of
+/// 8 sent back to back (the burst's time past one round trip,
+/// over the requests after the first). `None` if a reply did not come.
+///
+/// ```no_run
+/// # fn frontend() -> std::sync::Arc<switchover_vhost::frontend::Frontend> { unimplemented!() }
+/// use std::time::Duration;
+/// let rt = switchover_vhost::actions::probe_round_trip(&frontend(), Duration::from_secs(1)).unwrap();
+/// assert!(rt.alone >= rt.per_request);
+/// ```
+pub fn probe_round_trip(fe: &Frontend, deadline: Duration) -> Option<RoundTrip> {
+    let mut alone = Duration::ZERO;
+    for _ in 0..PROBES_ALONE {
+        let t = Instant::now();
+        fe.probe(deadline).wait().ok()?;
+        alone += t.elapsed();
+    }
+    let alone = alone / PROBES_ALONE;
+    let t = Instant::now();
+    let sent: Vec<Pending<()>> = (0..PROBES_IN_A_ROW).map(|_| fe.probe(deadline)).collect();
+    for p in sent {
+        p.wait().ok()?;
+    }
+    let burst = t.elapsed();
+    let per_request = (burst.saturating_sub(alone) / (PROBES_IN_A_ROW - 1)).min(alone);
+    Some(RoundTrip { alone, per_request })
+}
+
 /// Two requests of one step, in order on one channel: the second's reply settles
 /// the step, unless the first failed.
 fn both(first: Pending<()>, second: Pending<()>) -> Pending<()> {
@@ -775,6 +815,14 @@ impl StepActions for VhostActions {
 
     fn reconnect(&self, device: DeviceId) -> bool {
         self.devices.reconnect(device)
+    }
+
+    /// Round trips on the device's control channel, measured before the window
+    /// with `GET_FEATURES` (which changes nothing in the backend; its reply is
+    /// checked against the handshake's): see [`probe_round_trip`].
+    fn probe(&self, device: DeviceId) -> Option<RoundTrip> {
+        let fe = self.devices.frontend(device)?;
+        probe_round_trip(&fe, PROBE_DEADLINE)
     }
 
     /// The base of a ring whose `GET_VRING_BASE` never answered, read once its
