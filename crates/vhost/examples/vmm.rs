@@ -296,7 +296,9 @@ impl Driver {
         self.mem.write(hdr, &h);
         self.mem.write(buf, if write { data } else { &[0u8; 512] });
         self.mem.write(status, &[0xff]);
-        let head = (n * 3) % QSIZE;
+        // Three descriptors per request, a chain never wrapping past the table's
+        // end: 21 chain slots in a table of 64 (one request in flight at a time).
+        let head = (n % (QSIZE / 3)) * 3;
         let desc = |i: u16, addr: u64, len: u32, flags: u16, next: u16| {
             let mut d = [0u8; 16];
             d[0..8].copy_from_slice(&addr.to_le_bytes());
@@ -320,7 +322,8 @@ impl Driver {
         // Completed once the used index is past `n` (free-running, wrapping).
         while (self.mem.idx(USED + 2).load(Ordering::Acquire).wrapping_sub(n) as i16) <= 0 {
             if t.elapsed() > Duration::from_secs(5) {
-                return Err(format!("request {n} did not complete").into());
+                let (avail, used) = (self.mem.idx(AVAIL + 2).load(Ordering::Acquire), self.mem.idx(USED + 2).load(Ordering::Acquire));
+                return Err(format!("request {n} did not complete (available index {avail}, used index {used})").into());
             }
             std::thread::sleep(Duration::from_micros(100));
         }
