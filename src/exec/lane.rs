@@ -89,7 +89,7 @@ impl Local {
     }
 
     #[inline]
-    fn close(&mut self, t: Stamp, clock: &Clock) {
+    pub(crate) fn close(&mut self, t: Stamp, clock: &Clock) {
         if let Some(i) = self.open.take() {
             let r = &mut self.records[i];
             r.end = Duration::from_nanos(clock.ns(t)).max(r.start);
@@ -200,9 +200,12 @@ pub(crate) fn work(cx: &LaneCtx<'_>, take_any: &mut Vec<u32>, take_caller: &mut 
         if affine {
             data.caller_busy.store(1, Ordering::Relaxed);
         }
+        // The start is read before the step shows as current: a lane that moves
+        // this lane's ready steps away meanwhile (`unload_others`) relies on the
+        // open record then ending no later than now.
+        let t = data.clock.now();
         g.current = Some(id.0);
         drop(g);
-        let t = data.clock.now();
         if watched {
             slot.current.store(id.0 + 1, Ordering::Relaxed);
             slot.started.store(t.max(1), Ordering::Release);
