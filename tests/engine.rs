@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{check_invariants, dependents, Recorder, TestCosts};
 use proptest::prelude::*;
 use switchover::error::StepFailure;
-use switchover::exec::{Completion, Engine, FailurePolicy, Progress, StepActions, StepOutcome, Threads};
+use switchover::exec::{Completion, Controls, Engine, FailurePolicy, Progress, StepActions, StepOutcome, Threads};
 use switchover::ids::{Affinity, DeviceId, Side, StepId, Window};
 use switchover::plan::{Plan, PlanBuilder, StepSpec};
 use switchover::recipe::{build, RecipeOptions};
@@ -345,17 +345,18 @@ proptest! {
     }
 }
 
-#[test]
-fn a_step_record_never_ends_after_a_successor_starts() {
-    // Reports, the critical path and the real rig's order checks (a route commit
-    // ends before the first kick) read the engine's records: whichever lane runs a
-    // successor, its start is not before its predecessors' recorded ends.
+/// Runs the medium preset's plans on both sides, 1 and 3 workers, `runs` times
+/// each, and returns the records that ended after one of their successors
+/// started (at most `stop_after`).
+fn records_ending_after_a_successor_starts(controls: Controls, runs: usize, stop_after: usize) -> Vec<String> {
     let topo = Arc::new(Topology::preset("medium").unwrap());
+    let mut bad = Vec::new();
     for side in [Side::Source, Side::Destination] {
         let plan = Arc::new(build(&topo, side, &RecipeOptions::engine(), &TestCosts).unwrap());
         for workers in [1, 3] {
             let mut engine = Engine::new(workers);
-            for _ in 0..20 {
+            engine.set_controls(controls);
+            for _ in 0..runs {
                 let rec = Recorder::new(plan.len(), HashSet::new(), Duration::ZERO);
                 let (p, reports) = run_all(&mut engine, &plan, rec);
                 assert!(p.all_done());
@@ -364,19 +365,20 @@ fn a_step_record_never_ends_after_a_successor_starts() {
                         r.records.iter().map(|x| (x.step, x)).collect();
                     for x in &r.records {
                         for pred in plan.preds(x.step) {
-                            if let Some(pr) = by_step.get(pred) {
-                                assert!(
-                                    pr.end <= x.start,
-                                    "{side:?} {:?} {workers} workers: {} (lane {}, {:?}) ended at {:?}, after its successor {} (lane {}) started at {:?}",
-                                    r.window,
-                                    plan.step(*pred).kind.name(),
-                                    pr.lane,
-                                    pr.outcome,
-                                    pr.end,
-                                    plan.step(x.step).kind.name(),
-                                    x.lane,
-                                    x.start
-                                );
+                            let Some(pr) = by_step.get(pred).filter(|pr| pr.end > x.start) else { continue };
+                            bad.push(format!(
+                                "{side:?} {:?} {workers} workers: {} (lane {}, {:?}) ended at {:?}, after its successor {} (lane {}) started at {:?}",
+                                r.window,
+                                plan.step(*pred).kind.name(),
+                                pr.lane,
+                                pr.outcome,
+                                pr.end,
+                                plan.step(x.step).kind.name(),
+                                x.lane,
+                                x.start
+                            ));
+                            if bad.len() >= stop_after {
+                                return bad;
                             }
                         }
                     }
@@ -384,20 +386,38 @@ fn a_step_record_never_ends_after_a_successor_starts() {
             }
         }
     }
+    bad
 }
 
 #[test]
-fn a_lane_inside_a_long_action_does_not_hold_back_its_other_ready_steps() {
-    // `x` makes `a` and `b` ready on its own lane; `a` (more urgent) blocks until
-    // `b` has run. An idle lane must take `b` from the busy lane's own set: a ready
-    // step waits for a lane only while every lane is busy.
-    struct WaitForB(std::sync::Mutex<bool>, std::sync::Condvar);
+fn a_step_record_never_ends_after_a_successor_starts() {
+    // Reports, the critical path and the real rig's order checks (a route commit
+    // ends before the first kick) read the engine's records: whichever lane runs a
+    // successor, its start is not before its predecessors' recorded ends.
+    let bad = records_ending_after_a_successor_starts(Controls::default(), 20, 1);
+    assert!(bad.is_empty(), "{}", bad[0]);
+}
+
+#[test]
+fn negative_control_records_closed_only_at_the_lanes_next_step_end_after_successors_start() {
+    // Without closing a record when its successors may start elsewhere, the check
+    // above fails.
+    let bad = records_ending_after_a_successor_starts(Controls { late_record_ends: true, ..Controls::default() }, 20, 1);
+    assert!(!bad.is_empty(), "no record ended after a successor's start without the mechanism");
+    eprintln!("as expected without the mechanism: {}", bad[0]);
+}
+
+/// `x` makes `a` and `b` ready on its own lane; `a` (more urgent) blocks until `b`
+/// has run, for at most `wait`. Runs it `runs` times with 1 and 2 workers and
+/// returns the failures (at most `stop_after`).
+fn runs_where_a_busy_lane_held_back_its_ready_step(controls: Controls, runs: usize, wait: Duration, stop_after: usize) -> Vec<String> {
+    struct WaitForB(std::sync::Mutex<bool>, std::sync::Condvar, Duration);
     impl StepActions for WaitForB {
         fn start(&self, step: &Step, done: Completion) {
             let name = step.kind.name();
             if name == "a" {
                 let g = self.0.lock().unwrap();
-                let (g, t) = self.1.wait_timeout_while(g, Duration::from_secs(5), |ran| !*ran).unwrap();
+                let (g, t) = self.1.wait_timeout_while(g, self.2, |ran| !*ran).unwrap();
                 drop(g);
                 done.complete(if t.timed_out() {
                     Err(StepFailure::Injected { what: "b never ran while a blocked".into() })
@@ -419,13 +439,41 @@ fn a_lane_inside_a_long_action_does_not_hold_back_its_other_ready_steps() {
     b.add(StepSpec::new(DeviceId(0), StepKind::Custom("a".into()), Window::Blackout).after(&[x]).cost(Duration::from_millis(50)));
     b.add(StepSpec::new(DeviceId(0), StepKind::Custom("b".into()), Window::Blackout).after(&[x]).cost(Duration::from_micros(1)));
     let plan = Arc::new(b.build().unwrap());
+    let mut bad = Vec::new();
     for workers in [1, 2] {
         let mut engine = Engine::new(workers);
-        for _ in 0..20 {
-            let actions = Arc::new(WaitForB(std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        engine.set_controls(controls);
+        for _ in 0..runs {
+            let actions = Arc::new(WaitForB(std::sync::Mutex::new(false), std::sync::Condvar::new(), wait));
             let mut p = Progress::new(&plan);
             let r = engine.run(&plan, Window::Blackout, actions, &mut p);
-            assert!(r.ok(), "{workers} workers: {:?}", r.failure);
+            if let Some(f) = r.failure {
+                bad.push(format!("{workers} workers: {f:?}"));
+                if bad.len() >= stop_after {
+                    return bad;
+                }
+            }
         }
     }
+    bad
+}
+
+#[test]
+fn a_lane_inside_a_long_action_does_not_hold_back_its_other_ready_steps() {
+    // An idle lane takes `b` from the busy lane's own set: a ready step waits for
+    // a lane only while every lane is busy.
+    let bad = runs_where_a_busy_lane_held_back_its_ready_step(Controls::default(), 20, Duration::from_secs(5), 1);
+    assert!(bad.is_empty(), "{}", bad[0]);
+}
+
+#[test]
+fn negative_control_without_the_idle_lanes_unload_a_busy_lane_holds_back_its_ready_step() {
+    let bad = runs_where_a_busy_lane_held_back_its_ready_step(
+        Controls { no_idle_unload: true, ..Controls::default() },
+        20,
+        Duration::from_millis(500),
+        1,
+    );
+    assert!(!bad.is_empty(), "b always ran while a blocked, without the idle lane's unload");
+    eprintln!("as expected without the mechanism: {}", bad[0]);
 }

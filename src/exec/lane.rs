@@ -95,6 +95,18 @@ impl Local {
             r.end = Duration::from_nanos(clock.ns(t)).max(r.start);
         }
     }
+
+    /// Ends the open record now: another lane may start one of its successors
+    /// before this lane's next step, and a record never ends after a successor's
+    /// start (unless a negative control removes this, see [`Controls`]).
+    ///
+    /// [`Controls`]: super::controls::Controls
+    #[inline]
+    pub(crate) fn close_now(&mut self, data: &RunData) {
+        if !data.controls.late_record_ends {
+            self.close(data.clock.now(), &data.clock);
+        }
+    }
 }
 
 /// A lane's place in the engine: its own state, and the start of the step inside
@@ -184,7 +196,7 @@ pub(crate) fn work(cx: &LaneCtx<'_>, take_any: &mut Vec<u32>, take_caller: &mut 
             // Steps leave this lane: the step that made them ready ends now, before
             // another lane can start them (a record never ends after a successor's
             // start).
-            g.close(data.clock.now(), &data.clock);
+            g.close_now(data);
             share(cx, &mut g.any);
         }
         if data.flags(id.0) & CONTENDED != 0 {
@@ -249,7 +261,7 @@ pub(crate) fn work(cx: &LaneCtx<'_>, take_any: &mut Vec<u32>, take_caller: &mut 
             if flags & JOINS != 0 {
                 // Another lane may start a successor as soon as this one is
                 // released: the step ends now, not at this lane's next step.
-                g.close(data.clock.now(), &data.clock);
+                g.close_now(data);
             }
             if !succeeded(cx, &mut g, id) {
                 break;
@@ -338,7 +350,7 @@ fn succeeded(cx: &LaneCtx<'_>, g: &mut Local, id: StepId) -> bool {
             } else {
                 if !inbox {
                     // The caller lane may start it at once: this step ends first.
-                    g.close(data.clock.now(), &data.clock);
+                    g.close_now(data);
                 }
                 inbox = true;
                 if !to_inbox(cx, rank) {
@@ -378,7 +390,7 @@ fn ended(cx: &LaneCtx<'_>, g: &mut Local, id: StepId, r: Result<(), StepFailure>
     }
     // Its successors go to the shared pool, where another lane may start them at
     // once: the step ends first.
-    g.close(data.clock.now(), &data.clock);
+    g.close_now(data);
     let mut inner = sh.inner.lock();
     let Some(run) = inner.run_of(data.epoch) else { return false };
     let before = run.pool.len();

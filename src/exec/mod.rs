@@ -57,6 +57,7 @@
 mod caller;
 mod clock;
 mod completion;
+mod controls;
 mod expect;
 mod lane;
 mod ready;
@@ -67,6 +68,8 @@ use std::time::{Duration, Instant};
 
 pub use caller::CallerLane;
 pub use completion::Completion;
+#[cfg(feature = "negative-controls")]
+pub use controls::Controls;
 pub use expect::{Expected, RoundTrip};
 pub use lane::Lane;
 
@@ -76,6 +79,8 @@ use crate::plan::Plan;
 use crate::step::Step;
 use crate::sync::{Arc, AtomicU64, Condvar, Mutex, Ordering};
 use completion::LaneHandle;
+#[cfg(not(feature = "negative-controls"))]
+use controls::Controls;
 use lane::{LaneCtx, Slot};
 use run::{Inner, Rec, RunData, RunInner};
 
@@ -868,7 +873,8 @@ fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
                 // to the pool; then look again with the lock held throughout, so
                 // that no wake-up is lost before the wait.
                 if !cfg!(loom) && !std::mem::replace(&mut scanned, true) {
-                    if let Some(epoch) = inner.run.as_ref().filter(|r| !r.stopping).map(|r| r.data.epoch) {
+                    if let Some(epoch) = inner.run.as_ref().filter(|r| !r.stopping && !r.data.controls.no_idle_unload).map(|r| r.data.epoch)
+                    {
                         drop(inner);
                         unload_others(shared, epoch, lane as usize);
                         inner = shared.inner.lock();
@@ -918,8 +924,7 @@ fn unload_others(shared: &Shared, epoch: u64, me: usize) -> bool {
         // if the lane is between steps; if it is inside an action, its open record
         // ends when that action started (the lane closes it itself).
         if g.current.is_none() {
-            let clock = &run.data.clock;
-            g.close(clock.now(), clock);
+            g.close_now(&run.data);
         }
         g.any.move_into(&mut run.pool);
         drop(g);
@@ -1041,6 +1046,8 @@ pub struct Engine {
     handles: std::sync::Mutex<Vec<Box<dyn WorkerHandle>>>,
     workers: usize,
     policy: FailurePolicy,
+    /// Mechanisms removed for a negative-control test (none in a VMM's build).
+    controls: Controls,
 }
 
 impl std::fmt::Debug for Engine {
@@ -1084,7 +1091,15 @@ impl Engine {
             })
             .collect();
         let (handle, reserve) = LaneHandle::new(shared.clone());
-        Engine { shared, handle, _reserve: reserve, handles: std::sync::Mutex::new(handles), workers, policy }
+        Engine {
+            shared,
+            handle,
+            _reserve: reserve,
+            handles: std::sync::Mutex::new(handles),
+            workers,
+            policy,
+            controls: Controls::default(),
+        }
     }
 
     /// Sets the failure policy for later runs.
@@ -1116,6 +1131,13 @@ impl Engine {
     /// ```
     pub fn set_policy(&mut self, p: FailurePolicy) {
         self.policy = p;
+    }
+
+    /// Removes engine mechanisms for a negative-control test (feature
+    /// `negative-controls`; see [`Controls`]). Runs started after the call use them.
+    #[cfg(feature = "negative-controls")]
+    pub fn set_controls(&mut self, c: Controls) {
+        self.controls = c;
     }
 
     /// The failure policy of runs started with [`Engine::run`].
@@ -1232,7 +1254,8 @@ impl Engine {
         // left behind by a panic outside any action is superseded (its late
         // answers carry an old epoch and are ignored).
         let epoch = sh.inner.lock().epoch + 1;
-        let (data, any, mut caller) = RunData::new(epoch, plan.clone(), actions, window, policy, lanes, progress);
+        let (mut data, any, mut caller) = RunData::new(epoch, plan.clone(), actions, window, policy, lanes, progress);
+        data.controls = self.controls;
         let data = StdArc::new(data);
         let t0 = data.clock.origin();
         let mut any = any;
@@ -1338,7 +1361,7 @@ impl Engine {
                 }
                 inner.caller_waiting = true;
                 sh.hints.store(inner.hints(), Ordering::Release);
-                if !cfg!(loom) && !std::mem::replace(&mut unloaded, true) {
+                if !cfg!(loom) && !data.controls.no_idle_unload && !std::mem::replace(&mut unloaded, true) {
                     // Counted idle: once, steps other lanes hold in their own sets
                     // come to the pool (see `unload_others`); then look again with
                     // the lock held throughout, so that no wake-up is lost.

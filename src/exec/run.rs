@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use std::sync::Arc as StdArc;
 
 use super::clock::{Clock, Stamp};
+use super::controls::Controls;
 use super::ready::ReadySet;
 use super::{FailurePolicy, Lane, Progress, StepActions, StepOutcome};
 use crate::error::StepFailure;
@@ -102,6 +103,8 @@ pub(crate) struct RunData {
     /// one when the run opens): it takes no pool steps until that step ends, so
     /// the other lanes share the pool without it. A hint only (relaxed).
     pub caller_busy: AtomicU8,
+    /// Mechanisms removed for a negative-control test (none in a VMM's build).
+    pub controls: Controls,
 }
 
 /// A step outside this run (another window's, or blocked by an earlier
@@ -114,6 +117,16 @@ pub(crate) const CONTENDED: u8 = EXEC_CONTENDED;
 /// [`RunData::flags`]: another lane may start a successor of the step (it joins
 /// with another predecessor): its end is stamped as it ends.
 pub(crate) const JOINS: u8 = EXEC_JOINS;
+
+/// How a run's steps become ready: see the fields of the same names in
+/// [`RunData`]; `any` and `caller` are the ranks ready at once.
+struct Gates {
+    info: Vec<u64>,
+    counts: Vec<AtomicU32>,
+    any: Vec<u32>,
+    caller: Vec<u32>,
+    contended: bool,
+}
 
 impl RunData {
     /// Sets up the window's steps; steps whose earlier-window predecessors did not
@@ -135,30 +148,40 @@ impl RunData {
         let fresh = progress.done_in[window as usize] == 0
             && Window::ALL.iter().filter(|w| **w < window).all(|w| progress.done_in[*w as usize] == plan.window_steps(*w).len());
         let min_deadline = clock.ticks(plan.min_deadline(window));
-        if fresh {
+        let Gates { info, counts, any, caller, contended } = if fresh {
             let st = plan.window_start(window);
-            let (info, counts) = (st.info.clone(), st.counts.iter().map(|&c| AtomicU32::new(c)).collect());
-            let (any, caller) = (st.ready_any.clone(), st.ready_caller.clone());
-            let contended = st.contended;
-            return (
-                RunData {
-                    epoch,
-                    plan,
-                    actions,
-                    window,
-                    policy,
-                    clock,
-                    lanes,
-                    info,
-                    counts,
-                    min_deadline,
-                    contended,
-                    caller_busy: AtomicU8::new(0),
-                },
-                any,
-                caller,
-            );
-        }
+            Gates {
+                info: st.info.clone(),
+                counts: st.counts.iter().map(|&c| AtomicU32::new(c)).collect(),
+                any: st.ready_any.clone(),
+                caller: st.ready_caller.clone(),
+                contended: st.contended,
+            }
+        } else {
+            Self::resumed(&plan, window, progress)
+        };
+        let data = RunData {
+            epoch,
+            plan,
+            actions,
+            window,
+            policy,
+            clock,
+            lanes,
+            info,
+            counts,
+            min_deadline,
+            contended,
+            caller_busy: AtomicU8::new(0),
+            controls: Controls::default(),
+        };
+        (data, any, caller)
+    }
+
+    /// A window after a failed or partial attempt: the steps of `window` not done
+    /// yet wait for their predecessors not done yet; steps whose earlier-window
+    /// predecessors did not finish stay outside.
+    fn resumed(plan: &Plan, window: Window, progress: &Progress) -> Gates {
         let n = plan.len();
         let done = &progress.outcome;
         let mut info: Vec<u64> = (0..n as u32).map(|i| pack_info(plan.rank(StepId(i)), OUTSIDE, 0)).collect();
@@ -207,24 +230,7 @@ impl RunData {
             }
         }
         let counts = waits.into_iter().map(AtomicU32::new).collect();
-        (
-            RunData {
-                epoch,
-                plan,
-                actions,
-                window,
-                policy,
-                clock,
-                lanes,
-                info,
-                counts,
-                min_deadline,
-                contended,
-                caller_busy: AtomicU8::new(0),
-            },
-            any,
-            caller,
-        )
+        Gates { info, counts, any, caller, contended }
     }
 
     /// A step's flags.
