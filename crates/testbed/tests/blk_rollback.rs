@@ -15,7 +15,6 @@ use switchover::step::StepKind;
 use switchover_testbed::blk::driver::{pattern, BlkDriver, Op};
 use switchover_testbed::blk::BlkOptions;
 use switchover_testbed::dir::PrivateDir;
-use switchover_testbed::mem::GuestMem;
 use switchover_vhost::frontend::FrontendConfig;
 
 /// Not a test: the backend process this test binary runs as (see `blk_common::exe`).
@@ -24,34 +23,6 @@ use switchover_vhost::frontend::FrontendConfig;
 fn blk_backend_child_process() {
     if let Some(code) = switchover_testbed::blk::child_main_from_env() {
         std::process::exit(code);
-    }
-}
-
-fn writes(mem: &GuestMem, guest: &Guest, drivers: &mut [BlkDriver], k: u32) {
-    for d in drivers.iter_mut() {
-        for _ in 0..k {
-            let n = d.submitted().len() as u32;
-            d.submit(mem, Op::Write { sector: sector(d.ring(), n) }).unwrap();
-        }
-        guest.kick(d.ring());
-    }
-}
-
-fn check(mem: &GuestMem, drivers: &mut [BlkDriver], img: &std::path::Path) {
-    for d in drivers.iter_mut() {
-        d.wait_all(mem, Duration::from_secs(20)).unwrap();
-        d.check_exactly_once().unwrap();
-        for x in d.done() {
-            if let Op::Write { sector } = x.op {
-                assert_eq!(
-                    read_sector(img, sector),
-                    pattern(d.ring(), x.n),
-                    "ring {} request {}: acknowledged write not on the image",
-                    d.ring(),
-                    x.n
-                );
-            }
-        }
     }
 }
 
@@ -73,8 +44,10 @@ struct Rig {
 }
 
 /// Two sides of `queues` rings; the source running with `in_flight` writes per
-/// ring taken off the rings (after two completed ones).
-fn rig(queues: u32, src_opts: BlkOptions, dst_opts: BlkOptions, in_flight: u32) -> Rig {
+/// ring taken off the rings (after two completed ones), of which `complete_first`
+/// (over all rings) complete before the source's host I/O is held: the rest stay
+/// in flight until the test releases it, whatever the machine's load.
+fn rig(queues: u32, src_opts: BlkOptions, dst_opts: BlkOptions, in_flight: u32, complete_first: u64) -> Rig {
     let dir = PrivateDir::new().unwrap();
     let img = image(dir.path(), "disk", 8);
     let guest = Guest::new(queues);
@@ -86,9 +59,19 @@ fn rig(queues: u32, src_opts: BlkOptions, dst_opts: BlkOptions, in_flight: u32) 
     for d in &mut drivers {
         d.wait_all(&src.mem, Duration::from_secs(10)).unwrap();
     }
+    let warm = u64::from(queues * 2);
+    if complete_first == 0 {
+        src.control().hold().unwrap();
+    }
     writes(&src.mem, &guest, &mut drivers, in_flight);
+    if complete_first > 0 {
+        wait_until("the first writes complete", || src.control().stats().unwrap().completed >= warm + complete_first);
+        src.control().hold().unwrap();
+    }
     let total = u64::from(queues * (2 + in_flight));
     wait_until("the source took every request", || src.control().stats().unwrap().popped >= total);
+    let left = total - src.control().stats().unwrap().completed;
+    assert!(left > 0, "requests in flight at the source: none (the premise)");
     Rig { _dir: dir, img, guest, src, dst, drivers }
 }
 
@@ -102,7 +85,7 @@ fn opts(queues: u32, iops: Option<u32>, active: bool) -> BlkOptions {
 #[test]
 fn rollback_after_a_hand_over_completes_each_request_once_on_the_source() {
     let q = 2;
-    let mut r = rig(q, opts(q, Some(50), true), opts(q, Some(20), false), 8);
+    let mut r = rig(q, opts(q, None, true), opts(q, Some(20), false), 8, 0);
     let hook: Hook = Arc::new(|side: &Side, step: &switchover::step::Step| {
         if step.kind == StepKind::SetVringKick && step.ring == Some(1) {
             wait_until("ring 0 resubmits", || side.control().stats().unwrap().resubmitted >= 1);
@@ -119,6 +102,7 @@ fn rollback_after_a_hand_over_completes_each_request_once_on_the_source() {
     // The destination settled before the source resumed: nothing more from it.
     let d0 = r.dst.control().stats().unwrap();
     assert!(!r.dst.control().is_active().unwrap(), "the destination gave the image back");
+    r.src.control().release().unwrap();
     check(&r.src.mem, &mut r.drivers, &r.img);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(r.dst.control().stats().unwrap(), d0, "the destination did no I/O after its fence");
@@ -134,7 +118,7 @@ fn rollback_after_a_hand_over_completes_each_request_once_on_the_source() {
 #[test]
 fn destination_crash_while_resubmitting_rolls_back_each_request_once() {
     let q = 2;
-    let mut r = rig(q, opts(q, Some(50), true), opts(q, Some(20), false), 8);
+    let mut r = rig(q, opts(q, None, true), opts(q, Some(20), false), 8, 0);
     let hook: Hook = Arc::new(|side: &Side, step: &switchover::step::Step| {
         if step.kind == StepKind::SetVringKick && step.ring == Some(1) {
             // Ring 0's requests are being written again by the destination: crash it.
@@ -147,13 +131,15 @@ fn destination_crash_while_resubmitting_rolls_back_each_request_once() {
     assert!(matches!(rep.outcome, Outcome::RolledBack { .. }), "{:?}", rep.outcome);
     assert!(r.dst.pid().is_none(), "the destination backend is gone");
     let handed = src_state.inflight().len() as u64;
+    assert!(handed > 0, "handed over {handed}");
+    r.src.control().release().unwrap();
     check(&r.src.mem, &mut r.drivers, &r.img);
     assert_eq!(r.src.control().stats().unwrap().resubmitted, handed);
     writes(&r.src.mem, &r.guest, &mut r.drivers, 3);
     check(&r.src.mem, &mut r.drivers, &r.img);
 }
 
-/// The source hands over writes still waiting for the throttle; the destination
+/// The source hands over writes still waiting for its (stalled) disk; the destination
 /// redoes them and the guest then overwrites the same sectors. With the settle
 /// rule the source never writes them after its stop; without it (the negative
 /// control) its late writes put the old data back over the guest's newer writes.
@@ -163,9 +149,9 @@ fn destination_crash_while_resubmitting_rolls_back_each_request_once() {
 /// the settle rule alone.
 fn late_writes(settle: bool, storage: bool) -> (Vec<bool>, u64) {
     let q = 1;
-    let src_opts = BlkOptions { settle, lock: storage, ..opts(q, Some(5), true) };
+    let src_opts = BlkOptions { settle, lock: storage, ..opts(q, None, true) };
     let dst_opts = BlkOptions { lock: storage, ..opts(q, None, !storage) };
-    let mut r = rig(q, src_opts, dst_opts, 4);
+    let mut r = rig(q, src_opts, dst_opts, 4, 0);
     let recipe = switchover::recipe::RecipeOptions { storage, ..recipe(BlkPolicy::HandOver) };
     let (rep, src_state) = switchover(&r.src, &r.dst, &recipe, None, None);
     assert_eq!(rep.outcome, Outcome::Completed, "{:?}", rep.outcome);
@@ -181,8 +167,14 @@ fn late_writes(settle: bool, storage: bool) -> (Vec<bool>, u64) {
     r.guest.kick(0);
     d.wait_all(&r.dst.mem, Duration::from_secs(10)).unwrap();
     d.check_exactly_once().unwrap();
-    // Past every slot the source's throttle had given those requests.
-    std::thread::sleep(Duration::from_millis(1200));
+    // The source's stalled disk comes back: each request it handed over ends there,
+    // cancelled (settled at the stop) or done late with its completion discarded.
+    r.src.control().release().unwrap();
+    let n = handed.len() as u64;
+    wait_until("every handed-over request ended on the source", || {
+        let s = r.src.control().stats().unwrap();
+        s.cancelled + s.discarded >= n
+    });
     let newest: Vec<bool> = (2..6u32).map(|n| read_sector(&r.img, sector(0, n)) == pattern(0, first_new + n - 2)).collect();
     (newest, r.src.control().stats().unwrap().late_io)
 }
@@ -214,9 +206,9 @@ fn negative_control_without_settling_the_source_clobbers_newer_writes() {
 fn hung_source_stop_is_recovered_from_the_region() {
     let q = 2;
     let src_opts = BlkOptions { jitter_us: 40_000, workers: 8, ..opts(q, None, true) };
-    let mut r = rig(q, src_opts, opts(q, None, false), 8);
-    // Some of the 8 complete, out of order, before the stop.
-    std::thread::sleep(Duration::from_millis(15));
+    // Some of the 8 per ring complete, out of order, before the stop; the rest
+    // are held in flight.
+    let mut r = rig(q, src_opts, opts(q, None, false), 8, 4);
     let hook: Hook = Arc::new(|side: &Side, step: &switchover::step::Step| {
         if step.kind == StepKind::GetVringBase && step.ring == Some(1) {
             side.signal(libc::SIGSTOP);

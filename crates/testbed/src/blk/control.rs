@@ -9,6 +9,8 @@
 //! | `inactivate` | `ok` once the image is flushed, writes are refused and its lock is released |
 //! | `activate` | `ok` once the image's lock is taken (`error …` if another process holds it) |
 //! | `state` | `ok active` or `ok inactive` |
+//! | `hold` | `ok`; from now requests wait before their host I/O starts (a stalled disk, for tests) |
+//! | `release` | `ok`; held requests go on |
 //! | `stats` | `ok popped=N resubmitted=N completed=N cancelled=N discarded=N writes=N reads=N refused=N late_io=N` |
 //!
 //! # Examples
@@ -52,6 +54,14 @@ fn conn(s: UnixStream, dev: &Device) {
         let answer = match line.trim() {
             "inactivate" => dev.storage().inactivate().map(|()| "ok".to_string()).unwrap_or_else(|e| format!("error {e}")),
             "activate" => dev.storage().activate().map(|()| "ok".to_string()).unwrap_or_else(|e| format!("error {e}")),
+            "hold" => {
+                dev.hold(true);
+                "ok".to_string()
+            }
+            "release" => {
+                dev.hold(false);
+                "ok".to_string()
+            }
             "state" => format!("ok {}", if dev.storage().is_active() { "active" } else { "inactive" }),
             "stats" => {
                 let s = dev.counters().snapshot();
@@ -141,6 +151,23 @@ impl Control {
             Some(rest) => Ok(rest.trim().to_string()),
             None => Err(err(format!("{cmd}: {line}"))),
         }
+    }
+
+    /// Holds host I/O: requests the rings take wait before their I/O starts, as
+    /// on a stalled disk (a test's requests are then in flight at the stop).
+    ///
+    /// # Errors
+    /// As [`Control::call`].
+    pub fn hold(&self) -> Result<(), RigError> {
+        self.call("hold").map(|_| ())
+    }
+
+    /// Lets held host I/O go on.
+    ///
+    /// # Errors
+    /// As [`Control::call`].
+    pub fn release(&self) -> Result<(), RigError> {
+        self.call("release").map(|_| ())
     }
 
     /// Flushes the image, refuses writes and releases its lock.

@@ -171,6 +171,9 @@ pub struct Device {
     log: RwLock<Option<Arc<DirtyLog>>>,
     log_all: AtomicBool,
     hand_over: AtomicBool,
+    /// Host I/O held (the control socket's `hold`): a stalled disk, so that a
+    /// test's requests are in flight at the stop whatever the machine's load.
+    held: AtomicBool,
     region: RwLock<Option<Arc<InflightRegion>>>,
     rings: Vec<Ring>,
     sched: Mutex<Sched>,
@@ -222,6 +225,7 @@ impl Device {
             log: RwLock::new(None),
             log_all: AtomicBool::new(false),
             hand_over: AtomicBool::new(false),
+            held: AtomicBool::new(false),
             region: RwLock::new(None),
             rings: (0..queues).map(|_| Ring::default()).collect(),
             sched: Mutex::new(Sched { queue: VecDeque::new(), next_slot: Instant::now(), quit: false, seed: seed | 1 }),
@@ -567,10 +571,12 @@ impl Device {
                         inc(&self.counters.cancelled);
                         continue 'jobs;
                     }
-                    if Instant::now() >= until {
+                    let held = self.held.load(Ordering::Acquire);
+                    if !held && Instant::now() >= until {
                         break;
                     }
-                    ring.cv.wait_until(&mut st, until);
+                    // Held: woken by `hold(false)` (or a stop), else looks again.
+                    ring.cv.wait_until(&mut st, if held { Instant::now() + Duration::from_millis(50) } else { until });
                 }
                 if st.stopped && st.epoch != job.epoch {
                     inc(&self.counters.late_io);
@@ -598,6 +604,19 @@ impl Device {
                 inc(&self.counters.discarded);
             }
             ring.cv.notify_all();
+        }
+    }
+
+    /// Holds every request's host I/O before it starts (`true`), as a stalled disk
+    /// would, or lets it go on (`false`). Requests held stay cancellable; those
+    /// already executing finish.
+    pub fn hold(&self, on: bool) {
+        self.held.store(on, Ordering::Release);
+        if !on {
+            for r in &self.rings {
+                let _g = r.st.lock();
+                r.cv.notify_all();
+            }
         }
     }
 

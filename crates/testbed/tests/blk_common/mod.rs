@@ -19,6 +19,7 @@ use switchover::roles::{run_in_process, SideSetup, SwitchoverReport, VmmHooks};
 use switchover::state::DeviceState;
 use switchover::step::{Step, StepKind};
 use switchover::topology::Topology;
+use switchover_testbed::blk::driver::{pattern, BlkDriver, Op};
 use switchover_testbed::blk::{self, BlkExe, BlkOptions, Control};
 use switchover_testbed::child::ChildProc;
 use switchover_testbed::mem::GuestMem;
@@ -377,4 +378,34 @@ pub fn read_sector(image: &Path, s: u64) -> Vec<u8> {
     let mut b = vec![0u8; 512];
     f.read_exact_at(&mut b, s * 512).unwrap();
     b
+}
+
+/// Submits `k` writes on every ring (each to a sector of its own) and kicks.
+pub fn writes(mem: &GuestMem, guest: &Guest, drivers: &mut [BlkDriver], k: u32) {
+    for d in drivers.iter_mut() {
+        for _ in 0..k {
+            let n = d.submitted().len() as u32;
+            d.submit(mem, Op::Write { sector: sector(d.ring(), n) }).unwrap();
+        }
+        guest.kick(d.ring());
+    }
+}
+
+/// Every request completed once with OK; every acknowledged write is on the image.
+pub fn check(mem: &GuestMem, drivers: &mut [BlkDriver], img: &Path) {
+    for d in drivers.iter_mut() {
+        d.wait_all(mem, Duration::from_secs(20)).unwrap();
+        d.check_exactly_once().unwrap();
+        for x in d.done() {
+            if let Op::Write { sector } = x.op {
+                assert_eq!(
+                    read_sector(img, sector),
+                    pattern(d.ring(), x.n),
+                    "ring {} request {}: acknowledged write not on the image",
+                    d.ring(),
+                    x.n
+                );
+            }
+        }
+    }
 }
