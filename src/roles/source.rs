@@ -46,7 +46,7 @@ impl std::fmt::Debug for Source<'_> {
 struct Done {
     progress: Progress,
     runs: Vec<RunReport>,
-    /// Its share of the downtime, predicted after its prepare window and precopy.
+    /// Its share of the downtime, predicted after its prepare window (before precopy).
     prediction: Option<Prediction>,
 }
 
@@ -135,12 +135,15 @@ impl<'a> Source<'a> {
         if let Err(cause) = run_window(&mut self, Window::Prepare, &mut done) {
             return Err(Box::new(self.aborted(path, cause, done.runs)));
         }
+        // Its share of the downtime, measured on its own backends, before the
+        // destination's estimate arrives, and before precopy: the last RAM pass is
+        // followed by the window at once (the guest's memory keeps changing in
+        // between), and the measurement takes a few milliseconds, more on a loaded
+        // machine.
+        done.prediction = Some(forecast::predict_side(self.setup, self.engine, &done.runs));
         if let Err(cause) = hook(HookKind::Precopy, self.setup.hooks.precopy()) {
             return Err(Box::new(self.aborted(path, cause, done.runs)));
         }
-        // Its share of the downtime, measured on its own backends, before the
-        // destination's estimate arrives.
-        done.prediction = Some(forecast::predict_side(self.setup, self.engine, &done.runs));
         Ok(PreparedSource { src: self, done })
     }
 }

@@ -17,7 +17,7 @@ fn run(dir: &Path, policy: &str) -> serde_json::Value {
     let json = dir.join(format!("{policy}.json"));
     let out = Command::new(env!("CARGO_BIN_EXE_switchover"))
         .args(["real", "--nets", "1", "--queue-pairs", "1", "--blks", "2", "--queues", "2", "--blk-backend", "own"])
-        .args(["--blk-policy", policy, "--inflight", "8", "--blk-iops", "200", "--strategies", "engine", "--workers", "2"])
+        .args(["--blk-policy", policy, "--inflight", "8", "--blk-iops", "100", "--strategies", "engine", "--workers", "2"])
         .arg("--json")
         .arg(&json)
         .output()
@@ -64,11 +64,23 @@ fn real_cli_hand_over_leaves_the_disk_out_of_the_window_and_loses_nothing() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("handover-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
 
-    let hand = run(&dir, "hand-over");
-    assert_nothing_lost(&hand, "hand-over");
-    assert_eq!(window_steps(&hand, "drain_inflight"), 0, "hand-over drained in the window");
+    // The premise, writes still in flight when the source stops, depends on the
+    // machine's load (16 writes per device at 100 IOPS take 160 ms; a loaded
+    // machine can take longer from the last burst to the stop): a run whose writes
+    // all completed first is checked all the same, and run again, three times
+    // at most.
+    let mut hand = serde_json::Value::Null;
+    for attempt in 1..=3 {
+        hand = run(&dir, "hand-over");
+        assert_nothing_lost(&hand, "hand-over");
+        assert_eq!(window_steps(&hand, "drain_inflight"), 0, "hand-over drained in the window");
+        if hand["strategies"]["engine"]["block_io"]["handed_over"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        eprintln!("attempt {attempt}: every write completed before the stop; again");
+    }
     let io = &hand["strategies"]["engine"]["block_io"];
-    assert!(io["handed_over"].as_u64().unwrap_or(0) > 0, "nothing was handed over: {io}");
+    assert!(io["handed_over"].as_u64().unwrap_or(0) > 0, "nothing was handed over in three runs: {io}");
     let policies = &hand["real"]["checks"]["engine"]["blk_policies"];
     assert_eq!(policies["blk0"], "hand-over", "{policies}");
 
@@ -79,7 +91,7 @@ fn real_cli_hand_over_leaves_the_disk_out_of_the_window_and_loses_nothing() {
     assert!(window_steps(&drain, "drain_inflight") > 0, "drain ran no drain step");
     assert_eq!(drain["strategies"]["engine"]["block_io"]["handed_over"], 0);
     eprintln!(
-        "REAL engine downtime at 200 IOPS, 8 writes per ring in flight: hand-over {:.1} ms, drain {:.1} ms",
+        "REAL engine downtime at 100 IOPS, 8 writes per ring in flight: hand-over {:.1} ms, drain {:.1} ms",
         hand["strategies"]["engine"]["downtime_ms"].as_f64().unwrap_or(f64::NAN),
         drain["strategies"]["engine"]["downtime_ms"].as_f64().unwrap_or(f64::NAN)
     );

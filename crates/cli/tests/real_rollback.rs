@@ -269,27 +269,46 @@ fn real_cli_inject_crash_reports_rolled_back_naming_the_device() {
 fn real_faults_with_block_io_really_in_flight_on_qemu_storage_daemon() {
     let Some(mut cfg) = config() else { return };
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    // qemu-storage-daemon behind a throttle node at 200 IOPS and 16 writes per blk
+    // qemu-storage-daemon behind a throttle node at 100 IOPS and 16 writes per blk
     // ring submitted just before the window: they are still in flight when the
     // source stops, so drain_inflight waits for real and a crash loses requests
-    // the daemon had taken.
-    cfg.qsd_iops = Some(200);
+    // the daemon had taken. That premise depends on the machine's load (a loaded
+    // machine can take longer from the last burst to the stop than the throttle
+    // needs): a run that misses it is checked all the same and run again, three
+    // times at most.
+    cfg.qsd_iops = Some(100);
     cfg.inflight = 16;
     let t = Instant::now();
     let fds = open_fds();
-    let r = run(&cfg, &[]);
-    assert_eq!(r.run.outcome, Outcome::Completed, "{:?}", r.run.outcome.cause());
-    assert_guest_safe(&r, "throttled, no fault");
-    let qsd = r.drains.iter().find(|d| d.backend == BackendKind::Qsd.name()).expect("drain on qemu-storage-daemon");
-    eprintln!("throttled: drain_inflight on qemu-storage-daemon {:.1} ms (longest {:.1} ms)", qsd.total_ms, qsd.max_ms);
-    assert!(qsd.max_ms > 1.0, "nothing was in flight: {qsd:?}");
+    let mut waited = false;
+    for attempt in 1..=3 {
+        let r = run(&cfg, &[]);
+        assert_eq!(r.run.outcome, Outcome::Completed, "{:?}", r.run.outcome.cause());
+        assert_guest_safe(&r, "throttled, no fault");
+        let qsd = r.drains.iter().find(|d| d.backend == BackendKind::Qsd.name()).expect("drain on qemu-storage-daemon");
+        eprintln!("throttled: drain_inflight on qemu-storage-daemon {:.1} ms (longest {:.1} ms)", qsd.total_ms, qsd.max_ms);
+        waited = qsd.max_ms > 1.0;
+        if waited {
+            break;
+        }
+        eprintln!("attempt {attempt}: nothing was in flight at the stop; again");
+    }
+    assert!(waited, "nothing was in flight at the stop in three runs");
     // The daemon dies with writes in flight, some completed past others still in
     // flight: its rings restart at the base recovered from the inflight region it
     // keeps (used index + requests in flight) and the new daemon resubmits those
     // in flight; from the used index alone a write would complete twice
     // (crates/testbed/tests/blk_qsd_recovery.rs is that negative control).
-    let r = check_fault(&cfg, "crash:vring_disable:blk0", Expect::RolledBack(Side::Source));
-    assert!(r.bases.iter().any(|b| b.device == "blk0" && b.in_flight > 0), "no request was in flight on blk0: {:?}", r.bases);
+    let mut in_flight = false;
+    for attempt in 1..=3 {
+        let r = check_fault(&cfg, "crash:vring_disable:blk0", Expect::RolledBack(Side::Source));
+        in_flight = r.bases.iter().any(|b| b.device == "blk0" && b.in_flight > 0);
+        if in_flight {
+            break;
+        }
+        eprintln!("attempt {attempt}: no request was in flight on blk0 at the crash: {:?}; again", r.bases);
+    }
+    assert!(in_flight, "no request was in flight on blk0 at the crash in three runs");
     let _ = check_fault(&cfg, "hang:drain_inflight:blk0", Expect::RolledBack(Side::Source));
     let _ = check_fault(&cfg, "error:get_vring_base:blk0", Expect::RolledBack(Side::Source));
     let _ = check_fault(&cfg, "crash:set_vring_base:blk0", Expect::RolledBack(Side::Destination));
