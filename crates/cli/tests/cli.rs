@@ -154,7 +154,13 @@ fn a_hung_drain_is_named_and_bounded_by_the_deadline() {
         assert!(out.status.success());
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("engine  outcome rolled_back"), "{text}");
-        assert!(text.contains("failure: src blk1 ring 0 drain_inflight: no reply within 200 ms"), "{text}");
+        // Every ring of blk1 hangs: whichever ring's deadline passes first is named
+        // (on a loaded machine not always ring 0), always blk1's, at 200 ms.
+        let failure = text.lines().map(str::trim).find(|l| l.starts_with("failure: ")).unwrap_or_default();
+        assert!(
+            failure.starts_with("failure: src blk1 ring ") && failure.ends_with(" drain_inflight: no reply within 200 ms"),
+            "{failure}\n{text}"
+        );
         // Generous: the run itself takes a few hundred ms; before, 20 s.
         assert!(t.elapsed() < std::time::Duration::from_secs(8), "{:?}", t.elapsed());
     }
