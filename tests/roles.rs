@@ -80,6 +80,9 @@ impl VmmHooks for Hooks {
         self.note(&format!("stage_config gen {}", config[0].generation));
         Ok(())
     }
+    fn predicted(&self, p: &switchover::predict::Prediction) {
+        self.note(&format!("predicted {}", if p.this_side() > Duration::ZERO { "some" } else { "nothing" }));
+    }
     fn precopy(&self) -> Result<(), HookError> {
         self.note("precopy");
         Ok(())
@@ -146,6 +149,10 @@ fn hooks_run_in_order_and_the_state_carries_the_vmm_s_device_state() {
     let at = |what: &str| log.iter().position(|x| x == what).unwrap_or_else(|| panic!("{what} missing in {log:?}"));
     assert!(at("src snapshot_config") < at("dst stage_config gen 1"));
     assert!(at("src precopy") < at("src stop_vcpus"));
+    // Each side's share of the downtime reaches the VMM before the guest stops:
+    // the source's before its precopy, the destination's before its ready-ack.
+    assert!(at("src predicted some") < at("src precopy"));
+    assert!(at("dst predicted some") < at("src stop_vcpus"));
     assert!(at("src stop_vcpus") < at("final_pass") && at("final_pass") < at("src save_state"));
     assert!(at("src save_state") < at("dst load_state gen 2"));
     assert!(at("dst load_state gen 2") < at("storage_activate") && at("storage_activate") < at("dst resume_vcpus"));

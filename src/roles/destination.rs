@@ -94,6 +94,7 @@ impl<'a> Destination<'a> {
         // This side's share of the downtime, measured on its own backends after
         // prepare; the source adds it to its own before it stops the guest.
         let prediction = forecast::predict_side(self.setup, self.engine, &runs);
+        self.setup.hooks.predicted(&prediction);
         let estimate_ms = Some(prediction.this_side().as_secs_f64() * 1e3);
         if let Err(cause) = self.session.send(path, SIDE, Message::Ready { prepare_ms, estimate_ms }) {
             let mut r = SwitchoverReport::not_opened(Outcome::Aborted { cause }, runs);

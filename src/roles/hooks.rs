@@ -67,6 +67,25 @@ pub trait VmmHooks: Send + Sync {
         let _ = config;
         Ok(())
     }
+    /// This side's share of the downtime, predicted after its prepare window: on
+    /// the source before [`VmmHooks::precopy`], so that the VMM's RAM loop can
+    /// budget for the devices when it decides to stop the guest; on the
+    /// destination before its ready-ack (which carries it to the source, see
+    /// `ReadySource::destination_estimate`).
+    ///
+    /// ```
+    /// use switchover::predict::Prediction;
+    /// use switchover::roles::VmmHooks;
+    /// struct Vm;
+    /// impl VmmHooks for Vm {
+    ///     fn predicted(&self, p: &Prediction) {
+    ///         println!("devices: {:?} of the downtime on this side", p.this_side());
+    ///     }
+    /// }
+    /// ```
+    fn predicted(&self, prediction: &crate::predict::Prediction) {
+        let _ = prediction;
+    }
     /// Source, after its prepare window (dirty logging started): copy RAM while the
     /// guest runs. The roles wait for the destination's ready-ack after it.
     ///

@@ -140,7 +140,9 @@ impl<'a> Source<'a> {
         // followed by the window at once (the guest's memory keeps changing in
         // between), and the measurement takes a few milliseconds, more on a loaded
         // machine.
-        done.prediction = Some(forecast::predict_side(self.setup, self.engine, &done.runs));
+        let prediction = forecast::predict_side(self.setup, self.engine, &done.runs);
+        self.setup.hooks.predicted(&prediction);
+        done.prediction = Some(prediction);
         if let Err(cause) = hook(HookKind::Precopy, self.setup.hooks.precopy()) {
             return Err(Box::new(self.aborted(path, cause, done.runs)));
         }
