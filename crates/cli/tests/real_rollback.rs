@@ -269,14 +269,16 @@ fn real_cli_inject_crash_reports_rolled_back_naming_the_device() {
 fn real_faults_with_block_io_really_in_flight_on_qemu_storage_daemon() {
     let Some(mut cfg) = config() else { return };
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    // qemu-storage-daemon behind a throttle node at 100 IOPS and 16 writes per blk
+    // qemu-storage-daemon behind a throttle node at 200 IOPS and 16 writes per blk
     // ring submitted just before the window: they are still in flight when the
     // source stops, so drain_inflight waits for real and a crash loses requests
     // the daemon had taken. That premise depends on the machine's load (a loaded
     // machine can take longer from the last burst to the stop than the throttle
     // needs): a run that misses it is checked all the same and run again, three
-    // times at most.
-    cfg.qsd_iops = Some(100);
+    // times at most. A device's 32 writes take 160 ms to drain: the steps get 1 s
+    // here (at 100 IOPS a drain once passed the file's usual 400 ms).
+    cfg.qsd_iops = Some(200);
+    cfg.deadline = Duration::from_secs(1);
     cfg.inflight = 16;
     let t = Instant::now();
     let fds = open_fds();
