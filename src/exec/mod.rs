@@ -872,9 +872,8 @@ fn worker_loop(shared: &Arc<Shared>, lane: Lane) {
                 // once, ready steps another lane already holds in its own set come
                 // to the pool; then look again with the lock held throughout, so
                 // that no wake-up is lost before the wait.
-                if !cfg!(loom) && !std::mem::replace(&mut scanned, true) {
-                    if let Some(epoch) = inner.run.as_ref().filter(|r| !r.stopping && !r.data.controls.no_idle_unload).map(|r| r.data.epoch)
-                    {
+                if !std::mem::replace(&mut scanned, true) {
+                    if let Some(epoch) = inner.run.as_ref().filter(|r| !r.stopping && r.data.idle_unload()).map(|r| r.data.epoch) {
                         drop(inner);
                         unload_others(shared, epoch, lane as usize);
                         inner = shared.inner.lock();
@@ -1361,7 +1360,7 @@ impl Engine {
                 }
                 inner.caller_waiting = true;
                 sh.hints.store(inner.hints(), Ordering::Release);
-                if !cfg!(loom) && !data.controls.no_idle_unload && !std::mem::replace(&mut unloaded, true) {
+                if data.idle_unload() && !std::mem::replace(&mut unloaded, true) {
                     // Counted idle: once, steps other lanes hold in their own sets
                     // come to the pool (see `unload_others`); then look again with
                     // the lock held throughout, so that no wake-up is lost.

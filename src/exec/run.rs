@@ -233,6 +233,14 @@ impl RunData {
         Gates { info, counts, any, caller, contended }
     }
 
+    /// Whether a lane counted idle moves the ready steps other lanes hold into the
+    /// pool (`unload_others`): always, but in the loom models (whose interleavings
+    /// it would multiply past what CI explores) and under the negative control.
+    #[inline]
+    pub(crate) fn idle_unload(&self) -> bool {
+        !cfg!(loom) && !self.controls.no_idle_unload
+    }
+
     /// A step's flags.
     #[inline]
     pub(crate) fn flags(&self, id: u32) -> u8 {
