@@ -37,7 +37,6 @@
 mod real_common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -54,19 +53,11 @@ use switchover_testbed::{run_strategy, BlkBackend, RealConfig, RealRun};
 const PARALLEL: usize = 2;
 
 fn config(reply_ack: bool) -> Option<RealConfig> {
-    if !real_common::kvm_or_skip() {
-        return None;
-    }
-    let mut c = RealConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_switchover")));
     // net0 (own backend), blk0 (qemu-storage-daemon), blk1 (own inflight
     // backend, its storage handed over as steps); one ring pair / queue each.
-    (c.nets, c.queue_pairs, c.blks, c.queues) = (1, 1, 2, 1);
-    c.blk_backend = BlkBackend::Mixed;
-    c.workers = 2;
-    c.deadline = Duration::from_millis(300);
+    let mut c = real_common::config(1, 1, 2, 1, BlkBackend::Mixed, Duration::from_millis(300))?;
     c.precopy_passes = 1;
     c.reply_ack = reply_ack;
-    assert!(c.qsd.is_some(), "qemu-storage-daemon is not installed (package qemu-utils); this matrix drives it");
     Some(c)
 }
 

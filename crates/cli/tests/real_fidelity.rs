@@ -19,7 +19,6 @@
 
 mod real_common;
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -33,18 +32,9 @@ use switchover_testbed::{run_strategy, BlkBackend, RealConfig, RealRun};
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn config() -> Option<RealConfig> {
-    if !real_common::kvm_or_skip() {
-        return None;
-    }
-    let mut c = RealConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_switchover")));
     // net0, net1 (2 queue pairs, own backend), blk0 (qemu-storage-daemon), blk1
     // (own backend), 2 queues each.
-    (c.nets, c.queue_pairs, c.blks, c.queues) = (2, 2, 2, 2);
-    c.blk_backend = BlkBackend::Mixed;
-    c.workers = 2;
-    c.deadline = Duration::from_secs(2);
-    assert!(c.qsd.is_some(), "qemu-storage-daemon is not installed (package qemu-utils); these tests drive it");
-    Some(c)
+    real_common::config(2, 2, 2, 2, BlkBackend::Mixed, Duration::from_secs(2))
 }
 
 fn run(cfg: &RealConfig, s: Strategy) -> RealRun {

@@ -15,7 +15,6 @@
 
 mod real_common;
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -31,20 +30,9 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const DEADLINE: Duration = Duration::from_millis(400);
 
 fn config() -> Option<RealConfig> {
-    if !real_common::kvm_or_skip() {
-        return None;
-    }
-    let mut c = RealConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_switchover")));
     // net0 (4 queue pairs: 8 rings, so several requests are in flight at once) and
     // blk0 (2 queues), both on the own backends.
-    c.nets = 1;
-    c.queue_pairs = 4;
-    c.blks = 1;
-    c.queues = 2;
-    c.blk_backend = BlkBackend::Own;
-    c.workers = 2;
-    c.deadline = DEADLINE;
-    Some(c)
+    real_common::config(1, 4, 1, 2, BlkBackend::Own, DEADLINE)
 }
 
 fn count(dir: &str) -> usize {

@@ -11,7 +11,6 @@
 
 mod real_common;
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,34 +25,18 @@ use switchover_testbed::{run_strategy, BlkBackend, RealConfig, RealRun};
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn config() -> Option<RealConfig> {
-    if !real_common::kvm_or_skip() {
-        return None;
-    }
-    let mut c = RealConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_switchover")));
     // net0 (2 queue pairs, own backend), blk0 (2 queues, qemu-storage-daemon), blk1
     // (2 queues, own backend).
-    c.nets = 1;
-    c.queue_pairs = 2;
-    c.blks = 2;
-    c.queues = 2;
-    c.blk_backend = BlkBackend::Mixed;
-    c.workers = 2;
-    c.deadline = Duration::from_millis(400);
-    assert!(c.qsd.is_some(), "qemu-storage-daemon is not installed (package qemu-utils); these tests drive it");
-    Some(c)
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    real_common::config(1, 2, 2, 2, BlkBackend::Mixed, Duration::from_millis(400))
 }
 
 /// Runs the engine with `faults`, checking that no fd leaks.
 fn run(cfg: &RealConfig, faults: &[&str]) -> RealRun {
     let mut cfg = cfg.clone();
     cfg.inject = faults.iter().map(|f| f.parse::<Fault>().expect("fault")).collect();
-    let before = open_fds();
+    let before = real_common::open_fds();
     let r = run_strategy(&cfg, Strategy::Engine).expect("set-up");
-    let after = open_fds();
+    let after = real_common::open_fds();
     assert_eq!(after, before, "{faults:?}: fds before {before}, after {after}");
     r
 }
@@ -193,7 +176,7 @@ fn real_faults_at_every_source_step_kind_leave_the_guest_on_one_side() {
     let Some(cfg) = config() else { return };
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t = Instant::now();
-    let fds = open_fds();
+    let fds = real_common::open_fds();
     // In the window on the own net backend, qemu-storage-daemon and the own blk
     // backend; vring_disable and drain_inflight exist only on blk devices (a net
     // ring is stopped by GET_VRING_BASE alone).
@@ -208,7 +191,7 @@ fn real_faults_at_every_source_step_kind_leave_the_guest_on_one_side() {
     }
     // A fault on a named ring other than the first.
     let _ = check_fault(&cfg, "crash:get_vring_base:blk0:1", Expect::RolledBack(Side::Source));
-    assert_eq!(open_fds(), fds);
+    assert_eq!(real_common::open_fds(), fds);
     eprintln!("source faults: {:.1} s", t.elapsed().as_secs_f64());
 }
 
@@ -217,7 +200,7 @@ fn real_faults_at_destination_steps_abort_or_roll_back() {
     let Some(cfg) = config() else { return };
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t = Instant::now();
-    let fds = open_fds();
+    let fds = real_common::open_fds();
     for kind in ["error", "hang", "crash"] {
         let _ = check_fault(&cfg, &format!("{kind}:set_mem_table:blk0"), Expect::Aborted);
         let _ = check_fault(&cfg, &format!("{kind}:set_features:net0"), Expect::Aborted);
@@ -230,7 +213,7 @@ fn real_faults_at_destination_steps_abort_or_roll_back() {
         let _ = check_fault(&cfg, &format!("{kind}:vring_enable:net0"), Expect::RolledBack(Side::Destination));
         let _ = check_fault(&cfg, &format!("{kind}:set_vring_kick:blk1"), Expect::RolledBack(Side::Destination));
     }
-    assert_eq!(open_fds(), fds);
+    assert_eq!(real_common::open_fds(), fds);
     eprintln!("destination faults: {:.1} s", t.elapsed().as_secs_f64());
 }
 
@@ -281,7 +264,7 @@ fn real_faults_with_block_io_really_in_flight_on_qemu_storage_daemon() {
     cfg.deadline = Duration::from_secs(1);
     cfg.inflight = 16;
     let t = Instant::now();
-    let fds = open_fds();
+    let fds = real_common::open_fds();
     let mut waited = false;
     for attempt in 1..=3 {
         let r = run(&cfg, &[]);
@@ -315,6 +298,6 @@ fn real_faults_with_block_io_really_in_flight_on_qemu_storage_daemon() {
     let _ = check_fault(&cfg, "error:get_vring_base:blk0", Expect::RolledBack(Side::Source));
     let _ = check_fault(&cfg, "crash:set_vring_base:blk0", Expect::RolledBack(Side::Destination));
     let _ = check_fault(&cfg, "hang:set_mem_table:blk0", Expect::Aborted);
-    assert_eq!(open_fds(), fds);
+    assert_eq!(real_common::open_fds(), fds);
     eprintln!("throttled faults: {:.1} s", t.elapsed().as_secs_f64());
 }

@@ -17,7 +17,6 @@
 
 mod real_common;
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -33,31 +32,20 @@ use switchover_testbed::{run_strategy, BlkBackend, RealConfig, RealRun};
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn config() -> Option<RealConfig> {
-    if !real_common::kvm_or_skip() {
-        return None;
-    }
-    let mut c = RealConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_switchover")));
     // net0 and blk0, one ring pair / queue each, both on the own backends (whose
     // ring logs and storage switch the checks read).
-    (c.nets, c.queue_pairs, c.blks, c.queues) = (1, 1, 1, 1);
-    c.blk_backend = BlkBackend::Own;
-    c.workers = 2;
-    c.deadline = Duration::from_millis(400);
+    let mut c = real_common::config(1, 1, 1, 1, BlkBackend::Own, Duration::from_millis(400))?;
     c.precopy_passes = 1;
     Some(c)
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
 
 fn run(cfg: &RealConfig, fault: &str, switches: Switches) -> RealRun {
     let mut cfg = cfg.clone();
     cfg.inject = if fault.is_empty() { vec![] } else { vec![fault.parse::<Fault>().expect("fault")] };
     cfg.switches = switches;
-    let before = open_fds();
+    let before = real_common::open_fds();
     let r = run_strategy(&cfg, Strategy::Engine).expect("set-up");
-    assert_eq!(open_fds(), before, "{fault}: fds left");
+    assert_eq!(real_common::open_fds(), before, "{fault}: fds left");
     assert!(r.leftover_processes.is_empty() && !r.leftover_dir, "{fault}: left behind");
     eprintln!(
         "{fault} {switches:?}: {} ({}), runs on {:?}, failed checks {:?}",

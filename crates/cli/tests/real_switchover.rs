@@ -8,7 +8,6 @@
 
 mod real_common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use switchover::roles::Outcome;
@@ -17,21 +16,7 @@ use switchover_testbed::side::BackendKind;
 use switchover_testbed::{run_strategy, BlkBackend, RealConfig, RealFault, RealRun};
 
 fn config(nets: u32, qp: u32, blks: u32, queues: u32, blk: BlkBackend) -> Option<RealConfig> {
-    if !real_common::kvm_or_skip() {
-        return None;
-    }
-    let mut c = RealConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_switchover")));
-    c.nets = nets;
-    c.queue_pairs = qp;
-    c.blks = blks;
-    c.queues = queues;
-    c.blk_backend = blk;
-    c.workers = 2;
-    c.deadline = Duration::from_secs(3);
-    if blk != BlkBackend::Own {
-        assert!(c.qsd.is_some(), "qemu-storage-daemon is not installed (package qemu-utils); these tests drive it");
-    }
-    Some(c)
+    real_common::config(nets, qp, blks, queues, blk, Duration::from_secs(3))
 }
 
 /// The guarantees every completed real switchover must give.
